@@ -1,0 +1,128 @@
+"""Child processes that prefect-bench starts and, whatever happens, stops: servers and services.
+
+Each child gets its own session (so a terminal Ctrl-C reaches only us, and we stop the child in
+order) and, on Linux, a parent-death signal, so not even a SIGKILL of prefect-bench leaves it
+running. Stopping signals the child's whole process group, then its remaining descendants.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import psutil
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class ManagedProcess:
+    """A started child process with its output going to a log file."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        cwd: Path,
+        log_path: Path,
+        user: str | None = None,
+    ) -> None:
+        self.argv = list(argv)
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            self.popen = subprocess.Popen(
+                self.argv,
+                env=dict(env),
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                user=user,
+            )
+        self.process = psutil.Process(self.popen.pid)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def exit_code(self) -> int | None:
+        """None while running, else the exit code (negative: killed by that signal)."""
+        return self.popen.poll()
+
+    def tree(self) -> list[psutil.Process]:
+        """The process and its live descendants."""
+        try:
+            return [self.process, *self.process.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.rstrip().splitlines()[-lines:])
+
+    def stop(self, timeout_s: float = 10.0) -> int | None:
+        """SIGTERM the process tree, SIGKILL what is left after `timeout_s`; the exit code."""
+        descendants = self.tree()[1:]
+        deadline = time.monotonic() + timeout_s
+        # The group outlives its leader while members remain, so its id cannot be reused.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGTERM)
+        for p in descendants:
+            # descendants that left the group still belong to us
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.terminate()
+        try:
+            # Popen.wait, not psutil's: it keeps the exit status of our own child
+            self.popen.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.kill()
+        _, alive = psutil.wait_procs(descendants, timeout=max(0.1, deadline - time.monotonic()))
+        for p in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        psutil.wait_procs(alive, timeout=5)
+        return self.popen.wait(timeout=5)
+
+
+def wait_until(
+    check: Callable[[], bool],
+    *,
+    timeout_s: float,
+    interval_s: float = 0.05,
+    abort: Callable[[], str | None] | None = None,
+) -> float:
+    """Poll `check` until true; return the seconds waited.
+
+    Raises TimeoutError after `timeout_s`, or RuntimeError with abort()'s message as soon as
+    `abort` returns one (e.g. the process being waited on has exited).
+    """
+    start = time.monotonic()
+    deadline = start + timeout_s
+    while True:
+        if check():
+            return time.monotonic() - start
+        if abort is not None and (reason := abort()) is not None:
+            raise RuntimeError(reason)
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"not ready after {timeout_s:g} s")
+        time.sleep(interval_s)

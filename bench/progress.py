@@ -1,0 +1,107 @@
+"""What a running cell shows: a live rich view on a terminal, plain lines elsewhere."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from bench.results import EndpointResult
+
+
+def _summary(ep: EndpointResult) -> list[str]:
+    errors = sum(ep.errors.values())
+    lat = ep.latency_ms
+    return [
+        ep.name,
+        str(ep.concurrency),
+        f"{ep.rps:,.0f}",
+        f"{lat.p50:.2f}" if lat else "-",
+        f"{lat.p99:.2f}" if lat else "-",
+        f"{errors:,}" if errors else "",
+    ]
+
+
+class Progress:
+    """Plain progress lines; the base for the live view."""
+
+    def __init__(self, console: Console, cell: str) -> None:
+        self.console = console
+        self.cell = cell
+
+    def stage(self, text: str) -> None:
+        self.console.print(f"[bold]{self.cell}[/bold]: {text}")
+
+    def measuring(self, endpoint: str, concurrency: int) -> Callable[[int], None] | None:
+        """Called before a measurement; returns a callback taking the count so far, or None."""
+        return None
+
+    def measured(self, ep: EndpointResult) -> None:
+        name, c, rps, p50, p99, errors = _summary(ep)
+        extra = f", {errors} errors" if errors else ""
+        self.console.print(f"  {name} c={c}: {rps} rps, p50 {p50} ms, p99 {p99} ms{extra}")
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+class LiveProgress(Progress):
+    """A table of finished measurements and the current one's live rate."""
+
+    def __init__(self, console: Console, cell: str) -> None:
+        super().__init__(console, cell)
+        self._stage = "starting"
+        self._rows: list[list[str]] = []
+        self._current = ""
+        self._live = Live(console=console, refresh_per_second=4, get_renderable=self._render)
+
+    def _render(self) -> Group:
+        table = Table(title=f"{self.cell}: {self._stage}", title_justify="left")
+        for column in ("endpoint", "c", "rps", "p50 ms", "p99 ms", "errors"):
+            table.add_column(column, justify="left" if column == "endpoint" else "right")
+        for row in self._rows:
+            table.add_row(*row)
+        return Group(table, Text(self._current, style="cyan"))
+
+    def stage(self, text: str) -> None:
+        self._stage = text
+        self._current = ""
+
+    def measuring(self, endpoint: str, concurrency: int) -> Callable[[int], None]:
+        label = f"{endpoint} c={concurrency}"
+        self._current = f"{label}: warming up"
+        last = [time.monotonic(), 0]
+
+        def update(count: int) -> None:
+            # the rate since the previous update: what the server does right now
+            now = time.monotonic()
+            rate = (count - last[1]) / max(now - last[0], 1e-9)
+            last[:] = [now, count]
+            self._current = f"{label}: {count:,} responses, {rate:,.0f} rps now"
+
+        return update
+
+    def measured(self, ep: EndpointResult) -> None:
+        self._rows.append(_summary(ep))
+        self._current = ""
+
+    def __enter__(self) -> LiveProgress:
+        self._live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._live.stop()
+
+
+def progress_for(console: Console, cell: str) -> Progress:
+    """Live on a terminal, plain lines otherwise (CI logs, pipes)."""
+    if console.is_terminal and not console.is_dumb_terminal:
+        return LiveProgress(console, cell)
+    return Progress(console, cell)

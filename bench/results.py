@@ -1,0 +1,243 @@
+"""The result of one cell of one run: its schema, atomic writing, loading, and provenance.
+
+Schema history (bump SCHEMA_VERSION when a key is renamed or its meaning changes;
+adding an optional key is not a bump):
+- 1 (2026-11-26): first version, as in DESIGN.md section 7.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import re
+import secrets
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from bench import __version__
+from bench.errors import ResultsError
+
+SCHEMA_VERSION = 1
+
+Status = Literal["ok", "failed", "skipped"]
+
+
+class Cell(BaseModel):
+    """One (server, db, broker) combination."""
+
+    model_config = ConfigDict(frozen=True)
+
+    server: str
+    db: str = ""
+    broker: str = ""
+
+    @property
+    def name(self) -> str:
+        """server-db-broker; just the server's name where db and broker are unknown."""
+        return "-".join(part for part in (self.server, self.db, self.broker) if part)
+
+
+class LatencyMs(BaseModel):
+    """Latency summary in milliseconds, from the endpoint's HDR histogram."""
+
+    min: float
+    mean: float
+    p50: float
+    p90: float
+    p99: float
+    p999: float
+    max: float
+
+
+class EndpointResult(BaseModel):
+    """One endpoint measured at one concurrency level."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    method: str
+    path: str
+    concurrency: int
+    requests: int = Field(description="responses in the window, successes and errors alike")
+    errors: dict[str, int] = Field(
+        default_factory=dict, description="by HTTP status or failure kind"
+    )
+    duration_s: float
+    rps: float = Field(description="successful responses per second")
+    latency_ms: LatencyMs | None = Field(description="of successful responses; None if none")
+    client_saturated: bool = False
+    hdr: str | None = Field(default=None, description="HdrHistogram (µs), base64 compressed")
+    client_cpu_s_per_request: float | None = None
+    server_cpu_s: float | None = None
+    server_rss_peak_mb: float | None = None
+
+
+class ServerInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    version: str | None = None
+    startup_s: float | None = None
+    rss_peak_mb: float | None = None
+    rss_idle_mb: float | None = None
+    cpu_s: float | None = None
+
+
+class ServiceInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    provider: str
+    version: str | None = None
+    image: str | None = None
+    binary: str | None = None
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    workload: str
+    mode: Literal["closed", "open"] = "closed"
+    duration_s: float
+    warmup_s: float
+    concurrency: list[int]
+    url: str | None = None
+
+
+class Environment(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    cpu_model: str
+    cpu_count: int
+    kernel: str
+    python: str
+    bench_version: str
+    git_sha: str | None = None
+    hostname: str | None = None
+
+
+class Result(BaseModel):
+    """The JSON document written for one cell of one run."""
+
+    model_config = ConfigDict(extra="allow")
+
+    schema_version: int = SCHEMA_VERSION
+    run_id: str
+    cell: Cell
+    status: Status
+    error: str | None = None
+    started_at: str
+    finished_at: str | None = None
+    server: ServerInfo | None = None
+    services: dict[str, ServiceInfo] = Field(default_factory=dict)
+    config: RunConfig
+    environment: Environment
+    endpoints: list[EndpointResult] = Field(default_factory=list)
+
+
+def utc_now() -> str:
+    """The current time as an ISO 8601 UTC string with a Z suffix, to the second."""
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def new_run_id() -> str:
+    """A run id that sorts by time and does not collide: 20261126T164000Z-3f2a."""
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
+
+
+_URL_PASSWORD = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s\"']*):[^@\s\"'/]*@")
+
+
+def redact(text: str) -> str:
+    """Replace the password of every URL in `text` with ***."""
+    return _URL_PASSWORD.sub(r"\1:***@", text)
+
+
+def result_path(out_dir: Path, run_id: str, cell: Cell) -> Path:
+    return out_dir / run_id / f"{cell.name}.json"
+
+
+def write_result(result: Result, path: Path) -> Path:
+    """Write `result` to `path` atomically, secrets redacted; refuse to overwrite a file."""
+    text = redact(result.model_dump_json(indent=2)) + "\n"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise ResultsError(f"cannot write results into {path.parent}: {exc.strerror}") from exc
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        # link() fails if the name exists: atomic and never overwrites a kept result.
+        os.link(tmp, path)
+    except FileExistsError as exc:
+        raise ResultsError(f"refusing to overwrite the existing result {path}") from exc
+    except OSError as exc:
+        raise ResultsError(f"cannot write {path}: {exc.strerror}") from exc
+    finally:
+        os.unlink(tmp)
+    return path
+
+
+def load_result(path: Path) -> Result:
+    """Read one result file; raise ResultsError if it is unreadable or of an unknown version."""
+    try:
+        data: Any = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ResultsError(f"{path}: not a readable JSON file ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ResultsError(f"{path}: not a prefect-bench result")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ResultsError(
+            f"{path}: schema_version {version!r} is not one this version reads ({SCHEMA_VERSION})"
+        )
+    try:
+        return Result.model_validate(data)
+    except ValidationError as exc:
+        raise ResultsError(f"{path}: not a valid result: {exc.error_count()} problem(s)") from exc
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def environment(**extra: str | None) -> Environment:
+    """Describe this machine and this tool, so results can be compared later."""
+    return Environment(
+        cpu_model=_cpu_model(),
+        cpu_count=os.cpu_count() or 1,
+        kernel=platform.release(),
+        python=platform.python_version(),
+        bench_version=__version__,
+        git_sha=_git_sha(),
+        hostname=platform.node(),
+        **extra,
+    )

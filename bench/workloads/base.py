@@ -1,0 +1,109 @@
+"""A workload is data: named requests, the fixtures they need, and how answers are checked."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from bench.engine.model import UNIQUE_TOKEN, EngineRequest
+from bench.errors import VerificationError
+
+Fixtures = Mapping[str, str]
+# check(body, fixtures) -> what is wrong, or None. Module-level functions only: engine
+# processes receive them pickled.
+Check = Callable[[bytes, Fixtures], str | None]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One request of a workload; `path` and string values in `body` may name fixtures."""
+
+    name: str
+    method: str
+    path: str
+    body: Any = None
+    expect_status: tuple[int, ...] = (200,)
+    check: Check | None = None
+
+    def resolve(self, api_path: str, fixtures: Fixtures) -> EngineRequest:
+        """The concrete request, fixtures filled in; `{unique}` becomes a per-request token."""
+        values = {**fixtures, "unique": UNIQUE_TOKEN.decode()}
+        body = None
+        if self.body is not None:
+            body = json.dumps(_fill(self.body, values), separators=(",", ":")).encode()
+        return EngineRequest(
+            method=self.method,
+            path=api_path + self.path.format_map(values),
+            body=body,
+            expect_status=self.expect_status,
+            validate=functools.partial(self.check, fixtures=dict(fixtures)) if self.check else None,
+        )
+
+
+def _fill(value: Any, values: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+        return value.format_map(values)
+    if isinstance(value, dict):
+        return {k: _fill(v, values) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, values) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    description: str
+    endpoints: tuple[Endpoint, ...]
+    setup: Callable[[httpx.Client], dict[str, str]] = field(default=lambda client: {})
+
+    def create_fixtures(self, client: httpx.Client) -> dict[str, str]:
+        """Create what the requests need (client's base_url is the API root)."""
+        try:
+            return self.setup(client)
+        except httpx.HTTPError as exc:
+            raise VerificationError(f"creating the {self.name} fixtures failed: {exc}") from exc
+
+    def verify(self, client: httpx.Client, fixtures: Fixtures) -> None:
+        """Send each request once; raise VerificationError unless every answer is right."""
+        for endpoint in self.endpoints:
+            req = endpoint.resolve("", fixtures)  # relative to the client's base_url
+            body = req.body.replace(UNIQUE_TOKEN, b"verify") if req.body else None
+            try:
+                resp = client.request(
+                    req.method,
+                    req.path,
+                    content=body,
+                    headers={"content-type": "application/json"} if body else None,
+                )
+            except httpx.HTTPError as exc:
+                raise VerificationError(f"{endpoint.name}: {exc!r}") from exc
+            if resp.status_code not in endpoint.expect_status:
+                raise VerificationError(
+                    f"{endpoint.name}: {req.method} {req.path} answered {resp.status_code} "
+                    f"(expected {endpoint.expect_status}): {resp.text[:200]}"
+                )
+            if req.validate is not None and (problem := req.validate(resp.content)):
+                raise VerificationError(f"{endpoint.name}: {problem}")
+
+
+def json_body(body: bytes) -> Any:
+    """The decoded JSON of a response body, or a ValueError saying it is not JSON."""
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise ValueError(f"not JSON: {body[:100]!r}") from exc
+
+
+def created_id(resp: httpx.Response, what: str) -> str:
+    """The id of an object a setup request created; VerificationError if it was not created."""
+    if resp.status_code not in (200, 201):
+        raise VerificationError(
+            f"creating the {what} answered {resp.status_code}: {resp.text[:200]}"
+        )
+    return str(resp.json()["id"])

@@ -1,0 +1,110 @@
+"""Sessions only; the logic lives in the `bench` package.
+
+    nox -s matrix                                              every cell, then the report
+    nox -s "bench(server='python', db='sqlite', broker='memory')" -- --duration 2
+    nox -s report | tests | lint
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+sys.path.insert(0, str(ROOT))
+from bench.matrix import cells  # noqa: E402  (standard library only)
+
+PREFECT_VERSION = os.environ.get("PREFECT_VERSION", "3.9.1")
+RESULTS = Path(os.environ.get("BENCH_RESULTS_DIR", ROOT / "results")).resolve()
+RUN_ID_ENV = "BENCH_RUN_ID"
+EXIT_SKIPPED = 3  # bench.cli.EXIT_SKIPPED
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.sessions = ["matrix"]
+nox.options.reuse_venv = "yes"
+
+
+def _install(session: nox.Session, extras: str = "") -> None:
+    """prefect-bench and the pinned Prefect server, bytecode compiled.
+
+    Without .pyc files every Prefect server start pays 5-6 s more.
+    """
+    session.env["UV_COMPILE_BYTECODE"] = "1"
+    session.install(f"prefect=={PREFECT_VERSION}", "prefect-redis", "-e", f".{extras}")
+
+
+@nox.session(default=False)
+@nox.parametrize("server,db,broker", cells())
+def bench(session: nox.Session, server: str, db: str, broker: str) -> None:
+    """One cell: server × db × broker. Arguments after -- go to `python -m bench run`."""
+    _install(session)
+    run_id = os.environ.get(RUN_ID_ENV) or (
+        time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
+    )
+    status_file = Path(session.create_tmp()) / f"{server}-{db}-{broker}-{run_id}.json"
+    session.run(
+        "python",
+        "-m",
+        "bench",
+        "run",
+        "--server",
+        server,
+        "--db",
+        db,
+        "--broker",
+        broker,
+        "--run-id",
+        run_id,
+        "--out",
+        str(RESULTS),
+        "--json",
+        str(status_file),
+        *session.posargs,
+        success_codes=[0, EXIT_SKIPPED],
+        # the runner stops the server and writes a partial result on Ctrl-C: let it finish
+        interrupt_timeout=60,
+        terminate_timeout=15,
+    )
+    result = json.loads(status_file.read_text())
+    status_file.unlink()
+    if result["status"] == "skipped":
+        session.skip(result["error"])
+
+
+@nox.session(venv_backend="none")
+def matrix(session: nox.Session) -> None:
+    """Every cell in turn under one run id, then the report."""
+    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
+    os.environ[RUN_ID_ENV] = run_id
+    session.log(f"run {run_id}: results in {RESULTS / run_id}")
+    for server, db, broker in cells():
+        session.notify(f"bench(server={server!r}, db={db!r}, broker={broker!r})", session.posargs)
+    session.notify("report", [str(RESULTS / run_id)])
+
+
+@nox.session
+def report(session: nox.Session) -> None:
+    """Aggregate results (default: every run under results/) into report.md and report.html."""
+    session.install("-e", ".")
+    session.run("python", "-m", "bench", "report", "--out", str(RESULTS), *session.posargs)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite, with the real Prefect server, PostgreSQL, Redis and docker."""
+    _install(session, "[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")

@@ -1,0 +1,145 @@
+"""The command line as a user meets it: one clear line for bad input, exit codes, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from bench.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SKIPPED, EXIT_USAGE
+from bench.process import wait_until
+
+
+def bench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--server", "nginx"], "unknown server 'nginx' (known: python, zig)"),
+        (["--db", "mysql"], "unknown db 'mysql'"),
+        (["--broker", "kafka"], "unknown broker 'kafka'"),
+        (["--workload", "bogus"], "unknown workload 'bogus'"),
+        (["--duration", "0"], "must be > 0"),
+        (["--duration", "-1"], "must be > 0"),
+        (["--duration", "fast"], "not a number"),
+        (["--warmup", "-1"], "must be >= 0"),
+        (["--concurrency", "1,0"], "positive integers"),
+        (["--concurrency", "1,x"], "positive integers"),
+        (["--concurrency", ""], "positive integers"),
+        (["--run-id", "../escape"], "letters, digits"),
+    ],
+)
+def test_bad_input_is_one_clear_line(tmp_path: Path, args: list[str], message: str) -> None:
+    out = bench("run", "--out", str(tmp_path), *args, cwd=tmp_path)
+    assert out.returncode == EXIT_USAGE
+    assert message in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing started, nothing written
+
+
+def test_unwritable_results_folder(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    out = bench("run", "--out", str(blocker / "results"), cwd=tmp_path)
+    assert out.returncode == EXIT_USAGE
+    assert "cannot write results into" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_existing_json_path_is_not_overwritten(tmp_path: Path) -> None:
+    target = tmp_path / "keep.json"
+    target.write_text("{}")
+    out = bench("run", "--out", str(tmp_path), "--json", str(target), cwd=tmp_path)
+    assert out.returncode == EXIT_USAGE
+    assert "never overwritten" in out.stderr
+    assert target.read_text() == "{}"
+
+
+def test_url_not_answering_fails_with_a_result(tmp_path: Path) -> None:
+    out = bench(
+        "run",
+        "--url",
+        "http://127.0.0.1:1/api",
+        "--out",
+        str(tmp_path),
+        "--json",
+        str(tmp_path / "copy.json"),
+        cwd=tmp_path,
+    )
+    assert out.returncode == EXIT_FAILED
+    assert "does not answer" in out.stdout
+    copy = json.loads((tmp_path / "copy.json").read_text())
+    assert copy["status"] == "failed" and copy["cell"]["server"] == "external"
+    assert len(list(tmp_path.glob("*/external.json"))) == 1
+
+
+def test_skipped_cell_exit_code(tmp_path: Path) -> None:
+    out = bench("run", "--server", "zig", "--out", str(tmp_path), cwd=tmp_path)
+    assert out.returncode == EXIT_SKIPPED
+    (path,) = tmp_path.glob("*/zig-sqlite-memory.json")
+    assert json.loads(path.read_text())["status"] == "skipped"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_stops_the_server_and_writes_a_partial_result(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    temp_dirs_before = set(Path(tempfile.gettempdir()).glob("prefect-bench-*"))
+    log = tmp_path / "out.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench",
+                "run",
+                "--out",
+                str(tmp_path / "results"),
+                "--duration",
+                "30",
+                "--warmup",
+                "0",
+                "--concurrency",
+                "1",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+    try:
+        wait_until(lambda: "measuring" in log.read_text(), timeout_s=120, interval_s=0.1)
+        server_pids = [
+            p.pid
+            for p in psutil.Process(proc.pid).children(recursive=True)
+            if "prefect" in " ".join(p.cmdline())
+        ]
+        assert server_pids, "the server should be running"
+        started = time.monotonic()
+        proc.send_signal(sig)
+        assert proc.wait(timeout=60) == EXIT_INTERRUPTED
+        assert time.monotonic() - started < 30, "stopping must not wait for the window to end"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not [pid for pid in server_pids if psutil.pid_exists(pid)]
+    (path,) = (tmp_path / "results").glob("*/python-sqlite-memory.json")
+    result = json.loads(path.read_text())
+    assert result["status"] == "failed" and result["error"] == "interrupted"
+    assert result["server"]["startup_s"] > 0
+    assert set(Path(tempfile.gettempdir()).glob("prefect-bench-*")) <= temp_dirs_before

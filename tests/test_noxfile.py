@@ -1,0 +1,60 @@
+"""The nox sessions as the README tells people to run them (real venvs, real server)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bench.matrix import cells
+from bench.results import load_result
+
+pytestmark = pytest.mark.skipif(shutil.which("nox") is None, reason="nox is not installed")
+
+
+def nox(repo_root: Path, results: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"BENCH_RESULTS_DIR": str(results)}
+    env.pop("VIRTUAL_ENV", None)
+    return subprocess.run(
+        ["nox", *args], cwd=repo_root, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_every_cell_is_a_session(repo_root: Path, tmp_path: Path) -> None:
+    out = nox(repo_root, tmp_path, "-l", "--json", "-s", "bench")
+    assert out.returncode == 0, out.stderr
+    sessions = [s["session"] for s in json.loads(out.stdout)]
+    assert sessions == [f"bench(server={s!r}, db={d!r}, broker={b!r})" for s, d, b in cells()]
+    assert len(sessions) == 8
+
+
+def test_one_cell_through_nox(repo_root: Path, tmp_path: Path) -> None:
+    out = nox(
+        repo_root,
+        tmp_path,
+        "-s",
+        "bench(server='python', db='sqlite', broker='memory')",
+        "bench(server='zig', db='sqlite', broker='memory')",
+        "--",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0.2",
+        "--concurrency",
+        "1,4",
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (path,) = tmp_path.glob("*/python-sqlite-memory.json")
+    result = load_result(path)
+    assert result.status == "ok", result.error
+    assert len(result.endpoints) == 12
+    for ep in result.endpoints:
+        assert ep.requests > 0 and ep.rps > 0 and ep.hdr
+        lat = ep.latency_ms
+        assert lat and lat.min <= lat.p50 <= lat.p90 <= lat.p99 <= lat.p999 <= lat.max
+    assert "no zig prefect-server binary given" in out.stderr
+    assert "skipped" in out.stderr

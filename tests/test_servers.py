@@ -1,0 +1,94 @@
+"""The server adapters and start_server, against the real Python Prefect server."""
+
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from bench.errors import ServerError
+from bench.servers import ServerSetup, make_server, start_server
+from bench.servers.python import PythonServer
+from bench.servers.zig import ZigServer
+
+
+def test_python_server_starts_healthy_and_stops_cleanly(tmp_path: Path) -> None:
+    setup = ServerSetup(db="sqlite", broker="memory", logdir=tmp_path, datadir=tmp_path / "d")
+    with start_server(make_server("python"), setup) as server:
+        assert server.startup_s > 0
+        assert httpx.get(f"{server.base_url}/health").json() is True
+        # the UI is off: only the API answers
+        assert httpx.get(f"http://127.0.0.1:{server.port}/").status_code == 404
+        env = server.process.process.environ()
+        assert env["PREFECT_SERVER_DATABASE_CONNECTION_URL"].endswith(
+            str(tmp_path / "d/prefect.db")
+        )
+        assert env["PREFECT_SERVER_LOGGING_LEVEL"] == "WARNING"
+        pids = [p.pid for p in server.process.tree()]
+    assert server.exit_code in (0, -15)
+    assert not [pid for pid in pids if psutil.pid_exists(pid)]
+    assert (tmp_path / "server.log").exists()
+
+
+class BrokenDatabase(PythonServer):
+    """The real server, told to use a database it cannot open."""
+
+    def environment(self, port: int, setup: ServerSetup) -> dict[str, str]:
+        env = super().environment(port, setup)
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = "sqlite+aiosqlite:////nonexistent/dir/x.db"
+        return env
+
+
+def test_a_server_that_fails_to_start_reports_its_log(tmp_path: Path) -> None:
+    setup = ServerSetup(db="sqlite", broker="memory", logdir=tmp_path, datadir=tmp_path / "d")
+    with (
+        pytest.raises(ServerError, match="exited with code") as info,
+        start_server(BrokenDatabase(), setup),
+    ):
+        pytest.fail("the server should not have started")
+    assert "last lines of" in str(info.value)
+    assert "unable to open database file" in str(info.value).lower()
+
+
+def test_python_environment_maps_redis_and_postgres(tmp_path: Path) -> None:
+    from bench.results import ServiceInfo
+    from bench.services.base import PostgresService, RedisService
+
+    info = ServiceInfo(provider="local")
+    setup = ServerSetup(
+        db="postgres",
+        broker="redis",
+        logdir=tmp_path,
+        datadir=tmp_path,
+        postgres=PostgresService("127.0.0.1", 5433, "u", "pw", "db1", info),
+        redis=RedisService("127.0.0.1", 6380, 2, info),
+        no_services=True,
+    )
+    adapter = PythonServer()
+    env = adapter.environment(1234, setup)
+    assert env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] == (
+        "postgresql+asyncpg://u:pw@127.0.0.1:5433/db1"
+    )
+    for key in (
+        "PREFECT_SERVER_EVENTS_MESSAGING_BROKER",
+        "PREFECT_SERVER_EVENTS_MESSAGING_CACHE",
+        "PREFECT_SERVER_EVENTS_CAUSAL_ORDERING",
+        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE",
+        "PREFECT_SERVER_WORKER_CHANNEL_CLEANUP_QUEUE_STORAGE",
+    ):
+        assert env[key].startswith("prefect_redis.")
+    assert env["PREFECT_REDIS_MESSAGING_PORT"] == "6380"
+    assert env["PREFECT_REDIS_MESSAGING_DB"] == "2"
+    assert env["PREFECT_SERVER_DOCKET_URL"] == "redis://127.0.0.1:6380/3"
+    assert "--no-services" in adapter.command(1234, setup)
+
+
+def test_zig_is_unavailable_without_a_binary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("BENCH_ZIG_BINARY", raising=False)
+    assert "--zig-binary" in (ZigServer().unavailable_reason() or "")
+    missing = tmp_path / "prefect-server"
+    assert "does not exist" in (ZigServer(missing).unavailable_reason() or "")
+    missing.write_text("#!/bin/sh\n")
+    assert "not executable" in (ZigServer(missing).unavailable_reason() or "")
