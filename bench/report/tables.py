@@ -1,0 +1,352 @@
+"""The report as neutral data (sections of tables of formatted values) that every renderer shows.
+
+Building the content once here is what keeps the terminal, Markdown and HTML reports showing
+the same things; the renderers only decide how a table, a tone or a chart looks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from bench.report import aggregate
+from bench.report.aggregate import Pair, Total
+from bench.report.numbers import (
+    LOWER_BOUND,
+    MISSING,
+    SATURATED_MARK,
+    UPPER_BOUND,
+    first_line,
+    fmt_errors,
+    fmt_ms,
+    fmt_num,
+    fmt_ratio,
+)
+from bench.results import EndpointResult, Result
+
+Tone = Literal["", "ok", "failed", "skipped", "good", "bad", "muted"]
+
+TITLE = "prefect-bench report"
+NO_RESULTS = "No results found."
+SATURATED_NOTE = (
+    f"{LOWER_BOUND} / {SATURATED_MARK}: the load generator was saturated during this "
+    "measurement: the rps is a lower bound of what the server sustains, and the latencies "
+    "include client-side delay."
+)
+RATIO_NOTE = (
+    f"{LOWER_BOUND} / {UPPER_BOUND} / {SATURATED_MARK}: the load generator was saturated while "
+    f"measuring this server ({LOWER_BOUND}), the python server ({UPPER_BOUND}) or both "
+    f"({SATURATED_MARK}): the ratio is a bound, not a value."
+)
+# A ratio within this much of 1 is shown without a good/bad tone.
+NEUTRAL_BAND = 0.05
+
+
+@dataclass(frozen=True)
+class Value:
+    """One table cell: its text, a number for charts and bars (HTML), and a tone for colour."""
+
+    text: str
+    number: float | None = None
+    tone: Tone = ""
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    numeric: bool = False
+
+
+@dataclass
+class Table:
+    title: str | None
+    columns: list[Column]
+    rows: list[list[Value]] = field(default_factory=list)
+    bars: bool = False  # HTML draws a bar behind each value that has a number, per row
+    grouped: bool = False  # rows come in groups sharing the first column (e.g. an endpoint)
+
+
+@dataclass(frozen=True)
+class Chart:
+    """A line chart: one series per cell over the concurrency levels (HTML only)."""
+
+    title: str
+    x_label: str
+    x_values: list[str]
+    y_label: str
+    series: list[tuple[str, list[float | None]]]
+
+
+@dataclass
+class Section:
+    title: str
+    paragraphs: list[str] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    charts: list[Chart] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    title: str
+    summary: str
+    warnings: list[str] = field(default_factory=list)
+    sections: list[Section] = field(default_factory=list)
+
+
+def _label(result: Result, multi_run: bool) -> str:
+    label = result.cell.name
+    if multi_run:
+        label += f" ({result.run_id})"
+    if result.status != "ok":
+        label += f" ({result.status})"
+    return label
+
+
+def _rps_value(rps: float, saturated: bool) -> Value:
+    text = (LOWER_BOUND if saturated else "") + fmt_num(rps)
+    return Value(text, number=rps)
+
+
+def _total_value(total: Total | None) -> Value:
+    return Value(MISSING) if total is None else _rps_value(total.rps, total.saturated)
+
+
+def _ms_value(ep: EndpointResult | None, pick: Literal["p50", "p99"]) -> Value:
+    if ep is None or ep.latency_ms is None:
+        return Value(MISSING)
+    ms = getattr(ep.latency_ms, pick)
+    return Value(fmt_ms(ms) + (SATURATED_MARK if ep.client_saturated else ""), number=ms)
+
+
+def _errors_value(ep: EndpointResult | None) -> Value:
+    if ep is None:
+        return Value(MISSING)
+    text = fmt_errors(ep.errors)
+    return Value(text, tone="muted" if text == "0" else "bad")
+
+
+def _ratio_value(
+    num: float | None, den: float | None, num_sat: bool, den_sat: bool, higher_is_better: bool
+) -> Value:
+    if num is None or den is None or den == 0:
+        return Value(MISSING)
+    ratio = num / den
+    bound = ""
+    if num_sat != den_sat:
+        # A saturated numerator is a lower bound, a saturated denominator makes an upper bound.
+        bound = LOWER_BOUND if num_sat else UPPER_BOUND
+    elif num_sat:
+        bound = SATURATED_MARK
+    tone: Tone = ""
+    if ratio > 1 + NEUTRAL_BAND:
+        tone = "good" if higher_is_better else "bad"
+    elif ratio < 1 - NEUTRAL_BAND:
+        tone = "bad" if higher_is_better else "good"
+    text = (
+        fmt_ratio(ratio) + SATURATED_MARK if bound == SATURATED_MARK else bound + fmt_ratio(ratio)
+    )
+    return Value(text, number=ratio, tone=tone)
+
+
+def _status_value(result: Result) -> Value:
+    return Value(result.status, tone=result.status)
+
+
+def _matrix_section(results: list[Result], multi_run: bool) -> Section:
+    ok = [r for r in results if r.status == "ok"]
+    levels = aggregate.concurrency_levels(ok)
+    columns = [Column("run"), Column("server"), Column("db"), Column("broker"), Column("status")]
+    columns += [Column(f"total rps c={c}", numeric=True) for c in levels]
+    columns += [
+        Column("startup s", numeric=True),
+        Column("rss peak MB", numeric=True),
+        Column("cpu s", numeric=True),
+        Column("error / reason"),
+    ]
+    table = Table(None, columns)
+    saturated = False
+    for r in results:
+        row = [Value(r.run_id), Value(r.cell.server), Value(r.cell.db), Value(r.cell.broker)]
+        row.append(_status_value(r))
+        if r.status == "ok":
+            totals = [aggregate.total_rps(r, c) for c in levels]
+            saturated |= any(t is not None and t.saturated for t in totals)
+            row += [_total_value(t) for t in totals]
+            info = r.server
+            row += [
+                Value(fmt_num(info.startup_s if info else None)),
+                Value(fmt_num(info.rss_peak_mb if info else None)),
+                Value(fmt_num(info.cpu_s if info else None)),
+                Value(""),
+            ]
+        else:
+            row += [Value(MISSING) for _ in levels] + [Value(MISSING)] * 3
+            row.append(Value(first_line(r.error) or MISSING, tone=r.status))
+        table.rows.append(row)
+    section = Section("Matrix", tables=[table])
+    section.paragraphs.append(
+        "Total rps is the sum of the successful requests per second of every endpoint "
+        "measured at that concurrency."
+    )
+    if ok and levels:
+        section.charts.append(
+            Chart(
+                "Total rps by concurrency",
+                "concurrency",
+                [str(c) for c in levels],
+                "rps",
+                [
+                    (
+                        _label(r, multi_run),
+                        [t.rps if (t := aggregate.total_rps(r, c)) else None for c in levels],
+                    )
+                    for r in ok
+                ],
+            )
+        )
+    if saturated:
+        section.notes.append(SATURATED_NOTE)
+    return section
+
+
+def _endpoint_section(results: list[Result], multi_run: bool) -> Section:
+    section = Section("Endpoints")
+    measured = [r for r in results if r.endpoints]
+    if not measured:
+        section.paragraphs.append("No endpoint measurements.")
+        return section
+    keys = aggregate.endpoint_keys(measured)
+    by_result = [aggregate.measurements(r) for r in measured]
+    labels = [_label(r, multi_run) for r in measured]
+    head = [Column("endpoint"), Column("c", numeric=True)]
+    cells = [Column(label, numeric=True) for label in labels]
+
+    rps = Table("Requests per second (successful responses)", head + cells, bars=True, grouped=True)
+    p50 = Table("p50 latency (ms)", head + cells, grouped=True)
+    p99 = Table("p99 latency (ms)", head + cells, grouped=True)
+    errors = Table("Errors (count and kinds)", head + cells, grouped=True)
+    for name, c in keys:
+        eps = [m.get((name, c)) for m in by_result]
+        key = [Value(name), Value(str(c))]
+        rps.rows.append(
+            key
+            + [Value(MISSING) if e is None else _rps_value(e.rps, e.client_saturated) for e in eps]
+        )
+        p50.rows.append(key + [_ms_value(e, "p50") for e in eps])
+        p99.rows.append(key + [_ms_value(e, "p99") for e in eps])
+        errors.rows.append(key + [_errors_value(e) for e in eps])
+    section.tables += [rps, p50, p99]
+    if any(ep.errors and sum(ep.errors.values()) for r in measured for ep in r.endpoints):
+        section.tables.append(errors)
+    else:
+        section.notes.append("No request errors in any measurement.")
+    if any(ep.client_saturated for r in measured for ep in r.endpoints):
+        section.notes.append(SATURATED_NOTE)
+
+    names = list(dict.fromkeys(name for name, _ in keys))
+    for name in names:
+        levels = [c for n, c in keys if n == name]
+        series = [
+            (label, [e.rps if (e := m.get((name, c))) else None for c in levels])
+            for label, m in zip(labels, by_result, strict=True)
+        ]
+        section.charts.append(
+            Chart(f"{name}: rps", "concurrency", [str(c) for c in levels], "rps", series)
+        )
+    return section
+
+
+def _pair_header(pair: Pair, multi_run: bool) -> str:
+    header = f"{pair.other.cell.name} vs {pair.base.cell.server}"
+    if not pair.same_run:
+        header += f" (run {pair.other.run_id} vs {pair.base.run_id})"
+    elif multi_run:
+        header += f" (run {pair.other.run_id})"
+    return header
+
+
+def _speedup_section(results: list[Result], multi_run: bool) -> Section:
+    ref = aggregate.REFERENCE_SERVER
+    section = Section(f"Speedup over {ref}")
+    pairs = aggregate.speedup_pairs(results)
+    if not pairs:
+        section.paragraphs.append(
+            f"Nothing to compare: a speedup needs an ok {ref} result and an ok result of another "
+            "server with the same db and broker."
+        )
+        return section
+    section.paragraphs.append(
+        f"Each server's rps divided by the {ref} server's rps in the same db and broker (from the "
+        f"same run when there is one, else the newest {ref} result): above 1× is faster. Totals "
+        "sum the endpoints both measured at that concurrency. The rss peak ratio is the server's "
+        f"peak memory divided by {ref}'s: below 1× uses less memory."
+    )
+    keys = aggregate.endpoint_keys([r for p in pairs for r in (p.other, p.base)])
+    table = Table(
+        None,
+        [Column("endpoint"), Column("c", numeric=True)]
+        + [Column(_pair_header(p, multi_run), numeric=True) for p in pairs],
+        grouped=True,
+    )
+    found = [(aggregate.measurements(p.other), aggregate.measurements(p.base)) for p in pairs]
+    saturated = False
+    for name, c in keys:
+        row = [Value(name), Value(str(c))]
+        for other, base in found:
+            o, b = other.get((name, c)), base.get((name, c))
+            if o is None or b is None:
+                row.append(Value(MISSING))
+                continue
+            saturated |= o.client_saturated or b.client_saturated
+            row.append(_ratio_value(o.rps, b.rps, o.client_saturated, b.client_saturated, True))
+        table.rows.append(row)
+    for c in sorted({c for _, c in keys}):
+        row = [Value("total"), Value(str(c))]
+        for pair, (other, base) in zip(pairs, found, strict=True):
+            common = {n for n, level in other if level == c} & {
+                n for n, level in base if level == c
+            }
+            to = aggregate.total_rps(pair.other, c, common) if common else None
+            tb = aggregate.total_rps(pair.base, c, common) if common else None
+            if to is None or tb is None:
+                row.append(Value(MISSING))
+                continue
+            saturated |= to.saturated or tb.saturated
+            row.append(_ratio_value(to.rps, tb.rps, to.saturated, tb.saturated, True))
+        table.rows.append(row)
+    row = [Value("rss peak"), Value("")]
+    for pair in pairs:
+        o_mb = pair.other.server.rss_peak_mb if pair.other.server else None
+        b_mb = pair.base.server.rss_peak_mb if pair.base.server else None
+        row.append(_ratio_value(o_mb, b_mb, False, False, False))
+    table.rows.append(row)
+    section.tables.append(table)
+    if saturated:
+        section.notes.append(RATIO_NOTE)
+    return section
+
+
+def build(results: list[Result]) -> Report:
+    """The whole report for `results` (any order; shown in `aggregate.display_order`)."""
+    if not results:
+        return Report(TITLE, NO_RESULTS)
+    ordered = aggregate.display_order(results)
+    runs = aggregate.run_ids(ordered)
+    multi_run = len(runs) > 1
+    plural = "" if len(ordered) == 1 else "s"
+    summary = (
+        f"{len(ordered)} result{plural} from {len(runs)} run{'' if len(runs) == 1 else 's'}: "
+        + ", ".join(runs)
+        + "."
+    )
+    return Report(
+        TITLE,
+        summary,
+        warnings=aggregate.comparability_warnings(ordered),
+        sections=[
+            _matrix_section(ordered, multi_run),
+            _endpoint_section(ordered, multi_run),
+            _speedup_section(ordered, multi_run),
+        ],
+    )

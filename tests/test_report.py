@@ -1,0 +1,440 @@
+"""Tests of bench.report: collecting results, the three formats, speedups and warnings.
+
+The Markdown report is compared with tests/resources/report/report.md.golden. After an
+intended change of the report, refresh the golden file and review its diff:
+
+    BENCH_UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_report.py
+
+Without that variable the golden file is never written.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from bench.report import collect, render_html, render_markdown, render_terminal, tables
+from bench.report.aggregate import comparability_warnings, speedup_pairs
+from bench.report.numbers import first_line, fmt_errors, fmt_ms, fmt_num, fmt_ratio
+from bench.results import Result
+
+RESOURCES = Path(__file__).parent / "resources" / "report"
+RUN = "20261126T164000Z-3f2a"
+RUN_DIR = RESOURCES / RUN
+GOLDEN = RESOURCES / "report.md.golden"
+UPDATE_GOLDEN = os.environ.get("BENCH_UPDATE_GOLDEN") == "1"
+
+
+@pytest.fixture
+def results() -> list[Result]:
+    found, warnings = collect([RUN_DIR])
+    assert warnings == []
+    return found
+
+
+def by_cell(results: list[Result], name: str) -> Result:
+    return next(r for r in results if r.cell.name == name)
+
+
+def terminal_text(results: list[Result]) -> str:
+    console = Console(file=io.StringIO(), width=200, color_system=None)
+    for renderable in render_terminal(results):
+        console.print(renderable)
+    out = console.file
+    assert isinstance(out, io.StringIO)
+    return out.getvalue()
+
+
+def with_env(result: Result, **changes: object) -> Result:
+    return result.model_copy(update={"environment": result.environment.model_copy(update=changes)})
+
+
+def with_config(result: Result, **changes: object) -> Result:
+    return result.model_copy(update={"config": result.config.model_copy(update=changes)})
+
+
+def speedup_table(results: list[Result]) -> tables.Table:
+    report = tables.build(results)
+    section = next(s for s in report.sections if s.title.startswith("Speedup"))
+    assert section.tables, section.paragraphs
+    return section.tables[0]
+
+
+def column(table: tables.Table, header_start: str) -> dict[tuple[str, str], str]:
+    """One column of a table as {(endpoint, c): text}."""
+    index = next(i for i, c in enumerate(table.columns) if c.header.startswith(header_start))
+    return {(row[0].text, row[1].text): row[index].text for row in table.rows}
+
+
+# collect
+
+
+def test_collect_reads_folders_recursively_and_warns_about_bad_files() -> None:
+    results, warnings = collect([RESOURCES])
+
+    assert [(r.run_id, r.cell.name, r.status) for r in results] == [
+        (RUN, "python-postgres-redis", "failed"),
+        (RUN, "python-sqlite-memory", "ok"),
+        (RUN, "zig-postgres-redis", "skipped"),
+        (RUN, "zig-sqlite-memory", "ok"),
+    ]
+    # The dot-file, report.json and notes.txt are skipped silently; the bad files are not.
+    assert len(warnings) == 3, warnings
+    assert "broken.json: not a readable JSON file" in warnings[0]
+    assert "future.json: schema_version 99 is not one this version reads" in warnings[1]
+    assert "not-a-result.json: not a valid result" in warnings[2]
+
+
+def test_collect_keeps_unknown_keys() -> None:
+    results, _ = collect([RUN_DIR / "python-sqlite-memory.json"])
+    assert results[0].model_extra == {"unknown_top_level_key": "kept"}
+    assert results[0].endpoints[0].model_extra == {"some_future_key": {"x": 1}}
+
+
+def test_collect_files_missing_paths_and_duplicates(tmp_path: Path) -> None:
+    copy = tmp_path / "copy" / "zig-sqlite-memory.json"
+    copy.parent.mkdir()
+    shutil.copy(RUN_DIR / "zig-sqlite-memory.json", copy)
+    explicit = RUN_DIR / "zig-sqlite-memory.json"
+
+    results, warnings = collect([explicit, RUN_DIR, copy, tmp_path / "nowhere"])
+
+    assert [r.cell.name for r in results] == [
+        "python-postgres-redis",
+        "python-sqlite-memory",
+        "zig-postgres-redis",
+        "zig-sqlite-memory",
+    ]
+    # The file given twice (directly and in its folder) is read once, without a warning.
+    assert len(warnings) == 2, warnings
+    assert str(tmp_path / "nowhere") in warnings[0] and "no such file" in warnings[0]
+    assert str(copy) in warnings[1] and "already read from" in warnings[1]
+
+
+def test_collect_explicit_file_is_read_even_if_named_like_a_report(tmp_path: Path) -> None:
+    shutil.copy(RUN_DIR / "python-sqlite-memory.json", tmp_path / "report.json")
+    assert collect([tmp_path]) == ([], [])
+    results, warnings = collect([tmp_path / "report.json"])
+    assert len(results) == 1 and warnings == []
+
+
+def test_collect_empty_folder(tmp_path: Path) -> None:
+    assert collect([tmp_path]) == ([], [])
+    assert collect([]) == ([], [])
+
+
+# numbers
+
+
+def test_number_formats() -> None:
+    assert fmt_num(1234.4) == "1234"
+    assert fmt_num(100.2) == "100"
+    assert fmt_num(45.63) == "45.6"
+    assert fmt_num(3.14159) == "3.14"
+    assert fmt_num(0) == "0"
+    assert fmt_num(None) == "-"
+    assert fmt_ms(3.14159) == "3.14"
+    assert fmt_ms(120.0) == "120.00"
+    assert fmt_ratio(11.078) == "11.1×"
+    assert fmt_errors({}) == "0"
+    assert fmt_errors({"disconnect": 3, "503": 12, "500": 0}) == "15 (503×12, disconnect×3)"
+    assert first_line("\n  boom  \nTraceback") == "boom"
+    assert first_line("x" * 100, width=10) == "x" * 9 + "…"
+
+
+# markdown
+
+
+def test_markdown_matches_golden_file(results: list[Result]) -> None:
+    text = render_markdown(results)
+    if UPDATE_GOLDEN:
+        GOLDEN.write_text(text, encoding="utf-8")
+    assert text == GOLDEN.read_text(encoding="utf-8"), (
+        "the Markdown report changed; if intended, run with BENCH_UPDATE_GOLDEN=1 and review"
+    )
+
+
+def test_markdown_escapes_text_from_results(results: list[Result]) -> None:
+    failed = by_cell(results, "python-postgres-redis")
+    evil = failed.model_copy(update={"error": "bad | pipe <b>bold</b> *star*"})
+    text = render_markdown([evil])
+    assert r"bad \| pipe &lt;b&gt;bold&lt;/b&gt; \*star\*" in text
+    assert "<b>" not in text
+
+
+# terminal
+
+
+def test_terminal_shows_matrix_endpoints_and_speedup(results: list[Result]) -> None:
+    text = terminal_text(results)
+    for expected in [
+        "prefect-bench report",
+        "4 results from 1 run: " + RUN,
+        # Matrix: totals (one saturated), server metrics, error and skip reason.
+        "13985",
+        "≥34108",
+        "1310",
+        "2274",
+        "14.2",
+        "251",
+        "server died while measuring POST flow_runs (exit code 1)",
+        "no zig binary",
+        # Endpoints: rps, latencies, errors, saturated marks.
+        "≥25000",
+        "0.15†",
+        "88.75",
+        "15 (503×12, disconnect×3)",
+        "40 (500×40)",
+        "python-postgres-redis (failed)",
+        # Speedup.
+        "zig-sqlite-memory vs python",
+        "11.1×",
+        "≥16.6×",
+        "10.7×",
+        "0.10×",
+        "the load generator was saturated",
+    ]:
+        assert expected in text, expected
+    assert "Traceback" not in text  # only the first line of an error
+    assert "WARNING" not in text
+
+
+def test_terminal_row_for_ok_cell(results: list[Result]) -> None:
+    lines = terminal_text(results).splitlines()
+    row = next(ln for ln in lines if "zig" in ln and "sqlite" in ln and "ok" in ln)
+    assert row.split()[1:] == [
+        "zig",
+        "sqlite",
+        "memory",
+        "ok",
+        "13985",
+        "≥34108",
+        "0.05",
+        "25.1",
+        "12.0",
+    ]
+
+
+def test_terminal_does_not_interpret_markup_in_results(results: list[Result]) -> None:
+    failed = by_cell(results, "python-postgres-redis")
+    odd = failed.model_copy(update={"error": "[bold]not markup[/bold] [/]"})
+    assert "[bold]not markup[/bold] [/]" in terminal_text([odd])
+
+
+# html
+
+
+class _Checker(HTMLParser):
+    """Checks that every non-void element is closed in order; collects attributes."""
+
+    VOID = frozenset({"meta", "br", "hr", "img", "link", "input", "col", "wbr"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.problems: list[str] = []
+        self.attrs: list[tuple[str, str | None]] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.attrs += attrs
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.attrs += attrs
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self.stack or self.stack[-1] != tag:
+            self.problems.append(f"</{tag}> closes {self.stack[-1:] or 'nothing'}")
+        else:
+            self.stack.pop()
+
+
+def check_html(page: str) -> _Checker:
+    checker = _Checker()
+    checker.feed(page)
+    checker.close()
+    assert checker.problems == []
+    assert checker.stack == []
+    assert page.startswith("<!DOCTYPE html>")
+    return checker
+
+
+def test_html_is_well_formed_and_self_contained(results: list[Result]) -> None:
+    page = render_html(results)
+    checker = check_html(page)
+    assert "table" in checker.tags and "svg" in checker.tags
+    assert "script" not in checker.tags and "link" not in checker.tags
+    assert "http://" not in page and "https://" not in page
+    for name, value in checker.attrs:
+        if name in {"src", "href", "action", "srcset"}:
+            pytest.fail(f"reference to another resource: {name}={value}")
+    assert not re.search(r"url\(|@import", page)
+    for expected in ["≥34108", "15 (503×12, disconnect×3)", "11.1×", "0.10×", "no zig binary"]:
+        assert expected in page, expected
+
+
+def test_html_escapes_text_from_results(results: list[Result]) -> None:
+    failed = by_cell(results, "python-postgres-redis")
+    evil = failed.model_copy(update={"error": "<script>alert(1)</script> see http://x"})
+    page = render_html([evil])
+    check_html(page)
+    assert "<script>" not in page and "&lt;script&gt;" in page
+
+
+# speedup
+
+
+def test_speedup_ratios(results: list[Result]) -> None:
+    pairs = speedup_pairs(results)
+    assert [(p.other.cell.name, p.base.cell.name) for p in pairs] == [
+        ("zig-sqlite-memory", "python-sqlite-memory")
+    ]
+    ratios = column(speedup_table(results), "zig-sqlite-memory vs python")
+    assert ratios == {
+        ("GET health", "1"): "11.1×",  # 9000 / 812.4
+        ("GET health", "4"): "≥16.6×",  # 25000 (saturated) / 1503.7
+        ("GET flow", "1"): "10.0×",  # 4030 / 402.25
+        ("GET flow", "4"): "14.0×",  # 9108 / 650.5
+        ("POST flow_runs", "1"): "10.0×",  # 954.6 / 95.46
+        ("POST flow_runs", "4"): "0×",  # 0 / 120
+        ("total", "1"): "10.7×",  # 13984.6 / 1310.11
+        ("total", "4"): "≥15.0×",  # 34108 / 2274.2
+        ("rss peak", ""): "0.10×",  # 25.1 / 251
+    }
+
+
+def test_speedup_marks_a_saturated_reference_as_upper_bound(results: list[Result]) -> None:
+    python = by_cell(results, "python-sqlite-memory")
+    eps = [
+        ep.model_copy(update={"client_saturated": True}) if ep.name == "GET flow" else ep
+        for ep in python.endpoints
+    ]
+    python = python.model_copy(update={"endpoints": eps})
+    zig = by_cell(results, "zig-sqlite-memory")
+    ratios = column(speedup_table([python, zig]), "zig")
+    assert ratios[("GET flow", "1")] == "≤10.0×"
+    assert ratios[("GET health", "4")] == "≥16.6×"
+    assert ratios[("total", "4")] == "15.0×†"  # both sides saturated
+
+
+def test_speedup_totals_only_sum_endpoints_both_measured(results: list[Result]) -> None:
+    zig = by_cell(results, "zig-sqlite-memory")
+    zig = zig.model_copy(update={"endpoints": [e for e in zig.endpoints if e.name == "GET flow"]})
+    ratios = column(speedup_table([by_cell(results, "python-sqlite-memory"), zig]), "zig")
+    assert ratios[("total", "1")] == "10.0×"  # GET flow alone: 4030 / 402.25
+    assert ratios[("GET health", "1")] == "-"
+
+
+def test_speedup_prefers_same_run_else_newest_reference(results: list[Result]) -> None:
+    python = by_cell(results, "python-sqlite-memory")
+    zig = by_cell(results, "zig-sqlite-memory")
+    run_b, run_c = "20261127T090000Z-aaaa", "20261128T090000Z-bbbb"
+    python_c = python.model_copy(update={"run_id": run_c, "started_at": "2026-11-28T09:00:00Z"})
+    zig_b = zig.model_copy(update={"run_id": run_b, "started_at": "2026-11-27T09:00:00Z"})
+    pairs = speedup_pairs([python, zig, zig_b, python_c])
+    assert [(p.other.run_id, p.base.run_id) for p in pairs] == [(RUN, RUN), (run_b, run_c)]
+    headers = [c.header for c in speedup_table([python, zig, zig_b, python_c]).columns[2:]]
+    assert headers == [
+        f"zig-sqlite-memory vs python (run {RUN})",
+        f"zig-sqlite-memory vs python (run {run_b} vs {run_c})",
+    ]
+
+
+def test_speedup_needs_an_ok_reference(results: list[Result]) -> None:
+    failed_python = by_cell(results, "python-postgres-redis")
+    zig = by_cell(results, "zig-sqlite-memory")
+    # Different db/broker: no pair. A failed python cell is never a reference.
+    assert speedup_pairs([failed_python, zig]) == []
+    moved = zig.model_copy(update={"cell": failed_python.cell.model_copy(update={"server": "zig"})})
+    assert speedup_pairs([failed_python, moved]) == []
+    assert "Nothing to compare" in render_markdown([failed_python, zig])
+
+
+# like-for-like warnings
+
+
+def test_no_warning_for_one_machine_and_one_config(results: list[Result]) -> None:
+    assert comparability_warnings(results) == []
+    assert "Warning" not in render_markdown(results)
+
+
+def test_warning_for_different_machines(results: list[Result]) -> None:
+    zig = by_cell(results, "zig-sqlite-memory")
+    changed = [r if r is not zig else with_env(zig, hostname="bench-2") for r in results]
+    warnings = comparability_warnings(changed)
+    assert len(warnings) == 1
+    assert "different machines" in warnings[0] and "bench-2" in warnings[0]
+    assert "not like-for-like" in warnings[0]
+    assert "different machines" in render_markdown(changed)
+    assert "different machines" in terminal_text(changed)
+    assert "different machines" in render_html(changed)
+
+    other_cpu = [r if r is not zig else with_env(zig, cpu_model="AMD EPYC") for r in results]
+    assert "AMD EPYC" in comparability_warnings(other_cpu)[0]
+
+
+def test_skipped_cells_do_not_trigger_warnings(results: list[Result]) -> None:
+    skipped = by_cell(results, "zig-postgres-redis")
+    changed = [r if r is not skipped else with_env(skipped, hostname="elsewhere") for r in results]
+    assert comparability_warnings(changed) == []
+
+
+def test_warning_for_different_settings(results: list[Result]) -> None:
+    zig = by_cell(results, "zig-sqlite-memory")
+    cases: list[tuple[dict[str, object], str]] = [
+        ({"duration_s": 2.0}, "duration_s 2 (1 result) vs 5 (2 results)"),
+        ({"concurrency": [1, 4, 16]}, "concurrency 1,4 (2 results) vs 1,4,16 (1 result)"),
+        ({"workload": "lifecycle"}, "workload lifecycle (1 result) vs seed (2 results)"),
+    ]
+    for changes, word in cases:
+        changed = [r if r is not zig else with_config(zig, **changes) for r in results]
+        warnings = comparability_warnings(changed)
+        assert len(warnings) == 1, warnings
+        assert "different settings" in warnings[0] and word in warnings[0]
+        assert "different settings" in render_markdown(changed)
+
+
+# edge cases
+
+
+def test_empty_input_says_so() -> None:
+    assert "No results found." in render_markdown([])
+    assert "No results found." in terminal_text([])
+    page = render_html([])
+    check_html(page)
+    assert "No results found." in page
+
+
+def test_results_without_endpoints_or_latency(results: list[Result]) -> None:
+    python = by_cell(results, "python-sqlite-memory").model_copy(update={"endpoints": []})
+    skipped = by_cell(results, "zig-postgres-redis")
+    for render in (render_markdown, render_html):
+        text = render([python, skipped])
+        assert "No endpoint measurements." in text
+        assert "Nothing to compare" in text
+    assert "No endpoint measurements." in terminal_text([python, skipped])
+
+    zig = by_cell(results, "zig-sqlite-memory")  # POST flow_runs at c=4: latency_ms None
+    p99 = tables.build([zig]).sections[1].tables[2]
+    assert p99.title == "p99 latency (ms)"
+    assert column(p99, "zig")[("POST flow_runs", "4")] == "-"
+
+
+def test_several_runs_label_columns_with_run_ids(results: list[Result]) -> None:
+    zig = by_cell(results, "zig-sqlite-memory")
+    later = zig.model_copy(update={"run_id": "20261127T090000Z-aaaa"})
+    text = render_markdown([zig, later])
+    assert "2 results from 2 runs" in text
+    assert f"zig-sqlite-memory ({RUN})" in text
+    assert "zig-sqlite-memory (20261127T090000Z-aaaa)" in text
