@@ -74,7 +74,9 @@ class EndpointResult(BaseModel):
     client_saturated: bool = False
     hdr: str | None = Field(default=None, description="HdrHistogram (µs), base64 compressed")
     client_cpu_s_per_request: float | None = None
-    server_cpu_s: float | None = None
+    server_cpu_cores: float | None = Field(
+        default=None, description="mean cores the server used under this load, warmup included"
+    )
     server_rss_peak_mb: float | None = None
 
 

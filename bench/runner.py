@@ -224,7 +224,7 @@ def _measure_all(
                 client_cpu_s_per_request=round(m.client_cpu_s / m.requests, 9)
                 if m.requests
                 else None,
-                server_cpu_s=usage.cpu_s if usage else None,
+                server_cpu_cores=round(usage.cores, 3) if usage else None,
                 server_rss_peak_mb=usage.rss_peak_mb if usage else None,
             )
             result.endpoints.append(ep)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,10 +15,16 @@ MB = 1024 * 1024
 
 @dataclass
 class Usage:
-    """CPU seconds used and peak resident memory over a window."""
+    """CPU time, wall time and peak resident memory over a window."""
 
     cpu_s: float = 0.0
+    wall_s: float = 0.0
     rss_peak_mb: float = 0.0
+
+    @property
+    def cores(self) -> float:
+        """Mean number of cores busy over the window."""
+        return self.cpu_s / self.wall_s if self.wall_s > 0 else 0.0
 
 
 def tree_cpu_s(procs: list[psutil.Process]) -> float:
@@ -69,7 +76,7 @@ class ResourceSampler:
             while not stop.wait(self._interval_s):
                 peak[0] = max(peak[0], self.rss_mb())
 
-        start_cpu = self.cpu_s()
+        start_cpu, start_wall = self.cpu_s(), time.monotonic()
         thread = threading.Thread(target=sample, name="rss-sampler", daemon=True)
         thread.start()
         try:
@@ -78,4 +85,5 @@ class ResourceSampler:
             stop.set()
             thread.join()
             usage.cpu_s = round(self.cpu_s() - start_cpu, 3)
+            usage.wall_s = round(time.monotonic() - start_wall, 3)
             usage.rss_peak_mb = round(max(peak[0], self.rss_mb()), 1)
