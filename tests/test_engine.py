@@ -1,0 +1,511 @@
+"""The engine against real local HTTP servers (no mocks): counts, error kinds, timing, processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from hdrh.histogram import HdrHistogram
+
+from bench.engine import (
+    UNIQUE_TOKEN,
+    EngineRequest,
+    LoadSpec,
+    Measurement,
+    Target,
+    choose_procs,
+    measure,
+    shutdown,
+    worker_pids,
+)
+from bench.engine.pool import get_pool
+from bench.engine.wire import request_factory
+from bench.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+OK_BODY = b'{"ok": true}'
+
+
+def ok_json(body: bytes) -> str | None:
+    return None if json.loads(body) == {"ok": True} else f"unexpected body {body!r}"
+
+
+def always_wrong(body: bytes) -> str | None:
+    return f"wrong: {body[:20]!r}"
+
+
+def _response(status: int, body: bytes = OK_BODY, extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n%s" % (
+        status,
+        len(body),
+        extra,
+        body,
+    )
+
+
+class Server:
+    """A small asyncio HTTP/1.1 server in a thread; the path picks the behaviour.
+
+    /ok            200 with Content-Length
+    /chunked       200 chunked, in two writes
+    /flaky         every 3rd request 503
+    /close         200 then closes the connection (Connection: close)
+    /drop          every 10th request: close without answering
+    /hang          every 20th request: never answered
+    /hangall       never answered
+    /garbage       every 10th request: not HTTP
+    /echo          records the request body, 200
+    /stall         blocks the whole server for 1 s once, on the first request after stall_at
+    /idle408       200, then 30 ms later an unsolicited 408 and close (an idle timeout)
+    """
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.connections = 0
+        self.hits: Counter[str] = Counter()
+        self.bodies: list[bytes] = []
+        self.stall_at: float | None = None
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._never: asyncio.Future[None] | None = None
+        self._thread = threading.Thread(target=self._main, daemon=True)
+
+    def __enter__(self) -> Server:
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        async def close() -> None:
+            assert self._never is not None
+            self._never.set_result(None)
+            self._server.close()
+            for writer in list(self._writers):
+                writer.close()
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    @property
+    def target(self) -> Target:
+        return Target("127.0.0.1", self.port)
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._never = self._loop.create_future()
+        self._server = self._loop.run_until_complete(
+            asyncio.start_server(self._handle, "127.0.0.1", 0)
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.add(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.split(b"\r\n")
+                path = lines[0].split(b" ")[1].decode()
+                length = 0
+                for line in lines[1:]:
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                body = await reader.readexactly(length) if length else b""
+                self.hits[path] += 1
+                if not await self._respond(path, self.hits[path], body, writer):
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    async def _respond(self, path: str, n: int, body: bytes, writer: asyncio.StreamWriter) -> bool:
+        assert self._never is not None
+        if path == "/chunked":
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+                b'Content-Type: application/json\r\n\r\n5\r\n{"ok"\r\n'
+            )
+            await writer.drain()
+            writer.write(b"7\r\n: true}\r\n0\r\n\r\n")
+        elif path == "/flaky":
+            writer.write(_response(503 if n % 3 == 0 else 200))
+        elif path == "/close":
+            writer.write(_response(200, extra=b"Connection: close\r\n"))
+            await writer.drain()
+            return False
+        elif path == "/drop" and n % 10 == 0:
+            return False
+        elif (path == "/hang" and n % 20 == 0) or path == "/hangall":
+            await self._never
+            return False
+        elif path == "/garbage" and n % 10 == 0:
+            writer.write(b"garbage, not HTTP\r\n\r\n")
+        elif path == "/echo":
+            self.bodies.append(body)
+            writer.write(_response(200))
+        elif path == "/stall":
+            if self.stall_at is not None and time.monotonic() >= self.stall_at:
+                self.stall_at = None
+                time.sleep(1.0)  # blocks the server's event loop: every connection stalls
+            writer.write(_response(200))
+        elif path == "/idle408":
+            writer.write(_response(200))
+            await writer.drain()
+            await asyncio.sleep(0.03)
+            writer.write(_response(408, b"", b"Connection: close\r\n"))
+            await writer.drain()
+            return False
+        else:
+            writer.write(_response(200))
+        await writer.drain()
+        return True
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    with Server() as s:
+        yield s
+
+
+@pytest.fixture(scope="module", autouse=True)
+def engine_pool() -> Iterator[None]:
+    """The engine's processes live across measurements (that is the point of the pool); this
+    module stops them at its end and checks that they are gone."""
+    yield
+    pids = get_pool().pids()
+    shutdown()
+    assert not any(_running(pid) for pid in pids)
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes() -> Iterator[None]:
+    """Overrides conftest's check: no child process may outlive a test, except the engine
+    pool's workers (stopped by `engine_pool` at the end of this module)."""
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    yield
+    allowed = before | set(worker_pids())
+    left = [p for p in me.children(recursive=True) if p.pid not in allowed]
+    _, alive = psutil.wait_procs(left, timeout=10)
+    assert not alive, f"processes left running: {[(p.pid, p.name()) for p in alive]}"
+
+
+def run(
+    server: Server,
+    path: str,
+    *,
+    method: str = "GET",
+    body: bytes | None = None,
+    validate: object = None,
+    **spec: object,
+) -> Measurement:
+    params: dict[str, object] = {"concurrency": 4, "duration_s": 1.0, "warmup_s": 0.2}
+    params.update(spec)
+    request = EngineRequest(method, path, body=body, validate=validate)  # type: ignore[arg-type]
+    return measure(server.target, request, LoadSpec(**params))  # type: ignore[arg-type]
+
+
+def assert_consistent(m: Measurement) -> None:
+    """Invariants of every measurement."""
+    assert m.requests == m.successes + sum(m.errors.values())
+    assert m.histogram.get_total_count() == m.successes
+    assert m.duration_s > 0
+    if m.successes:
+        lat = m.latency_ms()
+        assert lat is not None
+        assert lat.min <= lat.p50 <= lat.p90 <= lat.p99 <= lat.p999 <= lat.max
+        encoded = m.encoded_histogram()
+        assert encoded is not None
+        decoded = HdrHistogram.decode(encoded)
+        assert decoded.get_total_count() == m.successes
+        assert decoded.get_max_value() == m.histogram.get_max_value()
+
+
+# Closed model
+
+
+def test_content_length_responses(server: Server) -> None:
+    m = run(server, "/ok", validate=ok_json)
+    assert_consistent(m)
+    assert m.errors == {}
+    assert m.problems == []
+    assert m.requests > 0 and m.rps > 0
+    assert m.procs == 1
+    assert m.client_cpu_s > 0
+    assert m.offered_rps is None and m.late_sends is None
+    assert server.hits["/ok"] >= m.requests
+
+
+def test_chunked_responses(server: Server) -> None:
+    m = run(server, "/chunked", validate=ok_json)
+    assert_consistent(m)
+    assert m.errors == {}
+    assert m.successes > 0
+
+
+def test_unexpected_status_is_counted_not_timed(server: Server) -> None:
+    m = run(server, "/flaky")
+    assert_consistent(m)
+    assert set(m.errors) == {"503"}
+    assert 0.2 < m.errors["503"] / m.requests < 0.45
+    assert any(p.startswith("HTTP 503") for p in m.problems)
+
+
+def test_connection_close_reconnects_without_errors(server: Server) -> None:
+    before = server.connections
+    m = run(server, "/close")
+    assert_consistent(m)
+    assert m.errors == {}
+    assert m.successes > 10
+    assert server.connections - before >= m.requests
+
+
+def test_close_with_request_in_flight_is_a_disconnect(server: Server) -> None:
+    m = run(server, "/drop")
+    assert_consistent(m)
+    assert set(m.errors) == {"disconnect"}
+    assert m.successes > 5 * m.errors["disconnect"]
+
+
+def test_malformed_response_is_a_protocol_error(server: Server) -> None:
+    m = run(server, "/garbage")
+    assert_consistent(m)
+    assert set(m.errors) == {"protocol"}
+    assert m.successes > m.errors["protocol"] > 0
+    assert any("malformed" in p for p in m.problems)
+
+
+def test_timeouts_are_counted_and_connections_replaced(server: Server) -> None:
+    m = run(server, "/hang", duration_s=1.5, timeout_s=0.2)
+    assert_consistent(m)
+    assert set(m.errors) == {"timeout"}
+    assert m.errors["timeout"] >= 1
+    assert m.successes > m.errors["timeout"]
+
+
+def test_run_ends_on_time_when_the_server_hangs(server: Server) -> None:
+    started = time.monotonic()
+    m = run(server, "/hangall", warmup_s=0.5, duration_s=1.0, timeout_s=30.0)
+    elapsed = time.monotonic() - started
+    assert elapsed < 1.5 + 6.0  # warmup + duration + slack; not the 30 s timeout
+    assert_consistent(m)
+    assert m.requests == 0 and m.rps == 0
+    assert m.latency_ms() is None and m.encoded_histogram() is None
+
+
+def test_connect_refused_is_counted_with_backoff() -> None:
+    with socket.socket() as reserved:  # bound but not listening: connections are refused
+        reserved.bind(("127.0.0.1", 0))
+        target = Target("127.0.0.1", reserved.getsockname()[1])
+        spec = LoadSpec(concurrency=2, duration_s=1.0, warmup_s=0.0)
+        m = measure(target, EngineRequest("GET", "/"), spec)
+    assert_consistent(m)
+    assert set(m.errors) == {"connect"}
+    assert 2 <= m.errors["connect"] <= 100  # backoff: not a busy loop
+    assert m.successes == 0
+    assert m.client_cpu_s < 0.5
+    assert any("connect" in p for p in m.problems)
+
+
+def test_validation_samples_and_reports_problems(server: Server) -> None:
+    m = run(server, "/ok", concurrency=2, warmup_s=0.0, validate=always_wrong)
+    assert_consistent(m)
+    assert set(m.errors) == {"invalid"}
+    # the first response of each connection, then about 1 in 100
+    assert 1 <= m.errors["invalid"] <= 2 + m.requests / 50
+    assert any(p.startswith('wrong: b\'{"ok": true}') for p in m.problems)
+
+
+def test_unique_tokens_across_processes_and_calls(server: Server) -> None:
+    server.bodies.clear()
+    body = b'{"name": "run-' + UNIQUE_TOKEN + b'", "tags": ["' + UNIQUE_TOKEN + b'"]}'
+    m1 = run(server, "/echo", method="POST", body=body, procs=2)
+    m2 = run(server, "/echo", method="POST", body=body, procs=2)
+    for m in (m1, m2):
+        assert_consistent(m)
+        assert m.errors == {} and m.procs == 2
+    assert len(server.bodies) >= m1.requests + m2.requests
+    docs = [json.loads(b) for b in server.bodies]  # Content-Length matched every body
+    names = [d["name"] for d in docs]
+    assert len(set(names)) == len(names)
+    assert all(d["name"] == "run-" + d["tags"][0] for d in docs)
+
+
+def test_progress_reports_counts_in_the_window(server: Server) -> None:
+    seen: list[int] = []
+    request = EngineRequest("GET", "/ok")
+    spec = LoadSpec(concurrency=2, duration_s=1.5, warmup_s=0.3)
+    m = measure(server.target, request, spec, progress=seen.append)
+    assert len(seen) >= 3
+    assert seen == sorted(seen)
+    assert seen[-1] <= m.requests
+    assert seen[-1] > 0
+
+
+def test_processes_split_the_load_and_merge_histograms(server: Server) -> None:
+    m = run(server, "/ok", procs=2, concurrency=3)
+    assert_consistent(m)
+    assert m.procs == 2
+    assert m.errors == {}
+    pids = get_pool().pids()
+    m = run(server, "/ok", procs=2, concurrency=2, duration_s=0.5, warmup_s=0.0)
+    assert get_pool().pids()[:2] == pids[:2]  # the processes are reused
+
+
+def test_engine_processes_are_pinned(server: Server) -> None:
+    cpu = min(os.sched_getaffinity(0))
+    seen: list[set[int]] = []
+
+    def affinity(_: int) -> None:
+        seen.extend(set(psutil.Process(pid).cpu_affinity()) for pid in get_pool().pids()[:2])
+
+    spec = LoadSpec(concurrency=2, duration_s=0.6, warmup_s=0.0, procs=2, cpus=(cpu,))
+    with pytest.warns(RuntimeWarning, match="2 engine processes on 1 cores"):
+        measure(server.target, EngineRequest("GET", "/ok"), spec, progress=affinity)
+    assert seen and all(s == {cpu} for s in seen)
+    seen.clear()
+    spec = LoadSpec(concurrency=2, duration_s=0.6, warmup_s=0.0, procs=2)
+    measure(server.target, EngineRequest("GET", "/ok"), spec, progress=affinity)
+    assert seen and all(s == os.sched_getaffinity(0) for s in seen)
+
+
+def test_bad_specs_are_config_errors(server: Server) -> None:
+    def local(body: bytes) -> None:
+        return None
+
+    with pytest.raises(ConfigError, match="picklable"):
+        measure(server.target, EngineRequest("GET", "/ok", validate=local), LoadSpec(1, 1, 0))
+    with pytest.raises(ConfigError):
+        measure(server.target, EngineRequest("GET", "/ok"), LoadSpec(0, 1, 0))
+    with pytest.raises(ConfigError):
+        measure(server.target, EngineRequest("GET", "/ok"), LoadSpec(1, 1, 0, cpus=(10_000,)))
+
+
+def test_process_count() -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert choose_procs(LoadSpec(concurrency=1, duration_s=1, warmup_s=0, procs=2)) == 1
+    assert choose_procs(LoadSpec(concurrency=4, duration_s=1, warmup_s=0)) == 1
+    two = tuple(sorted(os.sched_getaffinity(0)))[:2]
+    assert choose_procs(LoadSpec(64, 1, 0, cpus=two)) == min(2, len(two))
+    assert choose_procs(LoadSpec(16, 1, 0, cpus=two)) == 1
+    with pytest.warns(RuntimeWarning, match="cores"):
+        n = choose_procs(LoadSpec(concurrency=64, duration_s=1, warmup_s=0, procs=cores + 1))
+    assert n == cores + 1
+
+
+def test_request_bytes() -> None:
+    target = Target("127.0.0.1", 8080)
+    get = request_factory(EngineRequest("GET", "/a?b=1"), target, b"p-")
+    assert get() == (
+        b"GET /a?b=1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: prefect-bench\r\n"
+        b"Accept: application/json\r\nConnection: keep-alive\r\n\r\n"
+    )
+    post = request_factory(
+        EngineRequest("POST", "/x", body=b"[" + UNIQUE_TOKEN + b"]"), target, b"p-"
+    )
+    first, second = post(), post()
+    assert first.endswith(b"Content-Length: 5\r\n\r\n[p-1]")
+    assert second.endswith(b"[p-2]")
+    assert b"Content-Type: application/json\r\n" in first
+    empty = request_factory(EngineRequest("POST", "/x"), target, b"p-")()
+    assert empty.endswith(b"Content-Length: 0\r\n\r\n")
+
+
+# Open model
+
+
+def test_open_model_holds_the_rate(server: Server) -> None:
+    m = run(server, "/ok", rate=200.0, concurrency=4, duration_s=2.0, warmup_s=0.3)
+    assert_consistent(m)
+    assert m.offered_rps == 200.0
+    assert m.late_sends is not None
+    assert m.errors == {}
+    assert 0.8 * 400 <= m.requests <= 1.1 * 400
+
+
+def test_unsolicited_response_on_an_idle_connection_is_not_an_error(server: Server) -> None:
+    m = run(server, "/idle408", rate=20.0, concurrency=4, duration_s=1.0)
+    assert_consistent(m)
+    assert "protocol" not in m.errors
+    assert m.successes > 10
+    assert any("no request in flight" in p for p in m.problems)
+
+
+def test_open_model_sees_a_stall_and_late_sends(server: Server) -> None:
+    server.stall_at = time.monotonic() + 0.3 + 0.5  # warmup, then half a second in
+    m = run(server, "/stall", rate=200.0, concurrency=4, duration_s=2.5, warmup_s=0.3)
+    assert server.stall_at is None  # it did stall
+    assert_consistent(m)
+    assert m.late_sends is not None and m.late_sends > 50
+    assert m.client_saturated  # more than 1% of the sends were late
+    lat = m.latency_ms()
+    assert lat is not None
+    assert lat.max >= 500 and lat.p999 >= 500  # latency from the intended send time
+
+
+# Interruption
+
+
+CHILD = """
+import sys
+from bench.engine import EngineRequest, LoadSpec, Target, measure
+from bench.engine.pool import get_pool
+
+def progress(n):
+    print("pids", *get_pool().pids(), flush=True)
+
+measure(Target("127.0.0.1", int(sys.argv[1])), EngineRequest("GET", "/ok"),
+        LoadSpec(concurrency=2, duration_s=60, warmup_s=0, procs=2), progress)
+"""
+
+
+def test_ctrl_c_leaves_no_engine_processes(server: Server) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(server.port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, like a terminal's foreground job
+    )
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        assert line.startswith("pids"), line
+        pids = [int(p) for p in line.split()[1:]]
+        assert len(pids) == 2
+        os.killpg(child.pid, signal.SIGINT)  # Ctrl-C reaches the whole group
+        child.wait(30)
+        assert child.returncode != 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(_running(pid) for pid in pids):
+        time.sleep(0.05)
+    assert not any(_running(pid) for pid in pids)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
