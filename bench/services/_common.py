@@ -1,0 +1,236 @@
+"""What the three providers share: ownership marks, interrupt-safe teardown, health polling.
+
+Ownership: everything a provider starts carries who started it (the run, the cell, and the owning
+process as pid + start time + host + boot id). A later run removes leftovers only when that owner
+is provably gone, so it never touches what a live run, another machine or a person started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import TypeVar
+
+import psutil
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from bench.errors import ProvisionError
+from bench.results import ServiceInfo, redact
+from bench.services.base import Labels
+
+LABEL_PREFIX = "prefect-bench"
+RUN_LABEL = f"{LABEL_PREFIX}.run"
+CELL_LABEL = f"{LABEL_PREFIX}.cell"
+SERVICE_LABEL = f"{LABEL_PREFIX}.service"
+PID_LABEL = f"{LABEL_PREFIX}.pid"
+PID_START_LABEL = f"{LABEL_PREFIX}.pid-start"
+HOST_LABEL = f"{LABEL_PREFIX}.host"
+BOOT_LABEL = f"{LABEL_PREFIX}.boot"
+
+# Poll interval of every health wait: short next to any service's start time.
+POLL_S = 0.05
+LOG_TAIL_LINES = 30
+
+T = TypeVar("T")
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def owner_labels(labels: Labels, service: str) -> dict[str, str]:
+    """The marks that say who started a resource: run, cell, service and the owning process."""
+    me = psutil.Process()
+    return {
+        RUN_LABEL: labels.run_id,
+        CELL_LABEL: labels.cell,
+        SERVICE_LABEL: service,
+        PID_LABEL: str(me.pid),
+        PID_START_LABEL: f"{me.create_time():.2f}",
+        HOST_LABEL: socket.gethostname(),
+        BOOT_LABEL: _boot_id(),
+    }
+
+
+def owner_is_gone(marks: Mapping[str, str]) -> bool:
+    """True only when the process that started a resource provably no longer runs.
+
+    Unknown owners (no pid mark, another host) count as alive: not ours to judge.
+    """
+    if marks.get(HOST_LABEL) != socket.gethostname():
+        return False
+    boot = marks.get(BOOT_LABEL)
+    if boot and _boot_id() and boot != _boot_id():
+        return True  # the machine rebooted since: every process of that boot is gone
+    try:
+        pid = int(marks[PID_LABEL])
+        started = float(marks[PID_START_LABEL])
+    except (KeyError, ValueError):
+        return False
+    try:
+        # a different start time means the pid was reused by another process
+        return abs(psutil.Process(pid).create_time() - started) > 1.0
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
+
+
+_DEFERRED = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM while a resource is created and its cleanup registered, or while
+    cleaning up; a signal that arrived meanwhile is delivered again afterwards.
+
+    Only the main thread receives signals in Python; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+
+    previous = {sig: signal.signal(sig, hold) for sig in _DEFERRED}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in dict.fromkeys(received):
+            signal.raise_signal(signum)
+
+
+class Teardown(ExitStack):
+    """An ExitStack whose unwinding (the teardown) cannot be cut short by Ctrl-C or SIGTERM."""
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        with interrupts_deferred():
+            return bool(super().__exit__(exc_type, exc, tb))
+
+    def own(self, create: Callable[[], T], release: Callable[[T], object]) -> T:
+        """create() and register release(result) with no interrupt in between."""
+        with interrupts_deferred():
+            resource = create()
+            self.callback(release, resource)
+        return resource
+
+
+def wait_for(
+    check: Callable[[], T | None],
+    *,
+    timeout_s: float,
+    what: str,
+    abort: Callable[[], str | None] | None = None,
+) -> T:
+    """Poll check() until it returns a value (not None) and return it.
+
+    ProvisionError when `abort` returns a reason (e.g. the process exited) or after `timeout_s`.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        # abort first: a server that has exited cannot become ready, whoever answers its port
+        if abort is not None and (reason := abort()) is not None:
+            raise ProvisionError(reason)
+        value = check()
+        if value is not None:
+            return value
+        if time.monotonic() >= deadline:
+            raise ProvisionError(f"{what} was not ready after {timeout_s:g} s")
+        time.sleep(POLL_S)
+
+
+def service_info(provider: str, started: float, **fields: object) -> ServiceInfo:
+    """The result's record of a service: provider, version, image or binary, and extras such as
+    ready_s (seconds from the start of provisioning until the service answered)."""
+    fields["ready_s"] = round(time.monotonic() - started, 3)
+    return ServiceInfo.model_validate({"provider": provider, **fields})
+
+
+def new_password() -> str:
+    """A password made of URL-safe characters only, so URLs need no quoting."""
+    return secrets.token_hex(16)
+
+
+def tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
+    """The last `lines` lines of a log, passwords in URLs redacted."""
+    return redact("\n".join(text.rstrip().splitlines()[-lines:]))
+
+
+def read_from(path: Path, offset: int) -> str:
+    """A log file's text from byte `offset` (what one attempt wrote), '' if unreadable."""
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            return f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+_PORT_TAKEN = re.compile(r"address already in use|could not create any tcp/ip sockets", re.I)
+
+
+def lost_port_race(log_text: str) -> bool:
+    """Whether a service's log says its port was taken (by someone else) before it could bind."""
+    return bool(_PORT_TAKEN.search(log_text))
+
+
+def safe_name(text: str) -> str:
+    """`text` reduced to characters valid in container and database names."""
+    return re.sub(r"[^a-zA-Z0-9_.-]+", "-", text).strip("-.") or "x"
+
+
+def env_or_os(env: Mapping[str, str] | None) -> Mapping[str, str]:
+    return os.environ if env is None else env
+
+
+def redis_client(
+    host: str,
+    port: int,
+    *,
+    db: int = 0,
+    password: str | None = None,
+    ssl: bool = False,
+    timeout_s: float = 5.0,
+) -> redis.Redis:
+    """A client that fails at once (no retries with backoff): the callers poll on their own."""
+    return redis.Redis(
+        host=host,
+        port=port,
+        db=db,
+        password=password,
+        ssl=ssl,
+        socket_connect_timeout=timeout_s,
+        socket_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
+    )

@@ -1,0 +1,511 @@
+"""The `docker` provider: PostgreSQL and Redis containers through the docker SDK.
+
+Images, environment, command and healthcheck come from docker-compose.yml (the file `docker
+compose up` users run too); this module only moves the service to a free port on 127.0.0.1,
+gives PostgreSQL a random password, and labels the container with its run, cell and owning
+process. Containers use the host's network, are waited on through their healthcheck, leave
+their log in the cell's folder, and are removed with their volumes at the end; a crashed run's
+containers are removed by `remove_leftover_containers` once their owner is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import secrets
+import shlex
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import docker
+import docker.errors
+import psycopg
+import redis
+from docker.models.containers import Container
+from requests.exceptions import RequestException
+
+from bench.errors import ProvisionError
+from bench.ports import LOOPBACK, PORT_ATTEMPTS, free_port
+from bench.results import ServiceInfo
+from bench.services._common import (
+    RUN_LABEL,
+    Teardown,
+    env_or_os,
+    interrupts_deferred,
+    lost_port_race,
+    new_password,
+    owner_is_gone,
+    owner_labels,
+    redis_client,
+    safe_name,
+    service_info,
+    tail,
+    wait_for,
+)
+from bench.services.base import (
+    Labels,
+    PostgresService,
+    RedisService,
+    ServiceKind,
+    ServiceProvider,
+)
+
+COMPOSE_ENV = "BENCH_COMPOSE_FILE"
+DEFAULT_COMPOSE_FILE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+READY_TIMEOUT_S = 120.0
+# Healthcheck interval on daemons without start_interval (API < 1.44): one exec per second is
+# the compromise between the time to notice readiness and the CPU taken from measurements.
+OLD_DAEMON_INTERVAL_NS = 1_000_000_000
+START_INTERVAL_API = (1, 44)
+API_TIMEOUT_S = 60
+PING_TIMEOUT_S = 5
+BUILD_IMAGES = "../shared/tools/build-local-images"
+START_DAEMON = (
+    f"start one (e.g. `{BUILD_IMAGES} --daemon-only` as root, or `dockerd &`), "
+    "or point DOCKER_HOST at one"
+)
+
+# Docker errors that mean "the daemon did not do it", as opposed to bugs in this module.
+_DOCKER_ERRORS = (docker.errors.DockerException, RequestException)
+
+
+# -- docker-compose.yml ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ComposeService:
+    """The parts of one docker-compose.yml service that the provider uses."""
+
+    image: str
+    environment: dict[str, str] = field(default_factory=dict)
+    command: list[str] | None = None
+    healthcheck: dict[str, Any] | None = None
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s|us|ns)")
+_NS = {"h": 3600e9, "m": 60e9, "s": 1e9, "ms": 1e6, "us": 1e3, "ns": 1.0}
+
+
+def parse_duration_ns(text: str | int | float) -> int:
+    """A compose duration (`1m30s`, `500ms`, a number of seconds) in nanoseconds."""
+    if isinstance(text, int | float):
+        return int(text * 1e9)
+    parts = _DURATION_PART.findall(text.strip())
+    if not parts or "".join(n + u for n, u in parts) != text.strip():
+        raise ValueError(f"not a duration: {text!r}")
+    return int(sum(float(n) * _NS[u] for n, u in parts))
+
+
+def _unescape(value: object) -> str:
+    # compose interpolation: `$$` is a literal `$` (other `${...}` are not interpolated here)
+    return str(value).replace("$$", "$")
+
+
+def compose_file(env: Mapping[str, str] | None = None) -> Path:
+    given = env_or_os(env).get(COMPOSE_ENV)
+    return Path(given) if given else DEFAULT_COMPOSE_FILE
+
+
+def load_compose_service(path: Path, kind: str) -> ComposeService:
+    """Image, environment, command and healthcheck of service `kind` in a compose file."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        spec = doc["services"][kind]
+        image = str(spec["image"])
+    except OSError as exc:
+        raise ProvisionError(f"cannot read {path}: {exc.strerror}") from exc
+    except (yaml.YAMLError, KeyError, TypeError) as exc:
+        raise ProvisionError(f"{path} has no usable service {kind!r} with an image: {exc}") from exc
+    raw_env = spec.get("environment") or {}
+    if isinstance(raw_env, list):
+        raw_env = dict(item.split("=", 1) if "=" in item else (item, "") for item in raw_env)
+    environment = {str(k): _unescape(v) for k, v in raw_env.items()}
+    command = spec.get("command")
+    if isinstance(command, str):
+        command = shlex.split(command)
+    healthcheck: dict[str, Any] | None = None
+    if hc := spec.get("healthcheck"):
+        test = hc.get("test")
+        if isinstance(test, str):
+            test = ["CMD-SHELL", test]
+        healthcheck = {"test": [_unescape(t) for t in test]}
+        try:
+            for key in ("interval", "timeout", "start_period", "start_interval"):
+                if key in hc:
+                    healthcheck[key] = parse_duration_ns(hc[key])
+        except ValueError as exc:
+            raise ProvisionError(f"{path}: service {kind}: healthcheck: {exc}") from exc
+        if "retries" in hc:
+            healthcheck["retries"] = int(hc["retries"])
+    return ComposeService(
+        image=image,
+        environment=environment,
+        command=[_unescape(c) for c in command] if command else None,
+        healthcheck=healthcheck,
+    )
+
+
+# -- the daemon --------------------------------------------------------------------------
+
+
+def _docker_host(env: Mapping[str, str]) -> str:
+    return env.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
+
+
+def connect(env: Mapping[str, str] | None = None, timeout: int = API_TIMEOUT_S) -> Any:
+    """A docker client that answered a ping; ProvisionError saying how to start a daemon."""
+    env = env_or_os(env)
+    try:
+        client = docker.from_env(environment=dict(env), timeout=timeout)
+        client.ping()
+    except _DOCKER_ERRORS as exc:
+        raise ProvisionError(
+            f"docker SDK cannot reach a daemon at {_docker_host(env)}: {exc}; {START_DAEMON}"
+        ) from None
+    return client
+
+
+def _image_missing(image: str) -> str:
+    return (
+        f"image {image} is missing and no registry is assumed reachable: build it with "
+        f"{BUILD_IMAGES} (or `docker pull {image}` where a registry answers)"
+    )
+
+
+def remove_leftover_containers(env: Mapping[str, str] | None = None) -> list[str]:
+    """Remove (with volumes) prefect-bench containers whose owning process is gone.
+
+    Containers of a live run, of another host, or without an owner mark are left alone; no
+    daemon means nothing to do. Returns the names removed.
+    """
+    try:
+        client = connect(env, timeout=PING_TIMEOUT_S * 2)
+    except ProvisionError:
+        return []
+    removed = []
+    with contextlib.closing(client):
+        try:
+            containers = client.containers.list(all=True, filters={"label": RUN_LABEL})
+        except _DOCKER_ERRORS:
+            return []
+        for container in containers:
+            if not owner_is_gone(container.labels):
+                continue
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True, v=True)
+                removed.append(container.name)
+    return removed
+
+
+# -- the provider ------------------------------------------------------------------------
+
+
+class DockerProvider(ServiceProvider):
+    """Containers from docker-compose.yml's images, on the host network and a free port."""
+
+    name: ClassVar[str] = "docker"
+
+    def __init__(
+        self,
+        env: Mapping[str, str] | None = None,
+        compose: Path | None = None,
+        ready_timeout_s: float = READY_TIMEOUT_S,
+    ) -> None:
+        self.env = dict(env_or_os(env))
+        self.compose = compose or compose_file(self.env)
+        self.ready_timeout_s = ready_timeout_s
+
+    @classmethod
+    def unavailable_reason(
+        cls, kind: ServiceKind, env: Mapping[str, str] | None = None
+    ) -> str | None:
+        try:
+            spec = load_compose_service(compose_file(env), kind)
+            client = connect(env, timeout=PING_TIMEOUT_S)
+        except ProvisionError as exc:
+            return str(exc)
+        with contextlib.closing(client):
+            try:
+                client.images.get(spec.image)
+            except docker.errors.ImageNotFound:
+                return _image_missing(spec.image)
+            except _DOCKER_ERRORS as exc:
+                return f"docker cannot inspect image {spec.image}: {exc}"
+        return None
+
+    @contextlib.contextmanager
+    def postgres(self, workdir: Path, labels: Labels) -> Iterator[PostgresService]:
+        started = time.monotonic()
+        spec = load_compose_service(self.compose, "postgres")
+        user = spec.environment.get("POSTGRES_USER", "postgres")
+        database = spec.environment.get("POSTGRES_DB", user)
+        password = new_password()  # never the file's well-known one on a shared machine
+
+        def configure(port: int) -> tuple[list[str], dict[str, str]]:
+            command = [*(spec.command or ["postgres"]), "-c", f"port={port}",
+                       "-c", f"listen_addresses={LOOPBACK}"]  # fmt: skip
+            env = {**spec.environment, "POSTGRES_PASSWORD": password, "PGPORT": str(port)}
+            return command, env
+
+        def verify(port: int) -> str | None:
+            with psycopg.connect(
+                host=LOOPBACK,
+                port=port,
+                user=user,
+                password=password,
+                dbname=database,
+                connect_timeout=5,
+            ) as conn:
+                row = conn.execute("SHOW server_version").fetchone()
+            return row[0] if row else None
+
+        with Teardown() as teardown:
+            port, version, container = self._run(
+                teardown, "postgres", spec, workdir, labels, configure, verify
+            )
+            info = self._info(spec, container, version, started)
+            yield PostgresService(LOOPBACK, port, user, password, database, info)
+
+    @contextlib.contextmanager
+    def redis(self, workdir: Path, labels: Labels) -> Iterator[RedisService]:
+        started = time.monotonic()
+        spec = load_compose_service(self.compose, "redis")
+
+        def configure(port: int) -> tuple[list[str], dict[str, str]]:
+            command = [*(spec.command or ["redis-server"]), "--port", str(port),
+                       "--bind", LOOPBACK]  # fmt: skip
+            return command, {**spec.environment, "REDIS_PORT": str(port)}
+
+        def verify(port: int) -> str | None:
+            client = redis_client(LOOPBACK, port)
+            with contextlib.closing(client):
+                client.flushall()  # our own fresh server: db 0 starts empty
+                version = client.info("server").get("redis_version")
+            return str(version) if version else None
+
+        with Teardown() as teardown:
+            port, version, container = self._run(
+                teardown, "redis", spec, workdir, labels, configure, verify
+            )
+            info = self._info(spec, container, version, started)
+            yield RedisService(LOOPBACK, port, 0, info)
+
+    # -- steps --------------------------------------------------------------------------
+
+    def _info(
+        self, spec: ComposeService, container: Container, version: str | None, started: float
+    ) -> ServiceInfo:
+        return service_info(
+            self.name,
+            started,
+            version=version,
+            image=spec.image,
+            image_id=container.attrs.get("Image"),
+            container=container.name,
+            healthcheck_interval_s=_interval_s(container),
+        )
+
+    def _run(
+        self,
+        teardown: Teardown,
+        kind: str,
+        spec: ComposeService,
+        workdir: Path,
+        labels: Labels,
+        configure: Callable[[int], tuple[list[str], dict[str, str]]],
+        verify: Callable[[int], str | None],
+    ) -> tuple[int, str | None, Container]:
+        """Start the container on a free port, retrying when the port is taken; wait healthy."""
+        try:
+            client = connect(self.env)
+        except ProvisionError as exc:
+            raise ProvisionError(f"{kind}: {exc}") from None
+        teardown.callback(client.close)
+        try:
+            client.images.get(spec.image)
+        except docker.errors.ImageNotFound:
+            raise ProvisionError(_image_missing(spec.image)) from None
+        except _DOCKER_ERRORS as exc:
+            raise ProvisionError(f"docker cannot inspect image {spec.image}: {exc}") from None
+        log = workdir / f"{kind}.log"
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            port = free_port()
+            command, environment = configure(port)
+            name = f"prefect-bench-{safe_name(labels.cell)}-{kind}-{secrets.token_hex(3)}"
+            remove = _Remover(client, self.env, name, log, attempt)
+            with interrupts_deferred():
+                # registered before creation: an interrupted create is still removed by name
+                teardown.callback(remove)
+                try:
+                    container = _create(
+                        client, spec, name, command, environment, owner_labels(labels, kind)
+                    )
+                except docker.errors.ImageNotFound:
+                    raise ProvisionError(_image_missing(spec.image)) from None
+                except _DOCKER_ERRORS as exc:
+                    raise ProvisionError(f"cannot create the {kind} container: {exc}") from None
+            try:
+                container.start()
+                self._wait_healthy(container, kind)
+                version = verify(port)
+                container.reload()
+                if container.status != "running":
+                    raise ProvisionError(f"the {kind} container stopped after becoming healthy")
+            except ProvisionError as exc:
+                logs = remove.logs() or ""
+                remove()
+                if lost_port_race(logs):
+                    continue  # another process took the port between our choice and the bind
+                raise ProvisionError(
+                    f"{exc}; container {name} removed, its log kept in {log}; last lines:\n"
+                    f"{tail(logs)}"
+                ) from None
+            except (*_DOCKER_ERRORS, psycopg.Error, redis.RedisError) as exc:
+                logs = remove.logs() or ""
+                remove()
+                raise ProvisionError(
+                    f"the {kind} container {name} failed: {exc}; last log lines:\n{tail(logs)}"
+                ) from None
+            return port, version, container
+        raise ProvisionError(f"no free port for {kind} after {PORT_ATTEMPTS} attempts")
+
+    def _wait_healthy(self, container: Container, kind: str) -> None:
+        """Wait for the container's healthcheck (or, without one, for it to be running)."""
+
+        def healthy() -> bool | None:
+            container.reload()
+            health = (container.attrs["State"].get("Health") or {}).get("Status")
+            if health is None:
+                return container.status == "running" or None
+            return health == "healthy" or None
+
+        def broken() -> str | None:
+            state = container.attrs["State"]
+            if state.get("Status") in ("exited", "dead"):
+                return f"the {kind} container exited with code {state.get('ExitCode')}"
+            health = state.get("Health") or {}
+            if health.get("Status") == "unhealthy":
+                checks = health.get("Log") or [{}]
+                output = str(checks[-1].get("Output", "")).strip()
+                return f"the {kind} container is unhealthy (last healthcheck: {output!r})"
+            return None
+
+        wait_for(
+            healthy,
+            timeout_s=self.ready_timeout_s,
+            what=f"the {kind} container {container.name} (healthcheck)",
+            abort=broken,
+        )
+
+
+def _interval_s(container: Container) -> float | None:
+    """Seconds between the healthchecks that keep running while the server is measured."""
+    interval = (container.attrs["Config"].get("Healthcheck") or {}).get("Interval")
+    return interval / 1e9 if interval else None
+
+
+def _api_version(client: Any) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in str(client.api.api_version).split("."))
+    except ValueError:
+        return (0,)
+
+
+def healthcheck_for(client: Any, spec: ComposeService) -> dict[str, Any] | None:
+    """The compose healthcheck in the daemon's terms: StartInterval where the API knows it,
+    else checks every OLD_DAEMON_INTERVAL_NS, so that readiness is noticed promptly."""
+    if spec.healthcheck is None:
+        return None
+    hc = {
+        "Test": spec.healthcheck["test"],
+        "Interval": spec.healthcheck.get("interval"),
+        "Timeout": spec.healthcheck.get("timeout"),
+        "Retries": spec.healthcheck.get("retries"),
+        "StartPeriod": spec.healthcheck.get("start_period"),
+    }
+    start_interval = spec.healthcheck.get("start_interval")
+    if start_interval is not None:
+        if _api_version(client) >= START_INTERVAL_API:
+            hc["StartInterval"] = start_interval
+        else:
+            hc["Interval"] = OLD_DAEMON_INTERVAL_NS
+    return {k: v for k, v in hc.items() if v is not None}
+
+
+def _create(
+    client: Any,
+    spec: ComposeService,
+    name: str,
+    command: list[str],
+    environment: dict[str, str],
+    labels: dict[str, str],
+) -> Container:
+    """Create (never pull) the container; the low-level API, as the SDK's model drops
+    StartInterval from healthchecks."""
+    config = client.api.create_container_config(
+        spec.image,
+        command,
+        environment=environment,
+        labels=labels,
+        host_config=client.api.create_host_config(network_mode="host"),
+        detach=True,
+    )
+    if (hc := healthcheck_for(client, spec)) is not None:
+        config["Healthcheck"] = hc
+    created = client.api.create_container_from_config(config, name=name)
+    return client.containers.get(created["Id"])
+
+
+@dataclass
+class _Remover:
+    """Saves a container's log into the cell's folder, then removes it with its volumes."""
+
+    client: Any
+    env: Mapping[str, str]
+    name: str
+    log: Path
+    attempt: int
+    done: bool = False
+
+    def logs(self) -> str | None:
+        """The container's output; None if there is no such container."""
+        try:
+            data: bytes = self.client.containers.get(self.name).logs(stdout=True, stderr=True)
+        except docker.errors.NotFound:
+            return None
+        except _DOCKER_ERRORS as exc:
+            return f"(could not read the container's log: {exc})\n"
+        return data.decode("utf-8", errors="replace")
+
+    def __call__(self) -> None:
+        if self.done:
+            return
+        text = self.logs()
+        if text is not None:
+            with contextlib.suppress(OSError):
+                self.log.parent.mkdir(parents=True, exist_ok=True)
+                with self.log.open("a", encoding="utf-8") as f:
+                    f.write(f"===== container {self.name} (attempt {self.attempt}) =====\n{text}")
+        error: Exception | None = None
+        for client in (self.client, None):
+            try:
+                if client is None:  # the first client may be broken by an interrupt
+                    client = docker.from_env(environment=dict(self.env), timeout=API_TIMEOUT_S)
+                client.containers.get(self.name).remove(force=True, v=True)
+            except docker.errors.NotFound:
+                pass
+            except _DOCKER_ERRORS as exc:
+                error = exc
+                continue
+            self.done = True
+            return
+        raise ProvisionError(
+            f"could not remove the container {self.name}: {error}; the next run removes it "
+            f"(or: docker rm -f -v {self.name})"
+        )

@@ -1,0 +1,423 @@
+"""The `local` provider: PostgreSQL (initdb + postgres) and redis-server from PATH.
+
+PostgreSQL binaries not on PATH are also looked for in /usr/lib/postgresql/<newest>/bin, where
+Debian installs them.
+
+Each service gets its own temporary folder (data, sockets; deleted at the end), a free port on
+127.0.0.1 (a new one if another process takes it first), and its log in the cell's folder.
+
+PostgreSQL refuses to run as root. When prefect-bench runs as root, both services run as the
+system user `prefect-bench` (created with `useradd --system` if missing), or as `nobody` when
+that user cannot be created. The temporary folder then belongs to that user, and every folder
+above it must let that user through (the default /tmp does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, TypeVar
+
+import psutil
+import psycopg
+import redis
+
+from bench.errors import ProvisionError
+from bench.ports import LOOPBACK, PORT_ATTEMPTS, free_port
+from bench.process import ManagedProcess
+from bench.services._common import (
+    Teardown,
+    env_or_os,
+    file_size,
+    lost_port_race,
+    new_password,
+    owner_is_gone,
+    owner_labels,
+    read_from,
+    redis_client,
+    service_info,
+    tail,
+    wait_for,
+)
+from bench.services.base import (
+    Labels,
+    PostgresService,
+    RedisService,
+    ServiceKind,
+    ServiceProvider,
+)
+
+DEBIAN_PG_ROOT = "/usr/lib/postgresql"
+SERVICE_USER = "prefect-bench"
+FALLBACK_USER = "nobody"
+PG_USER = "prefect"
+PG_DATABASE = "prefect"
+TEMP_PREFIX = "prefect-bench-"
+OWNER_FILE = "owner.json"
+INITDB_TIMEOUT_S = 120.0
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 20.0
+
+T = TypeVar("T")
+
+_BINARIES: dict[ServiceKind, tuple[str, ...]] = {
+    "postgres": ("initdb", "postgres"),
+    "redis": ("redis-server",),
+}
+_FIX: dict[ServiceKind, str] = {
+    "postgres": "install PostgreSQL (apt-get install postgresql) or put its bin folder on PATH",
+    "redis": "install redis-server (apt-get install redis-server)",
+}
+
+
+@dataclass(frozen=True)
+class ServiceUser:
+    """Who the services run as: None means prefect-bench's own user (not root)."""
+
+    name: str | None
+    uid: int
+    gid: int
+
+
+def service_user() -> ServiceUser:
+    """The unprivileged user to run services as; created when running as root and missing."""
+    if os.geteuid() != 0:
+        return ServiceUser(None, os.geteuid(), os.getegid())
+    for attempt in range(2):
+        try:
+            entry = pwd.getpwnam(SERVICE_USER)
+            return ServiceUser(entry.pw_name, entry.pw_uid, entry.pw_gid)
+        except KeyError:
+            if attempt or not shutil.which("useradd"):
+                break
+            # a system user without a home or a login shell; concurrent creation is harmless
+            subprocess.run(
+                ["useradd", "--system", "--user-group", "--no-create-home",
+                 "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", SERVICE_USER],
+                capture_output=True,
+                check=False,
+            )  # fmt: skip
+    entry = pwd.getpwnam(FALLBACK_USER)
+    return ServiceUser(entry.pw_name, entry.pw_uid, entry.pw_gid)
+
+
+def _blocked_at(path: Path, user: ServiceUser) -> Path | None:
+    """The first folder above `path` that `user` cannot enter, if any."""
+    if user.uid == 0:
+        return None
+    for folder in [path, *path.parents]:
+        st = folder.stat()
+        if st.st_uid == user.uid:
+            ok = bool(st.st_mode & stat.S_IXUSR)
+        elif st.st_gid == user.gid:
+            ok = bool(st.st_mode & stat.S_IXGRP)
+        else:
+            ok = bool(st.st_mode & stat.S_IXOTH)
+        if not ok:
+            return folder
+    return None
+
+
+def remove_leftover_tempdirs(tmp_root: Path | None = None) -> list[Path]:
+    """Delete temporary folders of local services whose owning prefect-bench process is gone.
+
+    Their processes die with their owner (parent-death signal); a folder whose service still
+    runs (same pid and start time) is stopped first. Returns the folders removed.
+    """
+    root = Path(tmp_root or tempfile.gettempdir())
+    removed = []
+    for folder in root.glob(f"{TEMP_PREFIX}*"):
+        try:
+            marks = json.loads((folder / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue  # not ours, or not yet marked
+        if not isinstance(marks, dict) or not owner_is_gone(marks):
+            continue
+        with contextlib.suppress(psutil.Error, KeyError, ValueError, TypeError):
+            proc = psutil.Process(int(marks["service_pid"]))
+            if abs(proc.create_time() - float(marks["service_start"])) < 1.0:
+                proc.kill()
+                proc.wait(10)
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def find_binary(binary: str, path: str) -> str | None:
+    """`binary` on `path`; PostgreSQL's also in Debian's /usr/lib/postgresql/<newest>/bin,
+    which Debian's packages do not put on PATH."""
+    if found := shutil.which(binary, path=path):
+        return found
+    if binary in _BINARIES["postgres"]:
+        versions = sorted(
+            Path(DEBIAN_PG_ROOT).glob("*/bin"),
+            key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else -1,
+        )
+        for folder in reversed(versions):
+            if found := shutil.which(binary, path=str(folder)):
+                return found
+    return None
+
+
+class LocalProvider(ServiceProvider):
+    """initdb/postgres and redis-server from PATH, run by an unprivileged user."""
+
+    name: ClassVar[str] = "local"
+
+    def __init__(self, env: Mapping[str, str] | None = None, tmp_root: Path | None = None) -> None:
+        self.env = dict(env_or_os(env))
+        self.tmp_root = tmp_root
+
+    @classmethod
+    def unavailable_reason(
+        cls, kind: ServiceKind, env: Mapping[str, str] | None = None
+    ) -> str | None:
+        path = env_or_os(env).get("PATH", os.defpath)
+        missing = [b for b in _BINARIES[kind] if find_binary(b, path) is None]
+        if missing:
+            return f"{' and '.join(missing)} not found on PATH: {_FIX[kind]}"
+        if os.geteuid() == 0:
+            try:
+                service_user()
+            except KeyError:
+                return (
+                    f"running as root, and neither the user {SERVICE_USER} can be created nor "
+                    f"{FALLBACK_USER} exists: create an unprivileged user {SERVICE_USER}"
+                )
+        return None
+
+    # -- shared steps -------------------------------------------------------------------
+
+    def _which(self, binary: str) -> str:
+        found = find_binary(binary, self.env.get("PATH", os.defpath))
+        if found is None:
+            raise ProvisionError(f"{binary} not found on PATH")
+        return found
+
+    def _child_env(self) -> dict[str, str]:
+        """The environment without PG*/REDIS* variables that would redirect the services."""
+        env = {k: v for k, v in self.env.items() if not k.startswith(("PG", "REDIS"))}
+        env["LC_ALL"] = "C"
+        return env
+
+    def _tempdir(self, teardown: Teardown, kind: str, labels: Labels, user: ServiceUser) -> Path:
+        """A fresh folder owned by `user`, marked with its owner, deleted by `teardown`."""
+        root = self.tmp_root or Path(tempfile.gettempdir())
+        folder = teardown.own(
+            lambda: Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{kind}-", dir=root)),
+            lambda p: shutil.rmtree(p, ignore_errors=True),
+        )
+        (folder / OWNER_FILE).write_text(json.dumps(owner_labels(labels, kind)))
+        if os.geteuid() == 0:
+            os.chown(folder, user.uid, user.gid)
+        if (blocked := _blocked_at(folder, user)) is not None:
+            raise ProvisionError(
+                f"the user {user.name} cannot enter {blocked}, so it cannot use {folder}: "
+                "choose a temporary folder every user may enter (TMPDIR)"
+            )
+        return folder
+
+    def _start(
+        self, teardown: Teardown, argv: list[str], cwd: Path, log: Path, user: ServiceUser
+    ) -> ManagedProcess:
+        proc = teardown.own(
+            lambda: ManagedProcess(
+                argv,
+                env=self._child_env(),
+                cwd=cwd,
+                log_path=log,
+                user=user.name,
+                group=None if user.name is None else user.gid,
+            ),
+            lambda p: p.stop(STOP_TIMEOUT_S),
+        )
+        # the owner file lets a later run stop this process if prefect-bench dies unusually
+        marks_path = cwd / OWNER_FILE
+        marks = json.loads(marks_path.read_text())
+        marks.update(service_pid=proc.pid, service_start=proc.process.create_time())
+        marks_path.write_text(json.dumps(marks))
+        return proc
+
+    def _serve(
+        self,
+        teardown: Teardown,
+        what: str,
+        argv_for: Callable[[int], list[str]],
+        probe: Callable[[int], T | None],
+        cwd: Path,
+        log: Path,
+        user: ServiceUser,
+    ) -> tuple[int, ManagedProcess, T]:
+        """Start a server on a free port until one start wins its port; wait until probe(port)
+        answers (not None). A port taken by someone else, whether the bind fails or a foreign
+        server answers the probe (_NotOurs), means a new port."""
+        for _attempt in range(PORT_ATTEMPTS):
+            port = free_port()
+            offset = file_size(log)
+            proc = self._start(teardown, argv_for(port), cwd, log, user)
+            try:
+                value = wait_for(
+                    functools.partial(probe, port),
+                    timeout_s=READY_TIMEOUT_S,
+                    what=f"{what} on port {port}",
+                    abort=functools.partial(_exit_reason, what, proc),
+                )
+            except _NotOurs:
+                proc.stop(STOP_TIMEOUT_S)
+                continue
+            except ProvisionError as exc:
+                text = read_from(log, offset)
+                if proc.exit_code() is not None and lost_port_race(text):
+                    continue  # someone took the port between our choice and the bind
+                raise ProvisionError(f"local {exc}; see {log}:\n{tail(text)}") from None
+            return port, proc, value
+        raise ProvisionError(f"no free port for {what} after {PORT_ATTEMPTS} attempts")
+
+    # -- PostgreSQL ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def postgres(self, workdir: Path, labels: Labels) -> Iterator[PostgresService]:
+        started = time.monotonic()
+        user = service_user()
+        log = workdir / "postgres.log"
+        password = new_password()
+        binary = self._which("postgres")
+        with Teardown() as teardown:
+            tmp = self._tempdir(teardown, "pg", labels, user)
+            datadir, sockets, pwfile = tmp / "data", tmp / "sockets", tmp / "pwfile"
+            sockets.mkdir(mode=0o700)
+            pwfile.write_text(password + "\n")
+            pwfile.chmod(0o600)
+            if os.geteuid() == 0:
+                os.chown(sockets, user.uid, user.gid)
+                os.chown(pwfile, user.uid, user.gid)
+            self._initdb(teardown, datadir, pwfile, tmp, log, user)
+            pwfile.unlink()
+
+            def argv(port: int) -> list[str]:
+                return [
+                    binary, "-D", str(datadir), "-p", str(port),
+                    "-c", f"listen_addresses={LOOPBACK}",
+                    "-c", f"unix_socket_directories={sockets}",
+                ]  # fmt: skip
+
+            def probe(port: int) -> str | None:
+                """The server's version once it accepts us and our database exists."""
+                try:
+                    conn = psycopg.connect(
+                        host=LOOPBACK,
+                        port=port,
+                        user=PG_USER,
+                        password=password,
+                        dbname="postgres",
+                        connect_timeout=2,
+                        autocommit=True,
+                    )
+                except psycopg.OperationalError:
+                    return None
+                with conn:
+                    row = conn.execute("SHOW data_directory").fetchone()
+                    if row is None or Path(row[0]).resolve() != datadir.resolve():
+                        raise _NotOurs
+                    conn.execute(f"CREATE DATABASE {PG_DATABASE}")
+                    version = conn.execute("SHOW server_version").fetchone()
+                return str(version[0]) if version else ""
+
+            port, proc, version = self._serve(teardown, "postgres", argv, probe, tmp, log, user)
+            info = service_info(
+                self.name,
+                started,
+                version=version or None,
+                binary=binary,
+                run_as=user.name,
+                pid=proc.pid,
+            )
+            yield PostgresService(LOOPBACK, port, PG_USER, password, PG_DATABASE, info)
+
+    def _initdb(
+        self,
+        teardown: Teardown,
+        datadir: Path,
+        pwfile: Path,
+        cwd: Path,
+        log: Path,
+        user: ServiceUser,
+    ) -> None:
+        offset = file_size(log)
+        argv = [
+            self._which("initdb"), "-D", str(datadir), "-U", PG_USER, f"--pwfile={pwfile}",
+            "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C", "--no-sync",
+            "--no-instructions",
+        ]  # fmt: skip
+        proc = self._start(teardown, argv, cwd, log, user)
+        try:
+            wait_for(proc.exit_code, timeout_s=INITDB_TIMEOUT_S, what="initdb")
+        except ProvisionError as exc:
+            raise ProvisionError(f"{exc}:\n{tail(read_from(log, offset))}") from None
+        if proc.exit_code() != 0:
+            raise ProvisionError(
+                f"initdb failed with code {proc.exit_code()}; see {log}:\n"
+                f"{tail(read_from(log, offset))}"
+            )
+
+    # -- Redis --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def redis(self, workdir: Path, labels: Labels) -> Iterator[RedisService]:
+        started = time.monotonic()
+        user = service_user()
+        log = workdir / "redis.log"
+        binary = self._which("redis-server")
+        with Teardown() as teardown:
+            tmp = self._tempdir(teardown, "redis", labels, user)
+
+            def argv(port: int) -> list[str]:
+                return [
+                    binary, "--port", str(port), "--bind", LOOPBACK, "--save", "",
+                    "--appendonly", "no", "--dir", str(tmp), "--daemonize", "no",
+                    "--logfile", "", "--protected-mode", "yes",
+                ]  # fmt: skip
+
+            def probe(port: int) -> str | None:
+                """The server's version once it answers PING from its own folder."""
+                client = redis_client(LOOPBACK, port, timeout_s=1)
+                with contextlib.closing(client):
+                    try:
+                        client.ping()
+                    except redis.RedisError:  # not listening yet, loading, or not redis
+                        return None
+                    answered_dir = client.config_get("dir").get("dir")
+                    if answered_dir is None or Path(answered_dir).resolve() != tmp.resolve():
+                        raise _NotOurs
+                    return str(client.info("server").get("redis_version", ""))
+
+            port, proc, version = self._serve(teardown, "redis-server", argv, probe, tmp, log, user)
+            info = service_info(
+                self.name,
+                started,
+                version=version or None,
+                binary=binary,
+                run_as=user.name,
+                pid=proc.pid,
+            )
+            yield RedisService(LOOPBACK, port, 0, info)
+
+
+class _NotOurs(Exception):
+    """Another server answered on the port our server was meant to have."""
+
+
+def _exit_reason(what: str, proc: ManagedProcess) -> str | None:
+    code = proc.exit_code()
+    return None if code is None else f"{what} exited with code {code}"
