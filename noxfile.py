@@ -1,8 +1,8 @@
 """Sessions only; the logic lives in the `bench` package.
 
-    nox -s matrix                                              every cell, then the report
-    nox -s "bench(server='python', db='sqlite', broker='memory')" -- --duration 2
-    nox -s report | tests | lint
+nox -s matrix                                              every cell, then the report
+nox -s "bench(server='python', db='sqlite', broker='memory')" -- --duration 2
+nox -s report | tests | lint
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ class ManagedProcess:
         cwd: Path,
         log_path: Path,
         user: str | None = None,
+        group: int | None = None,
     ) -> None:
         self.argv = list(argv)
         self.log_path = log_path
@@ -53,6 +54,8 @@ class ManagedProcess:
                 start_new_session=True,
                 preexec_fn=_die_with_parent if sys.platform == "linux" else None,
                 user=user,
+                group=group,
+                extra_groups=[] if group is not None else None,
             )
         self.process = psutil.Process(self.popen.pid)
 

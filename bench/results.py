@@ -73,6 +73,9 @@ class EndpointResult(BaseModel):
     latency_ms: LatencyMs | None = Field(description="of successful responses; None if none")
     client_saturated: bool = False
     hdr: str | None = Field(default=None, description="HdrHistogram (µs), base64 compressed")
+    problems: list[str] = Field(
+        default_factory=list, description="the first few distinct errors, as the engine saw them"
+    )
     client_cpu_s_per_request: float | None = None
     server_cpu_cores: float | None = Field(
         default=None, description="mean cores the server used under this load, warmup included"

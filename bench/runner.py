@@ -28,6 +28,7 @@ from bench.sampling import ResourceSampler
 from bench.servers import RunningServer, ServerSetup, make_server, start_server
 from bench.services.base import Labels
 from bench.workloads import Workload, get_workload
+from bench.workloads.base import api_client
 
 EXTERNAL_SERVER = "external"
 INTERRUPTED = "interrupted"
@@ -125,7 +126,7 @@ def _run(opts: RunOptions, progress: Progress, result: Result) -> None:
     with ExitStack() as stack:
         target = parse_url(opts.url) if opts.url else _start(opts, progress, result, stack)
         progress.stage("creating fixtures and verifying every request")
-        client = stack.enter_context(httpx.Client(base_url=target.base_url, timeout=30.0))
+        client = stack.enter_context(api_client(target.base_url))
         try:
             client.get("/health")
         except httpx.HTTPError as exc:
@@ -205,6 +206,7 @@ def _measure_all(
             spec = engine.LoadSpec(
                 concurrency=concurrency, duration_s=opts.duration_s, warmup_s=opts.warmup_s
             )
+            _ensure_alive(target, f"before {endpoint.name} at c={concurrency}")
             callback = progress.measuring(endpoint.name, concurrency)
             with ExitStack() as window:
                 usage = window.enter_context(sampler.window()) if sampler else None
@@ -221,6 +223,7 @@ def _measure_all(
                 latency_ms=m.latency_ms(),
                 client_saturated=m.client_saturated,
                 hdr=m.encoded_histogram(),
+                problems=m.problems,
                 client_cpu_s_per_request=round(m.client_cpu_s / m.requests, 9)
                 if m.requests
                 else None,
@@ -231,8 +234,13 @@ def _measure_all(
             progress.measured(ep)
             if result.server and usage:
                 result.server.rss_peak_mb = max(result.server.rss_peak_mb or 0, usage.rss_peak_mb)
-            if target.server:
-                try:
-                    target.server.check_alive()
-                except ServerError as exc:
-                    raise ServerError(f"during {endpoint.name} at c={concurrency}: {exc}") from exc
+            _ensure_alive(target, f"during {endpoint.name} at c={concurrency}")
+
+
+def _ensure_alive(target: _Target, when: str) -> None:
+    if target.server is None:
+        return
+    try:
+        target.server.check_alive()
+    except ServerError as exc:
+        raise ServerError(f"{when}: {exc}") from exc

@@ -8,15 +8,20 @@ from pathlib import Path
 import psutil
 import pytest
 
+from bench import engine
 from bench.servers import RunningServer, ServerSetup, make_server, start_server
 
 
 @pytest.fixture(autouse=True)
 def no_leftover_processes() -> Iterator[None]:
-    """Every test must stop what it started: no child process may outlive it."""
+    """Every test must stop what it started: no child process may outlive it.
+
+    The engine keeps its worker processes between measurements; they are stopped here too.
+    """
     me = psutil.Process()
     before = {p.pid for p in me.children(recursive=True)}
     yield
+    engine.shutdown()
     left = [p for p in me.children(recursive=True) if p.pid not in before]
     _, alive = psutil.wait_procs(left, timeout=10)
     assert not alive, f"processes left running: {[(p.pid, p.name()) for p in alive]}"

@@ -10,6 +10,7 @@ import pytest
 from hdrh.histogram import HdrHistogram
 from rich.console import Console
 
+from bench.process import wait_until
 from bench.progress import Progress
 from bench.results import Cell, EndpointResult, new_run_id
 from bench.runner import INTERRUPTED, RunOptions, run_cell
@@ -89,14 +90,17 @@ def test_server_dying_mid_cell_fails_the_cell_and_keeps_the_data(tmp_path: Path)
     import psutil
 
     def kill_server() -> None:
-        for child in psutil.Process().children(recursive=True):
-            if "prefect" in " ".join(child.cmdline()):
-                child.send_signal(signal.SIGKILL)
+        (server,) = [p for p in psutil.Process().children() if "prefect" in " ".join(p.cmdline())]
+        server.send_signal(signal.SIGKILL)
+        # waitable but not reaped (WNOWAIT): the runner's Popen must still see the exit status
+        flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
+        wait_until(lambda: os.waitid(os.P_PID, server.pid, flags) is not None, timeout_s=30)
 
-    result = run_cell(options(tmp_path), Recording(after=2, action=kill_server))
+    progress = Recording(after=2, action=kill_server)
+    result = run_cell(options(tmp_path), progress)
     assert result.status == "failed"
     assert "exited with code -9" in (result.error or "")
-    assert len(result.endpoints) == 2
+    assert len(result.endpoints) == 2, result.error
     assert result.finished_at
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +54,29 @@ def _fill(value: Any, values: Mapping[str, str]) -> Any:
     if isinstance(value, list):
         return [_fill(v, values) for v in value]
     return value
+
+
+class _RetryUnavailable(httpx.HTTPTransport):
+    """Retries 503 answers a few times: SQLite answers a single write with 503 "database is
+    locked" while the server's own services write. Under load the engine counts those 503s;
+    for fixtures and verification one transient lock must not fail the cell."""
+
+    attempts = 5
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for attempt in range(1, self.attempts):
+            response = super().handle_request(request)
+            if response.status_code != 503:
+                return response
+            response.read()
+            response.close()
+            time.sleep(0.1 * attempt)  # back off: the lock is held by the server's own writes
+        return super().handle_request(request)
+
+
+def api_client(base_url: str) -> httpx.Client:
+    """An httpx client for setup and verification (not for load: it is far too slow)."""
+    return httpx.Client(base_url=base_url, timeout=30.0, transport=_RetryUnavailable())
 
 
 @dataclass(frozen=True)
