@@ -11,6 +11,7 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import signal
 import sys
@@ -77,6 +78,27 @@ def _concurrency_list(text: str) -> tuple[int, ...]:
     return tuple(levels)
 
 
+def _positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def _cpu_list(text: str) -> tuple[int, ...]:
+    usable = os.sched_getaffinity(0)
+    cpus = []
+    for part in text.split(","):
+        if not part.strip().isdigit():
+            raise argparse.ArgumentTypeError(f"expected CPU numbers like 0,1, got {text!r}")
+        cpus.append(int(part))
+    if not set(cpus) <= usable:
+        raise argparse.ArgumentTypeError(
+            f"CPU {sorted(set(cpus) - usable)} is not usable here (usable: "
+            f"{','.join(map(str, sorted(usable)))})"
+        )
+    return tuple(cpus)
+
+
 def _run_id(text: str) -> str:
     if not _RUN_ID.match(text):
         raise argparse.ArgumentTypeError(f"letters, digits, '.', '_' and '-' only, got {text!r}")
@@ -119,6 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=(1, 4, 16, 64),
         help="connections per level, comma-separated (default 1,4,16,64)",
     )
+    run.add_argument(
+        "--rate",
+        type=_positive_float,
+        help="open model: requests/s per endpoint, latency from each intended send time "
+        "(default: closed model)",
+    )
+    run.add_argument(
+        "--engine-procs", type=_positive_int, help="load generator processes (default: automatic)"
+    )
+    run.add_argument("--server-cpus", type=_cpu_list, help="pin the server to these CPUs, e.g. 0")
+    run.add_argument("--client-cpus", type=_cpu_list, help="pin the load generator, e.g. 1")
     run.add_argument("--out", type=Path, default=Path("results"), help="results folder")
     run.add_argument("--run-id", type=_run_id, help="join an existing run (default: a new id)")
     run.add_argument("--json", type=Path, help="also write the result to exactly this path")
@@ -159,6 +192,10 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         provider=args.provider,
         no_services=args.no_services,
         zig_binary=args.zig_binary,
+        rate=args.rate,
+        engine_procs=args.engine_procs,
+        server_cpus=args.server_cpus,
+        client_cpus=args.client_cpus,
     )
     path = result_path(opts.out_dir, opts.run_id, cell)
     if path.exists():

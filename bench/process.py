@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import psutil
@@ -73,6 +73,15 @@ class ManagedProcess:
             return [self.process, *self.process.children(recursive=True)]
         except psutil.NoSuchProcess:
             return []
+
+    def pin(self, cpus: Iterable[int]) -> None:
+        """Pin every thread of the process tree to `cpus` (threads started later inherit it)."""
+        cpu_set = set(cpus)
+        for proc in self.tree():
+            with contextlib.suppress(psutil.Error, ProcessLookupError):
+                for thread in proc.threads():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.sched_setaffinity(thread.id, cpu_set)
 
     def log_tail(self, lines: int = 30) -> str:
         try:

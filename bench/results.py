@@ -81,6 +81,11 @@ class EndpointResult(BaseModel):
         default=None, description="mean cores the server used under this load, warmup included"
     )
     server_rss_peak_mb: float | None = None
+    engine_procs: int | None = None
+    offered_rps: float | None = Field(default=None, description="open model: the rate asked")
+    late_sends: int | None = Field(
+        default=None, description="open model: sends that left after their scheduled time"
+    )
 
 
 class ServerInfo(BaseModel):
@@ -111,6 +116,10 @@ class RunConfig(BaseModel):
     duration_s: float
     warmup_s: float
     concurrency: list[int]
+    rate: float | None = Field(default=None, description="open model: requests/s per endpoint")
+    engine_procs: int | None = Field(default=None, description="None: automatic")
+    server_cpus: list[int] | None = None
+    client_cpus: list[int] | None = None
     url: str | None = None
 
 

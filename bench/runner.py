@@ -49,6 +49,10 @@ class RunOptions:
     provider: str | None = None
     no_services: bool = False
     zig_binary: Path | None = None
+    rate: float | None = None
+    engine_procs: int | None = None
+    server_cpus: tuple[int, ...] | None = None
+    client_cpus: tuple[int, ...] | None = None
     extra_config: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -95,6 +99,11 @@ def run_cell(opts: RunOptions, progress: Progress) -> Result:
         started_at=utc_now(),
         config=RunConfig(
             workload=opts.workload,
+            mode="open" if opts.rate else "closed",
+            rate=opts.rate,
+            engine_procs=opts.engine_procs,
+            server_cpus=opts.server_cpus,
+            client_cpus=opts.client_cpus,
             duration_s=opts.duration_s,
             warmup_s=opts.warmup_s,
             concurrency=list(opts.concurrency),
@@ -156,6 +165,8 @@ def _start(opts: RunOptions, progress: Progress, result: Result, stack: ExitStac
     progress.stage(f"starting the {adapter.name} server")
     server = stack.enter_context(start_server(adapter, setup))
     result.server.startup_s = round(server.startup_s, 3)
+    if opts.server_cpus:
+        server.process.pin(opts.server_cpus)
     # Totals over the server's life, filled in whatever way the cell ends.
     stack.callback(_record_server_totals, result.server, server)
     result.server.rss_idle_mb = round(ResourceSampler(server.process.tree).rss_mb(), 1)
@@ -176,6 +187,8 @@ def _provision(
         return {}
     from bench import services  # only cells with backing services need the providers
 
+    for leftover in services.remove_leftovers():  # a crashed earlier run's, and only that
+        progress.stage(f"removed {leftover}, left by a run that crashed")
     labels = Labels(run_id=opts.run_id, cell=opts.cell.name)
     provided: dict[str, object] = {}
     for kind, wanted in needed.items():
@@ -204,7 +217,12 @@ def _measure_all(
         request = endpoint.resolve(target.api_path, fixtures)
         for concurrency in opts.concurrency:
             spec = engine.LoadSpec(
-                concurrency=concurrency, duration_s=opts.duration_s, warmup_s=opts.warmup_s
+                concurrency=concurrency,
+                duration_s=opts.duration_s,
+                warmup_s=opts.warmup_s,
+                rate=opts.rate,
+                procs=opts.engine_procs,
+                cpus=opts.client_cpus,
             )
             _ensure_alive(target, f"before {endpoint.name} at c={concurrency}")
             callback = progress.measuring(endpoint.name, concurrency)
@@ -229,6 +247,9 @@ def _measure_all(
                 else None,
                 server_cpu_cores=round(usage.cores, 3) if usage else None,
                 server_rss_peak_mb=usage.rss_peak_mb if usage else None,
+                engine_procs=m.procs,
+                offered_rps=m.offered_rps,
+                late_sends=m.late_sends,
             )
             result.endpoints.append(ep)
             progress.measured(ep)

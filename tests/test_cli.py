@@ -42,6 +42,11 @@ def bench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         (["--concurrency", "1,x"], "positive integers"),
         (["--concurrency", ""], "positive integers"),
         (["--run-id", "../escape"], "letters, digits"),
+        (["--rate", "0"], "must be > 0"),
+        (["--rate", "lots"], "not a number"),
+        (["--engine-procs", "0"], "positive integer"),
+        (["--server-cpus", "9999"], "is not usable here"),
+        (["--client-cpus", "a,b"], "CPU numbers"),
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path: Path, args: list[str], message: str) -> None:

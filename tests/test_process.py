@@ -1,3 +1,4 @@
+import os
 import signal
 import sys
 from pathlib import Path
@@ -68,3 +69,23 @@ def test_wait_until_times_out_and_aborts() -> None:
     with pytest.raises(RuntimeError, match="gone"):
         wait_until(lambda: False, timeout_s=30, abort=lambda: "gone")
     assert wait_until(lambda: True, timeout_s=1) < 1
+
+
+def test_pin_moves_every_thread(tmp_path: Path) -> None:
+    threads = (
+        "import threading, time\n"
+        "for _ in range(3): threading.Thread(target=time.sleep, args=(600,), daemon=True).start()\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    proc = ManagedProcess(
+        [sys.executable, "-c", threads], env={}, cwd=tmp_path, log_path=tmp_path / "out.log"
+    )
+    try:
+        wait_until(lambda: "ready" in proc.log_path.read_text(), timeout_s=30)
+        proc.pin([0])
+        tids = [t.id for t in proc.process.threads()]
+        assert len(tids) == 4
+        assert all(os.sched_getaffinity(tid) == {0} for tid in tids)
+    finally:
+        proc.stop()

@@ -150,3 +150,30 @@ def test_zig_without_binary_is_skipped(tmp_path: Path, monkeypatch: pytest.Monke
     )
     assert result.status == "skipped"
     assert "--zig-binary" in (result.error or "")
+
+
+def test_open_model_with_pinned_server_and_client(tmp_path: Path) -> None:
+    import psutil
+
+    seen: list[set[int]] = []
+
+    def record_server_affinity() -> None:
+        (server,) = [p for p in psutil.Process().children() if "prefect" in " ".join(p.cmdline())]
+        seen.extend(os.sched_getaffinity(t.id) for t in server.threads())
+
+    opts = options(
+        tmp_path,
+        rate=50.0,
+        concurrency=(4,),
+        duration_s=1.0,
+        server_cpus=(0,),
+        client_cpus=(1,),
+    )
+    result = run_cell(opts, Recording(after=1, action=record_server_affinity))
+    assert result.status == "ok", result.error
+    assert result.config.mode == "open" and result.config.rate == 50.0
+    assert result.config.server_cpus == [0] and result.config.client_cpus == [1]
+    assert seen and all(cpus == {0} for cpus in seen)
+    health = result.endpoints[0]
+    assert health.offered_rps == 50.0 and health.late_sends is not None
+    assert 35 <= health.rps <= 60  # the engine holds the rate: it does not run flat out
