@@ -1,0 +1,165 @@
+"""Whole cells of the python server on every db × broker, through each service provider.
+
+The backends must really be used: a postgres cell stores its rows in the provisioned database,
+a redis cell moves messages through Redis, and a memory cell leaves Redis alone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+from rich.console import Console
+
+from bench.process import wait_until
+from bench.progress import Progress
+from bench.results import Cell, EndpointResult, Result, new_run_id
+from bench.runner import RunOptions, run_cell
+from bench.services.base import Labels, PostgresService, RedisService
+from bench.services.docker import DockerProvider
+from bench.services.external import DB_PREFIX, POSTGRES_ENV, REDIS_ENV
+from bench.services.local import LocalProvider
+
+pytestmark = pytest.mark.slow
+
+CELLS = [("sqlite", "memory"), ("sqlite", "redis"), ("postgres", "memory"), ("postgres", "redis")]
+
+
+class AfterLast(Progress):
+    """Runs `check` after the last measurement, while the server and its services still run."""
+
+    def __init__(self, measurements: int, check: Callable[[], None]) -> None:
+        super().__init__(Console(file=open(os.devnull, "w")), "test")  # noqa: SIM115
+        self.left, self.check = measurements, check
+
+    def stage(self, text: str) -> None:
+        pass
+
+    def measured(self, ep: EndpointResult) -> None:
+        self.left -= 1
+        if self.left == 0:
+            self.check()
+
+
+def run(tmp_path: Path, db: str, broker: str, provider: str, check: Callable[[], None]) -> Result:
+    opts = RunOptions(
+        cell=Cell(server="python", db=db, broker=broker),
+        run_id=new_run_id(),
+        out_dir=tmp_path,
+        duration_s=0.3,
+        warmup_s=0.1,
+        concurrency=(1,),
+        provider=provider,
+    )
+    return run_cell(opts, AfterLast(6, check))
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresService]:
+    with LocalProvider().postgres(tmp_path_factory.mktemp("pg"), Labels("cells", "pg")) as pg:
+        yield pg
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisService]:
+    with LocalProvider().redis(tmp_path_factory.mktemp("redis"), Labels("cells", "r")) as r:
+        yield r
+
+
+def cell_databases(pg: PostgresService) -> list[str]:
+    with psycopg.connect(pg.url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s", (DB_PREFIX + "%",)
+        ).fetchall()
+    return [name for (name,) in rows]
+
+
+def stream_writes(client: redis.Redis) -> int:
+    stats = client.info("commandstats")
+    return int(stats.get("cmdstat_xadd", {}).get("calls", 0))
+
+
+@pytest.mark.parametrize(("db", "broker"), CELLS)
+def test_cell_really_uses_its_backends(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    postgres: PostgresService,
+    redis_server: RedisService,
+    db: str,
+    broker: str,
+) -> None:
+    monkeypatch.setenv(POSTGRES_ENV, postgres.url)
+    monkeypatch.setenv(REDIS_ENV, redis_server.url())
+    client = redis.Redis(host=redis_server.host, port=redis_server.port, db=redis_server.db)
+    client.config_resetstat()
+    seen: dict[str, object] = {}
+
+    def inspect_backends() -> None:
+        databases = cell_databases(postgres)
+        seen["databases"] = databases
+        if databases:
+            (name,) = databases
+            with psycopg.connect(postgres.url.rsplit("/", 1)[0] + "/" + name) as conn:
+                seen["flow_runs"] = conn.execute("SELECT count(*) FROM flow_run").fetchone()[0]
+        if broker == "redis":
+            # events reach Redis in batches: poll until the first stream write shows
+            wait_until(lambda: stream_writes(client) > 0, timeout_s=60, interval_s=0.2)
+        seen["stream_writes"] = stream_writes(client)
+        seen["keys"] = client.dbsize()
+
+    try:
+        result = run(tmp_path, db, broker, "external", inspect_backends)
+    finally:
+        client.close()
+    assert result.status == "ok", result.error
+    assert {k: v.provider for k, v in result.services.items()} == (
+        {"postgres": "external"} if db == "postgres" else {}
+    ) | ({"redis": "external"} if broker == "redis" else {})
+    if db == "postgres":
+        assert len(seen["databases"]) == 1  # type: ignore[arg-type]
+        assert seen["flow_runs"] >= 2  # type: ignore[operator]  # fixture run + created ones
+    else:
+        assert seen["databases"] == []
+    if broker == "redis":
+        assert seen["stream_writes"] > 0 and seen["keys"] > 0  # type: ignore[operator]
+    else:
+        assert seen["stream_writes"] == 0 and seen["keys"] == 0
+    assert cell_databases(postgres) == []  # dropped at the end
+
+
+def _docker_reason() -> str | None:
+    return DockerProvider.unavailable_reason("postgres") or DockerProvider.unavailable_reason(
+        "redis"
+    )
+
+
+@pytest.mark.parametrize(("db", "broker"), [c for c in CELLS if c != ("sqlite", "memory")])
+@pytest.mark.parametrize(
+    "provider",
+    [
+        "local",
+        pytest.param(
+            "docker",
+            marks=pytest.mark.skipif(
+                _docker_reason() is not None, reason=f"no docker here: {_docker_reason()}"
+            ),
+        ),
+    ],
+)
+def test_every_cell_runs_on_each_provider(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, provider: str, db: str, broker: str
+) -> None:
+    monkeypatch.delenv(POSTGRES_ENV, raising=False)
+    monkeypatch.delenv(REDIS_ENV, raising=False)
+    result = run(tmp_path, db, broker, provider, lambda: None)
+    assert result.status == "ok", result.error
+    assert len(result.endpoints) == 6
+    for info in result.services.values():
+        assert info.provider == provider and info.version
+    logs = {p.name for p in (tmp_path / result.run_id / result.cell.name).iterdir()}
+    assert "server.log" in logs
+    assert ("postgres.log" in logs) == (db == "postgres")
