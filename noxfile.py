@@ -43,7 +43,7 @@ def _install(session: nox.Session, extras: str = "") -> None:
 @nox.parametrize("server,db,broker", cells())
 def bench(session: nox.Session, server: str, db: str, broker: str) -> None:
     """One cell: server × db × broker. Arguments after -- go to `python -m bench run`."""
-    _install(session)
+    _install(session, "[zig]" if server == "zig" else "")
     run_id = os.environ.get(RUN_ID_ENV) or (
         time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
     )

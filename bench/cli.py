@@ -28,7 +28,7 @@ from bench.matrix import BROKERS, DBS
 from bench.progress import progress_for
 from bench.results import Cell, new_run_id, result_path, write_result
 from bench.runner import EXTERNAL_SERVER, INTERRUPTED, RunOptions, run_cell
-from bench.servers import SERVER_NAMES
+from bench.servers_config import server_names
 from bench.workloads import WORKLOADS
 
 EXIT_OK = 0
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = commands.add_parser("run", help="benchmark one cell (server × db × broker)")
-    run.add_argument("--server", type=_choice(SERVER_NAMES, "server"), default="python")
+    run.add_argument("--server", default="python", help="python, zig or one of --servers")
     run.add_argument("--db", type=_choice(DBS, "db"), default="sqlite")
     run.add_argument("--broker", type=_choice(BROKERS, "broker"), default="memory")
     run.add_argument(
@@ -161,7 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="force how PostgreSQL/Redis are provided (default: external > docker > local)",
     )
     run.add_argument("--no-services", action="store_true", help="the server's API alone")
-    run.add_argument("--zig-binary", type=Path, help="the zig prefect-server executable")
+    zig = run.add_mutually_exclusive_group()
+    zig.add_argument("--zig-binary", type=Path, help="the zig prefect-server executable")
+    zig.add_argument("--zig-src", type=Path, help="a zig prefect-server checkout to build")
+    run.add_argument(
+        "--servers", type=Path, help="custom servers (default: servers.toml if present)"
+    )
 
     report = commands.add_parser("report", help="aggregate results into a report")
     report.add_argument("paths", nargs="*", type=Path, help="result files or folders")
@@ -178,6 +183,9 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         cell = Cell(server=EXTERNAL_SERVER)
         workload = args.workload or "health"
     else:
+        known = server_names(args.servers)
+        if args.server not in known:
+            raise ConfigError(f"unknown server {args.server!r} (known: {', '.join(known)})")
         cell = Cell(server=args.server, db=args.db, broker=args.broker)
         workload = args.workload or "seed"
     opts = RunOptions(
@@ -192,6 +200,8 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         provider=args.provider,
         no_services=args.no_services,
         zig_binary=args.zig_binary,
+        zig_src=args.zig_src,
+        servers_file=args.servers,
         rate=args.rate,
         engine_procs=args.engine_procs,
         server_cpus=args.server_cpus,

@@ -86,6 +86,9 @@ class EndpointResult(BaseModel):
     late_sends: int | None = Field(
         default=None, description="open model: sends that left after their scheduled time"
     )
+    rate_held: bool | None = Field(
+        default=None, description="open model: achieved >= 95% of offered, <= 1% sends late"
+    )
 
 
 class ServerInfo(BaseModel):

@@ -49,6 +49,8 @@ class RunOptions:
     provider: str | None = None
     no_services: bool = False
     zig_binary: Path | None = None
+    zig_src: Path | None = None
+    servers_file: Path | None = None
     rate: float | None = None
     engine_procs: int | None = None
     server_cpus: tuple[int, ...] | None = None
@@ -147,13 +149,20 @@ def _run(opts: RunOptions, progress: Progress, result: Result) -> None:
 
 def _start(opts: RunOptions, progress: Progress, result: Result, stack: ExitStack) -> _Target:
     """Provision the services the cell needs and start its server; all undone by `stack`."""
-    adapter = make_server(opts.cell.server, zig_binary=opts.zig_binary)
+    adapter = make_server(
+        opts.cell.server,
+        zig_binary=opts.zig_binary,
+        zig_src=opts.zig_src,
+        servers_file=opts.servers_file,
+    )
     if reason := adapter.unavailable_reason():
         raise CellSkipped(reason)
+    opts.cell_dir.mkdir(parents=True, exist_ok=True)
+    progress.stage(f"preparing the {adapter.name} server")
+    adapter.prepare(opts.cell_dir)  # e.g. build it: before its version is asked
     result.server = ServerInfo(name=adapter.name, version=adapter.version(), **adapter.info())
     datadir = Path(tempfile.mkdtemp(prefix=f"prefect-bench-{opts.cell.name}-"))
     stack.callback(shutil.rmtree, datadir, ignore_errors=True)
-    opts.cell_dir.mkdir(parents=True, exist_ok=True)
     setup = ServerSetup(
         db=opts.cell.db,
         broker=opts.cell.broker,
@@ -250,6 +259,7 @@ def _measure_all(
                 engine_procs=m.procs,
                 offered_rps=m.offered_rps,
                 late_sends=m.late_sends,
+                rate_held=m.rate_held,
             )
             result.endpoints.append(ep)
             progress.measured(ep)

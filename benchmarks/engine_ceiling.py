@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
-import resource
 import shutil
 import socket
 import subprocess
@@ -28,6 +26,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from _wrk import INSTALL_HINT, have_wrk, run_wrk
 
 from bench.engine import EngineRequest, LoadSpec, Measurement, Target, measure, shutdown
 
@@ -113,30 +113,6 @@ def nginx(cpu: int | None = None) -> Iterator[int]:
         shutil.rmtree(prefix, ignore_errors=True)
 
 
-def run_wrk(port: int, concurrency: int, duration_s: int, cpu: int | None) -> tuple[float, float]:
-    """wrk's requests/s and CPU seconds per request."""
-
-    def pin() -> None:
-        if cpu is not None:
-            os.sched_setaffinity(0, {cpu})
-
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{concurrency}", f"-d{duration_s}s", f"http://127.0.0.1:{port}{PATH}"],
-        capture_output=True,
-        text=True,
-        check=True,
-        preexec_fn=pin,
-    ).stdout
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    rate = re.search(r"Requests/sec:\s*([\d.]+)", out)
-    total = re.search(r"(\d+) requests in", out)
-    if rate is None or total is None:
-        raise RuntimeError(f"cannot read wrk output:\n{out}")
-    cpu_s = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    return float(rate.group(1)), cpu_s / max(int(total.group(1)), 1)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--min-ratio", type=float, default=0.80)
@@ -146,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--procs", type=int, default=None, help="engine processes (auto)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin to CPUs")
     args = parser.parse_args(argv)
-    if shutil.which("wrk") is None:
-        print("ERROR: wrk not found (apt-get install -y wrk nginx-light)", file=sys.stderr)
+    if not have_wrk():
+        print(f"ERROR: wrk not found ({INSTALL_HINT} nginx-light)", file=sys.stderr)
         return 2
 
     cpus = sorted(os.sched_getaffinity(0))
@@ -176,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             rounds = []
             wrk_cpu = float("inf")
             for _round in range(args.rounds):
-                w, w_cpu = run_wrk(port, c, args.duration, client_cpu)
+                run = run_wrk(f"http://127.0.0.1:{port}{PATH}", c, args.duration, client_cpu)
+                w, w_cpu = run.rps, run.cpu_s_per_request
                 m = measure(target, request, spec)
                 rounds.append(f"{w:.0f}/{m.rps:.0f}")
                 wrk_rps = max(wrk_rps, w)

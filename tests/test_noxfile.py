@@ -56,5 +56,5 @@ def test_one_cell_through_nox(repo_root: Path, tmp_path: Path) -> None:
         assert ep.requests > 0 and ep.rps > 0 and ep.hdr
         lat = ep.latency_ms
         assert lat and lat.min <= lat.p50 <= lat.p90 <= lat.p99 <= lat.p999 <= lat.max
-    assert "no zig prefect-server binary given" in out.stderr
+    assert "BENCH_ZIG_BINARY" in out.stderr and "--zig-src" in out.stderr
     assert "skipped" in out.stderr

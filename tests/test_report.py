@@ -1,7 +1,8 @@
 """Tests of bench.report: collecting results, the three formats, speedups and warnings.
 
-The Markdown report is compared with tests/resources/report/report.md.golden. After an
-intended change of the report, refresh the golden file and review its diff:
+The Markdown reports are compared with tests/resources/report/report.md.golden (a closed-model
+run) and tests/resources/report_open/report.md.golden (an open-model run). After an intended
+change of the report, refresh the golden files and review their diff:
 
     BENCH_UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_report.py
 
@@ -29,6 +30,9 @@ RESOURCES = Path(__file__).parent / "resources" / "report"
 RUN = "20261126T164000Z-3f2a"
 RUN_DIR = RESOURCES / RUN
 GOLDEN = RESOURCES / "report.md.golden"
+# An open-model run (--rate) whose zig cell had server and client on overlapping CPUs.
+OPEN_DIR = Path(__file__).parent / "resources" / "report_open"
+OPEN_GOLDEN = OPEN_DIR / "report.md.golden"
 UPDATE_GOLDEN = os.environ.get("BENCH_UPDATE_GOLDEN") == "1"
 
 
@@ -36,6 +40,13 @@ UPDATE_GOLDEN = os.environ.get("BENCH_UPDATE_GOLDEN") == "1"
 def results() -> list[Result]:
     found, warnings = collect([RUN_DIR])
     assert warnings == []
+    return found
+
+
+@pytest.fixture
+def open_results() -> list[Result]:
+    found, warnings = collect([OPEN_DIR])
+    assert warnings == [] and len(found) == 2
     return found
 
 
@@ -157,6 +168,15 @@ def test_markdown_matches_golden_file(results: list[Result]) -> None:
     if UPDATE_GOLDEN:
         GOLDEN.write_text(text, encoding="utf-8")
     assert text == GOLDEN.read_text(encoding="utf-8"), (
+        "the Markdown report changed; if intended, run with BENCH_UPDATE_GOLDEN=1 and review"
+    )
+
+
+def test_open_model_markdown_matches_golden_file(open_results: list[Result]) -> None:
+    text = render_markdown(open_results)
+    if UPDATE_GOLDEN:
+        OPEN_GOLDEN.write_text(text, encoding="utf-8")
+    assert text == OPEN_GOLDEN.read_text(encoding="utf-8"), (
         "the Markdown report changed; if intended, run with BENCH_UPDATE_GOLDEN=1 and review"
     )
 
@@ -438,3 +458,99 @@ def test_several_runs_label_columns_with_run_ids(results: list[Result]) -> None:
     assert "2 results from 2 runs" in text
     assert f"zig-sqlite-memory ({RUN})" in text
     assert "zig-sqlite-memory (20261127T090000Z-aaaa)" in text
+
+
+# shared cores
+
+
+def test_warning_when_server_and_client_share_cpus(results: list[Result]) -> None:
+    zig = by_cell(results, "zig-sqlite-memory")
+    cases: list[tuple[list[int] | None, list[int] | None, bool]] = [
+        ([0], [0, 1], True),
+        ([1, 0], [1], True),
+        ([0], [1], False),
+        (None, [0], False),  # only the client pinned: nothing says where the server ran
+        ([0], None, False),
+        (None, None, False),  # unpinned: not flagged, whatever the cpu count
+    ]
+    for server_cpus, client_cpus, warned in cases:
+        pinned = with_config(zig, server_cpus=server_cpus, client_cpus=client_cpus)
+        changed = [r if r is not zig else pinned for r in results]
+        warnings = tables.build(changed).warnings
+        assert bool(warnings) == warned, (server_cpus, client_cpus, warnings)
+        if warned:
+            assert len(warnings) == 1
+            assert "shared CPUs in zig-sqlite-memory" in warnings[0]
+            assert (
+                f"server on CPUs {','.join(str(c) for c in sorted(server_cpus or []))}"
+                in (warnings[0])
+            )
+            assert "Warning" in render_markdown(changed)
+            assert "WARNING: The server and the load generator shared CPUs" in terminal_text(
+                changed
+            )
+            assert "shared CPUs in zig-sqlite-memory" in render_html(changed)
+
+
+def test_shared_cpu_warning_names_every_result_and_its_run(results: list[Result]) -> None:
+    python = with_config(by_cell(results, "python-sqlite-memory"), server_cpus=[0], client_cpus=[0])
+    zig = by_cell(results, "zig-sqlite-memory")
+    later = with_config(zig, server_cpus=[1], client_cpus=[0, 1]).model_copy(
+        update={"run_id": "20261127T090000Z-aaaa"}
+    )
+    warnings = tables.build([python, zig, later]).warnings
+    assert len(warnings) == 1, warnings
+    assert f"python-sqlite-memory ({RUN}): server on CPUs 0, client on CPUs 0" in warnings[0]
+    assert (
+        "zig-sqlite-memory (20261127T090000Z-aaaa): server on CPUs 1, client on CPUs 0,1"
+        in (warnings[0])
+    )
+    assert f"zig-sqlite-memory ({RUN})" not in warnings[0]
+
+
+def test_shared_cpu_warning_ignores_results_without_measurements(results: list[Result]) -> None:
+    skipped = with_config(by_cell(results, "zig-postgres-redis"), server_cpus=[0], client_cpus=[0])
+    assert tables.build([skipped]).warnings == []
+
+
+# open model
+
+
+def open_table(results: list[Result]) -> tables.Table | None:
+    section = next(s for s in tables.build(results).sections if s.title == "Endpoints")
+    return next((t for t in section.tables if t.title and t.title.startswith("Open model")), None)
+
+
+def test_open_model_shows_offered_and_achieved_rate_and_late_sends(
+    open_results: list[Result],
+) -> None:
+    table = open_table(open_results)
+    assert table is not None
+    assert column(table, "python") == {
+        ("GET health", "16"): "500 / 500, 0 late",
+        ("POST flow_runs", "16"): "≥118 / 500, 1904 late",  # saturated: a lower bound
+    }
+    assert column(table, "zig") == {
+        ("GET health", "16"): "500 / 500, 0 late",
+        ("POST flow_runs", "16"): "500 / 500, 2 late",
+    }
+    tones = {(row[0].text, row[2].tone) for row in table.rows}
+    assert tones == {("GET health", ""), ("POST flow_runs", "bad")}  # 118 of 500: not held
+    for text in (render_markdown(open_results), terminal_text(open_results)):
+        assert "≥118 / 500, 1904 late" in text
+        assert "Open model: requests were sent on a fixed schedule" in text
+    assert "≥118 / 500, 1904 late" in render_html(open_results)
+
+
+def test_open_model_rate_from_config_when_endpoints_lack_it(open_results: list[Result]) -> None:
+    zig = by_cell(open_results, "zig-sqlite-memory")
+    bare = [ep.model_copy(update={"offered_rps": None, "late_sends": None}) for ep in zig.endpoints]
+    zig = zig.model_copy(update={"endpoints": bare})
+    table = open_table([zig])
+    assert table is not None
+    assert column(table, "zig")[("GET health", "16")] == "500 / 500"
+
+
+def test_closed_model_has_no_open_model_table(results: list[Result]) -> None:
+    assert open_table(results) is None
+    assert "Open model" not in render_markdown(results)

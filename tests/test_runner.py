@@ -6,6 +6,7 @@ import os
 import signal
 from pathlib import Path
 
+import psutil
 import pytest
 from hdrh.histogram import HdrHistogram
 from rich.console import Console
@@ -56,6 +57,16 @@ class Recording(Progress):
             self.action()
 
 
+def cell_server() -> psutil.Process:
+    """The server run_cell started (it runs in the cell's temporary folder), not the shared one."""
+    (server,) = [
+        p
+        for p in psutil.Process().children()
+        if Path(p.cwd()).name.startswith("prefect-bench-python-")
+    ]
+    return server
+
+
 def assert_sane(ep: EndpointResult) -> None:
     assert ep.requests > 0 and ep.rps > 0, ep
     lat = ep.latency_ms
@@ -87,10 +98,8 @@ def test_seed_cell_measures_every_endpoint_at_every_level(tmp_path: Path) -> Non
 
 
 def test_server_dying_mid_cell_fails_the_cell_and_keeps_the_data(tmp_path: Path) -> None:
-    import psutil
-
     def kill_server() -> None:
-        (server,) = [p for p in psutil.Process().children() if "prefect" in " ".join(p.cmdline())]
+        server = cell_server()
         server.send_signal(signal.SIGKILL)
         # waitable but not reaped (WNOWAIT): the runner's Popen must still see the exit status
         flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
@@ -153,12 +162,10 @@ def test_zig_without_binary_is_skipped(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_open_model_with_pinned_server_and_client(tmp_path: Path) -> None:
-    import psutil
-
     seen: list[set[int]] = []
 
     def record_server_affinity() -> None:
-        (server,) = [p for p in psutil.Process().children() if "prefect" in " ".join(p.cmdline())]
+        server = cell_server()
         seen.extend(os.sched_getaffinity(t.id) for t in server.threads())
 
     opts = options(

@@ -79,7 +79,7 @@ def test_python_environment_maps_redis_and_postgres(tmp_path: Path) -> None:
         assert env[key].startswith("prefect_redis.")
     assert env["PREFECT_REDIS_MESSAGING_PORT"] == "6380"
     assert env["PREFECT_REDIS_MESSAGING_DB"] == "2"
-    assert env["PREFECT_SERVER_DOCKET_URL"] == "redis://127.0.0.1:6380/3"
+    assert env["PREFECT_SERVER_DOCKET_URL"] == "redis://127.0.0.1:6380/2"
     assert "--no-services" in adapter.command(1234, setup)
 
 

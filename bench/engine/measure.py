@@ -24,7 +24,7 @@ REPORT_GRACE_S = 30.0
 # A process using this share of one core during the window was the limit.
 SATURATED_CPU = 0.9
 # Open model: achieved rate below this share of the offered rate, or more late sends than
-# this share of the scheduled ones, marks the client as the limit.
+# this share of the scheduled ones, means the rate was not held.
 RATE_SHORTFALL = 0.95
 LATE_SHARE = 0.01
 # Automatic process count: one process per this many connections.
@@ -162,12 +162,12 @@ def merge(results: Sequence[ShareResult], spec: LoadSpec) -> Measurement:
     cpu_s = sum(r.cpu_s for r in results)
     saturated = any(r.wall_s > 0 and r.cpu_s / r.wall_s >= SATURATED_CPU for r in results)
     late: int | None = None
+    rate_held: bool | None = None
     if spec.rate is not None:
         late = sum(r.late_sends for r in results)
         intended = sum(r.intended_sends for r in results)
         achieved = requests / spec.duration_s
-        if achieved < RATE_SHORTFALL * spec.rate or late > LATE_SHARE * max(intended, 1):
-            saturated = True
+        rate_held = achieved >= RATE_SHORTFALL * spec.rate and late <= LATE_SHARE * max(intended, 1)
     return Measurement(
         requests=requests,
         errors=errors,
@@ -177,6 +177,7 @@ def merge(results: Sequence[ShareResult], spec: LoadSpec) -> Measurement:
         client_saturated=saturated,
         offered_rps=spec.rate,
         late_sends=late,
+        rate_held=rate_held,
         problems=problems[:10],
         procs=len(results),
     )

@@ -71,6 +71,10 @@ class Measurement:
     client_saturated: bool = False
     offered_rps: float | None = None
     late_sends: int | None = None
+    # Open model: whether the offered rate was held (None in the closed model). Not holding it
+    # is usually the server's doing (every connection waiting on it), so it does not make the
+    # client "saturated": that flag is for a CPU-bound load generator only.
+    rate_held: bool | None = None
     # Added by the engine: the first few distinct problems seen (failed validations, unexpected
     # statuses with the start of their body, connection errors), for the runner to report.
     problems: list[str] = field(default_factory=list)

@@ -215,3 +215,35 @@ def comparability_warnings(results: Iterable[Result]) -> list[str]:
             "Comparisons across them are not like-for-like."
         )
     return warnings
+
+
+def _cpu_list(cpus: Iterable[int]) -> str:
+    return ",".join(str(c) for c in sorted(cpus))
+
+
+def shared_cpu_warnings(results: Iterable[Result]) -> list[str]:
+    """A warning when results were measured with the server and the client pinned to CPU sets
+    that overlap (config.server_cpus and config.client_cpus both set and intersecting).
+
+    Unpinned results are not flagged: the scheduler may or may not have put both on one core.
+    """
+    measured = [r for r in results if r.status == "ok" or r.endpoints]
+    multi_run = len({r.run_id for r in measured}) > 1
+    shared: list[str] = []
+    for r in measured:
+        server, client = r.config.server_cpus, r.config.client_cpus
+        common = set(server or ()) & set(client or ())
+        if common:
+            where = f"{r.cell.name} ({r.run_id})" if multi_run else r.cell.name
+            shared.append(
+                f"{where}: server on CPUs {_cpu_list(server or ())}, client on CPUs "
+                f"{_cpu_list(client or ())}"
+            )
+    if not shared:
+        return []
+    return [
+        "The server and the load generator shared CPUs in "
+        + "; ".join(shared)
+        + ". They competed for those cores: the rates are lower and the latencies higher than "
+        "the server would show on cores of its own."
+    ]

@@ -40,6 +40,14 @@ RATIO_NOTE = (
 )
 # A ratio within this much of 1 is shown without a good/bad tone.
 NEUTRAL_BAND = 0.05
+# Open model: an achieved rate below this share of the offered one did not hold the rate.
+HELD_SHARE = 0.95
+OPEN_NOTE = (
+    "Open model: requests were sent on a fixed schedule at the offered rate; latencies run from "
+    "each request's scheduled send time, so a stall of the server shows in the tail. A late send "
+    "left after its scheduled time because every connection was busy; an achieved rate below "
+    f"{HELD_SHARE:.0%} of the offered one means the rate was not held."
+)
 
 
 @dataclass(frozen=True)
@@ -117,6 +125,24 @@ def _ms_value(ep: EndpointResult | None, pick: Literal["p50", "p99"]) -> Value:
         return Value(MISSING)
     ms = getattr(ep.latency_ms, pick)
     return Value(fmt_ms(ms) + (SATURATED_MARK if ep.client_saturated else ""), number=ms)
+
+
+def _offered_rps(result: Result, ep: EndpointResult) -> float | None:
+    if ep.offered_rps is not None:
+        return ep.offered_rps
+    return result.config.rate if result.config.mode == "open" else None
+
+
+def _open_value(result: Result, ep: EndpointResult | None) -> Value:
+    """Achieved / offered rate and late sends: "198 / 200, 3 late"."""
+    offered = None if ep is None else _offered_rps(result, ep)
+    if ep is None or offered is None:
+        return Value(MISSING)
+    text = f"{_rps_value(ep.rps, ep.client_saturated).text} / {fmt_num(offered)}"
+    if ep.late_sends is not None:
+        text += f", {ep.late_sends} late"
+    held = offered > 0 and ep.rps >= HELD_SHARE * offered
+    return Value(text, number=ep.rps / offered if offered else None, tone="" if held else "bad")
 
 
 def _errors_value(ep: EndpointResult | None) -> Value:
@@ -226,6 +252,7 @@ def _endpoint_section(results: list[Result], multi_run: bool) -> Section:
     p50 = Table("p50 latency (ms)", head + cells, grouped=True)
     p99 = Table("p99 latency (ms)", head + cells, grouped=True)
     errors = Table("Errors (count and kinds)", head + cells, grouped=True)
+    rates = Table("Open model: achieved / offered rps, late sends", head + cells, grouped=True)
     for name, c in keys:
         eps = [m.get((name, c)) for m in by_result]
         key = [Value(name), Value(str(c))]
@@ -233,10 +260,15 @@ def _endpoint_section(results: list[Result], multi_run: bool) -> Section:
             key
             + [Value(MISSING) if e is None else _rps_value(e.rps, e.client_saturated) for e in eps]
         )
+        rates.rows.append(key + [_open_value(r, e) for r, e in zip(measured, eps, strict=True)])
         p50.rows.append(key + [_ms_value(e, "p50") for e in eps])
         p99.rows.append(key + [_ms_value(e, "p99") for e in eps])
         errors.rows.append(key + [_errors_value(e) for e in eps])
-    section.tables += [rps, p50, p99]
+    section.tables.append(rps)
+    if any(v.text != MISSING for row in rates.rows for v in row[2:]):
+        section.tables.append(rates)
+        section.notes.append(OPEN_NOTE)
+    section.tables += [p50, p99]
     if any(ep.errors and sum(ep.errors.values()) for r in measured for ep in r.endpoints):
         section.tables.append(errors)
     else:
@@ -343,7 +375,7 @@ def build(results: list[Result]) -> Report:
     return Report(
         TITLE,
         summary,
-        warnings=aggregate.comparability_warnings(ordered),
+        warnings=aggregate.comparability_warnings(ordered) + aggregate.shared_cpu_warnings(ordered),
         sections=[
             _matrix_section(ordered, multi_run),
             _endpoint_section(ordered, multi_run),

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 import httpx
 
@@ -61,15 +60,27 @@ class RunningServer:
 
 
 class ServerAdapter(ABC):
-    """Knows what to run for one server implementation and how to configure it."""
+    """Knows what to run for one server implementation and how to configure it.
 
-    name: ClassVar[str]
-    api_path: ClassVar[str] = "/api"
-    health_path: ClassVar[str] = "/health"
-    startup_timeout_s: ClassVar[float] = 120.0
+    The runner calls, in this order: unavailable_reason(), prepare(logdir), version(), info(),
+    then start_server(adapter, setup) (which calls command() and environment()).
+    """
+
+    name: str
+    api_path: str = "/api"
+    # absolute: http://127.0.0.1:PORT{health_path} answers 200 once the server is ready
+    health_path: str = "/api/health"
+    startup_timeout_s: float = 120.0
 
     def unavailable_reason(self) -> str | None:
         """None if this server can run here; else why not and what would make it run."""
+        return None
+
+    def prepare(self, logdir: Path) -> None:
+        """Build what the server needs, once (later calls return at once); its log in `logdir`.
+
+        ServerError, with the build log's tail, when the build fails.
+        """
         return None
 
     @abstractmethod
@@ -84,12 +95,12 @@ class ServerAdapter(ABC):
     def environment(self, port: int, setup: ServerSetup) -> dict[str, str]:
         """The variables the server needs, on top of a clean copy of ours."""
 
-    def info(self) -> dict[str, str]:
+    def info(self) -> dict[str, str | bool]:
         """Extra facts for the result's server block (e.g. a binary's sha256)."""
         return {}
 
 
-def _clean_environ() -> dict[str, str]:
+def clean_environ() -> dict[str, str]:
     # Our own PREFECT_* settings (profiles, API URLs) must not leak into the server under test.
     return {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
 
@@ -104,11 +115,12 @@ def _healthy(url: str) -> bool:
 @contextmanager
 def start_server(adapter: ServerAdapter, setup: ServerSetup) -> Iterator[RunningServer]:
     """Start the server on a free port, wait until healthy, and stop it (whole tree) on exit."""
+    adapter.prepare(setup.logdir)  # a no-op when the runner has prepared it already
     setup.datadir.mkdir(parents=True, exist_ok=True)
     log_path = setup.logdir / "server.log"
     for attempt in range(1, _PORT_ATTEMPTS + 1):
         port = free_port()
-        env = _clean_environ() | adapter.environment(port, setup)
+        env = clean_environ() | adapter.environment(port, setup)
         started = time.monotonic()
         try:
             process = ManagedProcess(
@@ -118,7 +130,7 @@ def start_server(adapter: ServerAdapter, setup: ServerSetup) -> Iterator[Running
             raise ServerError(f"cannot start the {adapter.name} server: {exc}") from exc
         server = RunningServer(port, adapter.api_path, process, startup_s=0.0)
         try:
-            health = f"http://127.0.0.1:{port}{adapter.api_path}{adapter.health_path}"
+            health = f"http://127.0.0.1:{port}{adapter.health_path}"
             wait_until(
                 lambda url=health: _healthy(url),
                 timeout_s=adapter.startup_timeout_s,
