@@ -16,10 +16,12 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 
 _PR_SET_PDEATHSIG = 1
+T = TypeVar("T")
 
 
 def _die_with_parent() -> None:
@@ -117,24 +119,25 @@ class ManagedProcess:
 
 
 def wait_until(
-    check: Callable[[], bool],
+    check: Callable[[], T | None],
     *,
     timeout_s: float,
     interval_s: float = 0.05,
     abort: Callable[[], str | None] | None = None,
-) -> float:
-    """Poll `check` until true; return the seconds waited.
+) -> T:
+    """Poll `check` until it returns something other than None or False, and return that.
 
-    Raises TimeoutError after `timeout_s`, or RuntimeError with abort()'s message as soon as
-    `abort` returns one (e.g. the process being waited on has exited).
+    `abort` is asked first in every round (a process that has exited cannot become ready,
+    whoever answers its port): RuntimeError with its message as soon as it returns one.
+    TimeoutError after `timeout_s`.
     """
-    start = time.monotonic()
-    deadline = start + timeout_s
+    deadline = time.monotonic() + timeout_s
     while True:
-        if check():
-            return time.monotonic() - start
         if abort is not None and (reason := abort()) is not None:
             raise RuntimeError(reason)
+        value = check()
+        if value is not None and value is not False:
+            return value
         if time.monotonic() >= deadline:
             raise TimeoutError(f"not ready after {timeout_s:g} s")
         time.sleep(interval_s)

@@ -7,6 +7,7 @@ import re
 import resource
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 
 INSTALL_HINT = "apt-get install -y wrk"
@@ -67,3 +68,12 @@ def run_wrk(url: str, concurrency: int, duration_s: int, cpu: int | None = None)
         socket_errors=sum(int(n) for n in sockets.groups()) if sockets else 0,
         cpu_s_per_request=cpu_s / max(requests, 1),
     )
+
+
+def verdict(worst_ratio: float, min_ratio: float) -> int:
+    """Print whether the engine met its bar against wrk; the exit code."""
+    if worst_ratio < min_ratio:
+        print(f"FAIL: engine/wrk {worst_ratio:.3f} < {min_ratio}", file=sys.stderr)
+        return 1
+    print(f"OK: engine/wrk >= {min_ratio} (worst {worst_ratio:.3f})")
+    return 0

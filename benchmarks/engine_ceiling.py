@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from _wrk import INSTALL_HINT, have_wrk, run_wrk
+from _wrk import INSTALL_HINT, have_wrk, run_wrk, verdict
 
 from bench.engine import EngineRequest, LoadSpec, Measurement, Target, measure, shutdown
 
@@ -173,11 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                 notes += " client_saturated"
             print(f"{c:>4} {wrk_rps:>10.0f} {best.rps:>11.0f} {ratio:>6.2f}  {notes}", flush=True)
     shutdown()
-    if worst < args.min_ratio:
-        print(f"FAIL: engine/wrk {worst:.2f} < {args.min_ratio}", file=sys.stderr)
-        return 1
-    print(f"OK: engine/wrk >= {args.min_ratio} (worst {worst:.2f})")
-    return 0
+    return verdict(worst, args.min_ratio)
 
 
 if __name__ == "__main__":

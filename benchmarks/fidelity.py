@@ -25,7 +25,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from _wrk import INSTALL_HINT, have_wrk, run_wrk
+from _wrk import INSTALL_HINT, have_wrk, run_wrk, verdict
 
 from bench.engine import EngineRequest, LoadSpec, Measurement, Target, measure, shutdown
 from bench.servers import RunningServer, ServerSetup, make_server, start_server
@@ -136,11 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                 worst = min(worst, row.ratio)
                 print(row.line(), flush=True)
     shutdown()
-    if worst < args.min_ratio:
-        print(f"FAIL: engine/wrk {worst:.3f} < {args.min_ratio}", file=sys.stderr)
-        return 1
-    print(f"OK: engine/wrk >= {args.min_ratio} (worst {worst:.3f})")
-    return 0
+    return verdict(worst, args.min_ratio)
 
 
 if __name__ == "__main__":

@@ -68,7 +68,8 @@ def test_wait_until_times_out_and_aborts() -> None:
         wait_until(lambda: False, timeout_s=0.2)
     with pytest.raises(RuntimeError, match="gone"):
         wait_until(lambda: False, timeout_s=30, abort=lambda: "gone")
-    assert wait_until(lambda: True, timeout_s=1) < 1
+    assert wait_until(lambda: True, timeout_s=1) is True
+    assert wait_until(lambda: 0, timeout_s=1) == 0  # e.g. an exit code: a value, not "not yet"
 
 
 def test_pin_moves_every_thread(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from bench.errors import ProvisionError
+from bench.process import wait_until
 from bench.results import ServiceInfo, redact
 from bench.services.base import Labels
 
@@ -146,21 +147,13 @@ def wait_for(
     what: str,
     abort: Callable[[], str | None] | None = None,
 ) -> T:
-    """Poll check() until it returns a value (not None) and return it.
-
-    ProvisionError when `abort` returns a reason (e.g. the process exited) or after `timeout_s`.
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        # abort first: a server that has exited cannot become ready, whoever answers its port
-        if abort is not None and (reason := abort()) is not None:
-            raise ProvisionError(reason)
-        value = check()
-        if value is not None:
-            return value
-        if time.monotonic() >= deadline:
-            raise ProvisionError(f"{what} was not ready after {timeout_s:g} s")
-        time.sleep(POLL_S)
+    """bench.process.wait_until, failing with ProvisionError (abort's reason, or a timeout)."""
+    try:
+        return wait_until(check, timeout_s=timeout_s, interval_s=POLL_S, abort=abort)
+    except RuntimeError as exc:
+        raise ProvisionError(str(exc)) from None
+    except TimeoutError:
+        raise ProvisionError(f"{what} was not ready after {timeout_s:g} s") from None
 
 
 def service_info(provider: str, started: float, **fields: object) -> ServiceInfo:
