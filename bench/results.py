@@ -124,6 +124,7 @@ class RunConfig(BaseModel):
     server_cpus: list[int] | None = None
     client_cpus: list[int] | None = None
     url: str | None = None
+    no_services: bool = False
 
 
 class Environment(BaseModel):

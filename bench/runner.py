@@ -6,7 +6,7 @@ import shutil
 import tempfile
 import traceback
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -55,7 +55,6 @@ class RunOptions:
     engine_procs: int | None = None
     server_cpus: tuple[int, ...] | None = None
     client_cpus: tuple[int, ...] | None = None
-    extra_config: dict[str, object] = field(default_factory=dict)
 
     @property
     def cell_dir(self) -> Path:
@@ -111,7 +110,6 @@ def run_cell(opts: RunOptions, progress: Progress) -> Result:
             concurrency=list(opts.concurrency),
             url=opts.url,
             no_services=opts.no_services,
-            **opts.extra_config,
         ),
         environment=environment(),
     )
