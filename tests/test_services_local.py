@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -207,3 +209,22 @@ def test_a_temp_folder_the_service_user_cannot_enter_is_a_clear_error(
         with LocalProvider(tmp_root=private).postgres(tmp_path, labels):
             pass
     assert list(private.iterdir()) == []
+
+
+def test_local_postgres_works_under_a_deep_temporary_folder(tmp_path: Path) -> None:
+    """nox points TMPDIR deep into .nox/: a Unix socket there would exceed 107 bytes."""
+    base = Path(tempfile.mkdtemp(prefix="prefect-bench-test-deep-"))
+    try:
+        deep = base / ("d" * 60) / ("e" * 60)
+        deep.mkdir(parents=True)
+        for folder in (base, deep.parent, deep):
+            folder.chmod(0o755)  # the unprivileged service user must get through
+        assert len(f"{deep}/prefect-bench-pg-12345678/sockets/.s.PGSQL.40000") > 107
+        provider = LocalProvider(tmp_root=deep)
+        with (
+            provider.postgres(tmp_path, Labels("deep-tmp", "pg")) as pg,
+            psycopg.connect(pg.url) as conn,
+        ):
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        shutil.rmtree(base)

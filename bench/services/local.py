@@ -3,7 +3,7 @@
 PostgreSQL binaries not on PATH are also looked for in /usr/lib/postgresql/<newest>/bin, where
 Debian installs them.
 
-Each service gets its own temporary folder (data, sockets; deleted at the end), a free port on
+Each service gets its own temporary folder (its data; deleted at the end), a free port on
 127.0.0.1 (a new one if another process takes it first), and its log in the cell's folder.
 
 PostgreSQL refuses to run as root. When prefect-bench runs as root, both services run as the
@@ -295,12 +295,10 @@ class LocalProvider(ServiceProvider):
         binary = self._which("postgres")
         with Teardown() as teardown:
             tmp = self._tempdir(teardown, "pg", labels, user)
-            datadir, sockets, pwfile = tmp / "data", tmp / "sockets", tmp / "pwfile"
-            sockets.mkdir(mode=0o700)
+            datadir, pwfile = tmp / "data", tmp / "pwfile"
             pwfile.write_text(password + "\n")
             pwfile.chmod(0o600)
             if os.geteuid() == 0:
-                os.chown(sockets, user.uid, user.gid)
                 os.chown(pwfile, user.uid, user.gid)
             self._initdb(teardown, datadir, pwfile, tmp, log, user)
             pwfile.unlink()
@@ -309,7 +307,8 @@ class LocalProvider(ServiceProvider):
                 return [
                     binary, "-D", str(datadir), "-p", str(port),
                     "-c", f"listen_addresses={LOOPBACK}",
-                    "-c", f"unix_socket_directories={sockets}",
+                    # TCP only: a socket path over 107 bytes (deep TMPDIRs, e.g. nox's) fails
+                    "-c", "unix_socket_directories=",
                 ]  # fmt: skip
 
             def probe(port: int) -> str | None:
