@@ -77,3 +77,11 @@ def verdict(worst_ratio: float, min_ratio: float) -> int:
         return 1
     print(f"OK: engine/wrk >= {min_ratio} (worst {worst_ratio:.3f})")
     return 0
+
+
+def split_cpus(pin: bool) -> tuple[int | None, int | None]:
+    """(server CPU, client CPU): the first two usable CPUs, or (None, None) unpinned."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not pin or len(cpus) < 2:
+        return None, None
+    return cpus[0], cpus[1]

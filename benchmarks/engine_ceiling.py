@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import shutil
 import socket
 import subprocess
@@ -27,7 +26,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from _wrk import INSTALL_HINT, have_wrk, run_wrk, verdict
+from _wrk import INSTALL_HINT, have_wrk, run_wrk, split_cpus, verdict
 
 from bench.engine import EngineRequest, LoadSpec, Measurement, Target, measure, shutdown
 
@@ -126,10 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ERROR: wrk not found ({INSTALL_HINT} nginx-light)", file=sys.stderr)
         return 2
 
-    cpus = sorted(os.sched_getaffinity(0))
-    server_cpu = client_cpu = None
-    if not args.no_pin and len(cpus) >= 2:
-        server_cpu, client_cpu = cpus[0], cpus[1]
+    server_cpu, client_cpu = split_cpus(pin=not args.no_pin)
     worst = float("inf")
     with nginx(server_cpu) as port:
         target = Target("127.0.0.1", port)

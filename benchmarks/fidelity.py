@@ -18,14 +18,13 @@ decides).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from _wrk import INSTALL_HINT, have_wrk, run_wrk, verdict
+from _wrk import INSTALL_HINT, have_wrk, run_wrk, split_cpus, verdict
 
 from bench.engine import EngineRequest, LoadSpec, Measurement, Target, measure, shutdown
 from bench.servers import RunningServer, ServerSetup, make_server, start_server
@@ -113,10 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ERROR: the python server is unavailable: {reason}", file=sys.stderr)
         return 2
 
-    cpus = sorted(os.sched_getaffinity(0))
-    server_cpu = client_cpu = None
-    if not args.no_pin and len(cpus) >= 2:
-        server_cpu, client_cpu = cpus[0], cpus[1]
+    server_cpu, client_cpu = split_cpus(pin=not args.no_pin)
     worst = float("inf")
     with tempfile.TemporaryDirectory(prefix="fidelity-") as tmp:
         setup = ServerSetup(
