@@ -30,6 +30,11 @@ nox.options.sessions = ["matrix"]
 nox.options.reuse_venv = "yes"
 
 
+def _new_run_id() -> str:
+    """bench.results.new_run_id's format; this file cannot import it (no pydantic here)."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
+
+
 def _install(session: nox.Session, extras: str = "") -> None:
     """prefect-bench and the pinned Prefect server, bytecode compiled.
 
@@ -44,9 +49,7 @@ def _install(session: nox.Session, extras: str = "") -> None:
 def bench(session: nox.Session, server: str, db: str, broker: str) -> None:
     """One cell: server × db × broker. Arguments after -- go to `python -m bench run`."""
     _install(session, "[zig]" if server == "zig" else "")
-    run_id = os.environ.get(RUN_ID_ENV) or (
-        time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
-    )
+    run_id = os.environ.get(RUN_ID_ENV) or _new_run_id()
     status_file = Path(session.create_tmp()) / f"{server}-{db}-{broker}-{run_id}.json"
     session.run(
         "python",
@@ -80,7 +83,7 @@ def bench(session: nox.Session, server: str, db: str, broker: str) -> None:
 @nox.session(venv_backend="none")
 def matrix(session: nox.Session) -> None:
     """Every cell in turn under one run id, then the report."""
-    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
+    run_id = _new_run_id()
     os.environ[RUN_ID_ENV] = run_id
     session.log(f"run {run_id}: results in {RESULTS / run_id}")
     for server, db, broker in cells():

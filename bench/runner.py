@@ -24,7 +24,7 @@ from bench.results import (
     environment,
     utc_now,
 )
-from bench.sampling import ResourceSampler
+from bench.sampling import ResourceSampler, tree_cpu_s, tree_rss_mb
 from bench.servers import RunningServer, ServerSetup, make_server, start_server
 from bench.services.base import Labels
 from bench.workloads import Workload, get_workload
@@ -176,13 +176,13 @@ def _start(opts: RunOptions, progress: Progress, result: Result, stack: ExitStac
         server.process.pin(opts.server_cpus)
     # Totals over the server's life, filled in whatever way the cell ends.
     stack.callback(_record_server_totals, result.server, server)
-    result.server.rss_idle_mb = round(ResourceSampler(server.process.tree).rss_mb(), 1)
+    result.server.rss_idle_mb = round(tree_rss_mb(server.process.tree()), 1)
     return _Target("127.0.0.1", server.port, server.api_path, server)
 
 
 def _record_server_totals(info: ServerInfo, server: RunningServer) -> None:
     if server.process.exit_code() is None:  # a dead server's counters are gone
-        info.cpu_s = round(ResourceSampler(server.process.tree).cpu_s(), 3)
+        info.cpu_s = round(tree_cpu_s(server.process.tree()), 3)
 
 
 def _provision(
