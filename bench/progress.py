@@ -77,14 +77,15 @@ class LiveProgress(Progress):
     def measuring(self, endpoint: str, concurrency: int) -> Callable[[int], None]:
         label = f"{endpoint} c={concurrency}"
         self._current = f"{label}: warming up"
-        last = [time.monotonic(), 0]
+        last: list[float] = []
 
         def update(count: int) -> None:
-            # the rate since the previous update: what the server does right now
+            # the rate since the previous update: what the server does right now (the first
+            # update only starts the clock: the time before it includes the warmup)
             now = time.monotonic()
-            rate = (count - last[1]) / max(now - last[0], 1e-9)
+            rate = f", {(count - last[1]) / max(now - last[0], 1e-9):,.0f} rps now" if last else ""
             last[:] = [now, count]
-            self._current = f"{label}: {count:,} responses, {rate:,.0f} rps now"
+            self._current = f"{label}: {count:,} responses{rate}"
 
         return update
 

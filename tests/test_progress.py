@@ -46,6 +46,11 @@ def test_live_view_on_a_terminal_shows_the_current_rate() -> None:
         rendered = io.StringIO()
         Console(file=rendered, width=120).print(progress._render())
         assert "GET flow c=4: 500 responses" in rendered.getvalue()
+        assert "rps now" not in rendered.getvalue()  # the first update includes the warmup
+        update(1000)
+        rendered = io.StringIO()
+        Console(file=rendered, width=120).print(progress._render())
+        assert "1,000 responses, " in rendered.getvalue() and "rps now" in rendered.getvalue()
         progress.measured(endpoint())
         rendered = io.StringIO()
         Console(file=rendered, width=120).print(progress._render())
