@@ -36,6 +36,7 @@ import redis
 from bench.errors import ProvisionError
 from bench.ports import LOOPBACK, PORT_ATTEMPTS, free_port
 from bench.process import ManagedProcess
+from bench.results import ServiceInfo
 from bench.services._common import (
     Teardown,
     env_or_os,
@@ -284,6 +285,19 @@ class LocalProvider(ServiceProvider):
             return port, proc, value
         raise ProvisionError(f"no free port for {what} after {PORT_ATTEMPTS} attempts")
 
+    def _info(
+        self, started: float, version: str, binary: str, user: ServiceUser, proc: ManagedProcess
+    ) -> ServiceInfo:
+        """The result's record of a local service."""
+        return service_info(
+            self.name,
+            started,
+            version=version or None,
+            binary=binary,
+            run_as=user.name,
+            pid=proc.pid,
+        )
+
     # -- PostgreSQL ---------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -334,14 +348,7 @@ class LocalProvider(ServiceProvider):
                 return str(version[0]) if version else ""
 
             port, proc, version = self._serve(teardown, "postgres", argv, probe, tmp, log, user)
-            info = service_info(
-                self.name,
-                started,
-                version=version or None,
-                binary=binary,
-                run_as=user.name,
-                pid=proc.pid,
-            )
+            info = self._info(started, version, binary, user, proc)
             yield PostgresService(LOOPBACK, port, PG_USER, password, PG_DATABASE, info)
 
     def _initdb(
@@ -402,14 +409,7 @@ class LocalProvider(ServiceProvider):
                     return str(client.info("server").get("redis_version", ""))
 
             port, proc, version = self._serve(teardown, "redis-server", argv, probe, tmp, log, user)
-            info = service_info(
-                self.name,
-                started,
-                version=version or None,
-                binary=binary,
-                run_as=user.name,
-                pid=proc.pid,
-            )
+            info = self._info(started, version, binary, user, proc)
             yield RedisService(LOOPBACK, port, 0, info)
 
 
