@@ -70,8 +70,15 @@ class EndpointResult(BaseModel):
     )
     duration_s: float
     rps: float = Field(description="successful responses per second")
+    rps_slices: list[float] | None = Field(
+        default=None,
+        description="rps of each equal slice (~0.5 s) of the window: the noise within it",
+    )
     latency_ms: LatencyMs | None = Field(description="of successful responses; None if none")
-    client_saturated: bool = False
+    client_saturated: bool = Field(
+        default=False,
+        description="the load generator was the limit (CPU-bound, or late with free connections)",
+    )
     hdr: str | None = Field(default=None, description="HdrHistogram (µs), base64 compressed")
     problems: list[str] = Field(
         default_factory=list, description="the first few distinct errors, as the engine saw them"
@@ -84,7 +91,8 @@ class EndpointResult(BaseModel):
     engine_procs: int | None = None
     offered_rps: float | None = Field(default=None, description="open model: the rate asked")
     late_sends: int | None = Field(
-        default=None, description="open model: sends that left after their scheduled time"
+        default=None,
+        description="open model: sends that waited for a free connection or left > 2 ms late",
     )
     rate_held: bool | None = Field(
         default=None, description="open model: achieved >= 95% of offered, <= 1% sends late"

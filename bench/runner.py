@@ -245,6 +245,7 @@ def _measure_all(
                 errors=dict(sorted(m.errors.items())),
                 duration_s=round(m.duration_s, 3),
                 rps=round(m.rps, 1),
+                rps_slices=None if m.slice_rps is None else [round(r, 1) for r in m.slice_rps],
                 latency_ms=m.latency_ms(),
                 client_saturated=m.client_saturated,
                 hdr=m.encoded_histogram(),

@@ -46,6 +46,12 @@ def always_wrong(body: bytes) -> str | None:
     return f"wrong: {body[:20]!r}"
 
 
+def blocks_the_engine(body: bytes) -> str | None:
+    """A validation that holds the engine's event loop for 50 ms: an engine that falls behind."""
+    time.sleep(0.05)
+    return None
+
+
 def _response(status: int, body: bytes = OK_BODY, extra: bytes = b"") -> bytes:
     return b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n%s" % (
         status,
@@ -228,6 +234,9 @@ def assert_consistent(m: Measurement) -> None:
     assert m.requests == m.successes + sum(m.errors.values())
     assert m.histogram.get_total_count() == m.successes
     assert m.duration_s > 0
+    if m.slice_rps is not None:  # the slices' successes add up to the window's
+        slice_s = m.duration_s / len(m.slice_rps)
+        assert sum(rate * slice_s for rate in m.slice_rps) == pytest.approx(m.successes)
     if m.successes:
         lat = m.latency_ms()
         assert lat is not None
@@ -252,6 +261,8 @@ def test_content_length_responses(server: Server) -> None:
     assert m.client_cpu_s > 0
     assert m.offered_rps is None and m.late_sends is None
     assert server.hits["/ok"] >= m.requests
+    assert m.slice_rps is not None and len(m.slice_rps) == 2  # 1 s in ~0.5 s slices
+    assert all(rate > 0 for rate in m.slice_rps)
 
 
 def test_chunked_responses(server: Server) -> None:
@@ -361,9 +372,10 @@ def test_progress_reports_counts_in_the_window(server: Server) -> None:
 
 
 def test_processes_split_the_load_and_merge_histograms(server: Server) -> None:
-    m = run(server, "/ok", procs=2, concurrency=3)
+    m = run(server, "/ok", procs=2, concurrency=3, duration_s=1.5)
     assert_consistent(m)
     assert m.procs == 2
+    assert m.slice_rps is not None and len(m.slice_rps) == 3
     assert m.errors == {}
     pids = get_pool().pids()
     m = run(server, "/ok", procs=2, concurrency=2, duration_s=0.5, warmup_s=0.0)
@@ -460,6 +472,16 @@ def test_open_model_sees_a_stall_and_late_sends(server: Server) -> None:
     lat = m.latency_ms()
     assert lat is not None
     assert lat.max >= 500 and lat.p999 >= 500  # latency from the intended send time
+
+
+def test_open_model_engine_that_falls_behind_is_saturated(server: Server) -> None:
+    # validation (of ~1 response in 100 per connection) blocks the loop while connections are
+    # free: the sends due meanwhile leave late through no fault of the server
+    m = run(server, "/ok", rate=400.0, concurrency=4, duration_s=2.0, validate=blocks_the_engine)
+    assert_consistent(m)
+    assert m.rate_held is False
+    assert m.client_saturated
+    assert any("could not hold the rate" in p for p in m.problems), m.problems
 
 
 # Interruption

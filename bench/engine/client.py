@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 import traceback
 from array import array
@@ -38,6 +39,8 @@ PROGRESS_S = 0.25
 VALIDATE_EVERY = 100
 BACKOFF_MIN_S = 0.01
 BACKOFF_MAX_S = 0.2
+# The window is cut in slices of about this length, whose rates show the noise within it.
+SLICE_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,11 @@ class ShareResult:
     cpu_s: float
     wall_s: float
     late_sends: int
+    lagging_sends: int
     intended_sends: int
     problems: list[str] = field(default_factory=list)
+    # successes in each equal slice of the window (None if the window was cut short)
+    slices: list[int] | None = None
 
 
 class Connection(asyncio.Protocol):
@@ -156,26 +162,29 @@ class Connection(asyncio.Protocol):
         self.start_ns = 0
         self.responses += 1
         self.failures = 0
-        status = self.parser.get_status_code()
+        parser = self.parser
+        status = parser.get_status_code()
+        body = self.body
+        if body:
+            self.body = []
+        # The next request goes out before the bookkeeping: the server waits on it, and how
+        # soon it comes back changes how much the server gets done (issue 4's fidelity).
+        if parser.should_keep_alive():
+            run.pacer.ready(self, now)
+        elif self.transport is not None:
+            self.transport.close()  # the server said Connection: close; reconnect on lost
         if status in run.expect:
             if run.validate is not None and (
                 self.responses == 1 or self.responses % VALIDATE_EVERY == 0
             ):
-                problem = run.check(b"".join(self.body))
+                problem = run.check(b"".join(body))
                 if problem is not None:
                     run.error("invalid", problem, now)
-                elif run.w_start <= now < run.w_end:
-                    run.lat_append((now - start) // 1000)
-            elif run.w_start <= now < run.w_end:
+                    return
+            if run.w_start <= now < run.w_end:
                 run.lat_append((now - start) // 1000)
         else:
-            run.error(str(status), f"HTTP {status}: {b''.join(self.body)[:200]!r}", now)
-        if self.body:
-            self.body = []
-        if self.parser.should_keep_alive():
-            run.pacer.ready(self, now)
-        elif self.transport is not None:
-            self.transport.close()  # the server said Connection: close; reconnect on lost
+            run.error(str(status), f"HTTP {status}: {b''.join(body)[:200]!r}", now)
 
     # called by the pacer / the run
 
@@ -320,6 +329,12 @@ class ShareRun:
         await _sleep_until(self.w_start, self.done)
         cpu0 = time.process_time()
         wall0 = monotonic_ns()
+        edges = slice_edges(self.w_start, self.w_end)
+        marks: list[int] = []
+        for edge in edges[1:-1]:  # the count is 0 at the first edge and read at the last
+            self.loop.call_later(
+                (edge - monotonic_ns()) / 1e9, lambda: marks.append(len(self.latencies))
+            )
         await _sleep_until(self.w_end, self.done)
         self.stop()
         cpu1 = time.process_time()
@@ -333,8 +348,10 @@ class ShareRun:
             cpu_s=cpu1 - cpu0,
             wall_s=wall,
             late_sends=self.pacer.late_sends,
+            lagging_sends=self.pacer.lagging_sends,
             intended_sends=self.pacer.intended_sends,
             problems=list(self.problems),
+            slices=_slice_counts(marks, len(self.latencies), len(edges) - 1),
         )
 
     def _tick(
@@ -359,6 +376,21 @@ async def _sleep_until(when_ns: int, done: asyncio.Future[None] | None = None) -
     else:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(done), delay)
+
+
+def slice_edges(start_ns: int, end_ns: int) -> list[int]:
+    """The edges of the window's slices: equal, about SLICE_S long, at least one."""
+    n = max(1, round((end_ns - start_ns) / (SLICE_S * 1e9)))
+    return [start_ns + (end_ns - start_ns) * k // n for k in range(n + 1)]
+
+
+def _slice_counts(marks: list[int], total: int, n: int) -> list[int] | None:
+    """Counts per slice from the running count at each inner edge; None if edges were missed
+    (the window was cut short)."""
+    if len(marks) != n - 1:
+        return None
+    running = [0, *marks, total]
+    return [b - a for a, b in itertools.pairwise(running)]
 
 
 def _encode(latencies_us: array[int]) -> bytes | None:

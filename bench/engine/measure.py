@@ -164,11 +164,20 @@ def merge(results: Sequence[ShareResult], spec: LoadSpec) -> Measurement:
     late: int | None = None
     rate_held: bool | None = None
     if spec.rate is not None:
-        late = sum(r.late_sends for r in results)
-        intended = sum(r.intended_sends for r in results)
+        lagging = sum(r.lagging_sends for r in results)
+        late = sum(r.late_sends for r in results) + lagging
+        intended = max(sum(r.intended_sends for r in results), 1)
         achieved = requests / spec.duration_s
-        rate_held = achieved >= RATE_SHORTFALL * spec.rate and late <= LATE_SHARE * max(intended, 1)
+        rate_held = achieved >= RATE_SHORTFALL * spec.rate and late <= LATE_SHARE * intended
+        if lagging > LATE_SHARE * intended:
+            saturated = True
+            problems.insert(
+                0,
+                f"the engine sent {lagging} of {intended} requests late with a connection free:"
+                " it could not hold the rate (more --engine-procs or another --client-cpus)",
+            )
     return Measurement(
+        slice_rps=_slice_rps(results, spec.duration_s),
         requests=requests,
         errors=errors,
         duration_s=spec.duration_s,
@@ -181,3 +190,16 @@ def merge(results: Sequence[ShareResult], spec: LoadSpec) -> Measurement:
         problems=problems[:10],
         procs=len(results),
     )
+
+
+def _slice_rps(results: Sequence[ShareResult], duration_s: float) -> list[float] | None:
+    """The processes' slice counts added up, as rates (every process cuts the same window)."""
+    per_process: list[list[int]] = []
+    for r in results:
+        if r.slices is None or (per_process and len(r.slices) != len(per_process[0])):
+            return None
+        per_process.append(r.slices)
+    if not per_process:
+        return None
+    totals = [sum(column) for column in zip(*per_process, strict=True)]
+    return [n * len(totals) / duration_s for n in totals]

@@ -71,15 +71,18 @@ class Measurement:
     client_saturated: bool = False
     offered_rps: float | None = None
     late_sends: int | None = None
-    # Open model: whether the offered rate was held (None in the closed model). Not holding it
-    # is usually the server's doing (every connection waiting on it), so it does not make the
-    # client "saturated": that flag is for a CPU-bound load generator only.
+    # Open model: whether the offered rate was held (None in the closed model). Sends that wait
+    # for a free connection are the server's doing (every connection is waiting on it): they
+    # make the rate not held but not the client "saturated". That flag is for a load generator
+    # that was the limit: CPU-bound, or late with sends while a connection was free.
     rate_held: bool | None = None
     # Added by the engine: the first few distinct problems seen (failed validations, unexpected
     # statuses with the start of their body, connection errors), for the runner to report.
     problems: list[str] = field(default_factory=list)
     # How many engine processes produced this measurement.
     procs: int = 1
+    # Successful responses per second in each equal slice (~0.5 s) of the window.
+    slice_rps: list[float] | None = None
 
     @property
     def successes(self) -> int:
