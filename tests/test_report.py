@@ -21,7 +21,14 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from bench.report import collect, render_html, render_markdown, render_terminal, tables
+from bench.report import (
+    collect,
+    compare,
+    render_html,
+    render_markdown,
+    render_terminal,
+    tables,
+)
 from bench.report.aggregate import comparability_warnings, speedup_pairs
 from bench.report.numbers import first_line, fmt_errors, fmt_ms, fmt_num, fmt_ratio
 from bench.results import Result
@@ -554,3 +561,72 @@ def test_open_model_rate_from_config_when_endpoints_lack_it(open_results: list[R
 def test_closed_model_has_no_open_model_table(results: list[Result]) -> None:
     assert open_table(results) is None
     assert "Open model" not in render_markdown(results)
+
+
+# significance and changes between runs
+
+
+def with_slices(result: Result, scale: float, spread: float) -> Result:
+    """Every endpoint's rps times `scale`, with four slices spread ±`spread` around it."""
+    eps = []
+    for ep in result.endpoints:
+        rps = ep.rps * scale
+        slices = [rps * (1 + spread * d) for d in (-1, -0.5, 0.5, 1)]
+        eps.append(ep.model_copy(update={"rps": rps, "rps_slices": slices}))
+    return result.model_copy(update={"endpoints": eps})
+
+
+def later(result: Result, run_id: str, day: int) -> Result:
+    return result.model_copy(update={"run_id": run_id, "started_at": f"2026-11-{day}T09:00:00Z"})
+
+
+def test_rate_change_within_the_noise_of_the_slices(results: list[Result]) -> None:
+    health = by_cell(results, "zig-sqlite-memory").endpoints[0]
+    steady = with_slices(by_cell(results, "zig-sqlite-memory"), 1.0, 0.01).endpoints[0]
+    faster = with_slices(by_cell(results, "zig-sqlite-memory"), 1.2, 0.01).endpoints[0]
+    noisy = with_slices(by_cell(results, "zig-sqlite-memory"), 1.02, 0.3).endpoints[0]
+    change = compare.rate_change([steady], [faster])
+    assert change is not None and change.ratio == pytest.approx(1.2)
+    assert change.within_noise is False and change.low is not None and change.low > 1.1
+    change = compare.rate_change([steady], [noisy])
+    assert change is not None and change.within_noise is True
+    change = compare.rate_change([health], [faster])  # no slices on one side: cannot tell
+    assert change is not None and change.within_noise is None and change.low is None
+    assert compare.rate_change([], [faster]) is None
+
+
+def test_changes_compare_each_cell_with_its_previous_run(results: list[Result]) -> None:
+    zig = by_cell(results, "zig-sqlite-memory")
+    python = by_cell(results, "python-sqlite-memory")
+    first = with_slices(zig, 1.0, 0.01)
+    second = later(with_slices(zig, 0.5, 0.01), "20261127T090000Z-aaaa", 27)
+    third = later(with_slices(zig, 0.51, 0.2), "20261128T090000Z-bbbb", 28)
+    report = tables.build([first, second, third, python])
+    section = next(s for s in report.sections if s.title.startswith("Changes"))
+    [table] = section.tables
+    header = "zig-sqlite-memory: 20261128T090000Z-bbbb vs 20261127T090000Z-aaaa"
+    assert [c.header for c in table.columns[2:]] == [header]  # python ran once: no column
+    values = column(table, header)
+    assert values[("GET flow", "1")] == "1.02× ~"  # 0.51 / 0.5 with ±20% slices: noise
+    assert any(n.startswith("~: within the noise") for n in section.notes)
+    two_runs = tables.build([first, second])
+    [table] = next(s for s in two_runs.sections if s.title.startswith("Changes")).tables
+    values = column(table, table.columns[2].header)
+    assert values[("GET flow", "1")] == "0.50×"  # halved, well outside ±1% slices
+    assert values[("total", "1")] == "0.50×"
+    assert table.rows[0][2].tone == "bad"
+
+
+def test_no_changes_section_for_a_single_run(results: list[Result]) -> None:
+    assert not any(s.title.startswith("Changes") for s in tables.build(results).sections)
+
+
+def test_speedup_within_the_noise_is_marked(results: list[Result]) -> None:
+    python = with_slices(by_cell(results, "python-sqlite-memory"), 1.0, 0.3)
+    zig_eps = [  # python's measurements, 3% faster
+        ep.model_copy(update={"rps": ep.rps * 1.03, "rps_slices": [r * 1.03 for r in slices]})
+        for ep in python.endpoints
+        if (slices := ep.rps_slices)
+    ]
+    zig = by_cell(results, "zig-sqlite-memory").model_copy(update={"endpoints": zig_eps})
+    assert column(speedup_table([python, zig]), "zig")[("GET flow", "1")] == "1.03× ~"

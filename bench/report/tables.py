@@ -6,10 +6,11 @@ the same things; the renderers only decide how a table, a tone or a chart looks.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from bench.report import aggregate
+from bench.report import aggregate, compare
 from bench.report.aggregate import Pair, Total
 from bench.report.numbers import (
     LOWER_BOUND,
@@ -35,17 +36,28 @@ SATURATED_NOTE = (
 )
 RATIO_NOTE = (
     f"{LOWER_BOUND} / {UPPER_BOUND} / {SATURATED_MARK}: the load generator was saturated while "
-    f"measuring this server ({LOWER_BOUND}), the python server ({UPPER_BOUND}) or both "
-    f"({SATURATED_MARK}): the ratio is a bound, not a value."
+    f"measuring the server named above the column ({LOWER_BOUND}: the ratio is at least this), "
+    f"the one it is compared with ({UPPER_BOUND}: at most this) or both ({SATURATED_MARK}): the "
+    "ratio is a bound, not a value."
 )
 # A ratio within this much of 1 is shown without a good/bad tone.
 NEUTRAL_BAND = 0.05
+WITHIN_NOISE = " ~"
+NOISE_NOTE = (
+    "~: within the noise, no change can be told: the 95% interval of the ratio, from resampling "
+    "the rates of the ~0.5 s slices of each measurement window, holds 1×. A ratio without ~ is "
+    "not therefore significant: the noise between two runs (a new server process, a new "
+    "database) is larger than within a window. Two runs of the same server on a shared 2-core "
+    "machine differed by 0.84×-1.32× on single endpoints and 1.02×-1.04× in totals: repeat runs "
+    "before trusting a change."
+)
 # Open model: an achieved rate below this share of the offered one did not hold the rate.
 HELD_SHARE = 0.95
 OPEN_NOTE = (
     "Open model: requests were sent on a fixed schedule at the offered rate; latencies run from "
     "each request's scheduled send time, so a stall of the server shows in the tail. A late send "
-    "left after its scheduled time because every connection was busy; an achieved rate below "
+    "left after its scheduled time: every connection was still waiting on the server, or the "
+    "load generator fell behind (then its numbers are marked as bounds); an achieved rate below "
     f"{HELD_SHARE:.0%} of the offered one means the rate was not held."
 )
 
@@ -153,8 +165,15 @@ def _errors_value(ep: EndpointResult | None) -> Value:
 
 
 def _ratio_value(
-    num: float | None, den: float | None, num_sat: bool, den_sat: bool, higher_is_better: bool
+    num: float | None,
+    den: float | None,
+    num_sat: bool,
+    den_sat: bool,
+    higher_is_better: bool,
+    within_noise: bool | None = None,
 ) -> Value:
+    """num / den as "1.23×", with a bound mark when a side was client-saturated and "~" when
+    the difference is within the noise; no good/bad tone for differences within the noise."""
     if num is None or den is None or den == 0:
         return Value(MISSING)
     ratio = num / den
@@ -165,14 +184,40 @@ def _ratio_value(
     elif num_sat:
         bound = SATURATED_MARK
     tone: Tone = ""
-    if ratio > 1 + NEUTRAL_BAND:
+    if within_noise:
+        tone = "muted"
+    elif ratio > 1 + NEUTRAL_BAND:
         tone = "good" if higher_is_better else "bad"
     elif ratio < 1 - NEUTRAL_BAND:
         tone = "bad" if higher_is_better else "good"
     text = (
         fmt_ratio(ratio) + SATURATED_MARK if bound == SATURATED_MARK else bound + fmt_ratio(ratio)
     )
+    if within_noise:
+        text += WITHIN_NOISE
     return Value(text, number=ratio, tone=tone)
+
+
+@dataclass
+class _RatioFlags:
+    """What the notes under a table of ratios must explain."""
+
+    saturated: bool = False
+    noisy: bool = False
+
+
+def _change_value(
+    old: Sequence[EndpointResult], new: Sequence[EndpointResult], flags: _RatioFlags
+) -> Value:
+    """The rate of `new` over `old` (summed), marked as `_ratio_value` does."""
+    change = compare.rate_change(old, new)
+    if change is None:
+        return Value(MISSING)
+    old_sat = any(ep.client_saturated for ep in old)
+    new_sat = any(ep.client_saturated for ep in new)
+    flags.saturated |= old_sat or new_sat
+    flags.noisy |= bool(change.within_noise)
+    return _ratio_value(change.ratio, 1.0, new_sat, old_sat, True, change.within_noise)
 
 
 def _status_value(result: Result) -> Value:
@@ -314,39 +359,10 @@ def _speedup_section(results: list[Result], multi_run: bool) -> Section:
         "sum the endpoints both measured at that concurrency. The rss peak ratio is the server's "
         f"peak memory divided by {ref}'s: below 1× uses less memory."
     )
-    keys = aggregate.endpoint_keys([r for p in pairs for r in (p.other, p.base)])
-    table = Table(
-        None,
-        [Column("endpoint"), Column("c", numeric=True)]
-        + [Column(_pair_header(p, multi_run), numeric=True) for p in pairs],
-        grouped=True,
+    flags = _RatioFlags()
+    table = _ratio_table(
+        [(p.base, p.other) for p in pairs], [_pair_header(p, multi_run) for p in pairs], flags
     )
-    found = [(aggregate.measurements(p.other), aggregate.measurements(p.base)) for p in pairs]
-    saturated = False
-    for name, c in keys:
-        row = [Value(name), Value(str(c))]
-        for other, base in found:
-            o, b = other.get((name, c)), base.get((name, c))
-            if o is None or b is None:
-                row.append(Value(MISSING))
-                continue
-            saturated |= o.client_saturated or b.client_saturated
-            row.append(_ratio_value(o.rps, b.rps, o.client_saturated, b.client_saturated, True))
-        table.rows.append(row)
-    for c in sorted({c for _, c in keys}):
-        row = [Value("total"), Value(str(c))]
-        for pair, (other, base) in zip(pairs, found, strict=True):
-            common = {n for n, level in other if level == c} & {
-                n for n, level in base if level == c
-            }
-            to = aggregate.total_rps(pair.other, c, common) if common else None
-            tb = aggregate.total_rps(pair.base, c, common) if common else None
-            if to is None or tb is None:
-                row.append(Value(MISSING))
-                continue
-            saturated |= to.saturated or tb.saturated
-            row.append(_ratio_value(to.rps, tb.rps, to.saturated, tb.saturated, True))
-        table.rows.append(row)
     row = [Value("rss peak"), Value("")]
     for pair in pairs:
         o_mb = pair.other.server.rss_peak_mb if pair.other.server else None
@@ -354,8 +370,63 @@ def _speedup_section(results: list[Result], multi_run: bool) -> Section:
         row.append(_ratio_value(o_mb, b_mb, False, False, False))
     table.rows.append(row)
     section.tables.append(table)
-    if saturated:
+    _ratio_notes(section, flags)
+    return section
+
+
+def _ratio_notes(section: Section, flags: _RatioFlags) -> None:
+    if flags.noisy:
+        section.notes.append(NOISE_NOTE)
+    if flags.saturated:
         section.notes.append(RATIO_NOTE)
+
+
+def _ratio_table(
+    pairs: Sequence[tuple[Result, Result]], headers: Sequence[str], flags: _RatioFlags
+) -> Table:
+    """A table of rps ratios new/old for each (old, new) pair: one row per endpoint ×
+    concurrency, then a total per concurrency over the endpoints both measured."""
+    keys = aggregate.endpoint_keys([r for pair in pairs for r in pair])
+    table = Table(
+        None,
+        [Column("endpoint"), Column("c", numeric=True)]
+        + [Column(header, numeric=True) for header in headers],
+        grouped=True,
+    )
+    found = [(aggregate.measurements(old), aggregate.measurements(new)) for old, new in pairs]
+    for name, c in keys:
+        row = [Value(name), Value(str(c))]
+        for old, new in found:
+            o, n = old.get((name, c)), new.get((name, c))
+            row.append(Value(MISSING) if o is None or n is None else _change_value([o], [n], flags))
+        table.rows.append(row)
+    for c in sorted({c for _, c in keys}):
+        row = [Value("total"), Value(str(c))]
+        for old, new in found:
+            common = [k for k in old if k[1] == c and k in new]
+            row.append(_change_value([old[k] for k in common], [new[k] for k in common], flags))
+        table.rows.append(row)
+    return table
+
+
+def _changes_section(results: list[Result]) -> Section | None:
+    pairs = compare.latest_changes(results)
+    if not pairs:
+        return None
+    section = Section("Changes since the previous run")
+    section.paragraphs.append(
+        "For each cell measured in more than one run: the rps of its newest run divided by the "
+        "rps of the run before it. Above 1× is faster now. Totals sum the endpoints both runs "
+        "measured at that concurrency."
+    )
+    flags = _RatioFlags()
+    table = _ratio_table(
+        [(p.old, p.new) for p in pairs],
+        [f"{p.new.cell.name}: {p.new.run_id} vs {p.old.run_id}" for p in pairs],
+        flags,
+    )
+    section.tables.append(table)
+    _ratio_notes(section, flags)
     return section
 
 
@@ -377,8 +448,13 @@ def build(results: list[Result]) -> Report:
         summary,
         warnings=aggregate.comparability_warnings(ordered) + aggregate.shared_cpu_warnings(ordered),
         sections=[
-            _matrix_section(ordered, multi_run),
-            _endpoint_section(ordered, multi_run),
-            _speedup_section(ordered, multi_run),
+            section
+            for section in (
+                _matrix_section(ordered, multi_run),
+                _endpoint_section(ordered, multi_run),
+                _speedup_section(ordered, multi_run),
+                _changes_section(ordered),
+            )
+            if section is not None
         ],
     )
