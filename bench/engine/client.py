@@ -167,8 +167,7 @@ class Connection(asyncio.Protocol):
         body = self.body
         if body:
             self.body = []
-        # The next request goes out before the bookkeeping: the server waits on it, and how
-        # soon it comes back changes how much the server gets done (issue 4's fidelity).
+        # the next request goes out first: the server is waiting, the bookkeeping is not
         if parser.should_keep_alive():
             run.pacer.ready(self, now)
         elif self.transport is not None:
@@ -329,7 +328,7 @@ class ShareRun:
         await _sleep_until(self.w_start, self.done)
         cpu0 = time.process_time()
         wall0 = monotonic_ns()
-        edges = slice_edges(self.w_start, self.w_end)
+        edges = _slice_edges(self.w_start, self.w_end)
         marks: list[int] = []
         for edge in edges[1:-1]:  # the count is 0 at the first edge and read at the last
             self.loop.call_later(
@@ -378,7 +377,7 @@ async def _sleep_until(when_ns: int, done: asyncio.Future[None] | None = None) -
             await asyncio.wait_for(asyncio.shield(done), delay)
 
 
-def slice_edges(start_ns: int, end_ns: int) -> list[int]:
+def _slice_edges(start_ns: int, end_ns: int) -> list[int]:
     """The edges of the window's slices: equal, about SLICE_S long, at least one."""
     n = max(1, round((end_ns - start_ns) / (SLICE_S * 1e9)))
     return [start_ns + (end_ns - start_ns) * k // n for k in range(n + 1)]
