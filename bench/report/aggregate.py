@@ -123,13 +123,9 @@ class Total:
     saturated: bool
 
 
-def total_rps(result: Result, concurrency: int, names: set[str] | None = None) -> Total | None:
-    """Sum of endpoint rps at `concurrency` (only over `names` if given); None if none measured."""
-    eps = [
-        ep
-        for ep in measurements(result).values()
-        if ep.concurrency == concurrency and (names is None or ep.name in names)
-    ]
+def total_rps(result: Result, concurrency: int) -> Total | None:
+    """Sum of endpoint rps at `concurrency`; None if none measured."""
+    eps = [ep for ep in measurements(result).values() if ep.concurrency == concurrency]
     if not eps:
         return None
     return Total(sum(ep.rps for ep in eps), any(ep.client_saturated for ep in eps))
