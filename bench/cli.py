@@ -11,6 +11,7 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import signal
@@ -55,7 +56,9 @@ def _float_at_least(low: float, inclusive: bool) -> Callable[[str], float]:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not (value >= low if inclusive else value > low):  # also refuses nan
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if not (value >= low if inclusive else value > low):
             raise argparse.ArgumentTypeError(f"must be {sign} {low:g}, got {text}")
         return value
 

@@ -44,6 +44,8 @@ def bench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         (["--run-id", "../escape"], "letters, digits"),
         (["--rate", "0"], "must be > 0"),
         (["--rate", "lots"], "not a number"),
+        (["--rate", "inf"], "must be a finite number"),
+        (["--duration", "nan"], "must be a finite number"),
         (["--engine-procs", "0"], "positive integer"),
         (["--server-cpus", "9999"], "is not usable here"),
         (["--client-cpus", "a,b"], "CPU numbers"),

@@ -409,6 +409,8 @@ def test_bad_specs_are_config_errors(server: Server) -> None:
         measure(server.target, EngineRequest("GET", "/ok"), LoadSpec(0, 1, 0))
     with pytest.raises(ConfigError):
         measure(server.target, EngineRequest("GET", "/ok"), LoadSpec(1, 1, 0, cpus=(10_000,)))
+    with pytest.raises(ConfigError, match="finite"):  # a schedule with no gaps never ends
+        measure(server.target, EngineRequest("GET", "/ok"), LoadSpec(1, 1, 0, rate=float("inf")))
 
 
 def test_process_count() -> None:

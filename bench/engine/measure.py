@@ -75,6 +75,9 @@ def _check(request: EngineRequest, spec: LoadSpec) -> None:
         ) from exc
     if spec.concurrency < 1:
         raise ConfigError(f"concurrency must be at least 1, not {spec.concurrency}")
+    times = (spec.duration_s, spec.warmup_s, spec.timeout_s, spec.rate or 1.0)
+    if not all(math.isfinite(t) for t in times):
+        raise ConfigError("duration, warmup, timeout and rate must be finite numbers")
     if spec.duration_s <= 0 or spec.warmup_s < 0:
         raise ConfigError("duration must be positive and warmup not negative")
     if spec.rate is not None and spec.rate <= 0:
