@@ -255,10 +255,22 @@ def _report(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+# Width of tables written to a file or pipe (a CI log, `| less`): rich's default there is 80
+# columns, too narrow for the report's tables, which then wrap every name.
+PIPE_WIDTH = 200
+
+
+def _console() -> Console:
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=PIPE_WIDTH)
+    return console
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m bench` and `prefect-bench`."""
     args = build_parser().parse_args(argv)
-    console = Console()
+    console = _console()
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     try:
         if args.command == "run":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +26,9 @@ def bench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         text=True,
         cwd=cwd,
         timeout=120,
+        # os.environ: under pytest the C-level environment also holds COLUMNS=80 and LINES=24,
+        # which os.environ does not show and children would inherit
+        env=dict(os.environ),
     )
 
 
@@ -150,3 +155,14 @@ def test_interrupt_stops_the_server_and_writes_a_partial_result(
     assert result["status"] == "failed" and result["error"] == "interrupted"
     assert result["server"]["startup_s"] > 0
     assert set(Path(tempfile.gettempdir()).glob("prefect-bench-*")) <= temp_dirs_before
+
+
+def test_report_writes_files_and_prints_whole_tables_into_a_pipe(tmp_path: Path) -> None:
+    resources = Path(__file__).parent / "resources" / "report"
+    out = bench("report", str(resources), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "out" / "report.md").read_text().startswith("# prefect-bench report")
+    assert (tmp_path / "out" / "report.html").exists()
+    assert "warning: " in out.stdout  # resources/report/bad holds unreadable results
+    # not a terminal: rows are not wrapped at 80 columns, so cell names stay whole
+    assert re.search(r"zig\s+sqlite\s+memory\s+ok", out.stdout), out.stdout[:2000]
