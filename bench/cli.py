@@ -174,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="aggregate results into a report")
     report.add_argument("paths", nargs="*", type=Path, help="result files or folders")
     report.add_argument("--out", type=Path, default=Path("results"), help="where reports go")
+    report.add_argument(
+        "--baseline",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="results to compare with, run for run (e.g. the runs before a change)",
+    )
     return parser
 
 
@@ -241,14 +248,18 @@ def _report(args: argparse.Namespace, console: Console) -> int:
 
     paths = args.paths or [Path("results")]
     results, warnings = collect(paths)
+    baseline = None
+    if args.baseline:
+        baseline, baseline_warnings = collect(args.baseline)
+        warnings += [f"baseline: {w}" for w in baseline_warnings]
     for warning in warnings:
         console.print(f"warning: {warning}", markup=False, highlight=False, style="yellow")
-    for renderable in render_terminal(results):
+    for renderable in render_terminal(results, baseline):
         console.print(renderable)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "report.md").write_text(render_markdown(results), encoding="utf-8")
-        (args.out / "report.html").write_text(render_html(results), encoding="utf-8")
+        (args.out / "report.md").write_text(render_markdown(results, baseline), encoding="utf-8")
+        (args.out / "report.html").write_text(render_html(results, baseline), encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot write the report into {args.out}: {exc.strerror}") from exc
     console.print(f"report: {args.out / 'report.md'}, {args.out / 'report.html'}")

@@ -17,6 +17,8 @@ import pytest
 
 from bench.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SKIPPED, EXIT_USAGE
 from bench.process import wait_until
+from bench.report import collect
+from bench.results import write_result
 
 
 def bench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -166,3 +168,25 @@ def test_report_writes_files_and_prints_whole_tables_into_a_pipe(tmp_path: Path)
     assert "warning: " in out.stdout  # resources/report/bad holds unreadable results
     # not a terminal: rows are not wrapped at 80 columns, so cell names stay whole
     assert re.search(r"zig\s+sqlite\s+memory\s+ok", out.stdout), out.stdout[:2000]
+
+
+def test_report_against_a_baseline_folder(tmp_path: Path) -> None:
+    [zig] = [
+        r
+        for r in collect([Path(__file__).parent / "resources" / "report"])[0]
+        if r.cell.name == "zig-sqlite-memory"
+    ]
+    for side, scale in (("before", 1.0), ("after", 0.5)):
+        for i in range(4):
+            eps = [
+                ep.model_copy(update={"rps": ep.rps * scale * (1 + i / 100)})
+                for ep in zig.endpoints
+            ]
+            run = zig.model_copy(update={"run_id": f"{side}{i}", "endpoints": eps})
+            write_result(run, tmp_path / side / f"{side}{i}" / "zig-sqlite-memory.json")
+    out = bench("report", "after", "--baseline", "before", "missing", "--out", "out", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "warning: baseline: missing: no such file or directory" in out.stdout
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Against the baseline" in report
+    assert "0.50× p=0.029" in report

@@ -630,3 +630,48 @@ def test_speedup_within_the_noise_is_marked(results: list[Result]) -> None:
     ]
     zig = by_cell(results, "zig-sqlite-memory").model_copy(update={"endpoints": zig_eps})
     assert column(speedup_table([python, zig]), "zig")[("GET flow", "1")] == "1.03× ~"
+
+
+# against a baseline of repeated runs
+
+
+def runs(result: Result, scales: list[float], prefix: str) -> list[Result]:
+    """Copies of `result` as runs `prefix`0, 1, … with every rps times each scale."""
+    out = []
+    for i, scale in enumerate(scales):
+        eps = [ep.model_copy(update={"rps": ep.rps * scale}) for ep in result.endpoints]
+        out.append(result.model_copy(update={"run_id": f"{prefix}{i}", "endpoints": eps}))
+    return out
+
+
+def baseline_table(baseline: list[Result], results: list[Result]) -> tables.Table:
+    section = tables.build(results, baseline).sections[-1]
+    assert section.title == "Against the baseline"
+    [table] = section.tables
+    return table
+
+
+def test_baseline_comparison_tests_run_against_run(results: list[Result]) -> None:
+    zig = by_cell(results, "zig-sqlite-memory")
+    before = runs(zig, [1.0, 1.01, 0.99, 1.0], "before-")
+    slower = runs(zig, [0.8, 0.81, 0.79, 0.8], "after-")
+    values = column(baseline_table(before, slower), "zig-sqlite-memory (4 vs 4 runs)")
+    assert values[("GET flow", "1")] == "0.80× p=0.029"  # the smallest p 4 runs a side allow
+    assert values[("total", "1")] == "0.80× p=0.029"
+    same = runs(zig, [1.02, 0.98, 1.0, 0.99], "again-")
+    values = column(baseline_table(before, same), "zig")
+    assert values[("GET flow", "1")].startswith("1.00× ~ p=")
+
+
+def test_baseline_comparison_needs_four_runs_a_side(results: list[Result]) -> None:
+    zig = by_cell(results, "zig-sqlite-memory")
+    table = baseline_table(runs(zig, [1.0, 1.0, 1.0], "b-"), runs(zig, [0.5] * 4, "a-"))
+    assert column(table, "zig-sqlite-memory (4 vs 3 runs)")[("GET flow", "1")] == "0.50× ?"
+    assert table.rows[0][2].tone == "muted"
+
+
+def test_baseline_without_common_cells_says_so(results: list[Result]) -> None:
+    python = by_cell(results, "python-sqlite-memory")
+    section = tables.build([python], [by_cell(results, "zig-sqlite-memory")]).sections[-1]
+    assert section.title == "Against the baseline" and not section.tables
+    assert section.paragraphs[0].startswith("Nothing to compare")

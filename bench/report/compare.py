@@ -1,11 +1,15 @@
-"""Whether a difference in rate is within the noise: rate ratios with a bootstrap interval.
+"""Whether a difference in rate is more than noise.
 
-Each measurement carries the rates of the equal slices of its window (`rps_slices`). The ratio
-of two sets of measurements is sum(new rps) / sum(old rps); its 95% interval comes from
-resampling every measurement's slices. A ratio whose interval holds 1 is within the noise: no
-change can be told. The converse does not hold: the slices see the noise within a window, not
-the larger noise between two runs (another server process, another database file), so a ratio
-outside its interval is not yet a significant change; only repeated runs can say that.
+Within one pair of results: each measurement carries the rates of the equal slices of its window
+(`rps_slices`). The ratio of two sets of measurements is sum(new rps) / sum(old rps); its 95%
+interval comes from resampling every measurement's slices. A ratio whose interval holds 1 is
+within the noise: no change can be told. The converse does not hold: the slices see the noise
+within a window, not the larger noise between two runs (another server process, another
+database file), so a ratio outside its interval is not yet a significant change.
+
+Between repeated runs (a baseline and the runs compared with it): each run gives one value per
+figure, and a permutation test on those values says whether the difference is significant. That
+is the test that sees the noise between runs; it needs at least MIN_RUNS runs a side.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 
 from bench.report.aggregate import display_order
 from bench.results import EndpointResult, Result
-from bench.stats import bootstrap_interval
+from bench.stats import bootstrap_interval, permutation_p_value
 
 
 @dataclass(frozen=True)
@@ -80,3 +84,56 @@ def latest_changes(results: Iterable[Result]) -> list[RunPair]:
             pairs.append(RunPair(old, new))
     order = {id(r): i for i, r in enumerate(display_order(p.new for p in pairs))}
     return sorted(pairs, key=lambda p: order[id(p.new)])
+
+
+# Runs a side needs before a difference can be tested: with 3 the smallest p is 0.1.
+MIN_RUNS = 4
+SIGNIFICANCE = 0.05
+
+
+@dataclass(frozen=True)
+class RunsChange:
+    """Mean rate over the new runs / mean over the baseline runs, with the two-sided p-value of
+    a permutation test on the runs' rates (None when a side has fewer than MIN_RUNS runs)."""
+
+    ratio: float
+    p_value: float | None
+    n_old: int
+    n_new: int
+
+    @property
+    def significant(self) -> bool | None:
+        return None if self.p_value is None else self.p_value < SIGNIFICANCE
+
+
+def runs_change(old: Sequence[float], new: Sequence[float]) -> RunsChange | None:
+    """Compare one figure (e.g. an endpoint's rps) measured once per run on each side."""
+    if not old or not new or statistics.fmean(old) == 0:
+        return None
+    ratio = statistics.fmean(new) / statistics.fmean(old)
+    p_value = None
+    if min(len(old), len(new)) >= MIN_RUNS:
+        p_value = permutation_p_value(old, new)
+    return RunsChange(ratio, p_value, len(old), len(new))
+
+
+@dataclass(frozen=True)
+class CellRuns:
+    """The ok results of one cell in the baseline and in the results compared with it."""
+
+    cell: str
+    old: list[Result]
+    new: list[Result]
+
+
+def baseline_groups(baseline: Iterable[Result], results: Iterable[Result]) -> list[CellRuns]:
+    """Every cell with ok results on both sides, in display order."""
+    old: dict[str, list[Result]] = {}
+    for result in baseline:
+        if result.status == "ok":
+            old.setdefault(result.cell.name, []).append(result)
+    new: dict[str, list[Result]] = {}
+    for result in display_order(results):
+        if result.status == "ok" and result.cell.name in old:
+            new.setdefault(result.cell.name, []).append(result)
+    return [CellRuns(cell, old[cell], runs) for cell, runs in new.items()]

@@ -188,6 +188,6 @@ def render(report: Report) -> str:
     )
 
 
-def render_html(results: list[Result]) -> str:
+def render_html(results: list[Result], baseline: list[Result] | None = None) -> str:
     """A self-contained HTML page for `results` (report.html): works offline, no scripts."""
-    return render(tables.build(results))
+    return render(tables.build(results, baseline))

@@ -42,6 +42,6 @@ def render(report: Report) -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def render_markdown(results: list[Result]) -> str:
+def render_markdown(results: list[Result], baseline: list[Result] | None = None) -> str:
     """A Markdown document for `results` (report.md)."""
-    return render(tables.build(results))
+    return render(tables.build(results, baseline))

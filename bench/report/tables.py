@@ -51,6 +51,15 @@ NOISE_NOTE = (
     "machine differed by 0.84×-1.32× on single endpoints and 1.02×-1.04× in totals: repeat runs "
     "before trusting a change."
 )
+TOO_FEW_RUNS = " ?"
+BASELINE_NOTE = (
+    "Each cell's mean rps over the runs compared divided by its mean over the baseline runs: "
+    "above 1× is faster now. p is the two-sided p-value of a permutation test on the runs' rates "
+    f"(one value per run, so the noise between runs is in it): p < {compare.SIGNIFICANCE} is a "
+    f"significant change, ~ marks one that is not. ? marks fewer than {compare.MIN_RUNS} runs on "
+    "a side: no test can tell then (with 3 a side the smallest p is 0.1). Totals sum the "
+    "endpoints every run measured at that concurrency."
+)
 # Open model: an achieved rate below this share of the offered one did not hold the rate.
 HELD_SHARE = 0.95
 OPEN_NOTE = (
@@ -430,8 +439,74 @@ def _changes_section(results: list[Result]) -> Section | None:
     return section
 
 
-def build(results: list[Result]) -> Report:
-    """The whole report for `results` (any order; shown in `aggregate.display_order`)."""
+def _runs_value(
+    change: compare.RunsChange | None, old: Sequence[EndpointResult], new: Sequence[EndpointResult]
+) -> Value:
+    if change is None:
+        return Value(MISSING)
+    old_sat = any(ep.client_saturated for ep in old)
+    new_sat = any(ep.client_saturated for ep in new)
+    value = _ratio_value(change.ratio, 1.0, new_sat, old_sat, True, change.significant is False)
+    if change.p_value is None:
+        return Value(value.text + TOO_FEW_RUNS, value.number, "muted")
+    return Value(f"{value.text} p={change.p_value:.2g}", value.number, value.tone)
+
+
+def _baseline_section(baseline: list[Result], results: list[Result]) -> Section:
+    section = Section("Against the baseline")
+    groups = compare.baseline_groups(baseline, results)
+    if not groups:
+        section.paragraphs.append(
+            "Nothing to compare: no cell has ok results both in the baseline and in the results "
+            "compared with it."
+        )
+        return section
+    section.paragraphs.append(BASELINE_NOTE)
+    keys = aggregate.endpoint_keys([r for g in groups for r in (*g.old, *g.new)])
+    table = Table(
+        None,
+        [Column("endpoint"), Column("c", numeric=True)]
+        + [Column(f"{g.cell} ({len(g.new)} vs {len(g.old)} runs)", numeric=True) for g in groups],
+        grouped=True,
+    )
+    found = [
+        ([aggregate.measurements(r) for r in g.old], [aggregate.measurements(r) for r in g.new])
+        for g in groups
+    ]
+    flags = _RatioFlags()
+    for name, c in keys:
+        row = [Value(name), Value(str(c))]
+        for old_runs, new_runs in found:
+            old = [ep for m in old_runs if (ep := m.get((name, c)))]
+            new = [ep for m in new_runs if (ep := m.get((name, c)))]
+            change = compare.runs_change([ep.rps for ep in old], [ep.rps for ep in new])
+            flags.saturated |= any(ep.client_saturated for ep in (*old, *new))
+            row.append(_runs_value(change, old, new))
+        table.rows.append(row)
+    for c in sorted({c for _, c in keys}):
+        row = [Value("total"), Value(str(c))]
+        for old_runs, new_runs in found:
+            runs = [*old_runs, *new_runs]
+            common = [k for k in runs[0] if k[1] == c and all(k in m for m in runs)]
+            old = [m[k] for m in old_runs for k in common]
+            new = [m[k] for m in new_runs for k in common]
+            change = None
+            if common:
+                change = compare.runs_change(
+                    [sum(m[k].rps for k in common) for m in old_runs],
+                    [sum(m[k].rps for k in common) for m in new_runs],
+                )
+            row.append(_runs_value(change, old, new))
+        table.rows.append(row)
+    section.tables.append(table)
+    if flags.saturated:
+        section.notes.append(RATIO_NOTE)
+    return section
+
+
+def build(results: list[Result], baseline: list[Result] | None = None) -> Report:
+    """The whole report for `results` (any order; shown in `aggregate.display_order`), and, if
+    a baseline is given, how the results compare with it run for run."""
     if not results:
         return Report(TITLE, NO_RESULTS)
     ordered = aggregate.display_order(results)
@@ -446,7 +521,8 @@ def build(results: list[Result]) -> Report:
     return Report(
         TITLE,
         summary,
-        warnings=aggregate.comparability_warnings(ordered) + aggregate.shared_cpu_warnings(ordered),
+        warnings=aggregate.comparability_warnings(ordered + (baseline or []))
+        + aggregate.shared_cpu_warnings(ordered),
         sections=[
             section
             for section in (
@@ -454,6 +530,7 @@ def build(results: list[Result]) -> Report:
                 _endpoint_section(ordered, multi_run),
                 _speedup_section(ordered, multi_run),
                 _changes_section(ordered),
+                None if baseline is None else _baseline_section(baseline, ordered),
             )
             if section is not None
         ],

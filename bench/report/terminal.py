@@ -54,6 +54,8 @@ def render(report: Report) -> list[RenderableType]:
     return out
 
 
-def render_terminal(results: list[Result]) -> list[RenderableType]:
+def render_terminal(
+    results: list[Result], baseline: list[Result] | None = None
+) -> list[RenderableType]:
     """Rich renderables (title, warnings, tables) for `results`, to print one after another."""
-    return render(tables.build(results))
+    return render(tables.build(results, baseline))
