@@ -6,6 +6,7 @@ import os
 import signal
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 from hdrh.histogram import HdrHistogram
@@ -135,6 +136,35 @@ def test_url_mode_measures_a_running_server(tmp_path: Path, prefect_server: Runn
     assert result.server is None
     assert [e.name for e in result.endpoints] == ["health"]
     assert_sane(result.endpoints[0])
+
+
+def test_lifecycle_workload_writes_what_it_counts(
+    tmp_path: Path, prefect_server: RunningServer
+) -> None:
+    opts = options(
+        tmp_path,
+        cell=Cell(server="external"),
+        url=prefect_server.base_url,
+        workload="lifecycle",
+        concurrency=(1, 2),
+    )
+    result = run_cell(opts, Recording())
+    assert result.status == "ok", result.error
+    assert [(e.name, e.concurrency) for e in result.endpoints] == [
+        (name, c)
+        for name in ("create task_run", "set flow_run state", "write 10 logs", "poll work pool")
+        for c in (1, 2)
+    ]
+    for ep in result.endpoints:
+        # SQLite may refuse a concurrent write (503, then the server drops the connection)
+        assert set(ep.errors) <= {"503", "disconnect"}, ep.problems
+        assert ep.rps > 0, ep
+    created = sum(
+        e.requests - sum(e.errors.values()) for e in result.endpoints if e.name == "create task_run"
+    )
+    with httpx.Client(base_url=prefect_server.base_url) as client:
+        count = client.post("/task_runs/count", json={}).json()
+    assert count >= created + 1  # + the one verification made; warmups made more
 
 
 @pytest.mark.parametrize(

@@ -2,9 +2,10 @@
 
 from bench.errors import ConfigError
 from bench.workloads.base import Endpoint, Workload
+from bench.workloads.lifecycle import LIFECYCLE
 from bench.workloads.seed import HEALTH, SEED
 
-WORKLOADS: dict[str, Workload] = {w.name: w for w in (SEED, HEALTH)}
+WORKLOADS: dict[str, Workload] = {w.name: w for w in (SEED, LIFECYCLE, HEALTH)}
 
 __all__ = ["WORKLOADS", "Endpoint", "Workload", "get_workload"]
 
