@@ -180,7 +180,6 @@ def merge(results: Sequence[ShareResult], spec: LoadSpec) -> Measurement:
                 " it could not hold the rate (more --engine-procs or another --client-cpus)",
             )
     return Measurement(
-        slice_rps=_slice_rps(results, spec.duration_s),
         requests=requests,
         errors=errors,
         duration_s=spec.duration_s,
@@ -192,6 +191,7 @@ def merge(results: Sequence[ShareResult], spec: LoadSpec) -> Measurement:
         rate_held=rate_held,
         problems=problems[:10],
         procs=len(results),
+        slice_rps=_slice_rps(results, spec.duration_s),
     )
 
 
