@@ -6,7 +6,7 @@ the same things; the renderers only decide how a table, a tone or a chart looks.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -215,18 +215,39 @@ class _RatioFlags:
     noisy: bool = False
 
 
-def _change_value(
-    old: Sequence[EndpointResult], new: Sequence[EndpointResult], flags: _RatioFlags
-) -> Value:
-    """The rate of `new` over `old` (summed), marked as `_ratio_value` does."""
-    change = compare.rate_change(old, new)
+# One side of a comparison: for each run, its measurements of the endpoints compared (summed).
+_Runs = list[list[EndpointResult]]
+
+
+def _saturated(runs: _Runs) -> bool:
+    return any(ep.client_saturated for run in runs for ep in run)
+
+
+def _change_value(old: _Runs, new: _Runs, flags: _RatioFlags) -> Value:
+    """One run a side: the rate of `new` over `old`, "~" when within the slices' noise."""
+    ((old_eps,), (new_eps,)) = old, new
+    change = compare.rate_change(old_eps, new_eps)
     if change is None:
         return Value(MISSING)
-    old_sat = any(ep.client_saturated for ep in old)
-    new_sat = any(ep.client_saturated for ep in new)
+    old_sat, new_sat = _saturated(old), _saturated(new)
     flags.saturated |= old_sat or new_sat
     flags.noisy |= bool(change.within_noise)
     return _ratio_value(change.ratio, 1.0, new_sat, old_sat, True, change.within_noise)
+
+
+def _runs_value(old: _Runs, new: _Runs, flags: _RatioFlags) -> Value:
+    """Repeated runs a side: the mean rate of `new` over `old` and the permutation test's p."""
+    change = compare.runs_change(
+        [sum(ep.rps for ep in run) for run in old], [sum(ep.rps for ep in run) for run in new]
+    )
+    if change is None:
+        return Value(MISSING)
+    old_sat, new_sat = _saturated(old), _saturated(new)
+    flags.saturated |= old_sat or new_sat
+    value = _ratio_value(change.ratio, 1.0, new_sat, old_sat, True, change.significant is False)
+    if change.p_value is None:
+        return Value(value.text + TOO_FEW_RUNS, value.number, "muted")
+    return Value(f"{value.text} p={change.p_value:.2g}", value.number, value.tone)
 
 
 def _status_value(result: Result) -> Value:
@@ -370,7 +391,10 @@ def _speedup_section(results: list[Result], multi_run: bool) -> Section:
     )
     flags = _RatioFlags()
     table = _ratio_table(
-        [(p.base, p.other) for p in pairs], [_pair_header(p, multi_run) for p in pairs], flags
+        [([p.base], [p.other]) for p in pairs],
+        [_pair_header(p, multi_run) for p in pairs],
+        flags,
+        _change_value,
     )
     row = [Value("rss peak"), Value("")]
     for pair in pairs:
@@ -391,29 +415,40 @@ def _ratio_notes(section: Section, flags: _RatioFlags) -> None:
 
 
 def _ratio_table(
-    pairs: Sequence[tuple[Result, Result]], headers: Sequence[str], flags: _RatioFlags
+    sides: Sequence[tuple[Sequence[Result], Sequence[Result]]],
+    headers: Sequence[str],
+    flags: _RatioFlags,
+    value_of: Callable[[_Runs, _Runs, _RatioFlags], Value],
 ) -> Table:
-    """A table of rps ratios new/old for each (old, new) pair: one row per endpoint ×
-    concurrency, then a total per concurrency over the endpoints both measured."""
-    keys = aggregate.endpoint_keys([r for pair in pairs for r in pair])
+    """A table comparing, for each (old runs, new runs) pair of sides, the rates of the new runs
+    with the old: one row per endpoint × concurrency (runs that lack it left out), then a total
+    per concurrency over the endpoints every run of both sides measured."""
+    keys = aggregate.endpoint_keys([r for old, new in sides for r in (*old, *new)])
     table = Table(
         None,
         [Column("endpoint"), Column("c", numeric=True)]
         + [Column(header, numeric=True) for header in headers],
         grouped=True,
     )
-    found = [(aggregate.measurements(old), aggregate.measurements(new)) for old, new in pairs]
-    for name, c in keys:
-        row = [Value(name), Value(str(c))]
+    found = [
+        ([aggregate.measurements(r) for r in old], [aggregate.measurements(r) for r in new])
+        for old, new in sides
+    ]
+    for key in keys:
+        row = [Value(key[0]), Value(str(key[1]))]
         for old, new in found:
-            o, n = old.get((name, c)), new.get((name, c))
-            row.append(Value(MISSING) if o is None or n is None else _change_value([o], [n], flags))
+            o = [[m[key]] for m in old if key in m]
+            n = [[m[key]] for m in new if key in m]
+            row.append(value_of(o, n, flags) if o and n else Value(MISSING))
         table.rows.append(row)
     for c in sorted({c for _, c in keys}):
         row = [Value("total"), Value(str(c))]
         for old, new in found:
-            common = [k for k in old if k[1] == c and k in new]
-            row.append(_change_value([old[k] for k in common], [new[k] for k in common], flags))
+            runs = [*old, *new]
+            common = [k for k in runs[0] if k[1] == c and all(k in m for m in runs)]
+            o = [[m[k] for k in common] for m in old]
+            n = [[m[k] for k in common] for m in new]
+            row.append(value_of(o, n, flags) if common else Value(MISSING))
         table.rows.append(row)
     return table
 
@@ -430,26 +465,14 @@ def _changes_section(results: list[Result]) -> Section | None:
     )
     flags = _RatioFlags()
     table = _ratio_table(
-        [(p.old, p.new) for p in pairs],
+        [([p.old], [p.new]) for p in pairs],
         [f"{p.new.cell.name}: {p.new.run_id} vs {p.old.run_id}" for p in pairs],
         flags,
+        _change_value,
     )
     section.tables.append(table)
     _ratio_notes(section, flags)
     return section
-
-
-def _runs_value(
-    change: compare.RunsChange | None, old: Sequence[EndpointResult], new: Sequence[EndpointResult]
-) -> Value:
-    if change is None:
-        return Value(MISSING)
-    old_sat = any(ep.client_saturated for ep in old)
-    new_sat = any(ep.client_saturated for ep in new)
-    value = _ratio_value(change.ratio, 1.0, new_sat, old_sat, True, change.significant is False)
-    if change.p_value is None:
-        return Value(value.text + TOO_FEW_RUNS, value.number, "muted")
-    return Value(f"{value.text} p={change.p_value:.2g}", value.number, value.tone)
 
 
 def _baseline_section(baseline: list[Result], results: list[Result]) -> Section:
@@ -462,45 +485,15 @@ def _baseline_section(baseline: list[Result], results: list[Result]) -> Section:
         )
         return section
     section.paragraphs.append(BASELINE_NOTE)
-    keys = aggregate.endpoint_keys([r for g in groups for r in (*g.old, *g.new)])
-    table = Table(
-        None,
-        [Column("endpoint"), Column("c", numeric=True)]
-        + [Column(f"{g.cell} ({len(g.new)} vs {len(g.old)} runs)", numeric=True) for g in groups],
-        grouped=True,
-    )
-    found = [
-        ([aggregate.measurements(r) for r in g.old], [aggregate.measurements(r) for r in g.new])
-        for g in groups
-    ]
     flags = _RatioFlags()
-    for name, c in keys:
-        row = [Value(name), Value(str(c))]
-        for old_runs, new_runs in found:
-            old = [ep for m in old_runs if (ep := m.get((name, c)))]
-            new = [ep for m in new_runs if (ep := m.get((name, c)))]
-            change = compare.runs_change([ep.rps for ep in old], [ep.rps for ep in new])
-            flags.saturated |= any(ep.client_saturated for ep in (*old, *new))
-            row.append(_runs_value(change, old, new))
-        table.rows.append(row)
-    for c in sorted({c for _, c in keys}):
-        row = [Value("total"), Value(str(c))]
-        for old_runs, new_runs in found:
-            runs = [*old_runs, *new_runs]
-            common = [k for k in runs[0] if k[1] == c and all(k in m for m in runs)]
-            old = [m[k] for m in old_runs for k in common]
-            new = [m[k] for m in new_runs for k in common]
-            change = None
-            if common:
-                change = compare.runs_change(
-                    [sum(m[k].rps for k in common) for m in old_runs],
-                    [sum(m[k].rps for k in common) for m in new_runs],
-                )
-            row.append(_runs_value(change, old, new))
-        table.rows.append(row)
+    table = _ratio_table(
+        [(g.old, g.new) for g in groups],
+        [f"{g.cell} ({len(g.new)} vs {len(g.old)} runs)" for g in groups],
+        flags,
+        _runs_value,
+    )
     section.tables.append(table)
-    if flags.saturated:
-        section.notes.append(RATIO_NOTE)
+    _ratio_notes(section, flags)
     return section
 
 
