@@ -70,15 +70,19 @@ class RunPair:
     new: Result
 
 
-def latest_changes(results: Iterable[Result]) -> list[RunPair]:
-    """For each cell with ok results from two or more runs: its newest result and the one before
-    (by start time), in display order."""
+def _ok_by_cell(results: Iterable[Result]) -> dict[str, list[Result]]:
     by_cell: dict[str, list[Result]] = {}
     for result in results:
         if result.status == "ok":
             by_cell.setdefault(result.cell.name, []).append(result)
+    return by_cell
+
+
+def latest_changes(results: Iterable[Result]) -> list[RunPair]:
+    """For each cell with ok results from two or more runs: its newest result and the one before
+    (by start time), in display order."""
     pairs = []
-    for runs in by_cell.values():
+    for runs in _ok_by_cell(results).values():
         if len(runs) >= 2:
             old, new = sorted(runs, key=lambda r: (r.started_at, r.run_id))[-2:]
             pairs.append(RunPair(old, new))
@@ -128,12 +132,6 @@ class CellRuns:
 
 def baseline_groups(baseline: Iterable[Result], results: Iterable[Result]) -> list[CellRuns]:
     """Every cell with ok results on both sides, in display order."""
-    old: dict[str, list[Result]] = {}
-    for result in baseline:
-        if result.status == "ok":
-            old.setdefault(result.cell.name, []).append(result)
-    new: dict[str, list[Result]] = {}
-    for result in display_order(results):
-        if result.status == "ok" and result.cell.name in old:
-            new.setdefault(result.cell.name, []).append(result)
+    old = _ok_by_cell(baseline)
+    new = _ok_by_cell(r for r in display_order(results) if r.cell.name in old)
     return [CellRuns(cell, old[cell], runs) for cell, runs in new.items()]
