@@ -116,12 +116,26 @@ class Workload:
                 raise VerificationError(f"{endpoint.name}: {problem}")
 
 
-def json_body(body: bytes) -> Any:
-    """The decoded JSON of a response body, or a ValueError saying it is not JSON."""
-    try:
-        return json.loads(body)
-    except ValueError as exc:
-        raise ValueError(f"not JSON: {body[:100]!r}") from exc
+def json_check(what: str = "") -> Callable[[Callable[[Any, Fixtures], str | None]], Check]:
+    """Make `check(data, fixtures)`, given the decoded JSON answer, a Check of the raw body.
+
+    A body that is not JSON is the problem ("what: not JSON: …" when `what` is given). The Check
+    keeps the function's module and name, so engine processes still unpickle it.
+    """
+
+    def decorate(check: Callable[[Any, Fixtures], str | None]) -> Check:
+        @functools.wraps(check)
+        def check_body(body: bytes, fixtures: Fixtures) -> str | None:
+            try:
+                data = json.loads(body)
+            except ValueError:
+                problem = f"not JSON: {body[:100]!r}"
+                return f"{what}: {problem}" if what else problem
+            return check(data, fixtures)
+
+        return check_body
+
+    return decorate
 
 
 def created_id(resp: httpx.Response, what: str) -> str:

@@ -9,31 +9,26 @@ set to RUNNING again, which orchestration rules would otherwise reject.
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import httpx
 
-from bench.workloads.base import Endpoint, Fixtures, Workload, created_id, json_body
+from bench.workloads.base import Endpoint, Fixtures, Workload, created_id, json_check
 from bench.workloads.seed import PENDING
 
 RUNNING = {"type": "RUNNING", "name": "Running"}
 LOGS_PER_BATCH = 10
 
 
-def check_created_task_run(body: bytes, fixtures: Fixtures) -> str | None:
-    try:
-        data = json_body(body)
-    except ValueError as exc:
-        return str(exc)
+@json_check()
+def check_created_task_run(data: Any, fixtures: Fixtures) -> str | None:
     if not isinstance(data, dict) or data.get("flow_run_id") != fixtures["flow_run_id"]:
         return f"created task run has the wrong flow run: {str(data)[:100]}"
     return None
 
 
-def check_accepted_running(body: bytes, fixtures: Fixtures) -> str | None:
-    try:
-        data = json_body(body)
-    except ValueError as exc:
-        return str(exc)
+@json_check()
+def check_accepted_running(data: Any, fixtures: Fixtures) -> str | None:
     if not isinstance(data, dict) or data.get("status") != "ACCEPT":
         return f"state change not accepted: {str(data)[:100]}"
     if (data.get("state") or {}).get("type") != "RUNNING":
@@ -41,11 +36,8 @@ def check_accepted_running(body: bytes, fixtures: Fixtures) -> str | None:
     return None
 
 
-def check_list(body: bytes, fixtures: Fixtures) -> str | None:
-    try:
-        data = json_body(body)
-    except ValueError as exc:
-        return str(exc)
+@json_check()
+def check_list(data: Any, fixtures: Fixtures) -> str | None:
     return None if isinstance(data, list) else f"expected a list, got {str(data)[:100]}"
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 
-from bench.workloads.base import Endpoint, Fixtures, Workload, created_id, json_body
+from bench.workloads.base import Endpoint, Fixtures, Workload, created_id, json_check
 
 PENDING = {"type": "PENDING", "name": "Pending"}
 
@@ -13,30 +15,25 @@ def check_health(body: bytes, fixtures: Fixtures) -> str | None:
     return None if body.strip() == b"true" else f"health answered {body[:100]!r}"
 
 
-def _check_object(body: bytes, expected_id: str, what: str) -> str | None:
-    try:
-        data = json_body(body)
-    except ValueError as exc:
-        return f"{what}: {exc}"
+def _object_problem(data: Any, expected_id: str, what: str) -> str | None:
     if not isinstance(data, dict) or data.get("id") != expected_id:
         return f"{what}: expected id {expected_id}, got {str(data)[:100]}"
     return None
 
 
-def check_flow(body: bytes, fixtures: Fixtures) -> str | None:
-    return _check_object(body, fixtures["flow_id"], "flow")
+@json_check("flow")
+def check_flow(data: Any, fixtures: Fixtures) -> str | None:
+    return _object_problem(data, fixtures["flow_id"], "flow")
 
 
-def check_flow_run(body: bytes, fixtures: Fixtures) -> str | None:
-    return _check_object(body, fixtures["flow_run_id"], "flow run")
+@json_check("flow run")
+def check_flow_run(data: Any, fixtures: Fixtures) -> str | None:
+    return _object_problem(data, fixtures["flow_run_id"], "flow run")
 
 
-def check_page(body: bytes, fixtures: Fixtures) -> str | None:
+@json_check()
+def check_page(data: Any, fixtures: Fixtures) -> str | None:
     """A filter answer: a list of at most 10 objects, each with an id."""
-    try:
-        data = json_body(body)
-    except ValueError as exc:
-        return str(exc)
     if not isinstance(data, list) or not 1 <= len(data) <= 10:
         return f"expected a list of 1 to 10 objects, got {str(data)[:100]}"
     if not all(isinstance(item, dict) and "id" in item for item in data):
@@ -44,11 +41,8 @@ def check_page(body: bytes, fixtures: Fixtures) -> str | None:
     return None
 
 
-def check_created_flow_run(body: bytes, fixtures: Fixtures) -> str | None:
-    try:
-        data = json_body(body)
-    except ValueError as exc:
-        return str(exc)
+@json_check()
+def check_created_flow_run(data: Any, fixtures: Fixtures) -> str | None:
     if not isinstance(data, dict) or data.get("flow_id") != fixtures["flow_id"]:
         return f"created flow run has the wrong flow: {str(data)[:100]}"
     if (data.get("state") or {}).get("type") != "PENDING":
