@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from bench.workloads.base import Endpoint, Fixtures, Workload, created_id, json_check
-from bench.workloads.seed import PENDING
+from bench.workloads.seed import PENDING, create_flow_run
 
 RUNNING = {"type": "RUNNING", "name": "Running"}
 LOGS_PER_BATCH = 10
@@ -42,17 +42,11 @@ def check_list(data: Any, fixtures: Fixtures) -> str | None:
 
 
 def create_fixtures(client: httpx.Client) -> dict[str, str]:
-    flow_id = created_id(client.post("/flows/", json={"name": "bench-flow"}), "flow")
-    flow_run_id = created_id(
-        client.post(
-            "/flow_runs/", json={"flow_id": flow_id, "name": "bench-lifecycle", "state": RUNNING}
-        ),
-        "flow run",
-    )
+    fixtures = create_flow_run(client, "bench-lifecycle", RUNNING)
     # a name of its own: on a server given with --url, an earlier run's pool may still exist
     work_pool = f"bench-pool-{uuid.uuid4().hex[:8]}"
     created_id(client.post("/work_pools/", json={"name": work_pool, "type": "process"}), "pool")
-    return {"flow_id": flow_id, "flow_run_id": flow_run_id, "work_pool": work_pool}
+    return {**fixtures, "work_pool": work_pool}
 
 
 LIFECYCLE = Workload(

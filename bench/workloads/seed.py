@@ -50,15 +50,18 @@ def check_created_flow_run(data: Any, fixtures: Fixtures) -> str | None:
     return None
 
 
-def create_fixtures(client: httpx.Client) -> dict[str, str]:
+def create_flow_run(client: httpx.Client, name: str, state: dict[str, str]) -> dict[str, str]:
+    """Fixtures `flow_id` (the flow "bench-flow") and `flow_run_id` (a run of it in `state`)."""
     flow_id = created_id(client.post("/flows/", json={"name": "bench-flow"}), "flow")
     flow_run_id = created_id(
-        client.post(
-            "/flow_runs/", json={"flow_id": flow_id, "name": "bench-run", "state": PENDING}
-        ),
+        client.post("/flow_runs/", json={"flow_id": flow_id, "name": name, "state": state}),
         "flow run",
     )
     return {"flow_id": flow_id, "flow_run_id": flow_run_id}
+
+
+def create_fixtures(client: httpx.Client) -> dict[str, str]:
+    return create_flow_run(client, "bench-run", PENDING)
 
 
 SEED = Workload(
