@@ -1,18 +1,29 @@
-"""Free TCP ports on the loopback interface.
+"""Free TCP ports on the loopback interface, and the retry that choosing one needs.
 
 The OS picks the port (bind to port 0), so two runs never agree on a fixed number. The port is
-free when this returns, not when the caller binds it: whoever binds it later must treat "address
-already in use" as a lost race and ask again (see `PORT_ATTEMPTS`).
+free when `free_port` returns, not when the caller binds it: whoever binds it later treats
+"address already in use" as a lost race and tries again on a new port (`on_free_port`).
 """
 
 from __future__ import annotations
 
+import re
 import socket
+from collections.abc import Callable
+from typing import TypeVar
 
 LOOPBACK = "127.0.0.1"
 
-# How many times a caller should ask for a new port after losing the race for one.
+# How many ports a start may lose to another program before it gives up.
 PORT_ATTEMPTS = 5
+
+T = TypeVar("T")
+
+_PORT_TAKEN = re.compile(r"address already in use|could not create any tcp/ip sockets", re.I)
+
+
+class PortTaken(Exception):
+    """Raised by a start attempt whose port another program took before it could bind it."""
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -21,3 +32,27 @@ def free_port(host: str = LOOPBACK) -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def lost_port_race(log_text: str) -> bool:
+    """Whether a server's log says its port was taken before it could bind it."""
+    return bool(_PORT_TAKEN.search(log_text))
+
+
+def on_free_port(
+    start: Callable[[int], T],
+    what: str,
+    error: Callable[[str], Exception],
+    attempts: int = PORT_ATTEMPTS,
+) -> T:
+    """`start(port)` on a free port, again on a new one each time it raises PortTaken.
+
+    After `attempts` lost races, raises `error(message)`; any other exception passes through.
+    """
+    lost: list[str] = []
+    for _ in range(attempts):
+        try:
+            return start(free_port())
+        except PortTaken as exc:
+            lost.append(str(exc))
+    raise error(f"{what}: another program took its port {attempts} times in a row ({lost[-1]})")

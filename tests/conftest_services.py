@@ -20,8 +20,8 @@ from typing import TypeVar
 import psutil
 import pytest
 
+from bench.ownership import Labels
 from bench.results import new_run_id
-from bench.services.base import Labels
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")

@@ -21,17 +21,18 @@ import pytest
 import redis
 import yaml
 
-from bench import services
+from bench import ports, services
 from bench.errors import CellSkipped, ProvisionError
-from bench.services import docker as docker_provider
-from bench.services._common import (
+from bench.ownership import (
+    CELL_LABEL,
     HOST_LABEL,
     PID_LABEL,
     PID_START_LABEL,
     RUN_LABEL,
+    Labels,
     owner_labels,
 )
-from bench.services.base import Labels
+from bench.services import docker as docker_provider
 from bench.services.docker import DockerProvider, remove_leftover_containers
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ def compose_variant(tmp_path: Path, kind: str, **changes: Any) -> Path:
     return path
 
 
+@pytest.mark.slow
 @needs_daemon
 def test_docker_postgres_answers_queries_and_is_removed_with_its_volume(
     tmp_path: Path, labels: Labels, client: Any
@@ -80,7 +82,7 @@ def test_docker_postgres_answers_queries_and_is_removed_with_its_volume(
         (container,) = run_containers(client, labels.run_id)
         volumes = [m["Name"] for m in container.attrs["Mounts"] if m["Type"] == "volume"]
         assert container.attrs["HostConfig"]["NetworkMode"] == "host"
-        assert container.labels["prefect-bench.cell"] == labels.cell
+        assert container.labels[CELL_LABEL] == labels.cell
         assert container.labels[PID_LABEL] == str(psutil.Process().pid)
         with psycopg.connect(pg.url) as conn:
             conn.execute("CREATE TABLE t (x int)")
@@ -98,6 +100,7 @@ def test_docker_postgres_answers_queries_and_is_removed_with_its_volume(
     assert f"port {pg.port}" in log and "ready to accept connections" in log
 
 
+@pytest.mark.slow
 @needs_daemon
 def test_docker_redis_answers_and_is_removed(tmp_path: Path, labels: Labels, client: Any) -> None:
     with DockerProvider().redis(tmp_path, labels) as rs:
@@ -138,6 +141,7 @@ NEVER_HEALTHY: dict[str, tuple[str, dict[str, Any], str, str]] = {
 }
 
 
+@pytest.mark.slow
 @needs_daemon
 @pytest.mark.parametrize("case", list(NEVER_HEALTHY))
 def test_container_never_healthy_is_an_error_with_its_log_and_is_removed(
@@ -185,6 +189,7 @@ def test_unreachable_daemon_is_unavailable_with_the_fix_and_auto_falls_back() ->
     assert remove_leftover_containers(NO_DAEMON) == []
 
 
+@pytest.mark.slow
 @needs_daemon
 def test_port_taken_before_bind_is_retried(
     tmp_path: Path, labels: Labels, client: Any, monkeypatch: pytest.MonkeyPatch
@@ -194,10 +199,8 @@ def test_port_taken_before_bind_is_retried(
         holder.listen()
         taken = holder.getsockname()[1]
         answers = iter([taken])
-        real_free_port = docker_provider.free_port
-        monkeypatch.setattr(
-            docker_provider, "free_port", lambda: next(answers, None) or real_free_port()
-        )
+        real_free_port = ports.free_port
+        monkeypatch.setattr(ports, "free_port", lambda: next(answers, None) or real_free_port())
         with DockerProvider().redis(tmp_path, labels) as rs:
             assert rs.port != taken
             with redis.Redis.from_url(rs.url()) as r:
@@ -206,6 +209,7 @@ def test_port_taken_before_bind_is_retried(
     assert "(attempt 1)" in log and "Address already in use" in log and "(attempt 2)" in log
 
 
+@pytest.mark.slow
 @needs_daemon
 @pytest.mark.parametrize("kind", ["postgres", "redis"])
 def test_ctrl_c_while_the_container_starts_removes_it(
@@ -220,7 +224,7 @@ def test_ctrl_c_while_the_container_starts_removes_it(
     child = children.start(
         f"""
         from pathlib import Path
-        from bench.services.base import Labels
+        from bench.ownership import Labels
         from bench.services.docker import DockerProvider
         provider = DockerProvider(compose=Path({str(compose)!r}))
         with provider.{kind}(Path({str(tmp_path)!r}), Labels({labels.run_id!r}, "cell")):
@@ -250,6 +254,7 @@ def _dead_owner() -> dict[str, str]:
     return marks
 
 
+@pytest.mark.slow
 @needs_daemon
 def test_leftovers_of_dead_runs_are_removed_and_live_or_foreign_ones_kept(
     labels: Labels, client: Any, children: Children, tmp_path: Path
@@ -268,7 +273,7 @@ def test_leftovers_of_dead_runs_are_removed_and_live_or_foreign_ones_kept(
     child = children.start(
         f"""
         from pathlib import Path
-        from bench.services.base import Labels
+        from bench.ownership import Labels
         from bench.services.docker import DockerProvider
         with DockerProvider().redis(Path({str(tmp_path)!r}), Labels({labels.run_id!r}, "c")):
             print("READY", flush=True)

@@ -17,11 +17,11 @@ import psycopg
 import pytest
 import redis
 
-from bench import services
+from bench import ownership, ports, services
 from bench.errors import CellSkipped, ProvisionError
+from bench.ownership import Labels
 from bench.services import local
-from bench.services.base import Labels
-from bench.services.local import LocalProvider, remove_leftover_tempdirs
+from bench.services.local import LocalProvider
 
 if TYPE_CHECKING:
     from tests.conftest_services import Children
@@ -99,8 +99,8 @@ def taken_port(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     holder.listen()
     port = holder.getsockname()[1]
     answers = iter([port])
-    real_free_port = local.free_port
-    monkeypatch.setattr(local, "free_port", lambda: next(answers, None) or real_free_port())
+    real_free_port = ports.free_port
+    monkeypatch.setattr(ports, "free_port", lambda: next(answers, None) or real_free_port())
     with holder:
         yield port
 
@@ -130,7 +130,7 @@ def _postgres_phase(phase: str, child_pid: int) -> list[psutil.Process]:
             continue
         if phase == "initdb" and cmd and cmd[0].endswith("initdb"):
             return procs
-        if phase == "waiting for health" and "-D" in cmd and "-p" in cmd and "initdb" not in cmd[0]:
+        if phase == "waiting for health" and "listen_addresses=127.0.0.1" in cmd:
             return procs
     return []
 
@@ -142,7 +142,7 @@ def test_ctrl_c_while_local_postgres_starts_leaves_nothing(
     child = children.start(
         f"""
         from pathlib import Path
-        from bench.services.base import Labels
+        from bench.ownership import Labels
         from bench.services.local import LocalProvider
         provider = LocalProvider(tmp_root=Path({str(tmp_root)!r}))
         with provider.postgres(Path({str(tmp_path)!r}), Labels("ctrl-c", "cell")):
@@ -163,7 +163,7 @@ def test_leftover_folder_of_a_killed_run_is_removed_and_a_live_ones_kept(
     child = children.start(
         f"""
         from pathlib import Path
-        from bench.services.base import Labels
+        from bench.ownership import Labels
         from bench.services.local import LocalProvider
         provider = LocalProvider(tmp_root=Path({str(tmp_root)!r}))
         with provider.redis(Path({str(tmp_path)!r}), Labels("crashed", "cell")) as rs:
@@ -176,10 +176,11 @@ def test_leftover_folder_of_a_killed_run_is_removed_and_a_live_ones_kept(
     child.wait()
     children.assert_gone([server])  # the parent-death signal stopped it
     (crashed,) = tmp_root.iterdir()
-    assert json.loads((crashed / local.OWNER_FILE).read_text())["prefect-bench.run"] == "crashed"
+    marks = json.loads((crashed / ownership.OWNER_FILE).read_text())
+    assert marks[ownership.RUN_LABEL] == "crashed"
     with LocalProvider(tmp_root=tmp_root).redis(tmp_path, labels):
         (live,) = (p for p in tmp_root.iterdir() if p != crashed)
-        assert remove_leftover_tempdirs(tmp_root) == [crashed]
+        assert ownership.remove_dead_folders(tmp_root) == [crashed]
         assert live.exists() and not crashed.exists()
     assert list(tmp_root.iterdir()) == []
 

@@ -3,26 +3,22 @@
 Automatic choice, per service: `external` (the user gave a URL) > `docker` (a daemon answers
 and the image exists) > `local` (binaries on PATH). `--provider NAME` forces one; if it cannot
 provide the service here, the cell is skipped saying why and how to fix it.
+
+What PostgreSQL and Redis are (probes, binaries, URLs) lives once in kinds.py; a provider only
+says where the service runs.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Protocol
 
 from bench.errors import CellSkipped, ConfigError
-from bench.services.base import (
-    Labels,
-    PostgresService,
-    RedisService,
-    ServiceKind,
-    ServiceProvider,
-)
+from bench.services.base import PostgresService, RedisService, ServiceKind, ServiceProvider
 from bench.services.docker import DockerProvider, remove_leftover_containers
 from bench.services.external import ExternalProvider, remove_leftover_databases
-from bench.services.local import LocalProvider, remove_leftover_tempdirs
+from bench.services.local import LocalProvider
 
 
 class ProviderFactory(Protocol):
@@ -71,16 +67,14 @@ def choose(
     raise CellSkipped(f"no provider can provide {kind} here ({'; '.join(reasons)})")
 
 
-def remove_leftovers(
-    env: Mapping[str, str] | None = None, tmp_root: Path | None = None
-) -> list[str]:
-    """Remove what crashed runs left: containers, local temp folders, external databases.
+def remove_leftovers(env: Mapping[str, str] | None = None) -> list[str]:
+    """Remove what crashed runs left with the providers: containers, external databases.
 
     Only things marked as prefect-bench's whose owning process is gone; call once per run.
+    (Temporary folders, the local services' among them: bench.ownership.remove_dead_folders.)
     Returns a description of each thing removed.
     """
     removed = [f"container {name}" for name in remove_leftover_containers(env)]
-    removed += [f"folder {path}" for path in remove_leftover_tempdirs(tmp_root)]
     removed += [f"database {name}" for name in remove_leftover_databases(env)]
     return removed
 
@@ -90,7 +84,6 @@ __all__ = [
     "PROVIDERS",
     "DockerProvider",
     "ExternalProvider",
-    "Labels",
     "LocalProvider",
     "PostgresService",
     "ProviderFactory",
@@ -100,6 +93,5 @@ __all__ = [
     "choose",
     "remove_leftover_containers",
     "remove_leftover_databases",
-    "remove_leftover_tempdirs",
     "remove_leftovers",
 ]

@@ -1,8 +1,7 @@
-"""What the three providers share: ownership marks, interrupt-safe teardown, health polling.
+"""What the providers share: interrupt-safe teardown, health polling, logs and names.
 
-Ownership: everything a provider starts carries who started it (the run, the cell, and the owning
-process as pid + start time + host + boot id). A later run removes leftovers only when that owner
-is provably gone, so it never touches what a live run, another machine or a person started.
+Who owns what a provider starts is marked with bench.ownership; what a service kind is lives in
+kinds.py.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -21,76 +19,15 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import TypeVar
 
-import psutil
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
 from bench.errors import ProvisionError
 from bench.process import wait_until
 from bench.results import ServiceInfo, redact
-from bench.services.base import Labels
-
-LABEL_PREFIX = "prefect-bench"
-RUN_LABEL = f"{LABEL_PREFIX}.run"
-CELL_LABEL = f"{LABEL_PREFIX}.cell"
-SERVICE_LABEL = f"{LABEL_PREFIX}.service"
-PID_LABEL = f"{LABEL_PREFIX}.pid"
-PID_START_LABEL = f"{LABEL_PREFIX}.pid-start"
-HOST_LABEL = f"{LABEL_PREFIX}.host"
-BOOT_LABEL = f"{LABEL_PREFIX}.boot"
 
 # Poll interval of every health wait: short next to any service's start time.
 POLL_S = 0.05
 LOG_TAIL_LINES = 30
 
 T = TypeVar("T")
-
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-def owner_labels(labels: Labels, service: str) -> dict[str, str]:
-    """The marks that say who started a resource: run, cell, service and the owning process."""
-    me = psutil.Process()
-    return {
-        RUN_LABEL: labels.run_id,
-        CELL_LABEL: labels.cell,
-        SERVICE_LABEL: service,
-        PID_LABEL: str(me.pid),
-        PID_START_LABEL: f"{me.create_time():.2f}",
-        HOST_LABEL: socket.gethostname(),
-        BOOT_LABEL: _boot_id(),
-    }
-
-
-def owner_is_gone(marks: Mapping[str, str]) -> bool:
-    """True only when the process that started a resource provably no longer runs.
-
-    Unknown owners (no pid mark, another host) count as alive: not ours to judge.
-    """
-    if marks.get(HOST_LABEL) != socket.gethostname():
-        return False
-    boot = marks.get(BOOT_LABEL)
-    if boot and _boot_id() and boot != _boot_id():
-        return True  # the machine rebooted since: every process of that boot is gone
-    try:
-        pid = int(marks[PID_LABEL])
-        started = float(marks[PID_START_LABEL])
-    except (KeyError, ValueError):
-        return False
-    try:
-        # a different start time means the pid was reused by another process
-        return abs(psutil.Process(pid).create_time() - started) > 1.0
-    except psutil.NoSuchProcess:
-        return True
-    except psutil.Error:
-        return False
-
 
 _DEFERRED = (signal.SIGINT, signal.SIGTERM)
 
@@ -190,14 +127,6 @@ def file_size(path: Path) -> int:
         return 0
 
 
-_PORT_TAKEN = re.compile(r"address already in use|could not create any tcp/ip sockets", re.I)
-
-
-def lost_port_race(log_text: str) -> bool:
-    """Whether a service's log says its port was taken (by someone else) before it could bind."""
-    return bool(_PORT_TAKEN.search(log_text))
-
-
 def safe_name(text: str) -> str:
     """`text` reduced to characters valid in container and database names."""
     return re.sub(r"[^a-zA-Z0-9_.-]+", "-", text).strip("-.") or "x"
@@ -205,25 +134,3 @@ def safe_name(text: str) -> str:
 
 def env_or_os(env: Mapping[str, str] | None) -> Mapping[str, str]:
     return os.environ if env is None else env
-
-
-def redis_client(
-    host: str,
-    port: int,
-    *,
-    db: int = 0,
-    password: str | None = None,
-    ssl: bool = False,
-    timeout_s: float = 5.0,
-) -> redis.Redis:
-    """A client that fails at once (no retries with backoff): the callers poll on their own."""
-    return redis.Redis(
-        host=host,
-        port=port,
-        db=db,
-        password=password,
-        ssl=ssl,
-        socket_connect_timeout=timeout_s,
-        socket_timeout=timeout_s,
-        retry=Retry(NoBackoff(), 0),
-    )

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
+from bench.ownership import Labels
 from bench.results import ServiceInfo
 
 ServiceKind = Literal["postgres", "redis"]
@@ -43,14 +44,6 @@ class RedisService:
     def url(self, db: int | None = None) -> str:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}{self.host}:{self.port}/{self.db if db is None else db}"
-
-
-@dataclass(frozen=True)
-class Labels:
-    """Who owns what a provider starts: the run and the cell (docker labels, folder names)."""
-
-    run_id: str
-    cell: str
 
 
 class ServiceProvider(ABC):

@@ -11,6 +11,7 @@ containers are removed by `remove_leftover_containers` once their owner is gone.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import re
 import secrets
 import shlex
@@ -28,30 +29,21 @@ from docker.models.containers import Container
 from requests.exceptions import RequestException
 
 from bench.errors import ProvisionError
-from bench.ports import LOOPBACK, PORT_ATTEMPTS, free_port
+from bench.ownership import RUN_LABEL, Labels, owner_is_gone, owner_labels
+from bench.ports import LOOPBACK, PortTaken, lost_port_race, on_free_port
 from bench.results import ServiceInfo
 from bench.services._common import (
-    RUN_LABEL,
     Teardown,
     env_or_os,
     interrupts_deferred,
-    lost_port_race,
     new_password,
-    owner_is_gone,
-    owner_labels,
-    redis_client,
     safe_name,
     service_info,
     tail,
     wait_for,
 )
-from bench.services.base import (
-    Labels,
-    PostgresService,
-    RedisService,
-    ServiceKind,
-    ServiceProvider,
-)
+from bench.services.base import PostgresService, RedisService, ServiceKind, ServiceProvider
+from bench.services.kinds import KINDS, POSTGRES, REDIS, Kind, PostgresLogin
 
 COMPOSE_ENV = "BENCH_COMPOSE_FILE"
 DEFAULT_COMPOSE_FILE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
@@ -110,18 +102,20 @@ def compose_file(env: Mapping[str, str] | None = None) -> Path:
     return Path(given) if given else DEFAULT_COMPOSE_FILE
 
 
-def load_compose_service(path: Path, kind: str) -> ComposeService:
-    """Image, environment, command and healthcheck of service `kind` in a compose file."""
+def load_compose_service(path: Path, service: str) -> ComposeService:
+    """Image, environment, command and healthcheck of `service` in a compose file."""
     import yaml
 
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-        spec = doc["services"][kind]
+        spec = doc["services"][service]
         image = str(spec["image"])
     except OSError as exc:
         raise ProvisionError(f"cannot read {path}: {exc.strerror}") from exc
     except (yaml.YAMLError, KeyError, TypeError) as exc:
-        raise ProvisionError(f"{path} has no usable service {kind!r} with an image: {exc}") from exc
+        raise ProvisionError(
+            f"{path} has no usable service {service!r} with an image: {exc}"
+        ) from exc
     raw_env = spec.get("environment") or {}
     if isinstance(raw_env, list):
         raw_env = dict(item.split("=", 1) if "=" in item else (item, "") for item in raw_env)
@@ -140,7 +134,7 @@ def load_compose_service(path: Path, kind: str) -> ComposeService:
                 if key in hc:
                     healthcheck[key] = parse_duration_ns(hc[key])
         except ValueError as exc:
-            raise ProvisionError(f"{path}: service {kind}: healthcheck: {exc}") from exc
+            raise ProvisionError(f"{path}: service {service}: healthcheck: {exc}") from exc
         if "retries" in hc:
             healthcheck["retries"] = int(hc["retries"])
     return ComposeService(
@@ -226,7 +220,7 @@ class DockerProvider(ServiceProvider):
         cls, kind: ServiceKind, env: Mapping[str, str] | None = None
     ) -> str | None:
         try:
-            spec = load_compose_service(compose_file(env), kind)
+            spec = load_compose_service(compose_file(env), KINDS[kind].compose_service)
             client = connect(env, timeout=PING_TIMEOUT_S)
         except ProvisionError as exc:
             return str(exc)
@@ -242,32 +236,22 @@ class DockerProvider(ServiceProvider):
     @contextlib.contextmanager
     def postgres(self, workdir: Path, labels: Labels) -> Iterator[PostgresService]:
         started = time.monotonic()
-        spec = load_compose_service(self.compose, "postgres")
+        spec = load_compose_service(self.compose, POSTGRES.compose_service)
         user = spec.environment.get("POSTGRES_USER", "postgres")
         database = spec.environment.get("POSTGRES_DB", user)
         password = new_password()  # never the file's well-known one on a shared machine
 
-        def configure(port: int) -> tuple[list[str], dict[str, str]]:
-            command = [*(spec.command or ["postgres"]), "-c", f"port={port}",
-                       "-c", f"listen_addresses={LOOPBACK}"]  # fmt: skip
-            env = {**spec.environment, "POSTGRES_PASSWORD": password, "PGPORT": str(port)}
-            return command, env
+        def environment(port: int) -> dict[str, str]:
+            # the image's password variable; PGPORT for the compose file's healthcheck
+            return {"POSTGRES_PASSWORD": password, "PGPORT": str(port)}
 
         def verify(port: int) -> str | None:
-            with psycopg.connect(
-                host=LOOPBACK,
-                port=port,
-                user=user,
-                password=password,
-                dbname=database,
-                connect_timeout=5,
-            ) as conn:
-                row = conn.execute("SHOW server_version").fetchone()
-            return row[0] if row else None
+            with POSTGRES.connect(PostgresLogin(LOOPBACK, port, user, password, database)) as conn:
+                return POSTGRES.version(conn)
 
         with Teardown() as teardown:
             port, version, container = self._run(
-                teardown, "postgres", spec, workdir, labels, configure, verify
+                teardown, POSTGRES, spec, workdir, labels, environment, verify
             )
             info = self._info(spec, container, version, started)
             yield PostgresService(LOOPBACK, port, user, password, database, info)
@@ -275,23 +259,20 @@ class DockerProvider(ServiceProvider):
     @contextlib.contextmanager
     def redis(self, workdir: Path, labels: Labels) -> Iterator[RedisService]:
         started = time.monotonic()
-        spec = load_compose_service(self.compose, "redis")
+        spec = load_compose_service(self.compose, REDIS.compose_service)
 
-        def configure(port: int) -> tuple[list[str], dict[str, str]]:
-            command = [*(spec.command or ["redis-server"]), "--port", str(port),
-                       "--bind", LOOPBACK]  # fmt: skip
-            return command, {**spec.environment, "REDIS_PORT": str(port)}
+        def environment(port: int) -> dict[str, str]:
+            return {"REDIS_PORT": str(port)}  # for the compose file's healthcheck
 
         def verify(port: int) -> str | None:
-            client = redis_client(LOOPBACK, port)
+            client = REDIS.client(LOOPBACK, port)
             with contextlib.closing(client):
                 client.flushall()  # our own fresh server: db 0 starts empty
-                version = client.info("server").get("redis_version")
-            return str(version) if version else None
+                return REDIS.version(client)
 
         with Teardown() as teardown:
             port, version, container = self._run(
-                teardown, "redis", spec, workdir, labels, configure, verify
+                teardown, REDIS, spec, workdir, labels, environment, verify
             )
             info = self._info(spec, container, version, started)
             yield RedisService(LOOPBACK, port, 0, info)
@@ -314,18 +295,21 @@ class DockerProvider(ServiceProvider):
     def _run(
         self,
         teardown: Teardown,
-        kind: str,
+        kind: Kind,
         spec: ComposeService,
         workdir: Path,
         labels: Labels,
-        configure: Callable[[int], tuple[list[str], dict[str, str]]],
+        environment: Callable[[int], dict[str, str]],
         verify: Callable[[int], str | None],
     ) -> tuple[int, str | None, Container]:
-        """Start the container on a free port, retrying when the port is taken; wait healthy."""
+        """Start the container on a free port, a new one when the port is taken; wait healthy.
+
+        `environment(port)` is added to the compose file's; `verify(port)` gives the version.
+        """
         try:
             client = connect(self.env)
         except ProvisionError as exc:
-            raise ProvisionError(f"{kind}: {exc}") from None
+            raise ProvisionError(f"{kind.name}: {exc}") from None
         teardown.callback(client.close)
         try:
             client.images.get(spec.image)
@@ -333,35 +317,45 @@ class DockerProvider(ServiceProvider):
             raise ProvisionError(_image_missing(spec.image)) from None
         except _DOCKER_ERRORS as exc:
             raise ProvisionError(f"docker cannot inspect image {spec.image}: {exc}") from None
-        log = workdir / f"{kind}.log"
-        for attempt in range(1, PORT_ATTEMPTS + 1):
-            port = free_port()
-            command, environment = configure(port)
-            name = f"prefect-bench-{safe_name(labels.cell)}-{kind}-{secrets.token_hex(3)}"
-            remove = _Remover(client, self.env, name, log, attempt)
+        log = workdir / f"{kind.name}.log"
+        attempts = itertools.count(1)
+
+        def attempt(port: int) -> tuple[int, str | None, Container]:
+            command = [*(spec.command or [kind.server]), *kind.listen_args(port)]
+            name = f"prefect-bench-{safe_name(labels.cell)}-{kind.name}-{secrets.token_hex(3)}"
+            remove = _Remover(client, self.env, name, log, next(attempts))
             with interrupts_deferred():
                 # registered before creation: an interrupted create is still removed by name
                 teardown.callback(remove)
                 try:
                     container = _create(
-                        client, spec, name, command, environment, owner_labels(labels, kind)
+                        client,
+                        spec,
+                        name,
+                        command,
+                        {**spec.environment, **environment(port)},
+                        owner_labels(labels, kind.name),
                     )
                 except docker.errors.ImageNotFound:
                     raise ProvisionError(_image_missing(spec.image)) from None
                 except _DOCKER_ERRORS as exc:
-                    raise ProvisionError(f"cannot create the {kind} container: {exc}") from None
+                    raise ProvisionError(
+                        f"cannot create the {kind.name} container: {exc}"
+                    ) from None
             try:
                 container.start()
-                self._wait_healthy(container, kind)
+                self._wait_healthy(container, kind.name)
                 version = verify(port)
                 container.reload()
                 if container.status != "running":
-                    raise ProvisionError(f"the {kind} container stopped after becoming healthy")
+                    raise ProvisionError(
+                        f"the {kind.name} container stopped after becoming healthy"
+                    )
             except ProvisionError as exc:
                 logs = remove.logs() or ""
                 remove()
-                if lost_port_race(logs):
-                    continue  # another process took the port between our choice and the bind
+                if lost_port_race(logs):  # taken between our choice and the container's bind
+                    raise PortTaken(f"port {port}: {exc}") from None
                 raise ProvisionError(
                     f"{exc}; container {name} removed, its log kept in {log}; last lines:\n"
                     f"{tail(logs)}"
@@ -370,10 +364,11 @@ class DockerProvider(ServiceProvider):
                 logs = remove.logs() or ""
                 remove()
                 raise ProvisionError(
-                    f"the {kind} container {name} failed: {exc}; last log lines:\n{tail(logs)}"
+                    f"the {kind.name} container {name} failed: {exc}; last log lines:\n{tail(logs)}"
                 ) from None
             return port, version, container
-        raise ProvisionError(f"no free port for {kind} after {PORT_ATTEMPTS} attempts")
+
+        return on_free_port(attempt, f"the {kind.name} container", ProvisionError)
 
     def _wait_healthy(self, container: Container, kind: str) -> None:
         """Wait for the container's healthcheck (or, without one, for it to be running)."""

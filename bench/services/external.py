@@ -26,50 +26,34 @@ from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 import psycopg
 import redis
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from bench.errors import ProvisionError
+from bench.ownership import Labels, owner_is_gone, owner_labels
 from bench.results import redact
-from bench.services._common import (
-    Teardown,
-    env_or_os,
-    owner_is_gone,
-    owner_labels,
-    redis_client,
-    service_info,
-)
-from bench.services.base import (
-    Labels,
-    PostgresService,
-    RedisService,
-    ServiceKind,
-    ServiceProvider,
-)
+from bench.services._common import Teardown, env_or_os, service_info
+from bench.services.base import PostgresService, RedisService, ServiceKind, ServiceProvider
+from bench.services.kinds import KINDS, POSTGRES, REDIS, Kind, PostgresLogin
 
-POSTGRES_ENV = "BENCH_POSTGRES_URL"
-REDIS_ENV = "BENCH_REDIS_URL"
-REDIS_DB_ENV = "BENCH_REDIS_DB"
+# The variables, named here too for the messages of this module and for its callers.
+POSTGRES_ENV = POSTGRES.url_env
+REDIS_ENV = REDIS.url_env
+REDIS_DB_ENV = REDIS.db_env
 DB_PREFIX = "prefect_bench_"
-CONNECT_TIMEOUT_S = 5
-
-_NEEDS = {
-    "postgres": f"set {POSTGRES_ENV}=postgresql://user:password@host:port/db, a server where "
-    "that user may create databases",
-    "redis": f"set {REDIS_ENV}=redis://[:password@]host:port[/db] (and {REDIS_DB_ENV} to pick "
-    "an empty db)",
-}
-_ENV_OF = {"postgres": POSTGRES_ENV, "redis": REDIS_ENV}
 
 
-def _url_parts(url: str, schemes: tuple[str, ...], env_name: str) -> SplitResult:
+def _not_set(kind: Kind) -> str:
+    return f"{kind.url_env} is not set: set {kind.url_env}={kind.url_help}"
+
+
+def _url_parts(url: str, kind: Kind) -> SplitResult:
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018  (raises ValueError on a bad port)
     except ValueError as exc:
-        raise ProvisionError(f"{env_name} is not a valid URL ({redact(url)}): {exc}") from None
-    if parts.scheme.split("+")[0] not in schemes or not parts.hostname:
+        raise ProvisionError(f"{kind.url_env} is not a valid URL ({redact(url)}): {exc}") from None
+    if parts.scheme.split("+")[0] not in kind.url_schemes or not parts.hostname:
         raise ProvisionError(
-            f"{env_name} must look like {schemes[0]}://user:password@host:port/..., "
+            f"{kind.url_env} must look like {kind.url_schemes[0]}://user:password@host:port/..., "
             f"got {redact(url)}"
         )
     return parts
@@ -88,12 +72,12 @@ class PostgresTarget:
 
     @classmethod
     def parse(cls, url: str) -> PostgresTarget:
-        parts = _url_parts(url, ("postgresql", "postgres"), POSTGRES_ENV)
+        parts = _url_parts(url, POSTGRES)
         if not parts.username:
             raise ProvisionError(f"{POSTGRES_ENV} names no user: {redact(url)}")
         return cls(
             host=parts.hostname or "",
-            port=parts.port or 5432,
+            port=parts.port or POSTGRES.default_port,
             user=unquote(parts.username),
             password=unquote(parts.password or ""),
             admin_db=unquote(parts.path.lstrip("/")) or "postgres",
@@ -105,16 +89,11 @@ class PostgresTarget:
         return f"{self.host}:{self.port}"
 
     def connect(self, dbname: str | None = None) -> psycopg.Connection:
-        params: dict[str, str | int] = {
-            **self.options,
-            "host": self.host,
-            "port": self.port,
-            "user": self.user,
-            "password": self.password,
-            "dbname": dbname or self.admin_db,
-            "connect_timeout": CONNECT_TIMEOUT_S,
-        }
-        return psycopg.connect(make_conninfo("", **params), autocommit=True)
+        """An autocommit connection to `dbname`, by default the administration database."""
+        login = PostgresLogin(
+            self.host, self.port, self.user, self.password, dbname or self.admin_db, self.options
+        )
+        return POSTGRES.connect(login)
 
 
 def _drop(target: PostgresTarget, name: str) -> None:
@@ -189,20 +168,20 @@ class ExternalProvider(ServiceProvider):
     def unavailable_reason(
         cls, kind: ServiceKind, env: Mapping[str, str] | None = None
     ) -> str | None:
-        if env_or_os(env).get(_ENV_OF[kind]):
+        if env_or_os(env).get(KINDS[kind].url_env):
             return None
-        return f"{_ENV_OF[kind]} is not set: {_NEEDS[kind]}"
+        return _not_set(KINDS[kind])
 
-    def _url(self, kind: ServiceKind) -> str:
-        url = self.env.get(_ENV_OF[kind])
+    def _url(self, kind: Kind) -> str:
+        url = self.env.get(kind.url_env)
         if not url:
-            raise ProvisionError(f"{_ENV_OF[kind]} is not set: {_NEEDS[kind]}")
+            raise ProvisionError(_not_set(kind))
         return url
 
     @contextlib.contextmanager
     def postgres(self, workdir: Path, labels: Labels) -> Iterator[PostgresService]:
         started = time.monotonic()
-        url = self._url("postgres")
+        url = self._url(POSTGRES)
         target = PostgresTarget.parse(url)
         name = DB_PREFIX + secrets.token_hex(6)
         with Teardown() as teardown:
@@ -230,8 +209,8 @@ class ExternalProvider(ServiceProvider):
                     raise ProvisionError(
                         f"cannot create a database at {target.where}: {exc}"
                     ) from None
-                marks = json.dumps(owner_labels(labels, "postgres"))
-                version_row = None
+                marks = json.dumps(owner_labels(labels, POSTGRES.name))
+                version = None
                 with contextlib.suppress(psycopg.Error):  # a comment is a courtesy
                     conn.execute(
                         sql.SQL("COMMENT ON DATABASE {} IS {}").format(
@@ -239,19 +218,14 @@ class ExternalProvider(ServiceProvider):
                         )
                     )
                 with contextlib.suppress(psycopg.Error):
-                    version_row = conn.execute("SHOW server_version").fetchone()
+                    version = POSTGRES.version(conn)
             try:  # the server under test will connect the same way
                 target.connect(name).close()
             except psycopg.Error as exc:
                 raise ProvisionError(
                     f"created the database {name} at {target.where} but cannot connect to it: {exc}"
                 ) from None
-            info = service_info(
-                self.name,
-                started,
-                version=version_row[0] if version_row else None,
-                host=target.host,
-            )
+            info = service_info(self.name, started, version=version, host=target.host)
             yield PostgresService(
                 target.host, target.port, target.user, target.password, name, info
             )
@@ -259,8 +233,8 @@ class ExternalProvider(ServiceProvider):
     @contextlib.contextmanager
     def redis(self, workdir: Path, labels: Labels) -> Iterator[RedisService]:
         started = time.monotonic()
-        url = self._url("redis")
-        parts = _url_parts(url, ("redis", "rediss"), REDIS_ENV)
+        url = self._url(REDIS)
+        parts = _url_parts(url, REDIS)
         db_text = self.env.get(REDIS_DB_ENV) or parts.path.strip("/") or "0"
         try:
             db = int(db_text)
@@ -275,16 +249,11 @@ class ExternalProvider(ServiceProvider):
                 "(redis://:password@host:port) is supported"
             )
         password = unquote(parts.password) if parts.password else None
-        host, port = parts.hostname or "", parts.port or 6379
+        host, port = parts.hostname or "", parts.port or REDIS.default_port
         where = f"redis db {db} at {host}:{port}"
         with Teardown() as teardown:
-            client = redis_client(
-                host,
-                port,
-                db=db,
-                password=password,
-                ssl=parts.scheme == "rediss",
-                timeout_s=CONNECT_TIMEOUT_S,
+            client = REDIS.client(
+                host, port, db=db, password=password, ssl=parts.scheme == "rediss"
             )
             teardown.callback(client.close)
             try:
@@ -302,8 +271,6 @@ class ExternalProvider(ServiceProvider):
             teardown.callback(_flush, client, where)
             version = None
             with contextlib.suppress(redis.RedisError):
-                version = client.info("server").get("redis_version")
-            info = service_info(
-                self.name, started, version=str(version) if version else None, host=host
-            )
+                version = REDIS.version(client)
+            info = service_info(self.name, started, version=version, host=host)
             yield RedisService(host, port, db, info, password)

@@ -3,8 +3,9 @@
 PostgreSQL binaries not on PATH are also looked for in /usr/lib/postgresql/<newest>/bin, where
 Debian installs them.
 
-Each service gets its own temporary folder (its data; deleted at the end), a free port on
-127.0.0.1 (a new one if another process takes it first), and its log in the cell's folder.
+Each service gets its own temporary folder (its data; deleted at the end, or by a later run
+once this one is gone: bench.ownership marks it), a free port on 127.0.0.1 (a new one if
+another process takes it first), and its log in the cell's folder.
 
 PostgreSQL refuses to run as root. When prefect-bench runs as root, both services run as the
 system user `prefect-bench` (created with `useradd --system` if missing), or as `nobody` when
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import pwd
 import shutil
@@ -29,57 +29,37 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
-import psutil
 import psycopg
 import redis
 
 from bench.errors import ProvisionError
-from bench.ports import LOOPBACK, PORT_ATTEMPTS, free_port
+from bench.ownership import FOLDER_PREFIX, Labels, mark_folder, record_process
+from bench.ports import LOOPBACK, PortTaken, lost_port_race, on_free_port
 from bench.process import ManagedProcess
 from bench.results import ServiceInfo
 from bench.services._common import (
     Teardown,
     env_or_os,
     file_size,
-    lost_port_race,
     new_password,
-    owner_is_gone,
-    owner_labels,
     read_from,
-    redis_client,
     service_info,
     tail,
     wait_for,
 )
-from bench.services.base import (
-    Labels,
-    PostgresService,
-    RedisService,
-    ServiceKind,
-    ServiceProvider,
-)
+from bench.services.base import PostgresService, RedisService, ServiceKind, ServiceProvider
+from bench.services.kinds import KINDS, POSTGRES, REDIS, Kind, PostgresLogin
 
 DEBIAN_PG_ROOT = "/usr/lib/postgresql"
 SERVICE_USER = "prefect-bench"
 FALLBACK_USER = "nobody"
 PG_USER = "prefect"
 PG_DATABASE = "prefect"
-TEMP_PREFIX = "prefect-bench-"
-OWNER_FILE = "owner.json"
 INITDB_TIMEOUT_S = 120.0
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
 
 T = TypeVar("T")
-
-_BINARIES: dict[ServiceKind, tuple[str, ...]] = {
-    "postgres": ("initdb", "postgres"),
-    "redis": ("redis-server",),
-}
-_FIX: dict[ServiceKind, str] = {
-    "postgres": "install PostgreSQL (apt-get install postgresql) or put its bin folder on PATH",
-    "redis": "install redis-server (apt-get install redis-server)",
-}
 
 
 @dataclass(frozen=True)
@@ -130,37 +110,12 @@ def _blocked_at(path: Path, user: ServiceUser) -> Path | None:
     return None
 
 
-def remove_leftover_tempdirs(tmp_root: Path | None = None) -> list[Path]:
-    """Delete temporary folders of local services whose owning prefect-bench process is gone.
-
-    Their processes die with their owner (parent-death signal); a folder whose service still
-    runs (same pid and start time) is stopped first. Returns the folders removed.
-    """
-    root = Path(tmp_root or tempfile.gettempdir())
-    removed = []
-    for folder in root.glob(f"{TEMP_PREFIX}*"):
-        try:
-            marks = json.loads((folder / OWNER_FILE).read_text())
-        except (OSError, ValueError):
-            continue  # not ours, or not yet marked
-        if not isinstance(marks, dict) or not owner_is_gone(marks):
-            continue
-        with contextlib.suppress(psutil.Error, KeyError, ValueError, TypeError):
-            proc = psutil.Process(int(marks["service_pid"]))
-            if abs(proc.create_time() - float(marks["service_start"])) < 1.0:
-                proc.kill()
-                proc.wait(10)
-        shutil.rmtree(folder, ignore_errors=True)
-        removed.append(folder)
-    return removed
-
-
 def find_binary(binary: str, path: str) -> str | None:
     """`binary` on `path`; PostgreSQL's also in Debian's /usr/lib/postgresql/<newest>/bin,
     which Debian's packages do not put on PATH."""
     if found := shutil.which(binary, path=path):
         return found
-    if binary in _BINARIES["postgres"]:
+    if binary in POSTGRES.binaries:
         versions = sorted(
             Path(DEBIAN_PG_ROOT).glob("*/bin"),
             key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else -1,
@@ -185,9 +140,9 @@ class LocalProvider(ServiceProvider):
         cls, kind: ServiceKind, env: Mapping[str, str] | None = None
     ) -> str | None:
         path = env_or_os(env).get("PATH", os.defpath)
-        missing = [b for b in _BINARIES[kind] if find_binary(b, path) is None]
+        missing = [b for b in KINDS[kind].binaries if find_binary(b, path) is None]
         if missing:
-            return f"{' and '.join(missing)} not found on PATH: {_FIX[kind]}"
+            return f"{' and '.join(missing)} not found on PATH: {KINDS[kind].install}"
         if os.geteuid() == 0:
             try:
                 service_user()
@@ -212,14 +167,14 @@ class LocalProvider(ServiceProvider):
         env["LC_ALL"] = "C"
         return env
 
-    def _tempdir(self, teardown: Teardown, kind: str, labels: Labels, user: ServiceUser) -> Path:
+    def _tempdir(self, teardown: Teardown, kind: Kind, labels: Labels, user: ServiceUser) -> Path:
         """A fresh folder owned by `user`, marked with its owner, deleted by `teardown`."""
         root = self.tmp_root or Path(tempfile.gettempdir())
         folder = teardown.own(
-            lambda: Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{kind}-", dir=root)),
+            lambda: Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{kind.name}-", dir=root)),
             lambda p: shutil.rmtree(p, ignore_errors=True),
         )
-        (folder / OWNER_FILE).write_text(json.dumps(owner_labels(labels, kind)))
+        mark_folder(folder, labels, kind.name)
         if os.geteuid() == 0:
             os.chown(folder, user.uid, user.gid)
         if (blocked := _blocked_at(folder, user)) is not None:
@@ -244,27 +199,25 @@ class LocalProvider(ServiceProvider):
             lambda p: p.stop(STOP_TIMEOUT_S),
         )
         # the owner file lets a later run stop this process if prefect-bench dies unusually
-        marks_path = cwd / OWNER_FILE
-        marks = json.loads(marks_path.read_text())
-        marks.update(service_pid=proc.pid, service_start=proc.process.create_time())
-        marks_path.write_text(json.dumps(marks))
+        record_process(cwd, proc.process)
         return proc
 
     def _serve(
         self,
         teardown: Teardown,
-        what: str,
+        kind: Kind,
         argv_for: Callable[[int], list[str]],
         probe: Callable[[int], T | None],
         cwd: Path,
         log: Path,
         user: ServiceUser,
     ) -> tuple[int, ManagedProcess, T]:
-        """Start a server on a free port until one start wins its port; wait until probe(port)
-        answers (not None). A port taken by someone else, whether the bind fails or a foreign
-        server answers the probe (_NotOurs), means a new port."""
-        for _attempt in range(PORT_ATTEMPTS):
-            port = free_port()
+        """Start the kind's server on a free port until one start wins its port; wait until
+        probe(port) answers (not None). A port taken by someone else, whether the bind fails or
+        a foreign server answers the probe (which then raises PortTaken), means a new port."""
+        what = kind.server
+
+        def attempt(port: int) -> tuple[int, ManagedProcess, T]:
             offset = file_size(log)
             proc = self._start(teardown, argv_for(port), cwd, log, user)
             try:
@@ -274,16 +227,17 @@ class LocalProvider(ServiceProvider):
                     what=f"{what} on port {port}",
                     abort=functools.partial(_exit_reason, what, proc),
                 )
-            except _NotOurs:
+            except PortTaken:
                 proc.stop(STOP_TIMEOUT_S)
-                continue
+                raise
             except ProvisionError as exc:
                 text = read_from(log, offset)
                 if proc.exit_code() is not None and lost_port_race(text):
-                    continue  # someone took the port between our choice and the bind
+                    raise PortTaken(f"port {port}: {exc}") from None  # taken before our bind
                 raise ProvisionError(f"local {exc}; see {log}:\n{tail(text)}") from None
             return port, proc, value
-        raise ProvisionError(f"no free port for {what} after {PORT_ATTEMPTS} attempts")
+
+        return on_free_port(attempt, what, ProvisionError)
 
     def _info(
         self, started: float, version: str, binary: str, user: ServiceUser, proc: ManagedProcess
@@ -306,9 +260,9 @@ class LocalProvider(ServiceProvider):
         user = service_user()
         log = workdir / "postgres.log"
         password = new_password()
-        binary = self._which("postgres")
+        binary = self._which(POSTGRES.server)
         with Teardown() as teardown:
-            tmp = self._tempdir(teardown, "pg", labels, user)
+            tmp = self._tempdir(teardown, POSTGRES, labels, user)
             datadir, pwfile = tmp / "data", tmp / "pwfile"
             pwfile.write_text(password + "\n")
             pwfile.chmod(0o600)
@@ -319,35 +273,24 @@ class LocalProvider(ServiceProvider):
 
             def argv(port: int) -> list[str]:
                 return [
-                    binary, "-D", str(datadir), "-p", str(port),
-                    "-c", f"listen_addresses={LOOPBACK}",
+                    binary, "-D", str(datadir), *POSTGRES.listen_args(port),
                     # TCP only: a socket path over 107 bytes (deep TMPDIRs, e.g. nox's) fails
                     "-c", "unix_socket_directories=",
                 ]  # fmt: skip
 
-            def probe(port: int) -> str | None:
-                """The server's version once it accepts us and our database exists."""
-                try:
-                    conn = psycopg.connect(
-                        host=LOOPBACK,
-                        port=port,
-                        user=PG_USER,
-                        password=password,
-                        dbname="postgres",
-                        connect_timeout=2,
-                        autocommit=True,
-                    )
-                except psycopg.OperationalError:
-                    return None
-                with conn:
-                    row = conn.execute("SHOW data_directory").fetchone()
-                    if row is None or Path(row[0]).resolve() != datadir.resolve():
-                        raise _NotOurs
-                    conn.execute(f"CREATE DATABASE {PG_DATABASE}")
-                    version = conn.execute("SHOW server_version").fetchone()
-                return str(version[0]) if version else ""
+            def claim(conn: psycopg.Connection) -> None:
+                """Make sure the server that answered is ours, then create our database."""
+                row = conn.execute("SHOW data_directory").fetchone()
+                if row is None or Path(row[0]).resolve() != datadir.resolve():
+                    raise PortTaken("another PostgreSQL server answered on its port")
+                conn.execute(f"CREATE DATABASE {PG_DATABASE}")
 
-            port, proc, version = self._serve(teardown, "postgres", argv, probe, tmp, log, user)
+            def probe(port: int) -> str | None:
+                return POSTGRES.probe(
+                    PostgresLogin(LOOPBACK, port, PG_USER, password, "postgres"), claim
+                )
+
+            port, proc, version = self._serve(teardown, POSTGRES, argv, probe, tmp, log, user)
             info = self._info(started, version, binary, user, proc)
             yield PostgresService(LOOPBACK, port, PG_USER, password, PG_DATABASE, info)
 
@@ -384,37 +327,29 @@ class LocalProvider(ServiceProvider):
         started = time.monotonic()
         user = service_user()
         log = workdir / "redis.log"
-        binary = self._which("redis-server")
+        binary = self._which(REDIS.server)
         with Teardown() as teardown:
-            tmp = self._tempdir(teardown, "redis", labels, user)
+            tmp = self._tempdir(teardown, REDIS, labels, user)
 
             def argv(port: int) -> list[str]:
                 return [
-                    binary, "--port", str(port), "--bind", LOOPBACK, "--save", "",
-                    "--appendonly", "no", "--dir", str(tmp), "--daemonize", "no",
-                    "--logfile", "", "--protected-mode", "yes",
+                    binary, *REDIS.listen_args(port), "--save", "", "--appendonly", "no",
+                    "--dir", str(tmp), "--daemonize", "no", "--logfile", "",
+                    "--protected-mode", "yes",
                 ]  # fmt: skip
 
-            def probe(port: int) -> str | None:
-                """The server's version once it answers PING from its own folder."""
-                client = redis_client(LOOPBACK, port, timeout_s=1)
-                with contextlib.closing(client):
-                    try:
-                        client.ping()
-                    except redis.RedisError:  # not listening yet, loading, or not redis
-                        return None
-                    answered_dir = client.config_get("dir").get("dir")
-                    if answered_dir is None or Path(answered_dir).resolve() != tmp.resolve():
-                        raise _NotOurs
-                    return str(client.info("server").get("redis_version", ""))
+            def claim(client: redis.Redis) -> None:
+                """Make sure the server that answered is ours: it runs in our folder."""
+                answered_dir = client.config_get("dir").get("dir")
+                if answered_dir is None or Path(answered_dir).resolve() != tmp.resolve():
+                    raise PortTaken("another Redis server answered on its port")
 
-            port, proc, version = self._serve(teardown, "redis-server", argv, probe, tmp, log, user)
+            def probe(port: int) -> str | None:
+                return REDIS.probe(LOOPBACK, port, claim)
+
+            port, proc, version = self._serve(teardown, REDIS, argv, probe, tmp, log, user)
             info = self._info(started, version, binary, user, proc)
             yield RedisService(LOOPBACK, port, 0, info)
-
-
-class _NotOurs(Exception):
-    """Another server answered on the port our server was meant to have."""
 
 
 def _exit_reason(what: str, proc: ManagedProcess) -> str | None:
