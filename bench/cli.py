@@ -244,7 +244,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
 
 
 def _report(args: argparse.Namespace, console: Console) -> int:
-    from bench.report import collect, render_html, render_markdown, render_terminal
+    from bench.report import build, collect, render_html, render_markdown, render_terminal
 
     paths = args.paths or [Path("results")]
     results, warnings = collect(paths)
@@ -254,12 +254,13 @@ def _report(args: argparse.Namespace, console: Console) -> int:
         warnings += [f"baseline: {w}" for w in baseline_warnings]
     for warning in warnings:
         console.print(f"warning: {warning}", markup=False, highlight=False, style="yellow")
-    for renderable in render_terminal(results, baseline):
+    report = build(results, baseline)
+    for renderable in render_terminal(report):
         console.print(renderable)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "report.md").write_text(render_markdown(results, baseline), encoding="utf-8")
-        (args.out / "report.html").write_text(render_html(results, baseline), encoding="utf-8")
+        (args.out / "report.md").write_text(render_markdown(report), encoding="utf-8")
+        (args.out / "report.html").write_text(render_html(report), encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot write the report into {args.out}: {exc.strerror}") from exc
     console.print(f"report: {args.out / 'report.md'}, {args.out / 'report.html'}")

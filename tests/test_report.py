@@ -22,6 +22,8 @@ import pytest
 from rich.console import Console
 
 from bench.report import (
+    Report,
+    build,
     collect,
     compare,
     render_html,
@@ -61,9 +63,9 @@ def by_cell(results: list[Result], name: str) -> Result:
     return next(r for r in results if r.cell.name == name)
 
 
-def terminal_text(results: list[Result]) -> str:
+def terminal_text(report: Report) -> str:
     console = Console(file=io.StringIO(), width=200, color_system=None)
-    for renderable in render_terminal(results):
+    for renderable in render_terminal(report):
         console.print(renderable)
     out = console.file
     assert isinstance(out, io.StringIO)
@@ -79,7 +81,7 @@ def with_config(result: Result, **changes: object) -> Result:
 
 
 def speedup_table(results: list[Result]) -> tables.Table:
-    report = tables.build(results)
+    report = build(results)
     section = next(s for s in report.sections if s.title.startswith("Speedup"))
     assert section.tables, section.paragraphs
     return section.tables[0]
@@ -171,7 +173,7 @@ def test_number_formats() -> None:
 
 
 def test_markdown_matches_golden_file(results: list[Result]) -> None:
-    text = render_markdown(results)
+    text = render_markdown(build(results))
     if UPDATE_GOLDEN:
         GOLDEN.write_text(text, encoding="utf-8")
     assert text == GOLDEN.read_text(encoding="utf-8"), (
@@ -180,7 +182,7 @@ def test_markdown_matches_golden_file(results: list[Result]) -> None:
 
 
 def test_open_model_markdown_matches_golden_file(open_results: list[Result]) -> None:
-    text = render_markdown(open_results)
+    text = render_markdown(build(open_results))
     if UPDATE_GOLDEN:
         OPEN_GOLDEN.write_text(text, encoding="utf-8")
     assert text == OPEN_GOLDEN.read_text(encoding="utf-8"), (
@@ -191,7 +193,7 @@ def test_open_model_markdown_matches_golden_file(open_results: list[Result]) -> 
 def test_markdown_escapes_text_from_results(results: list[Result]) -> None:
     failed = by_cell(results, "python-postgres-redis")
     evil = failed.model_copy(update={"error": "bad | pipe <b>bold</b> *star*"})
-    text = render_markdown([evil])
+    text = render_markdown(build([evil]))
     assert r"bad \| pipe &lt;b&gt;bold&lt;/b&gt; \*star\*" in text
     assert "<b>" not in text
 
@@ -200,7 +202,7 @@ def test_markdown_escapes_text_from_results(results: list[Result]) -> None:
 
 
 def test_terminal_shows_matrix_endpoints_and_speedup(results: list[Result]) -> None:
-    text = terminal_text(results)
+    text = terminal_text(build(results))
     for expected in [
         "prefect-bench report",
         "4 results from 1 run: " + RUN,
@@ -234,7 +236,7 @@ def test_terminal_shows_matrix_endpoints_and_speedup(results: list[Result]) -> N
 
 
 def test_terminal_row_for_ok_cell(results: list[Result]) -> None:
-    lines = terminal_text(results).splitlines()
+    lines = terminal_text(build(results)).splitlines()
     row = next(ln for ln in lines if "zig" in ln and "sqlite" in ln and "ok" in ln)
     assert row.split()[1:] == [
         "zig",
@@ -252,7 +254,7 @@ def test_terminal_row_for_ok_cell(results: list[Result]) -> None:
 def test_terminal_does_not_interpret_markup_in_results(results: list[Result]) -> None:
     failed = by_cell(results, "python-postgres-redis")
     odd = failed.model_copy(update={"error": "[bold]not markup[/bold] [/]"})
-    assert "[bold]not markup[/bold] [/]" in terminal_text([odd])
+    assert "[bold]not markup[/bold] [/]" in terminal_text(build([odd]))
 
 
 # html
@@ -298,7 +300,7 @@ def check_html(page: str) -> _Checker:
 
 
 def test_html_is_well_formed_and_self_contained(results: list[Result]) -> None:
-    page = render_html(results)
+    page = render_html(build(results))
     checker = check_html(page)
     assert "table" in checker.tags and "svg" in checker.tags
     assert "script" not in checker.tags and "link" not in checker.tags
@@ -314,7 +316,7 @@ def test_html_is_well_formed_and_self_contained(results: list[Result]) -> None:
 def test_html_escapes_text_from_results(results: list[Result]) -> None:
     failed = by_cell(results, "python-postgres-redis")
     evil = failed.model_copy(update={"error": "<script>alert(1)</script> see http://x"})
-    page = render_html([evil])
+    page = render_html(build([evil]))
     check_html(page)
     assert "<script>" not in page and "&lt;script&gt;" in page
 
@@ -385,7 +387,7 @@ def test_speedup_needs_an_ok_reference(results: list[Result]) -> None:
     assert speedup_pairs([failed_python, zig]) == []
     moved = zig.model_copy(update={"cell": failed_python.cell.model_copy(update={"server": "zig"})})
     assert speedup_pairs([failed_python, moved]) == []
-    assert "Nothing to compare" in render_markdown([failed_python, zig])
+    assert "Nothing to compare" in render_markdown(build([failed_python, zig]))
 
 
 # like-for-like warnings
@@ -393,7 +395,7 @@ def test_speedup_needs_an_ok_reference(results: list[Result]) -> None:
 
 def test_no_warning_for_one_machine_and_one_config(results: list[Result]) -> None:
     assert comparability_warnings(results) == []
-    assert "Warning" not in render_markdown(results)
+    assert "Warning" not in render_markdown(build(results))
 
 
 def test_warning_for_different_machines(results: list[Result]) -> None:
@@ -403,9 +405,10 @@ def test_warning_for_different_machines(results: list[Result]) -> None:
     assert len(warnings) == 1
     assert "different machines" in warnings[0] and "bench-2" in warnings[0]
     assert "not like-for-like" in warnings[0]
-    assert "different machines" in render_markdown(changed)
-    assert "different machines" in terminal_text(changed)
-    assert "different machines" in render_html(changed)
+    report = build(changed)
+    assert "different machines" in render_markdown(report)
+    assert "different machines" in terminal_text(report)
+    assert "different machines" in render_html(report)
 
     other_cpu = [r if r is not zig else with_env(zig, cpu_model="AMD EPYC") for r in results]
     assert "AMD EPYC" in comparability_warnings(other_cpu)[0]
@@ -429,16 +432,83 @@ def test_warning_for_different_settings(results: list[Result]) -> None:
         warnings = comparability_warnings(changed)
         assert len(warnings) == 1, warnings
         assert "different settings" in warnings[0] and word in warnings[0]
-        assert "different settings" in render_markdown(changed)
+        assert "different settings" in render_markdown(build(changed))
+
+
+# skipped cells
+
+ZIG_MISSING = (
+    "no zig prefect-server given: pass --zig-binary PATH (or set BENCH_ZIG_BINARY), or --zig-src "
+    "DIR to build a checkout (or set BENCH_ZIG_SRC)"
+)
+
+
+def skipped_as(result: Result, cell: str, reason: str) -> Result:
+    server, db, broker = cell.split("-")
+    where = result.cell.model_copy(update={"server": server, "db": db, "broker": broker})
+    return result.model_copy(update={"cell": where, "error": reason})
+
+
+def test_skipped_cells_are_listed_once_below_the_matrix(results: list[Result]) -> None:
+    matrix = build(results).sections[0]
+    [table] = matrix.tables
+    assert [row[4].text for row in table.rows] == ["failed", "ok", "ok"]
+    assert table.rows[0][-1].text == "server died while measuring POST flow_runs (exit code 1)"
+    assert matrix.notes[0] == (
+        "Skipped zig-postgres-redis: no zig binary: pass --zig-binary PATH or set "
+        "BENCH_ZIG_BINARY to the prefect-server executable built with zig build "
+        "-Doptimize=ReleaseFast"
+    )
+
+
+def test_skipped_cells_are_grouped_by_reason(results: list[Result]) -> None:
+    skipped = by_cell(results, "zig-postgres-redis")
+    zig = [
+        skipped_as(skipped, f"zig-{db}-{broker}", ZIG_MISSING)
+        for db in ("sqlite", "postgres")
+        for broker in ("memory", "redis")
+    ]
+    no_postgres = skipped_as(skipped, "python-postgres-redis", "no provider can provide postgres")
+    report = build([*zig, no_postgres, by_cell(results, "python-sqlite-memory")])
+    assert report.sections[0].notes[:2] == [
+        "Skipped zig-postgres-memory, zig-postgres-redis, zig-sqlite-memory, zig-sqlite-redis: "
+        + ZIG_MISSING,
+        "Skipped python-postgres-redis: no provider can provide postgres",
+    ]
+    [table] = report.sections[0].tables
+    assert [row[1].text for row in table.rows] == ["python"]
+    for text in (render_markdown(report), terminal_text(report), render_html(report)):
+        assert text.count("zig-sqlite-redis") == 1
+        assert text.count("pass --zig-binary PATH") == 1
+
+
+def test_skipped_cells_of_several_runs_name_their_run(results: list[Result]) -> None:
+    skipped = by_cell(results, "zig-postgres-redis")
+    again = skipped.model_copy(update={"run_id": "20261127T090000Z-aaaa"})
+    assert build([skipped, again]).sections[0].notes == [
+        f"Skipped zig-postgres-redis ({RUN}), zig-postgres-redis (20261127T090000Z-aaaa): "
+        f"{skipped.error}"
+    ]
+
+
+def test_only_skipped_cells_leave_no_table(results: list[Result]) -> None:
+    skipped = by_cell(results, "zig-postgres-redis")
+    report = build([skipped])
+    matrix = report.sections[0]
+    assert matrix.tables == [] and matrix.paragraphs == ["No cell ran: every one was skipped."]
+    assert matrix.notes == [f"Skipped zig-postgres-redis: {skipped.error}"]
+    check_html(render_html(report))
+    assert "No cell ran: every one was skipped." in terminal_text(report)
 
 
 # edge cases
 
 
 def test_empty_input_says_so() -> None:
-    assert "No results found." in render_markdown([])
-    assert "No results found." in terminal_text([])
-    page = render_html([])
+    report = build([])
+    assert "No results found." in render_markdown(report)
+    assert "No results found." in terminal_text(report)
+    page = render_html(report)
     check_html(page)
     assert "No results found." in page
 
@@ -446,14 +516,15 @@ def test_empty_input_says_so() -> None:
 def test_results_without_endpoints_or_latency(results: list[Result]) -> None:
     python = by_cell(results, "python-sqlite-memory").model_copy(update={"endpoints": []})
     skipped = by_cell(results, "zig-postgres-redis")
+    report = build([python, skipped])
     for render in (render_markdown, render_html):
-        text = render([python, skipped])
+        text = render(report)
         assert "No endpoint measurements." in text
         assert "Nothing to compare" in text
-    assert "No endpoint measurements." in terminal_text([python, skipped])
+    assert "No endpoint measurements." in terminal_text(report)
 
     zig = by_cell(results, "zig-sqlite-memory")  # POST flow_runs at c=4: latency_ms None
-    p99 = tables.build([zig]).sections[1].tables[2]
+    p99 = build([zig]).sections[1].tables[2]
     assert p99.title == "p99 latency (ms)"
     assert column(p99, "zig")[("POST flow_runs", "4")] == "-"
 
@@ -461,7 +532,7 @@ def test_results_without_endpoints_or_latency(results: list[Result]) -> None:
 def test_several_runs_label_columns_with_run_ids(results: list[Result]) -> None:
     zig = by_cell(results, "zig-sqlite-memory")
     later = zig.model_copy(update={"run_id": "20261127T090000Z-aaaa"})
-    text = render_markdown([zig, later])
+    text = render_markdown(build([zig, later]))
     assert "2 results from 2 runs" in text
     assert f"zig-sqlite-memory ({RUN})" in text
     assert "zig-sqlite-memory (20261127T090000Z-aaaa)" in text
@@ -483,7 +554,8 @@ def test_warning_when_server_and_client_share_cpus(results: list[Result]) -> Non
     for server_cpus, client_cpus, warned in cases:
         pinned = with_config(zig, server_cpus=server_cpus, client_cpus=client_cpus)
         changed = [r if r is not zig else pinned for r in results]
-        warnings = tables.build(changed).warnings
+        report = build(changed)
+        warnings = report.warnings
         assert bool(warnings) == warned, (server_cpus, client_cpus, warnings)
         if warned:
             assert len(warnings) == 1
@@ -492,11 +564,9 @@ def test_warning_when_server_and_client_share_cpus(results: list[Result]) -> Non
                 f"server on CPUs {','.join(str(c) for c in sorted(server_cpus or []))}"
                 in (warnings[0])
             )
-            assert "Warning" in render_markdown(changed)
-            assert "WARNING: The server and the load generator shared CPUs" in terminal_text(
-                changed
-            )
-            assert "shared CPUs in zig-sqlite-memory" in render_html(changed)
+            assert "Warning" in render_markdown(report)
+            assert "WARNING: The server and the load generator shared CPUs" in terminal_text(report)
+            assert "shared CPUs in zig-sqlite-memory" in render_html(report)
 
 
 def test_shared_cpu_warning_names_every_result_and_its_run(results: list[Result]) -> None:
@@ -505,7 +575,7 @@ def test_shared_cpu_warning_names_every_result_and_its_run(results: list[Result]
     later = with_config(zig, server_cpus=[1], client_cpus=[0, 1]).model_copy(
         update={"run_id": "20261127T090000Z-aaaa"}
     )
-    warnings = tables.build([python, zig, later]).warnings
+    warnings = build([python, zig, later]).warnings
     assert len(warnings) == 1, warnings
     assert f"python-sqlite-memory ({RUN}): server on CPUs 0, client on CPUs 0" in warnings[0]
     assert (
@@ -517,14 +587,14 @@ def test_shared_cpu_warning_names_every_result_and_its_run(results: list[Result]
 
 def test_shared_cpu_warning_ignores_results_without_measurements(results: list[Result]) -> None:
     skipped = with_config(by_cell(results, "zig-postgres-redis"), server_cpus=[0], client_cpus=[0])
-    assert tables.build([skipped]).warnings == []
+    assert build([skipped]).warnings == []
 
 
 # open model
 
 
 def open_table(results: list[Result]) -> tables.Table | None:
-    section = next(s for s in tables.build(results).sections if s.title == "Endpoints")
+    section = next(s for s in build(results).sections if s.title == "Endpoints")
     return next((t for t in section.tables if t.title and t.title.startswith("Open model")), None)
 
 
@@ -543,10 +613,11 @@ def test_open_model_shows_offered_and_achieved_rate_and_late_sends(
     }
     tones = {(row[0].text, row[2].tone) for row in table.rows}
     assert tones == {("GET health", ""), ("POST flow_runs", "bad")}  # 118 of 500: not held
-    for text in (render_markdown(open_results), terminal_text(open_results)):
+    report = build(open_results)
+    for text in (render_markdown(report), terminal_text(report)):
         assert "≥118 / 500, 1904 late" in text
         assert "Open model: requests were sent on a fixed schedule" in text
-    assert "≥118 / 500, 1904 late" in render_html(open_results)
+    assert "≥118 / 500, 1904 late" in render_html(report)
 
 
 def test_open_model_rate_from_config_when_endpoints_lack_it(open_results: list[Result]) -> None:
@@ -560,7 +631,51 @@ def test_open_model_rate_from_config_when_endpoints_lack_it(open_results: list[R
 
 def test_closed_model_has_no_open_model_table(results: list[Result]) -> None:
     assert open_table(results) is None
-    assert "Open model" not in render_markdown(results)
+    assert "Open model" not in render_markdown(build(results))
+
+
+def with_rate_held(result: Result, late_sends: int, rate_held: bool | None) -> Result:
+    eps = [
+        ep.model_copy(update={"late_sends": late_sends, "rate_held": rate_held})
+        for ep in result.endpoints
+    ]
+    return result.model_copy(update={"endpoints": eps})
+
+
+def test_open_model_rate_held_is_the_engines(open_results: list[Result]) -> None:
+    # 500 of 500 achieved, but 100 of ~2500 sends late: the engine says the rate was not held.
+    zig = with_rate_held(by_cell(open_results, "zig-sqlite-memory"), 100, False)
+    table = open_table([zig])
+    assert table is not None
+    assert [(row[2].text, row[2].tone) for row in table.rows] == [
+        ("500 / 500, 100 late", "bad"),
+        ("500 / 500, 100 late", "bad"),
+    ]
+    [note] = [n for n in build([zig]).sections[1].notes if n.startswith("Open model")]
+    assert note.endswith(
+        "an achieved rate below 95% of the offered one, or more than 1% of the scheduled sends "
+        "late, means the rate was not held."
+    )
+
+
+def test_open_model_without_stored_rate_held_judges_the_achieved_rate(
+    open_results: list[Result],
+) -> None:
+    # Older results lack rate_held: 500 of 500 holds, whatever the late sends.
+    zig = with_rate_held(by_cell(open_results, "zig-sqlite-memory"), 100, None)
+    python = by_cell(open_results, "python-sqlite-memory")
+    table = open_table([python, zig])
+    assert table is not None
+    assert [row[3].tone for row in table.rows] == ["", ""]
+    assert [row[2].tone for row in table.rows] == ["", "bad"]  # 118 of 500
+    notes = build([python, zig]).sections[1].notes
+    assert any(n.endswith("of the offered one means the rate was not held.") for n in notes)
+    stored = with_rate_held(zig, 0, True)
+    notes = build([python, stored]).sections[1].notes
+    assert any(
+        "late (late sends not counted for results that do not record rate_held), means" in n
+        for n in notes
+    )
 
 
 # significance and changes between runs
@@ -601,7 +716,7 @@ def test_changes_compare_each_cell_with_its_previous_run(results: list[Result]) 
     first = with_slices(zig, 1.0, 0.01)
     second = later(with_slices(zig, 0.5, 0.01), "20261127T090000Z-aaaa", 27)
     third = later(with_slices(zig, 0.51, 0.2), "20261128T090000Z-bbbb", 28)
-    report = tables.build([first, second, third, python])
+    report = build([first, second, third, python])
     section = next(s for s in report.sections if s.title.startswith("Changes"))
     [table] = section.tables
     header = "zig-sqlite-memory: 20261128T090000Z-bbbb vs 20261127T090000Z-aaaa"
@@ -609,7 +724,7 @@ def test_changes_compare_each_cell_with_its_previous_run(results: list[Result]) 
     values = column(table, header)
     assert values[("GET flow", "1")] == "1.02× ~"  # 0.51 / 0.5 with ±20% slices: noise
     assert any(n.startswith("~: within the noise") for n in section.notes)
-    two_runs = tables.build([first, second])
+    two_runs = build([first, second])
     [table] = next(s for s in two_runs.sections if s.title.startswith("Changes")).tables
     values = column(table, table.columns[2].header)
     assert values[("GET flow", "1")] == "0.50×"  # halved, well outside ±1% slices
@@ -618,7 +733,7 @@ def test_changes_compare_each_cell_with_its_previous_run(results: list[Result]) 
 
 
 def test_no_changes_section_for_a_single_run(results: list[Result]) -> None:
-    assert not any(s.title.startswith("Changes") for s in tables.build(results).sections)
+    assert not any(s.title.startswith("Changes") for s in build(results).sections)
 
 
 def test_speedup_within_the_noise_is_marked(results: list[Result]) -> None:
@@ -645,7 +760,7 @@ def runs(result: Result, scales: list[float], prefix: str) -> list[Result]:
 
 
 def baseline_table(baseline: list[Result], results: list[Result]) -> tables.Table:
-    section = tables.build(results, baseline).sections[-1]
+    section = build(results, baseline).sections[-1]
     assert section.title == "Against the baseline"
     [table] = section.tables
     return table
@@ -672,6 +787,6 @@ def test_baseline_comparison_needs_four_runs_a_side(results: list[Result]) -> No
 
 def test_baseline_without_common_cells_says_so(results: list[Result]) -> None:
     python = by_cell(results, "python-sqlite-memory")
-    section = tables.build([python], [by_cell(results, "zig-sqlite-memory")]).sections[-1]
+    section = build([python], [by_cell(results, "zig-sqlite-memory")]).sections[-1]
     assert section.title == "Against the baseline" and not section.tables
     assert section.paragraphs[0].startswith("Nothing to compare")

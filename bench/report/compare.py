@@ -102,8 +102,6 @@ class RunsChange:
 
     ratio: float
     p_value: float | None
-    n_old: int
-    n_new: int
 
     @property
     def significant(self) -> bool | None:
@@ -118,7 +116,7 @@ def runs_change(old: Sequence[float], new: Sequence[float]) -> RunsChange | None
     p_value = None
     if min(len(old), len(new)) >= MIN_RUNS:
         p_value = permutation_p_value(old, new)
-    return RunsChange(ratio, p_value, len(old), len(new))
+    return RunsChange(ratio, p_value)
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,7 @@ from __future__ import annotations
 import math
 from html import escape
 
-from bench.report import tables
 from bench.report.tables import Chart, Report, Table
-from bench.results import Result
 
 PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#eeca3b", "#9d755d"]
 
@@ -159,7 +157,8 @@ def _chart(chart: Chart, colors: dict[str, str]) -> str:
     )
 
 
-def render(report: Report) -> str:
+def render_html(report: Report) -> str:
+    """`report` as a self-contained HTML page (report.html): works offline, no scripts."""
     body = [f"<h1>{escape(report.title)}</h1>", f"<p>{escape(report.summary)}</p>"]
     body += [
         f'<p class="warning"><strong>Warning:</strong> {escape(w)}</p>' for w in report.warnings
@@ -186,8 +185,3 @@ def render(report: Report) -> str:
         + "\n".join(body)
         + "\n</body>\n</html>\n"
     )
-
-
-def render_html(results: list[Result], baseline: list[Result] | None = None) -> str:
-    """A self-contained HTML page for `results` (report.html): works offline, no scripts."""
-    return render(tables.build(results, baseline))

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import re
 
-from bench.report import tables
 from bench.report.tables import Report, Table
-from bench.results import Result
 
 # Characters that Markdown (or a GFM table) would otherwise interpret.
 _SPECIAL = re.compile(r"([\\`*_\[\]|#])")
@@ -27,7 +25,8 @@ def _table(table: Table) -> list[str]:
     return lines
 
 
-def render(report: Report) -> str:
+def render_markdown(report: Report) -> str:
+    """`report` as a Markdown document (report.md)."""
     lines = [f"# {escape(report.title)}", "", escape(report.summary), ""]
     for warning in report.warnings:
         lines += [f"> **Warning:** {escape(warning)}", ""]
@@ -40,8 +39,3 @@ def render(report: Report) -> str:
         for note in section.notes:
             lines += [f"_{escape(note)}_", ""]
     return "\n".join(lines).rstrip("\n") + "\n"
-
-
-def render_markdown(results: list[Result], baseline: list[Result] | None = None) -> str:
-    """A Markdown document for `results` (report.md)."""
-    return render(tables.build(results, baseline))

@@ -60,15 +60,20 @@ BASELINE_NOTE = (
     "a side: no test can tell then (with 3 a side the smallest p is 0.1). Totals sum the "
     "endpoints every run measured at that concurrency."
 )
-# Open model: an achieved rate below this share of the offered one did not hold the rate.
+# Open model: whether the rate held is the engine's `rate_held` (bench/engine/measure.py: achieved
+# >= 95% of offered and late sends <= 1% of the scheduled ones); results written before it was
+# stored are judged by the achieved rate alone.
 HELD_SHARE = 0.95
+LATE_SHARE = 0.01
 OPEN_NOTE = (
     "Open model: requests were sent on a fixed schedule at the offered rate; latencies run from "
     "each request's scheduled send time, so a stall of the server shows in the tail. A late send "
     "left after its scheduled time: every connection was still waiting on the server, or the "
-    "load generator fell behind (then its numbers are marked as bounds); an achieved rate below "
-    f"{HELD_SHARE:.0%} of the offered one means the rate was not held."
+    "load generator fell behind (then its numbers are marked as bounds)"
 )
+SHARE_RULE = f"an achieved rate below {HELD_SHARE:.0%} of the offered one"
+LATE_RULE = f"more than {LATE_SHARE:.0%} of the scheduled sends late"
+OLD_RESULTS = "late sends not counted for results that do not record rate_held"
 
 
 @dataclass(frozen=True)
@@ -162,8 +167,19 @@ def _open_value(result: Result, ep: EndpointResult | None) -> Value:
     text = f"{_rps_value(ep.rps, ep.client_saturated).text} / {fmt_num(offered)}"
     if ep.late_sends is not None:
         text += f", {ep.late_sends} late"
-    held = offered > 0 and ep.rps >= HELD_SHARE * offered
+    held = ep.rate_held
+    if held is None:
+        held = offered > 0 and ep.rps >= HELD_SHARE * offered
     return Value(text, number=ep.rps / offered if offered else None, tone="" if held else "bad")
+
+
+def _open_note(rate_held: Sequence[bool | None]) -> str:
+    """OPEN_NOTE ending with the rule the rates shown were judged by (`rate_held` of each)."""
+    rule = SHARE_RULE
+    if any(held is not None for held in rate_held):
+        old = f" ({OLD_RESULTS})" if None in rate_held else ""
+        rule = f"{SHARE_RULE}, or {LATE_RULE}{old},"
+    return f"{OPEN_NOTE}; {rule} means the rate was not held."
 
 
 def _errors_value(ep: EndpointResult | None) -> Value:
@@ -254,6 +270,18 @@ def _status_value(result: Result) -> Value:
     return Value(result.status, tone=result.status)
 
 
+def _skipped_notes(skipped: Sequence[Result], multi_run: bool) -> list[str]:
+    """One line per distinct reason, naming every cell skipped for it."""
+    cells: dict[str, list[str]] = {}
+    for r in skipped:
+        # The whole reason: it says how to make the cell run, and it is shown once here.
+        reason = " ".join((r.error or "").split()) or "no reason recorded"
+        cells.setdefault(reason, []).append(
+            f"{r.cell.name} ({r.run_id})" if multi_run else r.cell.name
+        )
+    return [f"Skipped {', '.join(names)}: {reason}" for reason, names in cells.items()]
+
+
 def _matrix_section(results: list[Result], multi_run: bool) -> Section:
     ok = [r for r in results if r.status == "ok"]
     levels = aggregate.concurrency_levels(ok)
@@ -267,7 +295,9 @@ def _matrix_section(results: list[Result], multi_run: bool) -> Section:
     ]
     table = Table(None, columns)
     saturated = False
-    for r in results:
+    # Skipped cells are listed below the table, once per reason: their reasons are long.
+    skipped = [r for r in results if r.status == "skipped"]
+    for r in (r for r in results if r.status != "skipped"):
         row = [Value(r.run_id), Value(r.cell.server), Value(r.cell.db), Value(r.cell.broker)]
         row.append(_status_value(r))
         if r.status == "ok":
@@ -285,11 +315,15 @@ def _matrix_section(results: list[Result], multi_run: bool) -> Section:
             row += [Value(MISSING) for _ in levels] + [Value(MISSING)] * 3
             row.append(Value(first_line(r.error) or MISSING, tone=r.status))
         table.rows.append(row)
-    section = Section("Matrix", tables=[table])
-    section.paragraphs.append(
-        "Total rps is the sum of the successful requests per second of every endpoint "
-        "measured at that concurrency."
-    )
+    section = Section("Matrix")
+    if table.rows:
+        section.tables.append(table)
+        section.paragraphs.append(
+            "Total rps is the sum of the successful requests per second of every endpoint "
+            "measured at that concurrency."
+        )
+    else:
+        section.paragraphs.append("No cell ran: every one was skipped.")
     if ok and levels:
         section.charts.append(
             Chart(
@@ -306,6 +340,7 @@ def _matrix_section(results: list[Result], multi_run: bool) -> Section:
                 ],
             )
         )
+    section.notes += _skipped_notes(skipped, multi_run)
     if saturated:
         section.notes.append(SATURATED_NOTE)
     return section
@@ -340,9 +375,15 @@ def _endpoint_section(results: list[Result], multi_run: bool) -> Section:
         p99.rows.append(key + [_ms_value(e, "p99") for e in eps])
         errors.rows.append(key + [_errors_value(e) for e in eps])
     section.tables.append(rps)
-    if any(v.text != MISSING for row in rates.rows for v in row[2:]):
+    offered = [
+        e
+        for r, m in zip(measured, by_result, strict=True)
+        for e in m.values()
+        if _offered_rps(r, e) is not None
+    ]
+    if offered:
         section.tables.append(rates)
-        section.notes.append(OPEN_NOTE)
+        section.notes.append(_open_note([e.rate_held for e in offered]))
     section.tables += [p50, p99]
     if any(ep.errors and sum(ep.errors.values()) for r in measured for ep in r.endpoints):
         section.tables.append(errors)

@@ -7,9 +7,7 @@ from rich.console import RenderableType
 from rich.table import Table as RichTable
 from rich.text import Text
 
-from bench.report import tables
 from bench.report.tables import Report, Table, Tone
-from bench.results import Result
 
 STYLES: dict[Tone, str] = {
     "": "",
@@ -43,7 +41,8 @@ def _table(table: Table) -> RichTable:
     return out
 
 
-def render(report: Report) -> list[RenderableType]:
+def render_terminal(report: Report) -> list[RenderableType]:
+    """Rich renderables (title, warnings, tables) for `report`, to print one after another."""
     out: list[RenderableType] = [Text(report.title, style="bold underline"), Text(report.summary)]
     out += [Text(f"WARNING: {w}", style="bold yellow") for w in report.warnings]
     for section in report.sections:
@@ -52,10 +51,3 @@ def render(report: Report) -> list[RenderableType]:
         out += [_table(t) for t in section.tables]
         out += [Text(n, style="dim") for n in section.notes]
     return out
-
-
-def render_terminal(
-    results: list[Result], baseline: list[Result] | None = None
-) -> list[RenderableType]:
-    """Rich renderables (title, warnings, tables) for `results`, to print one after another."""
-    return render(tables.build(results, baseline))
