@@ -1,7 +1,8 @@
 """Sessions only; the logic lives in the `bench` package.
 
-nox -s matrix                                              every cell, then the report
-nox -s "bench(server='python', db='sqlite', broker='memory')" -- --duration 2
+nox -s matrix                                       every cell, then the report
+nox -s "bench(server='zig', db='postgres')" -- --duration 2
+nox -s "bench(server='python', db='sqlite', broker='redis')"
 nox -s report | tests | lint
 """
 
@@ -18,7 +19,9 @@ import nox
 
 ROOT = Path(__file__).parent
 sys.path.insert(0, str(ROOT))
-from bench.matrix import cells  # noqa: E402  (standard library only)
+from bench.errors import ConfigError  # noqa: E402  (standard library only)
+from bench.matrix import cells, session_params  # noqa: E402
+from bench.servers.specs import builtin_server_names  # noqa: E402
 
 PREFECT_VERSION = os.environ.get("PREFECT_VERSION", "3.9.1")
 RESULTS = Path(os.environ.get("BENCH_RESULTS_DIR", ROOT / "results")).resolve()
@@ -28,6 +31,18 @@ EXIT_SKIPPED = 3  # bench.cli.EXIT_SKIPPED
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.sessions = ["matrix"]
 nox.options.reuse_venv = "yes"
+
+
+def _cells() -> tuple[list[tuple[str, str, str]], str | None]:
+    """The cells, and the error of a servers.toml that cannot be read (then only the built-in
+    servers' cells): a broken servers.toml must not break `nox -l` or `nox -s lint`."""
+    try:
+        return cells(), None
+    except ConfigError as exc:
+        return cells(builtin_server_names()), str(exc)
+
+
+CELLS, CELLS_ERROR = _cells()
 
 
 def _new_run_id() -> str:
@@ -45,9 +60,11 @@ def _install(session: nox.Session, extras: str = "") -> None:
 
 
 @nox.session(default=False)
-@nox.parametrize("server,db,broker", cells())
+@nox.parametrize("server,db,broker", [nox.param(*cell, id=session_params(*cell)) for cell in CELLS])
 def bench(session: nox.Session, server: str, db: str, broker: str) -> None:
     """One cell: server × db × broker. Arguments after -- go to `python -m bench run`."""
+    if CELLS_ERROR:
+        session.error(CELLS_ERROR)
     _install(session, "[zig]" if server == "zig" else "")
     run_id = os.environ.get(RUN_ID_ENV) or _new_run_id()
     status_file = Path(session.create_tmp()) / f"{server}-{db}-{broker}-{run_id}.json"
@@ -83,11 +100,13 @@ def bench(session: nox.Session, server: str, db: str, broker: str) -> None:
 @nox.session(venv_backend="none")
 def matrix(session: nox.Session) -> None:
     """Every cell in turn under one run id, then the report."""
+    if CELLS_ERROR:
+        session.error(CELLS_ERROR)
     run_id = _new_run_id()
     os.environ[RUN_ID_ENV] = run_id
     session.log(f"run {run_id}: results in {RESULTS / run_id}")
-    for server, db, broker in cells():
-        session.notify(f"bench(server={server!r}, db={db!r}, broker={broker!r})", session.posargs)
+    for cell in CELLS:
+        session.notify(f"bench({session_params(*cell)})", session.posargs)
     session.notify("report", [str(RESULTS / run_id)])
 
 

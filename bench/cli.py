@@ -11,7 +11,6 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 import signal
@@ -19,17 +18,20 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn
+from typing import Any, NoReturn
 
+from pydantic import ValidationError
 from rich.console import Console
 
 from bench import __version__
 from bench.errors import BenchError, ConfigError
 from bench.matrix import BROKERS, DBS
 from bench.progress import progress_for
-from bench.results import Cell, new_run_id, result_path, write_result
-from bench.runner import EXTERNAL_SERVER, INTERRUPTED, RunOptions, run_cell
-from bench.servers_config import server_names
+from bench.results import Cell, RunConfig, new_run_id, result_path, write_result
+from bench.runner import EXTERNAL_SERVER, INTERRUPTED, CellRun, parse_url, run_cell
+from bench.servers.registry import make_server, server_options
+from bench.servers.specs import server_names
+from bench.services import PROVIDERS
 from bench.workloads import WORKLOADS
 
 EXIT_OK = 0
@@ -40,6 +42,8 @@ EXIT_INTERRUPTED = 130
 
 _EXIT_BY_STATUS = {"ok": EXIT_OK, "failed": EXIT_FAILED, "skipped": EXIT_SKIPPED}
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# argparse dest of a server adapter's own option: "<server>:<dest>"
+_SERVER_OPTION = "{server}:{dest}"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,59 +51,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _float_at_least(low: float, inclusive: bool) -> Callable[[str], float]:
-    """An argparse type: a number above `low` (or equal to it, if `inclusive`)."""
-    sign = ">=" if inclusive else ">"
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-        if not (value >= low if inclusive else value > low):
-            raise argparse.ArgumentTypeError(f"must be {sign} {low:g}, got {text}")
-        return value
-
-    return parse
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected whole numbers separated by commas (e.g. 1,4,16), got {text!r}"
+        ) from None
 
 
-_positive_float = _float_at_least(0, inclusive=False)
-_non_negative_float = _float_at_least(0, inclusive=True)
-
-
-def _concurrency_list(text: str) -> tuple[int, ...]:
-    levels = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part.isdigit() or int(part) == 0:
-            raise argparse.ArgumentTypeError(
-                f"expected positive integers separated by commas (e.g. 1,4,16), got {text!r}"
-            )
-        levels.append(int(part))
-    return tuple(levels)
-
-
-def _positive_int(text: str) -> int:
-    if not text.strip().isdigit() or int(text) == 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
-
-
-def _cpu_list(text: str) -> tuple[int, ...]:
+def _cpu_list(text: str) -> list[int]:
+    cpus = _int_list(text)
     usable = os.sched_getaffinity(0)
-    cpus = []
-    for part in text.split(","):
-        if not part.strip().isdigit():
-            raise argparse.ArgumentTypeError(f"expected CPU numbers like 0,1, got {text!r}")
-        cpus.append(int(part))
     if not set(cpus) <= usable:
         raise argparse.ArgumentTypeError(
             f"CPU {sorted(set(cpus) - usable)} is not usable here (usable: "
             f"{','.join(map(str, sorted(usable)))})"
         )
-    return tuple(cpus)
+    return cpus
 
 
 def _run_id(text: str) -> str:
@@ -108,14 +77,73 @@ def _run_id(text: str) -> str:
     return text
 
 
-def _choice(known: Sequence[str], what: str):  # type: ignore[no-untyped-def]
-    def check(text: str) -> str:
-        if text not in known:
-            raise argparse.ArgumentTypeError(f"unknown {what} {text!r} (known: {', '.join(known)})")
+class _Choice:
+    """An argparse type: one of `known` names, refused with the list of them otherwise."""
+
+    def __init__(self, known: Sequence[str], what: str) -> None:
+        self.known, self.__name__ = tuple(known), what
+
+    def __call__(self, text: str) -> str:
+        if text not in self.known:
+            raise argparse.ArgumentTypeError(
+                f"unknown {self.__name__} {text!r} (known: {', '.join(self.known)})"
+            )
         return text
 
-    check.__name__ = what
-    return check
+
+# The options of `run` that fill RunConfig: flag, RunConfig field, how the text is read (None:
+# a switch), metavar. Their help and defaults are RunConfig's, and RunConfig checks their
+# values: each option is declared once.
+CONFIG_OPTIONS: tuple[tuple[str, str, Callable[[str], Any] | None, str | None], ...] = (
+    ("--workload", "workload", _Choice(tuple(WORKLOADS), "workload"), "NAME"),
+    ("--duration", "duration_s", float, "S"),
+    ("--warmup", "warmup_s", float, "S"),
+    ("--concurrency", "concurrency", _int_list, "LIST"),
+    ("--rate", "rate", float, "R"),
+    ("--engine-procs", "engine_procs", int, "N"),
+    ("--server-cpus", "server_cpus", _cpu_list, "LIST"),
+    ("--client-cpus", "client_cpus", _cpu_list, "LIST"),
+    ("--url", "url", str, "URL"),
+    ("--provider", "provider", _Choice(tuple(PROVIDERS), "provider"), "NAME"),
+    ("--no-services", "no_services", None, None),
+)
+_FLAG_OF = {field: flag for flag, field, _, _ in CONFIG_OPTIONS}
+
+
+def _config_help(field: str, parse: Callable[[str], Any] | None) -> str:
+    info = RunConfig.model_fields[field]
+    text = info.description or ""
+    if isinstance(parse, _Choice):
+        text = f"{', '.join(parse.known)}: {text}"
+    if info.default not in (None, False) and "default" not in text:
+        default = info.default
+        shown = ",".join(map(str, default)) if isinstance(default, list) else f"{default:g}"
+        text += f" (default {shown})"
+    return text.replace("%", "%%")
+
+
+def _add_config_options(run: argparse.ArgumentParser) -> None:
+    for flag, field, parse, metavar in CONFIG_OPTIONS:
+        how: dict[str, Any] = (
+            {"action": "store_true"} if parse is None else {"type": parse, "metavar": metavar}
+        )
+        run.add_argument(
+            flag, dest=field, default=argparse.SUPPRESS, help=_config_help(field, parse), **how
+        )
+
+
+def _add_server_options(run: argparse.ArgumentParser) -> None:
+    for server, options in server_options().items():
+        group = run.add_argument_group(f"the {server} server")
+        for option in options:
+            env = f" (or set {option.env})" if option.env else ""
+            group.add_argument(
+                option.flag,
+                dest=_SERVER_OPTION.format(server=server, dest=option.dest),
+                type=Path,
+                metavar=option.metavar,
+                help=option.help + env,
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,52 +152,29 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = commands.add_parser("run", help="benchmark one cell (server × db × broker)")
-    run.add_argument("--server", default="python", help="python, zig or one of --servers")
-    run.add_argument("--db", type=_choice(DBS, "db"), default="sqlite")
-    run.add_argument("--broker", type=_choice(BROKERS, "broker"), default="memory")
     run.add_argument(
-        "--url",
-        help="benchmark a server that is already running, e.g. http://127.0.0.1:4200/api",
+        "--server", default="python", help="python, zig or one of --servers (default python)"
     )
     run.add_argument(
-        "--workload",
-        type=_choice(tuple(WORKLOADS), "workload"),
-        help="seed (default) or health (default with --url)",
-    )
-    run.add_argument("--duration", type=_positive_float, default=5.0, help="seconds measured")
-    run.add_argument("--warmup", type=_non_negative_float, default=1.0, help="seconds not counted")
-    run.add_argument(
-        "--concurrency",
-        type=_concurrency_list,
-        default=(1, 4, 16, 64),
-        help="connections per level, comma-separated (default 1,4,16,64)",
+        "--db",
+        type=_Choice(DBS, "db"),
+        default=DBS[0],
+        help=f"{' or '.join(DBS)} (default {DBS[0]})",
     )
     run.add_argument(
-        "--rate",
-        type=_positive_float,
-        help="open model: requests/s per endpoint, latency from each intended send time "
-        "(default: closed model)",
+        "--broker",
+        type=_Choice(BROKERS, "broker"),
+        default=BROKERS[0],
+        help=f"{' or '.join(BROKERS)} (default {BROKERS[0]})",
     )
-    run.add_argument(
-        "--engine-procs", type=_positive_int, help="load generator processes (default: automatic)"
-    )
-    run.add_argument("--server-cpus", type=_cpu_list, help="pin the server to these CPUs, e.g. 0")
-    run.add_argument("--client-cpus", type=_cpu_list, help="pin the load generator, e.g. 1")
+    _add_config_options(run)
     run.add_argument("--out", type=Path, default=Path("results"), help="results folder")
     run.add_argument("--run-id", type=_run_id, help="join an existing run (default: a new id)")
     run.add_argument("--json", type=Path, help="also write the result to exactly this path")
     run.add_argument(
-        "--provider",
-        choices=("docker", "local", "external"),
-        help="force how PostgreSQL/Redis are provided (default: external > docker > local)",
-    )
-    run.add_argument("--no-services", action="store_true", help="the server's API alone")
-    zig = run.add_mutually_exclusive_group()
-    zig.add_argument("--zig-binary", type=Path, help="the zig prefect-server executable")
-    zig.add_argument("--zig-src", type=Path, help="a zig prefect-server checkout to build")
-    run.add_argument(
         "--servers", type=Path, help="custom servers (default: servers.toml if present)"
     )
+    _add_server_options(run)
 
     report = commands.add_parser("report", help="aggregate results into a report")
     report.add_argument("paths", nargs="*", type=Path, help="result files or folders")
@@ -184,40 +189,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _config(args: argparse.Namespace) -> RunConfig:
+    """The run's configuration from the options given; ConfigError naming the bad option."""
+    given = {field: getattr(args, field) for field in _FLAG_OF if hasattr(args, field)}
+    try:
+        config = RunConfig(**given)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        flag = _FLAG_OF.get(str(error["loc"][0]), str(error["loc"][0])) if error["loc"] else ""
+        raise ConfigError(f"{flag}: {error['msg'][0].lower()}{error['msg'][1:]}") from None
+    if config.url:
+        parse_url(config.url)  # bad input: before anything is written
+    return config
+
+
+def _cell_run(args: argparse.Namespace) -> CellRun:
+    config = _config(args)
+    run_id = args.run_id or new_run_id()
+    if config.url:
+        return CellRun(Cell(server=EXTERNAL_SERVER), run_id, args.out, config, server=None)
+    known = server_names(args.servers)
+    if args.server not in known:
+        raise ConfigError(f"unknown server {args.server!r} (known: {', '.join(known)})")
+    prefix = _SERVER_OPTION.format(server=args.server, dest="")
+    options = {k[len(prefix) :]: v for k, v in vars(args).items() if k.startswith(prefix)}
+    server = make_server(args.server, options, servers_file=args.servers)
+    cell = Cell(server=args.server, db=args.db, broker=args.broker)
+    return CellRun(cell, run_id, args.out, config, server)
+
+
 def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
-    if args.url:
-        cell = Cell(server=EXTERNAL_SERVER)
-        workload = args.workload or "health"
-    else:
-        known = server_names(args.servers)
-        if args.server not in known:
-            raise ConfigError(f"unknown server {args.server!r} (known: {', '.join(known)})")
-        cell = Cell(server=args.server, db=args.db, broker=args.broker)
-        workload = args.workload or "seed"
-    opts = RunOptions(
-        cell=cell,
-        run_id=args.run_id or new_run_id(),
-        out_dir=args.out,
-        workload=workload,
-        duration_s=args.duration,
-        warmup_s=args.warmup,
-        concurrency=args.concurrency,
-        url=args.url,
-        provider=args.provider,
-        no_services=args.no_services,
-        zig_binary=args.zig_binary,
-        zig_src=args.zig_src,
-        servers_file=args.servers,
-        rate=args.rate,
-        engine_procs=args.engine_procs,
-        server_cpus=args.server_cpus,
-        client_cpus=args.client_cpus,
-    )
-    path = result_path(opts.out_dir, opts.run_id, cell)
+    run = _cell_run(args)
+    cell = run.cell
+    path = result_path(run.out_dir, run.run_id, cell)
     if path.exists():
         raise ConfigError(f"{path} exists: results are never overwritten (use another --run-id)")
     if args.json and args.json.exists():
@@ -231,7 +239,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         raise ConfigError(f"cannot write results into {path.parent}: {exc.strerror}") from exc
 
     with progress_for(console, cell.name) as progress:
-        result = run_cell(opts, progress)
+        result = run_cell(run, progress)
     write_result(result, path)
     if args.json:
         write_result(result, args.json)

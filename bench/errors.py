@@ -27,7 +27,3 @@ class VerificationError(BenchError):
 
 class ResultsError(BenchError):
     """A result could not be written or read."""
-
-
-class Interrupted(BenchError):
-    """The run was interrupted (Ctrl-C or SIGTERM)."""

@@ -1,4 +1,4 @@
-"""The matrix: which servers, databases and brokers exist, and their cells.
+"""The matrix: which databases and brokers exist, the cells, and their nox session ids.
 
 Standard library only: noxfile.py imports it to parametrize its sessions.
 """
@@ -6,18 +6,30 @@ Standard library only: noxfile.py imports it to parametrize its sessions.
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
-
-from bench.servers_config import server_names
+from collections.abc import Sequence
 
 DBS = ("sqlite", "postgres")
 BROKERS = ("memory", "redis")
-REFERENCE_SERVER = "python"
+# The in-process broker: a session id names the broker only where it is another.
+DEFAULT_BROKER = "memory"
 
 
-def cells(servers_file: Path | None = None) -> list[tuple[str, str, str]]:
-    """Every (server, db, broker): the built-in servers, then those of servers.toml.
+def cells(servers: Sequence[str] | None = None) -> list[tuple[str, str, str]]:
+    """Every (server, db, broker) of `servers` (default: the built-in servers, then those of
+    servers.toml; ConfigError for a bad servers.toml).
 
     The embedded default (python, sqlite, memory) comes first.
     """
-    return list(itertools.product(server_names(servers_file), DBS, BROKERS))
+    if servers is None:
+        from bench.servers.specs import server_names  # it reads DBS and BROKERS from here
+
+        servers = server_names()
+    return list(itertools.product(servers, DBS, BROKERS))
+
+
+def session_params(server: str, db: str, broker: str) -> str:
+    """The parameters of a cell's nox session as DESIGN.md section 9 spells them:
+    `server='zig', db='postgres'` (memory broker), `server='zig', db='postgres', broker='redis'`.
+    """
+    words = f"server={server!r}, db={db!r}"
+    return words if broker == DEFAULT_BROKER else f"{words}, broker={broker!r}"

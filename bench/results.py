@@ -16,9 +16,16 @@ import secrets
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    model_validator,
+)
 
 from bench import __version__
 from bench.errors import ResultsError
@@ -55,22 +62,36 @@ class LatencyMs(BaseModel):
     max: float
 
 
-class EndpointResult(BaseModel):
-    """One endpoint measured at one concurrency level."""
+def _rounded(digits: int) -> PlainSerializer:
+    """Kept exact in memory, written with `digits` decimals: more would only be noise."""
+    return PlainSerializer(lambda value: round(value, digits), when_used="json")
 
-    model_config = ConfigDict(extra="allow")
+
+_Rate = Annotated[float, _rounded(1)]
+
+
+class EndpointKey(BaseModel):
+    """Which request of the workload a measurement is of."""
 
     name: str
     method: str
     path: str
+
+
+class Measurement(BaseModel):
+    """What the engine measured in one window at one concurrency level: the part of an
+    endpoint's result that `bench.engine.measure` fills, in the shape the result stores."""
+
+    model_config = ConfigDict(extra="allow")
+
     concurrency: int
     requests: int = Field(description="responses in the window, successes and errors alike")
     errors: dict[str, int] = Field(
         default_factory=dict, description="by HTTP status or failure kind"
     )
-    duration_s: float
-    rps: float = Field(description="successful responses per second")
-    rps_slices: list[float] | None = Field(
+    duration_s: Annotated[float, _rounded(3)]
+    rps: _Rate = Field(description="successful responses per second")
+    rps_slices: list[_Rate] | None = Field(
         default=None,
         description="rps of each equal slice (~0.5 s) of the window: the noise within it",
     )
@@ -83,11 +104,7 @@ class EndpointResult(BaseModel):
     problems: list[str] = Field(
         default_factory=list, description="the first few distinct errors, as the engine saw them"
     )
-    client_cpu_s_per_request: float | None = None
-    server_cpu_cores: float | None = Field(
-        default=None, description="mean cores the server used under this load, warmup included"
-    )
-    server_rss_peak_mb: float | None = None
+    client_cpu_s_per_request: Annotated[float, _rounded(9)] | None = None
     engine_procs: int | None = None
     offered_rps: float | None = Field(default=None, description="open model: the rate asked")
     late_sends: int | None = Field(
@@ -97,6 +114,20 @@ class EndpointResult(BaseModel):
     rate_held: bool | None = Field(
         default=None, description="open model: achieved >= 95% of offered, <= 1% sends late"
     )
+
+    @property
+    def successes(self) -> int:
+        return self.requests - sum(self.errors.values())
+
+
+class EndpointResult(Measurement, EndpointKey):
+    """One endpoint measured at one concurrency level: which request, what the engine measured,
+    and what the server used meanwhile."""
+
+    server_cpu_cores: float | None = Field(
+        default=None, description="mean cores the server used under this load, warmup included"
+    )
+    server_rss_peak_mb: float | None = None
 
 
 class ServerInfo(BaseModel):
@@ -119,20 +150,65 @@ class ServiceInfo(BaseModel):
     binary: str | None = None
 
 
+PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+DEFAULT_WORKLOAD = "seed"
+URL_WORKLOAD = "health"
+
+
 class RunConfig(BaseModel):
+    """What a run was asked to do. The command line builds it once (these are its defaults,
+    checks and help texts), every result stores it as it is, and the engine's load spec for
+    each level is derived from it (`bench.engine.LoadSpec.for_level`)."""
+
     model_config = ConfigDict(extra="allow")
 
-    workload: str
-    mode: Literal["closed", "open"] = "closed"
-    duration_s: float
-    warmup_s: float
-    concurrency: list[int]
-    rate: float | None = Field(default=None, description="open model: requests/s per endpoint")
-    engine_procs: int | None = Field(default=None, description="None: automatic")
-    server_cpus: list[int] | None = None
-    client_cpus: list[int] | None = None
-    url: str | None = None
-    no_services: bool = False
+    workload: str = Field(
+        description=f"what to send (default {DEFAULT_WORKLOAD}, {URL_WORKLOAD} with --url)"
+    )
+    mode: Literal["closed", "open"] = Field(
+        default="closed", description="open when a rate is given"
+    )
+    duration_s: PositiveSeconds = Field(default=5.0, description="seconds measured")
+    warmup_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = Field(
+        default=1.0, description="seconds not counted before each measurement"
+    )
+    concurrency: list[Annotated[int, Field(ge=1)]] = Field(
+        default=[1, 4, 16, 64],
+        min_length=1,
+        description="connections per level, comma-separated",
+    )
+    rate: PositiveSeconds | None = Field(
+        default=None,
+        description="open model: requests/s per endpoint, latency from each intended send time "
+        "(default: closed model)",
+    )
+    engine_procs: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="load generator processes (default: automatic)"
+    )
+    server_cpus: list[int] | None = Field(default=None, description="pin the server, e.g. 0")
+    client_cpus: list[int] | None = Field(
+        default=None, description="pin the load generator, e.g. 1"
+    )
+    url: str | None = Field(
+        default=None,
+        description="measure a server that is already running, e.g. http://127.0.0.1:4200/api",
+    )
+    no_services: bool = Field(default=False, description="the server's API alone")
+    provider: str | None = Field(
+        default=None,
+        description="how PostgreSQL/Redis are provided (default: the first that works)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derived_defaults(cls, data: Any) -> Any:
+        """The workload defaults by target and the mode follows the rate, unless stored."""
+        if isinstance(data, dict):
+            data = dict(data)
+            if data.get("workload") is None:
+                data["workload"] = URL_WORKLOAD if data.get("url") else DEFAULT_WORKLOAD
+            data.setdefault("mode", "open" if data.get("rate") else "closed")
+        return data
 
 
 class Environment(BaseModel):

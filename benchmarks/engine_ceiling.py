@@ -28,7 +28,8 @@ from pathlib import Path
 
 from _wrk import INSTALL_HINT, have_wrk, run_wrk, split_cpus, verdict
 
-from bench.engine import EngineRequest, LoadSpec, Measurement, Target, measure, shutdown
+from bench.engine import EngineRequest, LoadSpec, Target, measure, shutdown
+from bench.results import Measurement
 
 NGINX_CONF = """\
 daemon off;
@@ -140,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                 concurrency=c,
                 duration_s=args.duration,
                 warmup_s=1,
-                procs=args.procs,
-                cpus=None if client_cpu is None else (client_cpu,),
+                engine_procs=args.procs,
+                client_cpus=None if client_cpu is None else (client_cpu,),
             )
             wrk_rps = 0.0
             best: Measurement | None = None
@@ -159,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             assert best is not None
             ratio = best.rps / wrk_rps if wrk_rps else 0.0
             worst = min(worst, ratio)
-            cpu_per_req = best.client_cpu_s / max(best.requests, 1) * 1e6
-            notes = f"procs={best.procs} cpu/req engine {cpu_per_req:.1f}µs"
+            cpu_per_req = (best.client_cpu_s_per_request or 0.0) * 1e6
+            notes = f"procs={best.engine_procs} cpu/req engine {cpu_per_req:.1f}µs"
             notes += f" wrk {wrk_cpu * 1e6:.1f}µs; rounds wrk/engine "
             notes += " ".join(rounds)
             if best.errors:

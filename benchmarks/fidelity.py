@@ -29,8 +29,10 @@ from pathlib import Path
 
 from _wrk import INSTALL_HINT, WrkRun, have_wrk, run_wrk, split_cpus, verdict
 
-from bench.engine import EngineRequest, LoadSpec, Measurement, Target, measure, shutdown
-from bench.servers import RunningServer, ServerSetup, make_server, start_server
+from bench.engine import EngineRequest, LoadSpec, Target, measure, shutdown
+from bench.results import Measurement
+from bench.servers.registry import make_server
+from bench.servers.running import RunningServer, ServerSetup, start_server
 from bench.stats import bootstrap_interval
 
 HEALTH = "/health"
@@ -83,7 +85,7 @@ class Row:
         self.rounds.append((wrk.good_rps, m.rps))
         self.wrk_errors += wrk.non_2xx + wrk.socket_errors
         self.engine_errors += sum(m.errors.values())
-        self.engine_cpu_s += m.client_cpu_s
+        self.engine_cpu_s += (m.client_cpu_s_per_request or 0.0) * m.requests
         self.engine_requests += m.requests
         self.saturated_rounds += m.client_saturated
 
@@ -100,7 +102,7 @@ def compare(
         concurrency=c,
         duration_s=duration_s,
         warmup_s=1,
-        cpus=None if client_cpu is None else (client_cpu,),
+        client_cpus=None if client_cpu is None else (client_cpu,),
     )
     row = Row(c)
     # a discarded round of each first: fresh engine processes, the server's first seconds

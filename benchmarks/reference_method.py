@@ -20,7 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import engine
-from bench.servers import ServerSetup, make_server, start_server
+from bench.servers.registry import make_server
+from bench.servers.running import ServerSetup, start_server
 from bench.workloads import get_workload
 
 

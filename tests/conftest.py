@@ -1,15 +1,23 @@
-"""Shared fixtures: a real Prefect server, and a check that tests leave no process behind."""
+"""Shared fixtures: a real Prefect server, a check that tests leave no process behind, and
+the runner's inputs (a quiet progress, a cell run)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
+from rich.console import Console
 
 from bench import engine
-from bench.servers import RunningServer, ServerSetup, make_server, start_server
+from bench.progress import Progress
+from bench.results import Cell, EndpointResult, RunConfig, new_run_id
+from bench.runner import EXTERNAL_SERVER, CellRun
+from bench.servers.registry import make_server
+from bench.servers.running import RunningServer, ServerSetup, start_server
 
 
 @pytest.fixture(autouse=True)
@@ -39,3 +47,53 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+class RecordingProgress(Progress):
+    """Progress that prints nothing, remembers what it was told, and may act (e.g. kill the
+    server, or raise KeyboardInterrupt) after the `after`-th measurement."""
+
+    def __init__(self, after: int | None = None, action: Callable[[], None] | None = None) -> None:
+        super().__init__(Console(file=open(os.devnull, "w")), "test")  # noqa: SIM115
+        self.stages: list[str] = []
+        self.done: list[EndpointResult] = []
+        self.after, self.action = after, action
+
+    def stage(self, text: str) -> None:
+        self.stages.append(text)
+
+    def measured(self, ep: EndpointResult) -> None:
+        self.done.append(ep)
+        if len(self.done) == self.after and self.action is not None:
+            self.action()
+
+
+@pytest.fixture
+def progress() -> Callable[..., RecordingProgress]:
+    """Makes quiet progress views: `progress()`, or `progress(after=2, action=kill)`."""
+    return RecordingProgress
+
+
+@pytest.fixture
+def cell_run(tmp_path: Path) -> Callable[..., CellRun]:
+    """Makes what the CLI hands the runner: `cell_run("zig", "postgres", "redis",
+    server_options={"binary": path}, duration_s=0.3)`; with `url=...`, the external cell.
+    Results go to tmp_path."""
+
+    def make(
+        server: str = "python",
+        db: str = "sqlite",
+        broker: str = "memory",
+        *,
+        server_options: dict[str, Any] | None = None,
+        servers_file: Path | None = None,
+        **config: Any,
+    ) -> CellRun:
+        run_config = RunConfig(**config)
+        if run_config.url:
+            return CellRun(Cell(server=EXTERNAL_SERVER), new_run_id(), tmp_path, run_config, None)
+        adapter = make_server(server, server_options, servers_file)
+        cell = Cell(server=server, db=db, broker=broker)
+        return CellRun(cell, new_run_id(), tmp_path, run_config, adapter)
+
+    return make

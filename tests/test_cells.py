@@ -6,56 +6,45 @@ a redis cell moves messages through Redis, and a memory cell leaves Redis alone.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
 import redis
-from rich.console import Console
 
+from bench.ownership import Labels
 from bench.process import wait_until
-from bench.progress import Progress
-from bench.results import Cell, EndpointResult, Result, new_run_id
-from bench.runner import RunOptions, run_cell
-from bench.services.base import Labels, PostgresService, RedisService
+from bench.results import Result
+from bench.runner import CellRun, run_cell
+from bench.services.base import PostgresService, RedisService
 from bench.services.docker import DockerProvider
 from bench.services.external import DB_PREFIX, POSTGRES_ENV, REDIS_ENV
 from bench.services.local import LocalProvider
+
+if TYPE_CHECKING:
+    from tests.conftest import RecordingProgress
 
 pytestmark = pytest.mark.slow
 
 CELLS = [("sqlite", "memory"), ("sqlite", "redis"), ("postgres", "memory"), ("postgres", "redis")]
 
 
-class AfterLast(Progress):
-    """Runs `check` after the last measurement, while the server and its services still run."""
-
-    def __init__(self, measurements: int, check: Callable[[], None]) -> None:
-        super().__init__(Console(file=open(os.devnull, "w")), "test")  # noqa: SIM115
-        self.left, self.check = measurements, check
-
-    def stage(self, text: str) -> None:
-        pass
-
-    def measured(self, ep: EndpointResult) -> None:
-        self.left -= 1
-        if self.left == 0:
-            self.check()
-
-
-def run(tmp_path: Path, db: str, broker: str, provider: str, check: Callable[[], None]) -> Result:
-    opts = RunOptions(
-        cell=Cell(server="python", db=db, broker=broker),
-        run_id=new_run_id(),
-        out_dir=tmp_path,
-        duration_s=0.3,
-        warmup_s=0.1,
-        concurrency=(1,),
-        provider=provider,
+def run(
+    cell_run: Callable[..., CellRun],
+    progress: Callable[..., RecordingProgress],
+    db: str,
+    broker: str,
+    provider: str,
+    check: Callable[[], None],
+) -> Result:
+    """A short python cell; `check` runs after the last of its 6 measurements, while the
+    server and its services still run."""
+    run = cell_run(
+        "python", db, broker, duration_s=0.3, warmup_s=0.1, concurrency=[1], provider=provider
     )
-    return run_cell(opts, AfterLast(6, check))
+    return run_cell(run, progress(after=6, action=check))
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +74,8 @@ def stream_writes(client: redis.Redis) -> int:
 
 @pytest.mark.parametrize(("db", "broker"), CELLS)
 def test_cell_really_uses_its_backends(
-    tmp_path: Path,
+    cell_run: Callable[..., CellRun],
+    progress: Callable[..., RecordingProgress],
     monkeypatch: pytest.MonkeyPatch,
     postgres: PostgresService,
     redis_server: RedisService,
@@ -112,7 +102,7 @@ def test_cell_really_uses_its_backends(
         seen["keys"] = client.dbsize()
 
     try:
-        result = run(tmp_path, db, broker, "external", inspect_backends)
+        result = run(cell_run, progress, db, broker, "external", inspect_backends)
     finally:
         client.close()
     assert result.status == "ok", result.error
@@ -151,11 +141,17 @@ def _docker_reason() -> str | None:
     ],
 )
 def test_every_cell_runs_on_each_provider(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, provider: str, db: str, broker: str
+    tmp_path: Path,
+    cell_run: Callable[..., CellRun],
+    progress: Callable[..., RecordingProgress],
+    monkeypatch: pytest.MonkeyPatch,
+    provider: str,
+    db: str,
+    broker: str,
 ) -> None:
     monkeypatch.delenv(POSTGRES_ENV, raising=False)
     monkeypatch.delenv(REDIS_ENV, raising=False)
-    result = run(tmp_path, db, broker, provider, lambda: None)
+    result = run(cell_run, progress, db, broker, provider, lambda: None)
     assert result.status == "ok", result.error
     assert len(result.endpoints) == 6
     for info in result.services.values():

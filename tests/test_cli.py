@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bench.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SKIPPED, EXIT_USAGE
+from bench.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SKIPPED, EXIT_USAGE, main
 from bench.process import wait_until
 from bench.report import collect
 from bench.results import write_result
@@ -41,29 +41,51 @@ def bench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         (["--db", "mysql"], "unknown db 'mysql'"),
         (["--broker", "kafka"], "unknown broker 'kafka'"),
         (["--workload", "bogus"], "unknown workload 'bogus'"),
-        (["--duration", "0"], "must be > 0"),
-        (["--duration", "-1"], "must be > 0"),
-        (["--duration", "fast"], "not a number"),
-        (["--warmup", "-1"], "must be >= 0"),
-        (["--concurrency", "1,0"], "positive integers"),
-        (["--concurrency", "1,x"], "positive integers"),
-        (["--concurrency", ""], "positive integers"),
+        (["--duration", "0"], "--duration: input should be greater than 0"),
+        (["--duration", "-1"], "--duration: input should be greater than 0"),
+        (["--duration", "fast"], "invalid float value: 'fast'"),
+        (["--warmup", "-1"], "--warmup: input should be greater than or equal to 0"),
+        (["--concurrency", "1,0"], "--concurrency: input should be greater than or equal to 1"),
+        (["--concurrency", "1,x"], "whole numbers separated by commas"),
+        (["--concurrency", ""], "whole numbers separated by commas"),
         (["--run-id", "../escape"], "letters, digits"),
-        (["--rate", "0"], "must be > 0"),
-        (["--rate", "lots"], "not a number"),
-        (["--rate", "inf"], "must be a finite number"),
-        (["--duration", "nan"], "must be a finite number"),
-        (["--engine-procs", "0"], "positive integer"),
+        (["--rate", "0"], "--rate: input should be greater than 0"),
+        (["--rate", "lots"], "invalid float value: 'lots'"),
+        (["--rate", "inf"], "--rate: input should be a finite number"),
+        (["--duration", "nan"], "--duration: input should be a finite number"),
+        (["--engine-procs", "0"], "--engine-procs: input should be greater than or equal to 1"),
         (["--server-cpus", "9999"], "is not usable here"),
-        (["--client-cpus", "a,b"], "CPU numbers"),
+        (["--client-cpus", "a,b"], "whole numbers separated by commas"),
+        (["--provider", "podman"], "unknown provider 'podman' (known: external, docker, local)"),
+        (["--url", "ftp://127.0.0.1/api"], "--url must be an http:// URL"),
+        (["--url", "http://192.0.2.1:4200/api"], "--url must point to this machine"),
     ],
 )
-def test_bad_input_is_one_clear_line(tmp_path: Path, args: list[str], message: str) -> None:
-    out = bench("run", "--out", str(tmp_path), *args, cwd=tmp_path)
-    assert out.returncode == EXIT_USAGE
-    assert message in out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+def test_bad_input_is_one_clear_line(
+    tmp_path: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # in this process (a new interpreter per case would cost a second each): main() as the
+    # entry point calls it, with its SIGTERM handler put back afterwards
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        code = main(["run", "--out", str(tmp_path), *args])
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    err = capsys.readouterr().err
+    assert code == EXIT_USAGE
+    assert message in err
+    assert len(err.strip().splitlines()) == 1, err
     assert list(tmp_path.iterdir()) == []  # nothing started, nothing written
+
+
+def test_help_lists_every_workload_and_provider(tmp_path: Path) -> None:
+    out = bench("run", "--help", cwd=tmp_path)
+    assert out.returncode == 0
+    text = " ".join(out.stdout.split())
+    assert "seed, lifecycle, health:" in text and "external, docker, local:" in text
+    assert "--zig-binary PATH" in text and "(default 1,4,16,64)" in text
 
 
 def test_unwritable_results_folder(tmp_path: Path) -> None:
@@ -103,12 +125,25 @@ def test_url_not_answering_fails_with_a_result(tmp_path: Path) -> None:
 
 
 def test_skipped_cell_exit_code(tmp_path: Path) -> None:
-    out = bench("run", "--server", "zig", "--out", str(tmp_path), cwd=tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BENCH_ZIG_")}
+    out = subprocess.run(
+        [sys.executable, "-m", "bench", "run", "--server", "zig", "--out", str(tmp_path)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120, env=env,
+    )  # fmt: skip
     assert out.returncode == EXIT_SKIPPED
     (path,) = tmp_path.glob("*/zig-sqlite-memory.json")
-    assert json.loads(path.read_text())["status"] == "skipped"
+    result = json.loads(path.read_text())
+    assert result["status"] == "skipped" and "--zig-binary" in result["error"]
+    # the config is stored as the command line built it
+    assert result["config"]["workload"] == "seed" and result["config"]["concurrency"] == [
+        1,
+        4,
+        16,
+        64,
+    ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_stops_the_server_and_writes_a_partial_result(
     tmp_path: Path, sig: signal.Signals

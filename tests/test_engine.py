@@ -23,9 +23,9 @@ from bench.engine import (
     UNIQUE_TOKEN,
     EngineRequest,
     LoadSpec,
-    Measurement,
     Target,
     choose_procs,
+    decode_histogram,
     measure,
     shutdown,
     worker_pids,
@@ -33,6 +33,7 @@ from bench.engine import (
 from bench.engine.pool import get_pool
 from bench.engine.wire import request_factory
 from bench.errors import ConfigError
+from bench.results import Measurement
 
 ROOT = Path(__file__).resolve().parents[1]
 OK_BODY = b'{"ok": true}'
@@ -232,20 +233,18 @@ def run(
 def assert_consistent(m: Measurement) -> None:
     """Invariants of every measurement."""
     assert m.requests == m.successes + sum(m.errors.values())
-    assert m.histogram.get_total_count() == m.successes
+    assert decode_histogram(m).get_total_count() == m.successes
     assert m.duration_s > 0
-    if m.slice_rps is not None:  # the slices' successes add up to the window's
-        slice_s = m.duration_s / len(m.slice_rps)
-        assert sum(rate * slice_s for rate in m.slice_rps) == pytest.approx(m.successes)
+    if m.rps_slices is not None:  # the slices' successes add up to the window's
+        slice_s = m.duration_s / len(m.rps_slices)
+        assert sum(rate * slice_s for rate in m.rps_slices) == pytest.approx(m.successes)
     if m.successes:
-        lat = m.latency_ms()
+        lat = m.latency_ms
         assert lat is not None
         assert lat.min <= lat.p50 <= lat.p90 <= lat.p99 <= lat.p999 <= lat.max
-        encoded = m.encoded_histogram()
-        assert encoded is not None
-        decoded = HdrHistogram.decode(encoded)
-        assert decoded.get_total_count() == m.successes
-        assert decoded.get_max_value() == m.histogram.get_max_value()
+        assert m.hdr is not None
+        decoded = HdrHistogram.decode(m.hdr)
+        assert lat.max == pytest.approx(decoded.get_max_value() / 1000, abs=0.001)
 
 
 # Closed model
@@ -257,12 +256,12 @@ def test_content_length_responses(server: Server) -> None:
     assert m.errors == {}
     assert m.problems == []
     assert m.requests > 0 and m.rps > 0
-    assert m.procs == 1
-    assert m.client_cpu_s > 0
+    assert m.engine_procs == 1
+    assert m.client_cpu_s_per_request and m.client_cpu_s_per_request > 0
     assert m.offered_rps is None and m.late_sends is None
     assert server.hits["/ok"] >= m.requests
-    assert m.slice_rps is not None and len(m.slice_rps) == 2  # 1 s in ~0.5 s slices
-    assert all(rate > 0 for rate in m.slice_rps)
+    assert m.rps_slices is not None and len(m.rps_slices) == 2  # 1 s in ~0.5 s slices
+    assert all(rate > 0 for rate in m.rps_slices)
 
 
 def test_chunked_responses(server: Server) -> None:
@@ -319,7 +318,7 @@ def test_run_ends_on_time_when_the_server_hangs(server: Server) -> None:
     assert elapsed < 1.5 + 6.0  # warmup + duration + slack; not the 30 s timeout
     assert_consistent(m)
     assert m.requests == 0 and m.rps == 0
-    assert m.latency_ms() is None and m.encoded_histogram() is None
+    assert m.latency_ms is None and m.hdr is None
 
 
 def test_connect_refused_is_counted_with_backoff() -> None:
@@ -332,7 +331,8 @@ def test_connect_refused_is_counted_with_backoff() -> None:
     assert set(m.errors) == {"connect"}
     assert 2 <= m.errors["connect"] <= 100  # backoff: not a busy loop
     assert m.successes == 0
-    assert m.client_cpu_s < 0.5
+    cpu_per_error = m.client_cpu_s_per_request or 0.0
+    assert cpu_per_error * m.requests < 0.5  # the engine's CPU in the window: no busy loop
     assert any("connect" in p for p in m.problems)
 
 
@@ -348,11 +348,11 @@ def test_validation_samples_and_reports_problems(server: Server) -> None:
 def test_unique_tokens_across_processes_and_calls(server: Server) -> None:
     server.bodies.clear()
     body = b'{"name": "run-' + UNIQUE_TOKEN + b'", "tags": ["' + UNIQUE_TOKEN + b'"]}'
-    m1 = run(server, "/echo", method="POST", body=body, procs=2)
-    m2 = run(server, "/echo", method="POST", body=body, procs=2)
+    m1 = run(server, "/echo", method="POST", body=body, engine_procs=2)
+    m2 = run(server, "/echo", method="POST", body=body, engine_procs=2)
     for m in (m1, m2):
         assert_consistent(m)
-        assert m.errors == {} and m.procs == 2
+        assert m.errors == {} and m.engine_procs == 2
     assert len(server.bodies) >= m1.requests + m2.requests
     docs = [json.loads(b) for b in server.bodies]  # Content-Length matched every body
     names = [d["name"] for d in docs]
@@ -372,13 +372,13 @@ def test_progress_reports_counts_in_the_window(server: Server) -> None:
 
 
 def test_processes_split_the_load_and_merge_histograms(server: Server) -> None:
-    m = run(server, "/ok", procs=2, concurrency=3, duration_s=1.5)
+    m = run(server, "/ok", engine_procs=2, concurrency=3, duration_s=1.5)
     assert_consistent(m)
-    assert m.procs == 2
-    assert m.slice_rps is not None and len(m.slice_rps) == 3
+    assert m.engine_procs == 2
+    assert m.rps_slices is not None and len(m.rps_slices) == 3
     assert m.errors == {}
     pids = get_pool().pids()
-    m = run(server, "/ok", procs=2, concurrency=2, duration_s=0.5, warmup_s=0.0)
+    m = run(server, "/ok", engine_procs=2, concurrency=2, duration_s=0.5, warmup_s=0.0)
     assert get_pool().pids()[:2] == pids[:2]  # the processes are reused
 
 
@@ -389,12 +389,12 @@ def test_engine_processes_are_pinned(server: Server) -> None:
     def affinity(_: int) -> None:
         seen.extend(set(psutil.Process(pid).cpu_affinity()) for pid in get_pool().pids()[:2])
 
-    spec = LoadSpec(concurrency=2, duration_s=0.6, warmup_s=0.0, procs=2, cpus=(cpu,))
+    spec = LoadSpec(concurrency=2, duration_s=0.6, warmup_s=0.0, engine_procs=2, client_cpus=(cpu,))
     with pytest.warns(RuntimeWarning, match="2 engine processes on 1 cores"):
         measure(server.target, EngineRequest("GET", "/ok"), spec, progress=affinity)
     assert seen and all(s == {cpu} for s in seen)
     seen.clear()
-    spec = LoadSpec(concurrency=2, duration_s=0.6, warmup_s=0.0, procs=2)
+    spec = LoadSpec(concurrency=2, duration_s=0.6, warmup_s=0.0, engine_procs=2)
     measure(server.target, EngineRequest("GET", "/ok"), spec, progress=affinity)
     assert seen and all(s == os.sched_getaffinity(0) for s in seen)
 
@@ -408,20 +408,22 @@ def test_bad_specs_are_config_errors(server: Server) -> None:
     with pytest.raises(ConfigError):
         measure(server.target, EngineRequest("GET", "/ok"), LoadSpec(0, 1, 0))
     with pytest.raises(ConfigError):
-        measure(server.target, EngineRequest("GET", "/ok"), LoadSpec(1, 1, 0, cpus=(10_000,)))
+        measure(
+            server.target, EngineRequest("GET", "/ok"), LoadSpec(1, 1, 0, client_cpus=(10_000,))
+        )
     with pytest.raises(ConfigError, match="finite"):  # a schedule with no gaps never ends
         measure(server.target, EngineRequest("GET", "/ok"), LoadSpec(1, 1, 0, rate=float("inf")))
 
 
 def test_process_count() -> None:
     cores = len(os.sched_getaffinity(0))
-    assert choose_procs(LoadSpec(concurrency=1, duration_s=1, warmup_s=0, procs=2)) == 1
+    assert choose_procs(LoadSpec(concurrency=1, duration_s=1, warmup_s=0, engine_procs=2)) == 1
     assert choose_procs(LoadSpec(concurrency=4, duration_s=1, warmup_s=0)) == 1
     two = tuple(sorted(os.sched_getaffinity(0)))[:2]
-    assert choose_procs(LoadSpec(64, 1, 0, cpus=two)) == min(2, len(two))
-    assert choose_procs(LoadSpec(16, 1, 0, cpus=two)) == 1
+    assert choose_procs(LoadSpec(64, 1, 0, client_cpus=two)) == min(2, len(two))
+    assert choose_procs(LoadSpec(16, 1, 0, client_cpus=two)) == 1
     with pytest.warns(RuntimeWarning, match="cores"):
-        n = choose_procs(LoadSpec(concurrency=64, duration_s=1, warmup_s=0, procs=cores + 1))
+        n = choose_procs(LoadSpec(concurrency=64, duration_s=1, warmup_s=0, engine_procs=cores + 1))
     assert n == cores + 1
 
 
@@ -471,7 +473,7 @@ def test_open_model_sees_a_stall_and_late_sends(server: Server) -> None:
     assert m.late_sends is not None and m.late_sends > 50
     assert m.rate_held is False  # more than 1% of the sends were late
     assert not m.client_saturated  # the server stalled, not the client
-    lat = m.latency_ms()
+    lat = m.latency_ms
     assert lat is not None
     assert lat.max >= 500 and lat.p999 >= 500  # latency from the intended send time
 
@@ -498,7 +500,7 @@ def progress(n):
     print("pids", *get_pool().pids(), flush=True)
 
 measure(Target("127.0.0.1", int(sys.argv[1])), EngineRequest("GET", "/ok"),
-        LoadSpec(concurrency=2, duration_s=60, warmup_s=0, procs=2), progress)
+        LoadSpec(concurrency=2, duration_s=60, warmup_s=0, engine_procs=2), progress)
 """
 
 

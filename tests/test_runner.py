@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import psutil
 import pytest
 from hdrh.histogram import HdrHistogram
-from rich.console import Console
 
 from bench.process import wait_until
-from bench.progress import Progress
-from bench.results import Cell, EndpointResult, new_run_id
-from bench.runner import INTERRUPTED, RunOptions, run_cell
-from bench.servers import RunningServer
+from bench.results import EndpointResult
+from bench.runner import INTERRUPTED, CellRun, run_cell
+from bench.servers.running import RunningServer
+
+if TYPE_CHECKING:
+    from tests.conftest import RecordingProgress
+
+pytestmark = pytest.mark.slow
+
+MakeRun = Callable[..., CellRun]
+MakeProgress = Callable[..., "RecordingProgress"]
 
 SEED_NAMES = [
     "health",
@@ -28,34 +39,8 @@ SEED_NAMES = [
 ]
 
 
-def options(tmp_path: Path, **changes: object) -> RunOptions:
-    base: dict[str, object] = {
-        "cell": Cell(server="python", db="sqlite", broker="memory"),
-        "run_id": new_run_id(),
-        "out_dir": tmp_path,
-        "duration_s": 0.4,
-        "warmup_s": 0.1,
-        "concurrency": (1, 4),
-    }
-    return RunOptions(**(base | changes))  # type: ignore[arg-type]
-
-
-class Recording(Progress):
-    """Plain progress that remembers what it was told and may act after the n-th measurement."""
-
-    def __init__(self, after: int | None = None, action: object = None) -> None:
-        super().__init__(Console(file=open(os.devnull, "w")), "test")  # noqa: SIM115
-        self.stages: list[str] = []
-        self.done: list[EndpointResult] = []
-        self.after, self.action = after, action
-
-    def stage(self, text: str) -> None:
-        self.stages.append(text)
-
-    def measured(self, ep: EndpointResult) -> None:
-        self.done.append(ep)
-        if len(self.done) == self.after and callable(self.action):
-            self.action()
+# Short windows: these tests check what a run does, not how fast the server is.
+SHORT = {"duration_s": 0.4, "warmup_s": 0.1, "concurrency": [1, 4]}
 
 
 def cell_server() -> psutil.Process:
@@ -78,9 +63,11 @@ def assert_sane(ep: EndpointResult) -> None:
     assert decoded.get_total_count() == ep.requests - sum(ep.errors.values())
 
 
-def test_seed_cell_measures_every_endpoint_at_every_level(tmp_path: Path) -> None:
-    progress = Recording()
-    result = run_cell(options(tmp_path), progress)
+def test_seed_cell_measures_every_endpoint_at_every_level(
+    tmp_path: Path, cell_run: MakeRun, progress: MakeProgress
+) -> None:
+    view = progress()
+    result = run_cell(cell_run(**SHORT), view)
     assert result.status == "ok", result.error
     assert [(e.name, e.concurrency) for e in result.endpoints] == [
         (name, c) for name in SEED_NAMES for c in (1, 4)
@@ -95,10 +82,12 @@ def test_seed_cell_measures_every_endpoint_at_every_level(tmp_path: Path) -> Non
     assert server.cpu_s and server.cpu_s > 0
     assert result.finished_at and result.environment.cpu_count >= 1
     assert (tmp_path / result.run_id / "python-sqlite-memory" / "server.log").exists()
-    assert len(progress.done) == 12
+    assert len(view.done) == 12
 
 
-def test_server_dying_mid_cell_fails_the_cell_and_keeps_the_data(tmp_path: Path) -> None:
+def test_server_dying_mid_cell_fails_the_cell_and_keeps_the_data(
+    cell_run: MakeRun, progress: MakeProgress
+) -> None:
     def kill_server() -> None:
         server = cell_server()
         server.send_signal(signal.SIGKILL)
@@ -106,32 +95,28 @@ def test_server_dying_mid_cell_fails_the_cell_and_keeps_the_data(tmp_path: Path)
         flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
         wait_until(lambda: os.waitid(os.P_PID, server.pid, flags) is not None, timeout_s=30)
 
-    progress = Recording(after=2, action=kill_server)
-    result = run_cell(options(tmp_path), progress)
+    result = run_cell(cell_run(**SHORT), progress(after=2, action=kill_server))
     assert result.status == "failed"
     assert "exited with code -9" in (result.error or "")
     assert len(result.endpoints) == 2, result.error
     assert result.finished_at
 
 
-def test_interrupt_writes_partial_failed_result(tmp_path: Path) -> None:
+def test_interrupt_writes_partial_failed_result(cell_run: MakeRun, progress: MakeProgress) -> None:
     def interrupt() -> None:
         raise KeyboardInterrupt
 
-    result = run_cell(options(tmp_path), Recording(after=3, action=interrupt))
+    result = run_cell(cell_run(**SHORT), progress(after=3, action=interrupt))
     assert result.status == "failed" and result.error == INTERRUPTED
     assert len(result.endpoints) == 3
 
 
-def test_url_mode_measures_a_running_server(tmp_path: Path, prefect_server: RunningServer) -> None:
-    opts = options(
-        tmp_path,
-        cell=Cell(server="external"),
-        url=prefect_server.base_url,
-        workload="health",
-        concurrency=(2,),
-    )
-    result = run_cell(opts, Recording())
+def test_url_mode_measures_a_running_server(
+    prefect_server: RunningServer, cell_run: MakeRun, progress: MakeProgress
+) -> None:
+    run = cell_run(**SHORT | {"concurrency": [2]}, url=prefect_server.base_url)
+    assert run.config.workload == "health"  # the default with a URL
+    result = run_cell(run, progress())
     assert result.status == "ok", result.error
     assert result.server is None
     assert [e.name for e in result.endpoints] == ["health"]
@@ -139,16 +124,12 @@ def test_url_mode_measures_a_running_server(tmp_path: Path, prefect_server: Runn
 
 
 def test_lifecycle_workload_writes_what_it_counts(
-    tmp_path: Path, prefect_server: RunningServer
+    prefect_server: RunningServer, cell_run: MakeRun, progress: MakeProgress
 ) -> None:
-    opts = options(
-        tmp_path,
-        cell=Cell(server="external"),
-        url=prefect_server.base_url,
-        workload="lifecycle",
-        concurrency=(1, 2),
+    run = cell_run(
+        **SHORT | {"concurrency": [1, 2]}, url=prefect_server.base_url, workload="lifecycle"
     )
-    result = run_cell(opts, Recording())
+    result = run_cell(run, progress())
     assert result.status == "ok", result.error
     assert [(e.name, e.concurrency) for e in result.endpoints] == [
         (name, c)
@@ -167,46 +148,92 @@ def test_lifecycle_workload_writes_what_it_counts(
     assert count >= created + 1  # + the one verification made; warmups made more
 
 
-@pytest.mark.parametrize(
-    ("url", "message"),
-    [
-        ("http://127.0.0.1:1/api", "does not answer"),
-        ("http://192.0.2.1:4200/api", "must point to this machine"),
-        ("ftp://127.0.0.1/api", "must be an http:// URL"),
-    ],
-)
-def test_bad_urls_fail_clearly(tmp_path: Path, url: str, message: str) -> None:
-    opts = options(tmp_path, cell=Cell(server="external"), url=url, workload="health")
-    result = run_cell(opts, Recording())
+def test_url_not_answering_fails_clearly(cell_run: MakeRun, progress: MakeProgress) -> None:
+    result = run_cell(cell_run(url="http://127.0.0.1:1/api", **SHORT), progress())
     assert result.status == "failed"
-    assert message in (result.error or "")
+    assert "does not answer" in (result.error or "")
 
 
-def test_zig_without_binary_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_zig_without_binary_is_skipped(
+    monkeypatch: pytest.MonkeyPatch, cell_run: MakeRun, progress: MakeProgress
+) -> None:
     monkeypatch.delenv("BENCH_ZIG_BINARY", raising=False)
-    result = run_cell(
-        options(tmp_path, cell=Cell(server="zig", db="sqlite", broker="memory")), Recording()
-    )
+    monkeypatch.delenv("BENCH_ZIG_SRC", raising=False)
+    result = run_cell(cell_run("zig", **SHORT), progress())
     assert result.status == "skipped"
     assert "--zig-binary" in (result.error or "")
 
 
-def test_open_model_with_pinned_server_and_client(tmp_path: Path) -> None:
+def test_a_cell_that_cannot_run_is_skipped_before_provisioning(
+    tmp_path: Path, cell_run: MakeRun, progress: MakeProgress
+) -> None:
+    """A server that does not say how to run without its services, told --no-services, on
+    postgres × redis: skipped saying why, and no service was provisioned for it."""
+    servers = tmp_path / "servers.toml"
+    servers.write_text('[servers.plain]\ncommand = ["{python}", "-c", "pass"]\n')
+    view = progress()
+    run = cell_run("plain", "postgres", "redis", servers_file=servers, no_services=True, **SHORT)
+    result = run_cell(run, view)
+    assert result.status == "skipped"
+    assert "does not say how to run without its services" in (result.error or "")
+    assert not result.services and result.server is None
+    assert not any("provisioning" in stage for stage in view.stages), view.stages
+
+
+def _holding_a_server_folder() -> tuple[subprocess.Popen[str], Path]:
+    """A child process standing for a run: it makes a server folder as the runner does, then
+    waits; (the child, its folder)."""
+    code = (
+        "import time; from bench import ownership; from bench.runner import _server_folder; "
+        "held = _server_folder(ownership.Labels('other', 'python-sqlite-memory')); "
+        "print(held.__enter__(), flush=True); time.sleep(600)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    folder = Path(child.stdout.readline().strip())
+    assert (folder / "owner.json").is_file()
+    return child, folder
+
+
+def test_a_killed_runs_server_folder_is_removed_by_the_next_run(
+    cell_run: MakeRun, progress: MakeProgress
+) -> None:
+    """SIGKILL leaves a server's data folder behind (no cleanup runs); the next cell's start
+    removes it, since its owner is gone, and leaves a live run's folder alone."""
+    killed, left = _holding_a_server_folder()
+    killed.kill()
+    killed.wait()
+    live, kept = _holding_a_server_folder()
+    try:
+        view = progress()
+        result = run_cell(cell_run(**SHORT | {"concurrency": [1]}, workload="health"), view)
+        assert result.status == "ok", result.error
+        assert not left.exists()
+        assert any(str(left) in stage for stage in view.stages), view.stages
+        assert kept.exists()
+    finally:
+        live.kill()
+        live.wait()
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.rmtree(left, ignore_errors=True)
+
+
+def test_open_model_with_pinned_server_and_client(
+    cell_run: MakeRun, progress: MakeProgress
+) -> None:
     seen: list[set[int]] = []
 
     def record_server_affinity() -> None:
         server = cell_server()
         seen.extend(os.sched_getaffinity(t.id) for t in server.threads())
 
-    opts = options(
-        tmp_path,
+    run = cell_run(
+        **SHORT | {"concurrency": [4], "duration_s": 1.0},
         rate=50.0,
-        concurrency=(4,),
-        duration_s=1.0,
-        server_cpus=(0,),
-        client_cpus=(1,),
+        server_cpus=[0],
+        client_cpus=[1],
     )
-    result = run_cell(opts, Recording(after=1, action=record_server_affinity))
+    result = run_cell(run, progress(after=1, action=record_server_affinity))
     assert result.status == "ok", result.error
     assert result.config.mode == "open" and result.config.rate == 50.0
     assert result.config.server_cpus == [0] and result.config.client_cpus == [1]

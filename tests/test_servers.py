@@ -7,11 +7,13 @@ import psutil
 import pytest
 
 from bench.errors import ServerError
-from bench.servers import ServerSetup, make_server, start_server
 from bench.servers.python import PythonServer
+from bench.servers.registry import make_server
+from bench.servers.running import ServerSetup, start_server
 from bench.servers.zig import ZigServer
 
 
+@pytest.mark.slow
 def test_python_server_starts_healthy_and_stops_cleanly(tmp_path: Path) -> None:
     setup = ServerSetup(db="sqlite", broker="memory", logdir=tmp_path, datadir=tmp_path / "d")
     with start_server(make_server("python"), setup) as server:
@@ -39,6 +41,7 @@ class BrokenDatabase(PythonServer):
         return env
 
 
+@pytest.mark.slow
 def test_a_server_that_fails_to_start_reports_its_log(tmp_path: Path) -> None:
     setup = ServerSetup(db="sqlite", broker="memory", logdir=tmp_path, datadir=tmp_path / "d")
     with (
@@ -89,6 +92,6 @@ def test_zig_is_unavailable_without_a_binary(
     monkeypatch.delenv("BENCH_ZIG_BINARY", raising=False)
     assert "--zig-binary" in (ZigServer().unavailable_reason() or "")
     missing = tmp_path / "prefect-server"
-    assert "does not exist" in (ZigServer(missing).unavailable_reason() or "")
+    assert "does not exist" in (ZigServer(binary=missing).unavailable_reason() or "")
     missing.write_text("#!/bin/sh\n")
-    assert "not executable" in (ZigServer(missing).unavailable_reason() or "")
+    assert "not executable" in (ZigServer(binary=missing).unavailable_reason() or "")

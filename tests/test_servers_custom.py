@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from rich.console import Console
 
-from bench.errors import CellSkipped, ConfigError, ServerError
-from bench.progress import Progress
-from bench.results import Cell, ServiceInfo, new_run_id
-from bench.runner import RunOptions, run_cell
-from bench.servers import ServerSetup, make_server, server_names
-from bench.servers.custom import SpecServer
+from bench.errors import ConfigError, ServerError
+from bench.results import ServiceInfo
+from bench.runner import CellRun, run_cell
+from bench.servers.adapter import ServerAdapter
 from bench.servers.python import PythonServer
-from bench.servers_config import load_builtin, load_servers, servers_file
+from bench.servers.registry import make_server
+from bench.servers.running import ServerSetup
+from bench.servers.specs import load_builtin, load_servers, server_names, servers_file
 from bench.services.base import PostgresService, RedisService
+
+if TYPE_CHECKING:
+    from tests.conftest import RecordingProgress
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "servers.toml.example"
 
@@ -29,10 +32,6 @@ def no_servers_file_from_outside(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     """Neither the user's BENCH_SERVERS_FILE nor a ./servers.toml may change what is tested."""
     monkeypatch.delenv("BENCH_SERVERS_FILE", raising=False)
     monkeypatch.chdir(tmp_path)
-
-
-def quiet() -> Progress:
-    return Progress(Console(file=open(os.devnull, "w")), "test")
 
 
 def write(tmp_path: Path, text: str, name: str = "servers.toml") -> Path:
@@ -50,22 +49,17 @@ def setup_for(tmp_path: Path, db: str = "sqlite", broker: str = "memory", **kw: 
 # -- a custom server, end to end ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_example_file_custom_server_runs_a_cell(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
+    cell_run: Callable[..., CellRun],
+    progress: Callable[..., RecordingProgress],
 ) -> None:
     """servers.toml.example's prefect-main: `python -m prefect server start`, as a custom server."""
     monkeypatch.setenv("BENCH_SERVERS_FILE", str(EXAMPLE))
     assert server_names() == ("python", "zig", "prefect-main")
-    opts = RunOptions(
-        cell=Cell(server="prefect-main", db="sqlite", broker="memory"),
-        run_id=new_run_id(),
-        out_dir=tmp_path / "results",
-        duration_s=0.2,
-        warmup_s=0.0,
-        concurrency=(1,),
-        no_services=True,
-    )
-    result = run_cell(opts, quiet())
+    run = cell_run("prefect-main", duration_s=0.2, warmup_s=0.0, concurrency=[1], no_services=True)
+    result = run_cell(run, progress())
     assert result.status == "ok", result.error
     assert result.server is not None and result.server.name == "prefect-main"
     assert result.server.version == importlib.metadata.version("prefect")
@@ -75,7 +69,7 @@ def test_the_example_file_custom_server_runs_a_cell(
 
 def test_a_custom_server_maps_every_db_and_broker(tmp_path: Path) -> None:
     spec = load_servers(EXAMPLE)["prefect-main"]
-    adapter = SpecServer(spec)
+    adapter = ServerAdapter(spec)
     info = ServiceInfo(provider="local")
     setup = setup_for(
         tmp_path,
@@ -230,9 +224,11 @@ SERVICES = "off"
 """,
     )
     setup = setup_for(tmp_path, no_services=True)
-    with pytest.raises(CellSkipped, match="does not say how to run without its services"):
-        make_server("plain", servers_file=path).command(1, setup)
+    reason = make_server("plain", servers_file=path).unavailable_reason(no_services=True)
+    assert "does not say how to run without its services" in (reason or "")
+    assert make_server("plain", servers_file=path).unavailable_reason() is None
     flagged = make_server("flagged", servers_file=path)
+    assert flagged.unavailable_reason(no_services=True) is None
     assert flagged.command(1, setup) == ["serve"]
     assert flagged.environment(1, setup) == {"SERVICES": "off"}
     assert "SERVICES" not in flagged.environment(1, setup_for(tmp_path))

@@ -13,23 +13,30 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import psycopg
 import pytest
 import redis
-from rich.console import Console
 
 from bench.errors import ConfigError, ServerError
+from bench.ownership import Labels
 from bench.process import wait_until
-from bench.progress import Progress
-from bench.results import Cell, new_run_id
-from bench.runner import RunOptions, run_cell
-from bench.servers import ServerSetup, make_server, start_server
+from bench.results import new_run_id
+from bench.runner import CellRun, run_cell
+from bench.servers.registry import make_server
+from bench.servers.running import ServerSetup, start_server
 from bench.servers.zig import ZigServer, zig_command
-from bench.services.base import Labels
 from bench.services.local import LocalProvider
+
+if TYPE_CHECKING:
+    from tests.conftest import RecordingProgress
+
+MakeRun = Callable[..., CellRun]
+MakeProgress = Callable[..., "RecordingProgress"]
 
 STANDIN = Path(__file__).parent / "resources" / "zig-standin" / "prefect-server"
 
@@ -43,10 +50,6 @@ def standin(monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("BENCH_ZIG_SRC", raising=False)
     monkeypatch.delenv("BENCH_SERVERS_FILE", raising=False)
     return STANDIN
-
-
-def quiet() -> Progress:
-    return Progress(Console(file=open(os.devnull, "w")), "test")
 
 
 def setup_for(tmp_path: Path, db: str = "sqlite", broker: str = "memory", **kw: object):  # type: ignore[no-untyped-def]
@@ -70,19 +73,14 @@ def post(api: httpx.Client, path: str, body: object) -> httpx.Response:
 # -- the stand-in: real Python server behind the zig contract --------------------------------
 
 
+@pytest.mark.slow
 def test_zig_cell_on_the_standin_runs_and_records_the_binary_sha256(
-    standin: Path, tmp_path: Path
+    standin: Path, cell_run: MakeRun, progress: MakeProgress
 ) -> None:
-    opts = RunOptions(
-        cell=Cell(server="zig", db="sqlite", broker="memory"),
-        run_id=new_run_id(),
-        out_dir=tmp_path,
-        duration_s=0.2,
-        warmup_s=0.0,
-        concurrency=(1,),
-        zig_binary=standin,
+    run = cell_run(
+        "zig", server_options={"binary": standin}, duration_s=0.2, warmup_s=0.0, concurrency=[1]
     )
-    result = run_cell(opts, quiet())
+    result = run_cell(run, progress())
     assert result.status == "ok", result.error
     assert result.server is not None
     extra = result.server.model_dump()
@@ -90,15 +88,16 @@ def test_zig_cell_on_the_standin_runs_and_records_the_binary_sha256(
     assert extra["binary"] == str(standin.resolve())
     assert "stand-in" in (result.server.version or "")
     assert result.endpoints and all(ep.requests > 0 for ep in result.endpoints)
-    log = (opts.cell_dir / "server.log").read_text()
+    log = (run.cell_dir / "server.log").read_text()
     assert "prefect-server stand-in: exec" in log
 
 
+@pytest.mark.slow
 def test_zig_standin_maps_the_contract_and_runs_without_services(
     standin: Path, tmp_path: Path
 ) -> None:
     setup = setup_for(tmp_path, no_services=True)
-    with start_server(ZigServer(standin), setup) as server:
+    with start_server(ZigServer(binary=standin), setup) as server:
         # the stand-in exec'd the Python server in place: same process, new command line
         argv = server.process.process.cmdline()
         assert argv[1:5] == ["-m", "prefect", "server", "start"]
@@ -114,6 +113,7 @@ def test_zig_standin_maps_the_contract_and_runs_without_services(
         assert (tmp_path / "data" / "prefect.db").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     any(LocalProvider.unavailable_reason(k) for k in ("postgres", "redis")),
     reason="no local postgres/redis: "
@@ -124,7 +124,7 @@ def test_zig_standin_on_postgres_and_redis_uses_both(standin: Path, tmp_path: Pa
     provider = LocalProvider()
     with provider.postgres(tmp_path, labels) as pg, provider.redis(tmp_path, labels) as rs:
         setup = setup_for(tmp_path, db="postgres", broker="redis", postgres=pg, redis=rs)
-        adapter = ZigServer(standin)
+        adapter = ZigServer(binary=standin)
         env = adapter.environment(1234, setup)
         assert env["PREFECT_DATABASE_BACKEND"] == "postgres"
         assert env["PREFECT_DATABASE_URL"] == pg.url
@@ -162,12 +162,13 @@ def test_zig_standin_on_postgres_and_redis_uses_both(standin: Path, tmp_path: Pa
                 client.close()
 
 
+@pytest.mark.slow
 def test_zig_standin_refusing_a_setting_fails_with_the_log_tail(
     standin: Path, tmp_path: Path
 ) -> None:
     servers = tmp_path / "servers.toml"
     servers.write_text('[servers.zig.env]\nPREFECT_NOT_IN_THE_CONTRACT = "1"\n')
-    adapter = make_server("zig", zig_binary=standin, servers_file=servers)
+    adapter = make_server("zig", {"binary": standin}, servers_file=servers)
     assert adapter.info()["servers_file"] == str(servers)
     with (
         pytest.raises(ServerError, match="exited with code 2 before answering") as info,
@@ -178,17 +179,13 @@ def test_zig_standin_refusing_a_setting_fails_with_the_log_tail(
     assert "server.log" in str(info.value)
 
 
-def test_a_zig_binary_crashing_at_start_fails_the_cell_with_its_output(tmp_path: Path) -> None:
+def test_a_zig_binary_crashing_at_start_fails_the_cell_with_its_output(
+    tmp_path: Path, cell_run: MakeRun, progress: MakeProgress
+) -> None:
     crash = tmp_path / "prefect-server"
     crash.write_text("#!/bin/sh\necho 'panic: reached unreachable code' >&2\nexit 1\n")
     crash.chmod(0o755)
-    opts = RunOptions(
-        cell=Cell(server="zig", db="sqlite", broker="memory"),
-        run_id=new_run_id(),
-        out_dir=tmp_path / "results",
-        zig_binary=crash,
-    )
-    result = run_cell(opts, quiet())
+    result = run_cell(cell_run("zig", server_options={"binary": crash}), progress())
     assert result.status == "failed"
     assert "exited with code 1 before answering" in (result.error or "")
     assert "panic: reached unreachable code" in (result.error or "")
@@ -198,7 +195,7 @@ def test_a_zig_binary_crashing_at_start_fails_the_cell_with_its_output(tmp_path:
 
 
 def test_zig_cells_without_a_usable_binary_are_skipped(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cell_run: MakeRun, progress: MakeProgress
 ) -> None:
     monkeypatch.delenv("BENCH_ZIG_BINARY", raising=False)
     monkeypatch.delenv("BENCH_ZIG_SRC", raising=False)
@@ -211,13 +208,7 @@ def test_zig_cells_without_a_usable_binary_are_skipped(
         not_executable: "not executable",
     }
     for binary, reason in cases.items():
-        opts = RunOptions(
-            cell=Cell(server="zig", db="sqlite", broker="memory"),
-            run_id=new_run_id(),
-            out_dir=tmp_path / "results",
-            zig_binary=binary,
-        )
-        result = run_cell(opts, quiet())
+        result = run_cell(cell_run("zig", server_options={"binary": binary}), progress())
         assert result.status == "skipped", (binary, result.error)
         assert reason in (result.error or ""), result.error
 
@@ -229,7 +220,7 @@ def test_zig_binary_from_the_environment_and_conflicts(
     monkeypatch.delenv("BENCH_ZIG_SRC", raising=False)
     assert ZigServer().binary == STANDIN.resolve()
     with pytest.raises(ConfigError, match="not both"):
-        ZigServer(STANDIN, tmp_path)
+        ZigServer(binary=STANDIN, src=tmp_path)
     monkeypatch.setenv("BENCH_ZIG_SRC", str(tmp_path))
     with pytest.raises(ConfigError, match="both set"):
         ZigServer()
@@ -294,6 +285,7 @@ def checkout(tmp_path: Path) -> Path:
 
 
 @needs_zig
+@pytest.mark.slow
 def test_a_checkout_is_built_once_per_commit_and_recorded(checkout: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     commit = git(checkout, "rev-parse", "HEAD")
@@ -328,6 +320,7 @@ def test_a_checkout_is_built_once_per_commit_and_recorded(checkout: Path, tmp_pa
 
 
 @needs_zig
+@pytest.mark.slow
 def test_a_checkout_that_does_not_build_fails_with_the_build_log(
     checkout: Path, tmp_path: Path
 ) -> None:

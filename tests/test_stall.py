@@ -22,8 +22,12 @@ from dataclasses import dataclass
 import psutil
 import pytest
 
-from bench.engine import EngineRequest, LoadSpec, Measurement, Target, measure
-from bench.servers import RunningServer, ServerSetup, make_server, start_server
+from bench.engine import EngineRequest, LoadSpec, Target, decode_histogram, measure
+from bench.results import Measurement
+from bench.servers.registry import make_server
+from bench.servers.running import RunningServer, ServerSetup, start_server
+
+pytestmark = pytest.mark.slow
 
 RATE = 200.0  # requests/s: the Python server answers /api/health several times faster
 OPEN_CONNECTIONS = 8
@@ -97,7 +101,7 @@ class StalledRun:
     @property
     def slow(self) -> int:
         """How many latencies were SLOW_US or longer."""
-        h = self.measurement.histogram
+        h = decode_histogram(self.measurement)
         return sum(
             item.count_at_value_iterated_to
             for item in h.get_recorded_iterator()
@@ -140,7 +144,7 @@ def closed_run(server: RunningServer) -> StalledRun:
 def _describe(run: StalledRun) -> str:
     m = run.measurement
     return (
-        f"requests={m.requests} rps={m.rps:.0f} errors={m.errors} latency_ms={m.latency_ms()} "
+        f"requests={m.requests} rps={m.rps:.0f} errors={m.errors} latency_ms={m.latency_ms} "
         f"slow={run.slow} late_sends={m.late_sends} saturated={m.client_saturated} "
         f"stall={run.stall_s:.2f}s problems={m.problems}"
     )
@@ -154,7 +158,7 @@ def test_open_model_shows_the_stall_in_its_tail(open_run: StalledRun) -> None:
     # The server held the rate: the stall delays requests, the backlog is sent afterwards.
     assert m.offered_rps == RATE
     assert m.rps >= 0.8 * RATE, info
-    latency = m.latency_ms()
+    latency = m.latency_ms
     assert latency is not None, info
     assert latency.p999 >= SLOW_US / 1000, info
     assert latency.max >= SLOW_US / 1000, info
@@ -169,7 +173,7 @@ def test_closed_model_hides_most_of_the_stall(open_run: StalledRun, closed_run: 
     info = f"closed: {_describe(closed_run)}; open: {_describe(open_run)}"
     assert closed_run.stall_s >= STALL_S, info
     assert not m.errors, info
-    latency = m.latency_ms()
+    latency = m.latency_ms
     assert latency is not None and latency.max >= SLOW_US / 1000, info
     # Only the requests in flight when the server stopped waited; the open model measured every
     # request that was due during the stall (about RATE * STALL_S / 2 of them waited >= 0.5 s).

@@ -1,4 +1,5 @@
-"""The load engine: sends one request again and again and measures what comes back.
+"""The load engine: sends one request again and again and measures what comes back
+(a `bench.results.Measurement`).
 
 `measure()` is the entry point. The engine's worker processes are started on first use and
 reused; `shutdown()` stops them early (they are also stopped at exit, and when the caller is
@@ -10,8 +11,8 @@ from bench.engine.model import (
     UNIQUE_TOKEN,
     EngineRequest,
     LoadSpec,
-    Measurement,
     Target,
+    decode_histogram,
     new_histogram,
 )
 from bench.engine.pool import EngineError, shutdown, worker_pids
@@ -21,9 +22,9 @@ __all__ = [
     "EngineError",
     "EngineRequest",
     "LoadSpec",
-    "Measurement",
     "Target",
     "choose_procs",
+    "decode_histogram",
     "measure",
     "new_histogram",
     "shutdown",

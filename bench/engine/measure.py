@@ -12,10 +12,11 @@ from time import monotonic_ns
 
 from hdrh.histogram import HdrHistogram
 
-from bench.engine.client import Job, ShareResult
-from bench.engine.model import EngineRequest, LoadSpec, Measurement, Target, new_histogram
+from bench.engine.model import EngineRequest, LoadSpec, Target, latency_summary, new_histogram
 from bench.engine.pool import get_pool
+from bench.engine.worker import Job, ShareResult
 from bench.errors import ConfigError
+from bench.results import Measurement
 
 # Time between handing out the jobs and the first send: the workers connect meanwhile.
 START_DELAY_S = 0.1
@@ -32,8 +33,8 @@ CONNS_PER_PROC = 32
 
 
 def available_cpus(spec: LoadSpec) -> int:
-    if spec.cpus:
-        return len(spec.cpus)
+    if spec.client_cpus:
+        return len(spec.client_cpus)
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
@@ -43,18 +44,18 @@ def available_cpus(spec: LoadSpec) -> int:
 def choose_procs(spec: LoadSpec) -> int:
     """How many engine processes a spec gets.
 
-    Explicit `procs` is used as given (warning if above the cores available), but never more
-    than the concurrency. Automatic (`procs=None`): one process per 32 connections, at most a
-    quarter of the usable cores (the server needs the rest) or, with `cpus`, one per CPU given
+    Explicit `engine_procs` is used as given (warning if above the cores available), but never more
+    than the concurrency. Automatic (None): one process per 32 connections, at most a quarter
+    of the usable cores (the server needs the rest) or, with `client_cpus`, one per CPU given
     -- so 1 process on small machines: one process drives some tens of thousands of requests
     per second (~80k/s against nginx, closed model), more than Prefect servers answer. A
     measurement where that was not enough says so with `client_saturated`; then set procs.
     """
     cores = available_cpus(spec)
-    if spec.procs is not None:
-        if spec.procs < 1:
-            raise ConfigError(f"procs must be at least 1, not {spec.procs}")
-        n = min(spec.procs, spec.concurrency)
+    if spec.engine_procs is not None:
+        if spec.engine_procs < 1:
+            raise ConfigError(f"engine_procs must be at least 1, not {spec.engine_procs}")
+        n = min(spec.engine_procs, spec.concurrency)
         if n > cores:
             warnings.warn(
                 f"{n} engine processes on {cores} cores: they will compete for CPU",
@@ -62,7 +63,7 @@ def choose_procs(spec: LoadSpec) -> int:
                 stacklevel=3,
             )
         return n
-    limit = cores if spec.cpus else cores // 4
+    limit = cores if spec.client_cpus else cores // 4
     return max(1, min(math.ceil(spec.concurrency / CONNS_PER_PROC), limit, spec.concurrency))
 
 
@@ -82,10 +83,12 @@ def _check(request: EngineRequest, spec: LoadSpec) -> None:
         raise ConfigError("duration must be positive and warmup not negative")
     if spec.rate is not None and spec.rate <= 0:
         raise ConfigError(f"rate must be positive, not {spec.rate}")
-    if spec.cpus is not None:
+    if spec.client_cpus is not None:
         allowed = os.sched_getaffinity(0)
-        if not spec.cpus or not set(spec.cpus) <= allowed:
-            raise ConfigError(f"cpus {spec.cpus} are not among the usable CPUs {sorted(allowed)}")
+        if not spec.client_cpus or not set(spec.client_cpus) <= allowed:
+            raise ConfigError(
+                f"client_cpus {spec.client_cpus} are not among the usable CPUs {sorted(allowed)}"
+            )
     if spec.timeout_s <= 0:
         raise ConfigError(f"timeout must be positive, not {spec.timeout_s}")
 
@@ -136,22 +139,23 @@ def measure(
             Job(
                 target=target,
                 request=request,
-                concurrency=conns[i],
+                spec=spec,
+                connections=conns[i],
                 rate=rate,
                 start_ns=start + offset,
                 window_start_ns=w_start,
                 window_end_ns=w_end,
-                timeout_s=spec.timeout_s,
                 token_prefix=f"{nonce}-{i}-".encode(),
             )
         )
     give_up = w_end + int(REPORT_GRACE_S * 1e9)
-    results = pool.run(jobs, _cpu_sets(spec.cpus, n), progress, lambda: monotonic_ns() > give_up)
+    cpus = _cpu_sets(spec.client_cpus, n)
+    results = pool.run(jobs, cpus, progress, lambda: monotonic_ns() > give_up)
     return merge(results, spec)
 
 
 def merge(results: Sequence[ShareResult], spec: LoadSpec) -> Measurement:
-    """Add up the processes' counts and histograms (losslessly)."""
+    """Add up the processes' counts and histograms (losslessly) into the result's shape."""
     hist = new_histogram()
     errors: dict[str, int] = {}
     problems: list[str] = []
@@ -180,18 +184,21 @@ def merge(results: Sequence[ShareResult], spec: LoadSpec) -> Measurement:
                 " it could not hold the rate (more --engine-procs or another --client-cpus)",
             )
     return Measurement(
+        concurrency=spec.concurrency,
         requests=requests,
-        errors=errors,
+        errors=dict(sorted(errors.items())),
         duration_s=spec.duration_s,
-        histogram=hist,
-        client_cpu_s=cpu_s,
+        rps=(requests - sum(errors.values())) / spec.duration_s,
+        rps_slices=_slice_rps(results, spec.duration_s),
+        latency_ms=latency_summary(hist),
         client_saturated=saturated,
+        hdr=hist.encode().decode("ascii") if hist.get_total_count() else None,
+        problems=problems[:10],
+        client_cpu_s_per_request=cpu_s / requests if requests else None,
+        engine_procs=len(results),
         offered_rps=spec.rate,
         late_sends=late,
         rate_held=rate_held,
-        problems=problems[:10],
-        procs=len(results),
-        slice_rps=_slice_rps(results, spec.duration_s),
     )
 
 

@@ -1,13 +1,15 @@
-"""What the engine is given (a target, a request, a load spec) and what it gives back."""
+"""What the engine is given (a target, a request, a load spec); what it gives back is
+`bench.results.Measurement`, the shape the result stores."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
+from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-from bench.results import LatencyMs
+from bench.results import LatencyMs, Measurement, RunConfig
 
 # Bytes in a request body replaced by a token unique to each request (e.g. flow run names).
 UNIQUE_TOKEN = b"{{unique}}"
@@ -48,69 +50,52 @@ class EngineRequest:
 
 @dataclass(frozen=True)
 class LoadSpec:
-    """How hard and how long: closed model (concurrency) unless `rate` (requests/s) is set."""
+    """How hard and how long: closed model (concurrency) unless `rate` (requests/s) is set.
+
+    The names are RunConfig's: a run's spec for each level is `for_level(config, c)`.
+    """
 
     concurrency: int
     duration_s: float
     warmup_s: float
     rate: float | None = None
-    procs: int | None = None
+    engine_procs: int | None = None
     timeout_s: float = 10.0
-    cpus: tuple[int, ...] | None = None
+    client_cpus: tuple[int, ...] | None = None
+
+    @classmethod
+    def for_level(cls, config: RunConfig, concurrency: int) -> LoadSpec:
+        """The spec of one concurrency level of a run: every field named as in RunConfig
+        comes from it, so an engine option declared in both needs no copying."""
+        values: dict[str, Any] = {"concurrency": concurrency}
+        for spec_field in fields(cls):
+            if spec_field.name in RunConfig.model_fields and spec_field.name != "concurrency":
+                value = getattr(config, spec_field.name)
+                values[spec_field.name] = tuple(value) if isinstance(value, list) else value
+        return cls(**values)
 
 
-@dataclass
-class Measurement:
-    """What one measurement window saw. Latencies are of successful responses, in µs."""
+def decode_histogram(measurement: Measurement) -> HdrHistogram:
+    """The latency histogram (µs) of a measurement; empty when nothing succeeded."""
+    if measurement.hdr is None:
+        return new_histogram()
+    return HdrHistogram.decode(measurement.hdr)
 
-    requests: int
-    errors: dict[str, int]
-    duration_s: float
-    histogram: HdrHistogram = field(default_factory=new_histogram)
-    client_cpu_s: float = 0.0
-    client_saturated: bool = False
-    offered_rps: float | None = None
-    late_sends: int | None = None
-    # Open model: whether the offered rate was held (None in the closed model). Sends that wait
-    # for a free connection are the server's doing (every connection is waiting on it): they
-    # make the rate not held but not the client "saturated". That flag is for a load generator
-    # that was the limit: CPU-bound, or late with sends while a connection was free.
-    rate_held: bool | None = None
-    # Added by the engine: the first few distinct problems seen (failed validations, unexpected
-    # statuses with the start of their body, connection errors), for the runner to report.
-    problems: list[str] = field(default_factory=list)
-    # How many engine processes produced this measurement.
-    procs: int = 1
-    # Successful responses per second in each equal slice (~0.5 s) of the window.
-    slice_rps: list[float] | None = None
 
-    @property
-    def successes(self) -> int:
-        return self.requests - sum(self.errors.values())
+def latency_summary(hist: HdrHistogram) -> LatencyMs | None:
+    """min, mean and percentiles in ms of a µs histogram; None when it is empty."""
+    if hist.get_total_count() == 0:
+        return None
 
-    @property
-    def rps(self) -> float:
-        return self.successes / self.duration_s if self.duration_s > 0 else 0.0
+    def ms(us: float) -> float:
+        return round(us / 1000, 3)
 
-    def latency_ms(self) -> LatencyMs | None:
-        h = self.histogram
-        if h.get_total_count() == 0:
-            return None
-
-        def ms(us: float) -> float:
-            return round(us / 1000, 3)
-
-        return LatencyMs(
-            min=ms(h.get_min_value()),
-            mean=ms(h.get_mean_value()),
-            p50=ms(h.get_value_at_percentile(50)),
-            p90=ms(h.get_value_at_percentile(90)),
-            p99=ms(h.get_value_at_percentile(99)),
-            p999=ms(h.get_value_at_percentile(99.9)),
-            max=ms(h.get_max_value()),
-        )
-
-    def encoded_histogram(self) -> str | None:
-        if self.histogram.get_total_count() == 0:
-            return None
-        return self.histogram.encode().decode("ascii")
+    return LatencyMs(
+        min=ms(hist.get_min_value()),
+        mean=ms(hist.get_mean_value()),
+        p50=ms(hist.get_value_at_percentile(50)),
+        p90=ms(hist.get_value_at_percentile(90)),
+        p99=ms(hist.get_value_at_percentile(99)),
+        p999=ms(hist.get_value_at_percentile(99.9)),
+        max=ms(hist.get_max_value()),
+    )

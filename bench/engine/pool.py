@@ -26,7 +26,7 @@ from pathlib import Path
 from time import monotonic
 
 import bench
-from bench.engine.client import Job, ShareResult, run_share
+from bench.engine.worker import Job, ShareResult, run_share
 from bench.errors import BenchError
 
 SPAWN_TIMEOUT_S = 60.0
@@ -138,9 +138,6 @@ class EnginePool:
     def __init__(self) -> None:
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()
-
-    def size(self) -> int:
-        return len(self._workers)
 
     def pids(self) -> list[int]:
         return [w.pid for w in self._workers]

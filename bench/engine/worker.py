@@ -1,4 +1,4 @@
-"""The hot loop of one engine process: keep-alive connections on one event loop.
+"""What each engine process runs: keep-alive connections on one event loop (the hot loop).
 
 Each `Connection` is one connection slot: an asyncio Protocol that parses responses with
 httptools, reconnects itself when the connection ends, and tells the pacer when it is free.
@@ -29,7 +29,7 @@ from httptools import (
     HttpResponseParser,
 )
 
-from bench.engine.model import HISTOGRAM_MAX_US, EngineRequest, Target, new_histogram
+from bench.engine.model import HISTOGRAM_MAX_US, EngineRequest, LoadSpec, Target, new_histogram
 from bench.engine.pacer import ClosedPacer, OpenPacer, Pacer
 from bench.engine.wire import request_factory
 
@@ -45,17 +45,18 @@ SLICE_S = 0.5
 
 @dataclass(frozen=True)
 class Job:
-    """One process's share of a measurement. Times are time.monotonic_ns() values
-    (CLOCK_MONOTONIC, the same in every process of the machine)."""
+    """One process's share of a measurement: its connections and rate out of the spec's.
+    Times are time.monotonic_ns() values (CLOCK_MONOTONIC, the same in every process of the
+    machine)."""
 
     target: Target
     request: EngineRequest
-    concurrency: int
+    spec: LoadSpec
+    connections: int
     rate: float | None
     start_ns: int
     window_start_ns: int
     window_end_ns: int
-    timeout_s: float
     token_prefix: bytes
 
 
@@ -215,7 +216,7 @@ class ShareRun:
         self.next_request = request_factory(job.request, job.target, job.token_prefix)
         self.w_start = job.window_start_ns
         self.w_end = job.window_end_ns
-        self.timeout_ns = int(job.timeout_s * 1e9)
+        self.timeout_ns = int(job.spec.timeout_s * 1e9)
         self.latencies = array("q")
         self.lat_append = self.latencies.append
         self.errors: dict[str, int] = {}
@@ -227,7 +228,7 @@ class ShareRun:
             self.pacer = ClosedPacer()
         else:
             self.pacer = OpenPacer(loop, job.rate, job.start_ns, self.w_start, self.w_end)
-        self.conns = [Connection(self) for _ in range(job.concurrency)]
+        self.conns = [Connection(self) for _ in range(job.connections)]
         self.tasks: set[asyncio.Task[None]] = set()
         self.done: asyncio.Future[None] = loop.create_future()
 
@@ -277,7 +278,7 @@ class ShareRun:
             try:
                 await asyncio.wait_for(
                     self.loop.create_connection(lambda: conn, target.host, target.port),
-                    self.job.timeout_s,
+                    self.job.spec.timeout_s,
                 )
                 return
             except (TimeoutError, OSError) as exc:
@@ -293,12 +294,12 @@ class ShareRun:
         for conn in self.conns:
             if conn.start_ns and now - conn.sent_ns > limit:
                 conn.failures += 1  # reconnect with backoff: the server may be stuck
-                conn.fail("timeout", f"no response within {self.job.timeout_s} s")
+                conn.fail("timeout", f"no response within {self.job.spec.timeout_s} s")
         self.loop.call_later(self._timeout_tick, self._check_timeouts)
 
     @property
     def _timeout_tick(self) -> float:
-        return min(0.1, max(self.job.timeout_s / 5, 0.005))
+        return min(0.1, max(self.job.spec.timeout_s / 5, 0.005))
 
     # the run
 

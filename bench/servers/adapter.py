@@ -1,5 +1,11 @@
-"""Any server described as data (bench.servers_config.ServerSpec): a servers.toml entry, and the
-base of the built-in python and zig adapters."""
+"""The adapter of every server under test: it runs a ServerSpec (bench.servers.specs), the data
+that says what to run and with which settings per db and broker.
+
+A servers.toml server is this class alone; the built-in python and zig servers subclass it
+for what data cannot say (an installed package's version; where a binary comes from). An
+adapter may declare command-line options of its own (`options`): the CLI offers them and hands
+their values to that adapter only.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +13,41 @@ import hashlib
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
-from bench.errors import CellSkipped, ConfigError, ServerError
+from bench.errors import ConfigError, ServerError
+from bench.matrix import DBS
 from bench.ports import LOOPBACK
 from bench.process import ManagedProcess, wait_until
-from bench.servers.base import ServerAdapter, ServerSetup, clean_environ
-from bench.servers_config import DB_SECTIONS, NO_SERVICES_SECTION, ServerSpec, render
+from bench.servers.specs import NO_SERVICES_SECTION, ServerSpec, render
+
+if TYPE_CHECKING:
+    from bench.servers.running import ServerSetup
 
 VERSION_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class ServerOption:
+    """A command-line option of one server adapter (e.g. zig's --zig-binary).
+
+    Its value reaches the adapter's constructor as the keyword `dest`; `env` names the
+    environment variable the adapter reads when the option is not given.
+    """
+
+    flag: str
+    dest: str
+    help: str
+    metavar: str = "PATH"
+    env: str | None = None
+
+
+def clean_environ() -> dict[str, str]:
+    """Our environment without PREFECT_* variables: our own settings (profiles, API URLs)
+    must not leak into the server under test or its build."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
 
 
 def sha256_of(path: Path) -> str:
@@ -67,8 +99,16 @@ def run_logged(argv: list[str], *, cwd: Path, log_path: Path, timeout_s: float, 
         )
 
 
-class SpecServer(ServerAdapter):
-    """Runs a ServerSpec: renders its command and environment for the cell, builds it if asked."""
+class ServerAdapter:
+    """Runs a ServerSpec: renders its command and environment for a cell, builds it if asked.
+
+    The runner calls, in this order: unavailable_reason(no_services), prepare(logdir),
+    version(), info(), then bench.servers.running.start_server(adapter, setup), which calls
+    command() and environment().
+    """
+
+    # Options of this server's own; their values are the constructor's keyword arguments.
+    options: ClassVar[tuple[ServerOption, ...]] = ()
 
     def __init__(self, spec: ServerSpec) -> None:
         self.spec = spec
@@ -85,7 +125,11 @@ class SpecServer(ServerAdapter):
         """{binary}: the executable the server runs, if it names one."""
         return self.spec.binary
 
-    def unavailable_reason(self) -> str | None:
+    def unavailable_reason(self, no_services: bool = False) -> str | None:
+        """None if this server can run here (without its services, if asked); else why not
+        and what would make it run."""
+        if no_services and (reason := self._no_services_problem()):
+            return reason
         if self.binary is not None and self.spec.build is None:
             # with a build step, the binary may only exist once prepare() has run
             return executable_problem(self.binary, f"the {self.name} server's binary")
@@ -94,6 +138,10 @@ class SpecServer(ServerAdapter):
         return None
 
     def prepare(self, logdir: Path) -> None:
+        """Build what the server needs, once (later calls return at once); its log in `logdir`.
+
+        ServerError, with the build log's tail, when the build fails.
+        """
         if self._prepared:
             return
         build = self.spec.build
@@ -132,6 +180,7 @@ class SpecServer(ServerAdapter):
         return text.splitlines()[0] if text else None
 
     def info(self) -> dict[str, str | bool]:
+        """Extra facts for the result's server block (e.g. a binary's sha256)."""
         info: dict[str, str | bool] = {}
         if self.spec.user_file is not None:
             info["servers_file"] = str(self.spec.user_file)
@@ -143,22 +192,17 @@ class SpecServer(ServerAdapter):
     # -- the cell -----------------------------------------------------------------------------
 
     def command(self, port: int, setup: ServerSetup) -> list[str]:
+        """The argv that starts the server on 127.0.0.1:port."""
         values = self._values(port, setup)
         cell = _cell_words(setup)
         argv = [render(a, values, f"{self._where()} command", cell) for a in self.spec.command]
         if setup.no_services:
-            extra = self.spec.no_services_args
-            if extra is None and NO_SERVICES_SECTION not in self.spec.env:
-                raise CellSkipped(
-                    f"the {self.name} server does not say how to run without its services: "
-                    f"give it no_services_args or [env.{NO_SERVICES_SECTION}] "
-                    f"({self._where()})"
-                )
             where = f"{self._where()} no_services_args"
-            argv += [render(a, values, where, cell) for a in extra or ()]
+            argv += [render(a, values, where, cell) for a in self.spec.no_services_args or ()]
         return argv
 
     def environment(self, port: int, setup: ServerSetup) -> dict[str, str]:
+        """The variables the server needs, on top of `clean_environ()`."""
         values = self._values(port, setup)
         cell = _cell_words(setup)
         sections = ["", setup.db, setup.broker]
@@ -173,6 +217,14 @@ class SpecServer(ServerAdapter):
         return env
 
     # -- helpers --------------------------------------------------------------------------
+
+    def _no_services_problem(self) -> str | None:
+        if self.spec.no_services_args is None and NO_SERVICES_SECTION not in self.spec.env:
+            return (
+                f"the {self.name} server does not say how to run without its services: "
+                f"give it no_services_args or [env.{NO_SERVICES_SECTION}] ({self._where()})"
+            )
+        return None
 
     def _source(self) -> str:
         return str(self.spec.user_file) if self.spec.user_file else "built-in servers"
@@ -197,7 +249,7 @@ class SpecServer(ServerAdapter):
         }
         if self.binary is not None:
             values["binary"] = str(self.binary)
-        if setup.db not in DB_SECTIONS:
+        if setup.db not in DBS:
             raise ConfigError(f"unknown db {setup.db!r}")
         if setup.db == "postgres":
             if setup.postgres is None:

@@ -10,11 +10,11 @@ import contextlib
 import importlib.metadata
 import importlib.util
 
-from bench.servers.custom import SpecServer
-from bench.servers_config import ServerSpec, load_builtin
+from bench.servers.adapter import ServerAdapter
+from bench.servers.specs import ServerSpec, load_builtin
 
 
-class PythonServer(SpecServer):
+class PythonServer(ServerAdapter):
     """`prefect server start` with the UI, analytics and access log off, for a fair measure."""
 
     def __init__(self, spec: ServerSpec | None = None) -> None:
@@ -23,13 +23,13 @@ class PythonServer(SpecServer):
     def _runs_our_prefect(self) -> bool:
         return self.spec.command[0] == "{python}"
 
-    def unavailable_reason(self) -> str | None:
+    def unavailable_reason(self, no_services: bool = False) -> str | None:
         if self._runs_our_prefect() and importlib.util.find_spec("prefect") is None:
             return (
                 "prefect is not installed in this environment: "
                 "pip install prefect prefect-redis (nox sessions do this)"
             )
-        return super().unavailable_reason()
+        return super().unavailable_reason(no_services)
 
     def version(self) -> str | None:
         if self.spec.version_command is not None or not self._runs_our_prefect():

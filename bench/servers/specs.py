@@ -21,19 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import ConfigError
+from bench.matrix import BROKERS, DBS
 
 SERVERS_FILE_ENV = "BENCH_SERVERS_FILE"
 DEFAULT_SERVERS_FILE = "servers.toml"
-BUILTIN_FILE = Path(__file__).resolve().parent / "servers" / "builtin.toml"
-BUILTIN_SERVERS = ("python", "zig")
+BUILTIN_FILE = Path(__file__).resolve().parent / "builtin.toml"
 # the runner's name for a server given by --url
 RESERVED_NAMES = ("external",)
 
 # Sections of a server's env table, applied in this order after its plain variables.
-DB_SECTIONS = ("sqlite", "postgres")
-BROKER_SECTIONS = ("memory", "redis")
 NO_SERVICES_SECTION = "no_services"
-ENV_SECTIONS = (*DB_SECTIONS, *BROKER_SECTIONS, NO_SERVICES_SECTION)
+ENV_SECTIONS = (*DBS, *BROKERS, NO_SERVICES_SECTION)
 
 # Placeholders, by when they have a value (see servers.toml.example for their meaning).
 ALWAYS = ("port", "host", "workdir", "sqlite_path", "python", "config_dir", "binary")
@@ -77,13 +75,12 @@ class BuildSpec:
 
 @dataclass(frozen=True)
 class ServerSpec:
-    """One server, as data; `bench.servers.custom.SpecServer` runs it."""
+    """One server, as data; `bench.servers.adapter.ServerAdapter` runs it."""
 
     name: str
     command: tuple[str, ...]
     # section ("" for always, else one of ENV_SECTIONS) → variable → template
     env: Mapping[str, Mapping[str, str]]
-    source: str  # where it was described: "built-in" or a servers.toml path (+ "built-in")
     config_dir: Path  # relative paths and {config_dir} refer to it
     description: str = ""
     api_path: str = "/api"
@@ -94,10 +91,6 @@ class ServerSpec:
     binary: Path | None = None
     build: BuildSpec | None = None
     user_file: Path | None = field(default=None)  # the servers.toml that defined or changed it
-
-    @property
-    def builtin(self) -> bool:
-        return self.name in BUILTIN_SERVERS
 
     def uses(self, placeholder: str) -> bool:
         """Whether any template of the server's start (command, env) uses `placeholder`."""
@@ -128,8 +121,7 @@ def load_servers(path: Path | None = None) -> dict[str, ServerSpec]:
     """Every server by name: built-ins first, then the servers.toml's own, in file order."""
     builtin = _entries(_read(BUILTIN_FILE), BUILTIN_FILE)
     specs = {
-        name: _spec(name, entry, source="built-in", base=Path.cwd(), user_file=None)
-        for name, entry in builtin.items()
+        name: _spec(name, entry, base=Path.cwd(), user_file=None) for name, entry in builtin.items()
     }
     user = servers_file(path)
     if user is None:
@@ -139,18 +131,23 @@ def load_servers(path: Path | None = None) -> dict[str, ServerSpec]:
         _check_keys(entry, _SERVER_KEYS, where)
         if name in specs:
             merged = _merge(builtin[name], entry)
-            specs[name] = _spec(name, merged, f"{user} over built-in", user.parent, user)
+            specs[name] = _spec(name, merged, user.parent, user)
         else:
             if "command" not in entry:
                 raise ConfigError(f"{where} has no command (a list: program and arguments)")
-            specs[name] = _spec(name, entry, str(user), user.parent, user)
+            specs[name] = _spec(name, entry, user.parent, user)
     return specs
 
 
 def load_builtin(name: str) -> ServerSpec:
     """A built-in server as bench/servers/builtin.toml describes it, without any servers.toml."""
     entry = _entries(_read(BUILTIN_FILE), BUILTIN_FILE)[name]
-    return _spec(name, entry, source="built-in", base=Path.cwd(), user_file=None)
+    return _spec(name, entry, base=Path.cwd(), user_file=None)
+
+
+def builtin_server_names() -> tuple[str, ...]:
+    """The names of the built-in servers (python, zig), whatever servers.toml says."""
+    return tuple(_entries(_read(BUILTIN_FILE), BUILTIN_FILE))
 
 
 def server_names(path: Path | None = None) -> tuple[str, ...]:
@@ -234,9 +231,7 @@ def _merge(builtin: Mapping[str, Any], user: Mapping[str, Any]) -> dict[str, Any
     return merged
 
 
-def _spec(
-    name: str, entry: Mapping[str, Any], source: str, base: Path, user_file: Path | None
-) -> ServerSpec:
+def _spec(name: str, entry: Mapping[str, Any], base: Path, user_file: Path | None) -> ServerSpec:
     where = f"{user_file or BUILTIN_FILE}: [servers.{name}]"
     _check_keys(entry, _SERVER_KEYS, where)
     if "command" not in entry:
@@ -249,7 +244,6 @@ def _spec(
         name=name,
         command=command,
         env=_env(entry.get("env", {}), f"{where[:-1]}.env]"),
-        source=source,
         config_dir=base,
         description=_str(entry.get("description", ""), f"{where} description"),
         api_path=_path(entry.get("api_path", "/api"), f"{where} api_path", empty_ok=True),

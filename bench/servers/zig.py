@@ -27,8 +27,8 @@ from pathlib import Path
 import psutil
 
 from bench.errors import ConfigError, ServerError
-from bench.servers.custom import SpecServer, executable_problem, run_logged
-from bench.servers_config import ServerSpec, load_builtin
+from bench.servers.adapter import ServerAdapter, ServerOption, executable_problem, run_logged
+from bench.servers.specs import ServerSpec, load_builtin
 
 BINARY_ENV = "BENCH_ZIG_BINARY"
 SRC_ENV = "BENCH_ZIG_SRC"
@@ -201,15 +201,27 @@ def build_checkout(
     return ZigBuild(final / "bin" / BINARY_NAME, src, state, zig_version, cached=False)
 
 
-class ZigServer(SpecServer):
+class ZigServer(ServerAdapter):
     """The zig prefect-server, from a binary or a checkout (see the module's docstring)."""
+
+    options = (
+        ServerOption("--zig-binary", "binary", "the zig prefect-server executable", env=BINARY_ENV),
+        ServerOption(
+            "--zig-src",
+            "src",
+            "a zig prefect-server checkout, built with `zig build -Doptimize=ReleaseFast` into "
+            "a cache keyed by its commit",
+            metavar="DIR",
+            env=SRC_ENV,
+        ),
+    )
 
     def __init__(
         self,
+        spec: ServerSpec | None = None,
+        *,
         binary: Path | None = None,
         src: Path | None = None,
-        *,
-        spec: ServerSpec | None = None,
         cache_dir: Path | None = None,
     ) -> None:
         super().__init__(spec or load_builtin("zig"))
@@ -234,7 +246,9 @@ class ZigServer(SpecServer):
             return self.build.binary
         return self._given
 
-    def unavailable_reason(self) -> str | None:
+    def unavailable_reason(self, no_services: bool = False) -> str | None:
+        if no_services and (reason := self._no_services_problem()):
+            return reason
         if self.src is not None:
             return self._src_problem()
         if self._given is None:
