@@ -1,8 +1,9 @@
 """The command line: parses arguments into options, runs, prints, and picks the exit code.
 
 Exit codes:
-    0    the cell ran and its result is ok (report: written)
-    1    the cell failed (its result says why) or a result could not be written
+    0    the cell ran and its result is ok (report: written; conformance: all read back)
+    1    the cell failed (its result says why) or a result could not be written; conformance:
+         something did not read back (the line says what), or the server does not answer
     2    bad input: an unknown name, a bad number, an unwritable results folder
     3    the cell was skipped: it cannot run on this machine (its result says why)
     130  interrupted (Ctrl-C or SIGTERM); the partial result is written
@@ -15,6 +16,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
@@ -22,8 +24,17 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 from rich.console import Console
+from rich.table import Table
 
-from bench import __version__
+from bench import __version__, ownership
+from bench.conformance import (
+    DEFAULT_TASKS,
+    DEFAULT_TIMEOUT_S,
+    check,
+    check_inputs,
+    report_lines,
+    traffic_rows,
+)
 from bench.errors import BenchError, ConfigError
 from bench.matrix import BROKERS, DBS
 from bench.progress import progress_for
@@ -105,6 +116,7 @@ CONFIG_OPTIONS: tuple[tuple[str, str, Callable[[str], Any] | None, str | None], 
     ("--client-cpus", "client_cpus", _cpu_list, "LIST"),
     ("--url", "url", str, "URL"),
     ("--provider", "provider", _Choice(tuple(PROVIDERS), "provider"), "NAME"),
+    ("--tasks", "tasks", int, "N"),
     ("--no-services", "no_services", None, None),
 )
 _FLAG_OF = {field: flag for flag, field, _, _ in CONFIG_OPTIONS}
@@ -185,6 +197,37 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="PATH",
         help="results to compare with, run for run (e.g. the runs before a change)",
+    )
+
+    conformance = commands.add_parser(
+        "conformance",
+        help="does a server serve the real Prefect client? (its flow run, task runs and events "
+        "must read back)",
+    )
+    conformance.add_argument(
+        "--url", required=True, help="the server's API, http:// on this machine (…/api)"
+    )
+    conformance.add_argument(
+        "--tasks",
+        type=int,
+        default=DEFAULT_TASKS,
+        metavar="N",
+        help=f"tasks in the flow (default {DEFAULT_TASKS})",
+    )
+    conformance.add_argument(
+        "--timeout",
+        dest="timeout_s",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="S",
+        help="seconds everything has to read back once the client has run the flow "
+        f"(default {DEFAULT_TIMEOUT_S:g})",
+    )
+    conformance.add_argument(
+        "--json",
+        type=Path,
+        metavar="PATH",
+        help="also write the report to exactly this path (never overwritten)",
     )
     return parser
 
@@ -275,6 +318,34 @@ def _report(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+def _conformance(args: argparse.Namespace, console: Console) -> int:
+    parse_url(args.url)  # bad input: before anything is started
+    check_inputs(args.tasks, args.timeout_s)
+    if args.json and args.json.exists():
+        raise ConfigError(f"{args.json} exists: reports are never overwritten")
+    prefix = f"{ownership.FOLDER_PREFIX}conformance-"
+    with tempfile.TemporaryDirectory(prefix=prefix) as folder:
+        # marked, so that the next cell removes it if we are killed before we do
+        ownership.mark_folder(
+            Path(folder), ownership.Labels("conformance", "conformance"), "client"
+        )
+        report = check(args.url, tasks=args.tasks, workdir=Path(folder), timeout_s=args.timeout_s)
+    for line in report_lines(report):
+        console.print(line, markup=False, highlight=False)
+    table = Table(title="what the real client sent for its flow run", title_justify="left")
+    table.add_column("request")
+    table.add_column("count", justify="right")
+    for what, count in traffic_rows(report.traffic):
+        table.add_row(what, str(count))
+    console.print(table)
+    for problem in report.traffic.problems:
+        console.print(f"warning: {problem}", markup=False, highlight=False, style="yellow")
+    if args.json:
+        write_result(report, args.json)
+        console.print(f"report: {args.json}", markup=False, highlight=False)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
 # Width of tables written to a file or pipe (a CI log, `| less`): rich's default there is 80
 # columns, too narrow for the report's tables, which then wrap every name.
 PIPE_WIDTH = 200
@@ -295,6 +366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args, console)
+        if args.command == "conformance":
+            return _conformance(args, console)
         return _report(args, console)
     except ConfigError as exc:
         print(f"prefect-bench: error: {exc}", file=sys.stderr)

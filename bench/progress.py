@@ -10,20 +10,26 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from bench.results import EndpointResult
+from bench.results import EndpointResult, LatencyMs, ScenarioResult
 
 
-def _summary(ep: EndpointResult) -> list[str]:
-    errors = sum(ep.errors.values())
-    lat = ep.latency_ms
+def _row(name: str, c: int, rate: float, lat: LatencyMs | None, errors: int) -> list[str]:
     return [
-        ep.name,
-        str(ep.concurrency),
-        f"{ep.rps:,.0f}",
+        name,
+        str(c),
+        f"{rate:,.0f}" if rate >= 10 else f"{rate:,.1f}",
         f"{lat.p50:.2f}" if lat else "-",
         f"{lat.p99:.2f}" if lat else "-",
         f"{errors:,}" if errors else "",
     ]
+
+
+def _summary(ep: EndpointResult) -> list[str]:
+    return _row(ep.name, ep.concurrency, ep.rps, ep.latency_ms, sum(ep.errors.values()))
+
+
+def _scenario_summary(s: ScenarioResult) -> list[str]:
+    return _row(s.name, s.concurrency, s.per_s, s.duration_ms, sum(s.failed.values()))
 
 
 class Progress:
@@ -44,6 +50,13 @@ class Progress:
         name, c, rps, p50, p99, errors = _summary(ep)
         extra = f", {errors} errors" if errors else ""
         self.console.print(f"  {name} c={c}: {rps} rps, p50 {p50} ms, p99 {p99} ms{extra}")
+
+    def measured_scenario(self, s: ScenarioResult) -> None:
+        name, c, rate, p50, p99, failed = _scenario_summary(s)
+        extra = f", {failed} failed" if failed else ""
+        lost = {k: d.lost for k, d in s.delivery.items() if d.lost}
+        extra += "".join(f", {n} {k.replace('_', ' ')} lost" for k, n in lost.items())
+        self.console.print(f"  {name} c={c}: {rate}/s, p50 {p50} ms, p99 {p99} ms{extra}")
 
     def __enter__(self) -> Progress:
         return self
@@ -91,6 +104,10 @@ class LiveProgress(Progress):
 
     def measured(self, ep: EndpointResult) -> None:
         self._rows.append(_summary(ep))
+        self._current = ""
+
+    def measured_scenario(self, s: ScenarioResult) -> None:
+        self._rows.append(_scenario_summary(s))
         self._current = ""
 
     def __enter__(self) -> LiveProgress:

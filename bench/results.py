@@ -3,6 +3,8 @@
 Schema history (bump SCHEMA_VERSION when a key is renamed or its meaning changes;
 adding an optional key is not a bump):
 - 1 (2026-11-26): first version, as in DESIGN.md section 7.
+- 2 (2026-12-01): `scenarios` (DESIGN.md section 7), for scenario workloads such as
+  flow-runs; a version 1 result reads as one without scenarios.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from pydantic import (
 from bench import __version__
 from bench.errors import ResultsError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 Status = Literal["ok", "failed", "skipped"]
 
@@ -128,6 +131,86 @@ class EndpointResult(Measurement, EndpointKey):
         default=None, description="mean cores the server used under this load, warmup included"
     )
     server_rss_peak_mb: float | None = None
+    telemetry: dict[str, Any] | None = Field(
+        default=None, description="what the database and broker did in the window (deltas)"
+    )
+
+
+class StepResult(BaseModel):
+    """One step of a scenario (an HTTP request or websocket frames) over a measurement window."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    requests: int = Field(description="steps finished in the window, failed ones included")
+    errors: dict[str, int] = Field(
+        default_factory=dict, description="by HTTP status or failure kind"
+    )
+    latency_ms: LatencyMs | None = Field(description="of successful steps; None if none")
+    hdr: str | None = Field(default=None, description="HdrHistogram (µs), base64 compressed")
+
+
+class Delivery(BaseModel):
+    """What the scenarios sent over the whole measurement (warmup included) and what the
+    server recorded of it, read back through its API after a bounded wait."""
+
+    sent: int
+    recorded: int
+    lost: int
+
+
+class ScenarioMeasurement(BaseModel):
+    """What the engine measured of one scenario in one window at one concurrency level (virtual
+    users): the part of a scenario's result that `bench.engine.measure_scenario` fills."""
+
+    model_config = ConfigDict(extra="allow")
+
+    concurrency: int
+    duration_s: Annotated[float, _rounded(3)]
+    completed: int = Field(description="scenarios finished in the window")
+    failed: dict[str, int] = Field(
+        default_factory=dict,
+        description="scenarios that failed in the window, by the step that failed",
+    )
+    per_s: _Rate = Field(description="completed scenarios per second")
+    per_s_slices: list[_Rate] | None = Field(
+        default=None, description="per_s of each equal slice (~0.5 s) of the window"
+    )
+    duration_ms: LatencyMs | None = Field(description="of completed scenarios, start to end")
+    hdr: str | None = Field(default=None, description="HdrHistogram (µs) of their durations")
+    steps: list[StepResult] = Field(default_factory=list)
+    client_saturated: bool = False
+    client_cpu_s_per_step: Annotated[float, _rounded(9)] | None = None
+    engine_procs: int | None = None
+    offered_rps: float | None = Field(default=None, description="open model: starts/s asked")
+    late_starts: int | None = Field(
+        default=None, description="open model: starts that waited for a free virtual user"
+    )
+    rate_held: bool | None = None
+    problems: list[str] = Field(default_factory=list)
+    counts: dict[str, int] = Field(
+        default_factory=dict,
+        description="what the scenarios sent over the whole measurement, by kind",
+    )
+
+
+class ScenarioResult(ScenarioMeasurement):
+    """One scenario at one concurrency level: its measurement, what the server recorded of it,
+    and what the server used meanwhile."""
+
+    name: str
+    delivery: dict[str, Delivery] = Field(
+        default_factory=dict, description="by kind: flow_runs, task_runs, ..."
+    )
+    server_cpu_cores: float | None = None
+    server_rss_peak_mb: float | None = None
+    telemetry: dict[str, Any] | None = Field(
+        default=None,
+        description="what the database and broker did over the measurement and the drain",
+    )
+    backend_per_flow_run: dict[str, float] | None = Field(
+        default=None, description="database transactions and Redis commands per flow run"
+    )
 
 
 class ServerInfo(BaseModel):
@@ -193,6 +276,9 @@ class RunConfig(BaseModel):
         default=None,
         description="measure a server that is already running, e.g. http://127.0.0.1:4200/api",
     )
+    tasks: Annotated[int, Field(ge=1)] = Field(
+        default=10, description="flow-runs: tasks per flow run"
+    )
     no_services: bool = Field(default=False, description="the server's API alone")
     provider: str | None = Field(
         default=None,
@@ -240,6 +326,11 @@ class Result(BaseModel):
     config: RunConfig
     environment: Environment
     endpoints: list[EndpointResult] = Field(default_factory=list)
+    scenarios: list[ScenarioResult] = Field(default_factory=list)
+    conformance: dict[str, Any] | None = Field(
+        default=None,
+        description="the real Prefect client's flow run against this server: checks and counts",
+    )
 
 
 def utc_now() -> str:
@@ -264,8 +355,9 @@ def result_path(out_dir: Path, run_id: str, cell: Cell) -> Path:
     return out_dir / run_id / f"{cell.name}.json"
 
 
-def write_result(result: Result, path: Path) -> Path:
-    """Write `result` to `path` atomically, secrets redacted; refuse to overwrite a file."""
+def write_result(result: BaseModel, path: Path) -> Path:
+    """Write `result` (a Result, or any report kept as JSON) to `path` atomically, secrets
+    redacted; refuse to overwrite a file."""
     text = redact(result.model_dump_json(indent=2)) + "\n"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -297,9 +389,10 @@ def load_result(path: Path) -> Result:
     if not isinstance(data, dict):
         raise ResultsError(f"{path}: not a prefect-bench result")
     version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS:
+        readable = ", ".join(map(str, READABLE_VERSIONS))
         raise ResultsError(
-            f"{path}: schema_version {version!r} is not one this version reads ({SCHEMA_VERSION})"
+            f"{path}: schema_version {version!r} is not one this version reads ({readable})"
         )
     try:
         return Result.model_validate(data)

@@ -2,29 +2,46 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import secrets
 import shutil
 import tempfile
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 
-from bench import engine, ownership
-from bench.errors import BenchError, CellSkipped, ConfigError, ServerError
+from bench import conformance, engine, ownership
+from bench.errors import BenchError, CellSkipped, ConfigError, ServerError, VerificationError
+from bench.process import wait_until
 from bench.progress import Progress
-from bench.results import Cell, EndpointResult, Result, RunConfig, ServerInfo, environment, utc_now
+from bench.results import (
+    Cell,
+    Delivery,
+    EndpointResult,
+    Result,
+    RunConfig,
+    ScenarioResult,
+    ServerInfo,
+    environment,
+    utc_now,
+)
 from bench.sampling import ResourceSampler, tree_cpu_s, tree_rss_mb
 from bench.servers.adapter import ServerAdapter
 from bench.servers.running import RunningServer, ServerSetup, start_server
-from bench.workloads import Workload, get_workload
+from bench.telemetry import BackendTelemetry, per_item
+from bench.workloads import ScenarioWorkload, Workload, get_workload
 from bench.workloads.base import api_client
 
 EXTERNAL_SERVER = "external"
 INTERRUPTED = "interrupted"
+# How long a scenario's sends may take to reach the server's database after a window.
+DRAIN_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -52,6 +69,8 @@ class _Target:
     port: int
     api_path: str
     server: RunningServer | None = None
+    # what its database and broker did in each window (nothing known behind a --url)
+    telemetry: BackendTelemetry = field(default_factory=BackendTelemetry.for_cell)
 
     @property
     def base_url(self) -> str:
@@ -109,12 +128,15 @@ def _run(run: CellRun, progress: Progress, result: Result) -> None:
             target = parse_url(run.config.url)
         else:
             target = _start(run, run.server, progress, result, stack)
-        progress.stage("creating fixtures and verifying every request")
         client = stack.enter_context(api_client(target.base_url))
         try:
             client.get("/health")
         except httpx.HTTPError as exc:
             raise BenchError(f"{target.base_url} does not answer: {exc}") from exc
+        if isinstance(workload, ScenarioWorkload):
+            _measure_scenarios(run, workload, client, target, progress, result)
+            return
+        progress.stage("creating fixtures and verifying every request")
         fixtures = workload.create_fixtures(client)
         workload.verify(client, fixtures)
         _measure_all(run.config, workload, fixtures, target, progress, result)
@@ -151,7 +173,10 @@ def _start(
     # Totals over the server's life, filled in whatever way the cell ends.
     stack.callback(_record_server_totals, result.server, server)
     result.server.rss_idle_mb = round(tree_rss_mb(server.process.tree()), 1)
-    return _Target("127.0.0.1", server.port, server.api_path, server)
+    backends = BackendTelemetry.for_cell(
+        setup.postgres, setup.redis, setup.sqlite_path if setup.db == "sqlite" else None
+    )
+    return _Target("127.0.0.1", server.port, server.api_path, server, backends)
 
 
 def _record_server_totals(info: ServerInfo, server: RunningServer) -> None:
@@ -216,6 +241,8 @@ def _measure_all(
             _ensure_alive(target, f"before {endpoint.name} at c={concurrency}")
             callback = progress.measuring(endpoint.name, concurrency)
             with ExitStack() as window:
+                # the backends' reads outside the sampler's: its wall time leaves them out
+                backends = window.enter_context(target.telemetry.window())
                 usage = window.enter_context(sampler.window()) if sampler else None
                 m = engine.measure(engine.Target(target.host, target.port), request, spec, callback)
             ep = EndpointResult(
@@ -225,12 +252,118 @@ def _measure_all(
                 **m.model_dump(),
                 server_cpu_cores=round(usage.cores, 3) if usage else None,
                 server_rss_peak_mb=usage.rss_peak_mb if usage else None,
+                telemetry=backends or None,
             )
             result.endpoints.append(ep)
             progress.measured(ep)
             if result.server and usage:
                 result.server.rss_peak_mb = max(result.server.rss_peak_mb or 0, usage.rss_peak_mb)
             _ensure_alive(target, f"during {endpoint.name} at c={concurrency}")
+
+
+def _verify_scenario(
+    workload: ScenarioWorkload, scenario: engine.Scenario, client: httpx.Client, target: _Target
+) -> None:
+    """Run the scenario once and wait until the server recorded all of it: a server that
+    refuses a step, or records nothing, fails the cell here with one line saying which."""
+    try:
+        sent = asyncio.run(engine.run_once(engine.Target(target.host, target.port), scenario))
+    except engine.StepFailed as exc:
+        raise VerificationError(f"{scenario.name}: {exc}") from None
+    found = _drained(workload, scenario, client, sent)
+    missing = {kind: n for kind, n in sent.items() if kind in found and found[kind] < n}
+    if missing:
+        told = ", ".join(f"{found[k]} of {n} {k.replace('_', ' ')}" for k, n in missing.items())
+        raise VerificationError(
+            f"{scenario.name}: the server recorded {told} of one run within {DRAIN_TIMEOUT_S:g} s"
+        )
+
+
+def _drained(
+    workload: ScenarioWorkload,
+    scenario: engine.Scenario,
+    client: httpx.Client,
+    sent: Mapping[str, int],
+) -> dict[str, int]:
+    """What the server recorded of `scenario`, once it holds all that was sent or after
+    DRAIN_TIMEOUT_S: task runs reach the database through the broker, seconds later."""
+    found: dict[str, int] = {}
+
+    def complete() -> bool:
+        found.update(workload.recorded(client, scenario))
+        return all(found[kind] >= sent.get(kind, 0) for kind in found)
+
+    with contextlib.suppress(TimeoutError):
+        wait_until(complete, timeout_s=DRAIN_TIMEOUT_S, interval_s=0.5)
+    return found
+
+
+def _real_client_check(run: CellRun, target: _Target, progress: Progress, result: Result) -> None:
+    """One flow run of the real Prefect client against the server, read back: the proof that
+    the server serves the client the workload emulates (bench.conformance)."""
+    progress.stage("running one flow with the real Prefect client (conformance)")
+    report = conformance.check(
+        target.base_url, tasks=run.config.tasks, workdir=run.cell_dir / "real-client"
+    )
+    result.conformance = report.model_dump(mode="json")
+    if not report.ok:
+        failed = "; ".join(f"{c.name}: {c.detail}" for c in report.failed)
+        raise VerificationError(f"the real Prefect client's flow run: {failed}")
+
+
+def _measure_scenarios(
+    run: CellRun,
+    workload: ScenarioWorkload,
+    client: httpx.Client,
+    target: _Target,
+    progress: Progress,
+    result: Result,
+) -> None:
+    config = run.config
+    sampler = ResourceSampler(target.server.process.tree) if target.server else None
+    progress.stage(f"verifying the {workload.name} scenario once")
+    check = replace(workload.scenario(config, secrets.token_hex(4)), api_path=target.api_path)
+    _verify_scenario(workload, check, client, target)
+    if workload.real_client_check:
+        _real_client_check(run, target, progress, result)
+    progress.stage(f"measuring {check.name}")
+    for concurrency in config.concurrency:
+        scenario = replace(
+            workload.scenario(config, secrets.token_hex(4)), api_path=target.api_path
+        )
+        spec = engine.LoadSpec.for_level(config, concurrency)
+        _ensure_alive(target, f"before {scenario.name} at c={concurrency}")
+        callback = progress.measuring(scenario.name, concurrency)
+        # the backends' window includes the drain: the recorder's writes belong to these runs
+        with target.telemetry.window() as backends:
+            with ExitStack() as window:
+                usage = window.enter_context(sampler.window()) if sampler else None
+                m = engine.measure_scenario(
+                    engine.Target(target.host, target.port), scenario, spec, callback
+                )
+            _ensure_alive(target, f"during {scenario.name} at c={concurrency}")
+            progress.stage(f"waiting for the server to record what {scenario.name} sent")
+            found = _drained(workload, scenario, client, m.counts)
+        measured = ScenarioResult(
+            name=scenario.name,
+            **m.model_dump(),
+            delivery={
+                kind: Delivery(
+                    sent=m.counts.get(kind, 0),
+                    recorded=n,
+                    lost=max(m.counts.get(kind, 0) - n, 0),
+                )
+                for kind, n in found.items()
+            },
+            server_cpu_cores=round(usage.cores, 3) if usage else None,
+            server_rss_peak_mb=usage.rss_peak_mb if usage else None,
+            telemetry=backends or None,
+            backend_per_flow_run=per_item(backends, m.counts.get("flow_runs", 0)) or None,
+        )
+        result.scenarios.append(measured)
+        progress.measured_scenario(measured)
+        if result.server and usage:
+            result.server.rss_peak_mb = max(result.server.rss_peak_mb or 0, usage.rss_peak_mb)
 
 
 def _ensure_alive(target: _Target, when: str) -> None:

@@ -56,6 +56,8 @@ def bench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         (["--engine-procs", "0"], "--engine-procs: input should be greater than or equal to 1"),
         (["--server-cpus", "9999"], "is not usable here"),
         (["--client-cpus", "a,b"], "whole numbers separated by commas"),
+        (["--tasks", "0"], "--tasks: input should be greater than or equal to 1"),
+        (["--tasks", "many"], "invalid int value: 'many'"),
         (["--provider", "podman"], "unknown provider 'podman' (known: external, docker, local)"),
         (["--url", "ftp://127.0.0.1/api"], "--url must be an http:// URL"),
         (["--url", "http://192.0.2.1:4200/api"], "--url must point to this machine"),
@@ -84,7 +86,7 @@ def test_help_lists_every_workload_and_provider(tmp_path: Path) -> None:
     out = bench("run", "--help", cwd=tmp_path)
     assert out.returncode == 0
     text = " ".join(out.stdout.split())
-    assert "seed, lifecycle, health:" in text and "external, docker, local:" in text
+    assert "seed, lifecycle, flow-runs, health:" in text and "external, docker, local:" in text
     assert "--zig-binary PATH" in text and "(default 1,4,16,64)" in text
 
 

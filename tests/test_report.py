@@ -29,9 +29,9 @@ from bench.report import (
     render_html,
     render_markdown,
     render_terminal,
-    tables,
 )
 from bench.report.aggregate import comparability_warnings, speedup_pairs
+from bench.report.document import Table
 from bench.report.numbers import first_line, fmt_errors, fmt_ms, fmt_num, fmt_ratio
 from bench.results import Result
 
@@ -80,14 +80,14 @@ def with_config(result: Result, **changes: object) -> Result:
     return result.model_copy(update={"config": result.config.model_copy(update=changes)})
 
 
-def speedup_table(results: list[Result]) -> tables.Table:
+def speedup_table(results: list[Result]) -> Table:
     report = build(results)
     section = next(s for s in report.sections if s.title.startswith("Speedup"))
     assert section.tables, section.paragraphs
     return section.tables[0]
 
 
-def column(table: tables.Table, header_start: str) -> dict[tuple[str, str], str]:
+def column(table: Table, header_start: str) -> dict[tuple[str, str], str]:
     """One column of a table as {(endpoint, c): text}."""
     index = next(i for i, c in enumerate(table.columns) if c.header.startswith(header_start))
     return {(row[0].text, row[1].text): row[index].text for row in table.rows}
@@ -593,7 +593,7 @@ def test_shared_cpu_warning_ignores_results_without_measurements(results: list[R
 # open model
 
 
-def open_table(results: list[Result]) -> tables.Table | None:
+def open_table(results: list[Result]) -> Table | None:
     section = next(s for s in build(results).sections if s.title == "Endpoints")
     return next((t for t in section.tables if t.title and t.title.startswith("Open model")), None)
 
@@ -759,7 +759,7 @@ def runs(result: Result, scales: list[float], prefix: str) -> list[Result]:
     return out
 
 
-def baseline_table(baseline: list[Result], results: list[Result]) -> tables.Table:
+def baseline_table(baseline: list[Result], results: list[Result]) -> Table:
     section = build(results, baseline).sections[-1]
     assert section.title == "Against the baseline"
     [table] = section.tables
@@ -790,3 +790,32 @@ def test_baseline_without_common_cells_says_so(results: list[Result]) -> None:
     section = build([python], [by_cell(results, "zig-sqlite-memory")]).sections[-1]
     assert section.title == "Against the baseline" and not section.tables
     assert section.paragraphs[0].startswith("Nothing to compare")
+
+
+# -- scenario workloads ------------------------------------------------------------------------
+
+SCENARIO_RESULTS = Path(__file__).parent / "resources" / "report_scenarios"
+
+
+def test_scenarios_section_shows_rates_failures_losses_steps_and_backend_work() -> None:
+    """Two real flow-runs results (schema 2): python on sqlite × memory, whose 503s fail
+    scenarios at 'create flow_run', and on postgres × redis."""
+    results, warnings = collect([SCENARIO_RESULTS])
+    assert warnings == [] and {r.schema_version for r in results} == {2}
+    text = render_markdown(build(results))
+    assert "## Scenarios" in text
+    section = text.split("## Scenarios", 1)[1]
+    assert "Completed scenarios per second" in section
+    assert "create flow\\_run×" in section  # failures counted by their step
+    assert "0 / 70 task runs" in section
+    assert "flow run, 10 tasks: step latency p50 / p99 (ms)" in section
+    assert "| task events |" in section
+    assert "pg xact" in section and "redis cmd" in section
+    assert "No endpoint measurements." in text  # a scenario-only run has no endpoint rows
+
+
+def test_a_version_1_result_still_reads_without_scenarios() -> None:
+    results, _ = collect([RESOURCES])
+    assert results and {r.schema_version for r in results} == {1}
+    assert all(r.scenarios == [] for r in results)
+    assert "## Scenarios" not in render_markdown(build(results))

@@ -1,12 +1,13 @@
 """The load engine: sends one request again and again and measures what comes back
-(a `bench.results.Measurement`).
+(`measure()`, a `bench.results.Measurement`), or runs a scenario, a chain of steps, with many
+virtual users (`measure_scenario()`, a `bench.results.ScenarioMeasurement`).
 
-`measure()` is the entry point. The engine's worker processes are started on first use and
-reused; `shutdown()` stops them early (they are also stopped at exit, and when the caller is
-interrupted during a measurement); `worker_pids()` lists them.
+The engine's worker processes are started on first use and reused; `shutdown()` stops them
+early (they are also stopped at exit, and when the caller is interrupted during a measurement);
+`worker_pids()` lists them.
 """
 
-from bench.engine.measure import choose_procs, measure
+from bench.engine.measure import choose_procs, measure, measure_scenario
 from bench.engine.model import (
     UNIQUE_TOKEN,
     EngineRequest,
@@ -16,17 +17,23 @@ from bench.engine.model import (
     new_histogram,
 )
 from bench.engine.pool import EngineError, shutdown, worker_pids
+from bench.engine.scenario import Scenario, StepFailed, VirtualUser, run_once
 
 __all__ = [
     "UNIQUE_TOKEN",
     "EngineError",
     "EngineRequest",
     "LoadSpec",
+    "Scenario",
+    "StepFailed",
     "Target",
+    "VirtualUser",
     "choose_procs",
     "decode_histogram",
     "measure",
+    "measure_scenario",
     "new_histogram",
+    "run_once",
     "shutdown",
     "worker_pids",
 ]

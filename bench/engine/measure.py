@@ -1,4 +1,5 @@
-"""measure(): split a load spec over engine processes, run them, merge what they counted."""
+"""measure() and measure_scenario(): split a load spec over engine processes, run them, merge
+what they counted."""
 
 from __future__ import annotations
 
@@ -7,16 +8,20 @@ import os
 import pickle
 import secrets
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from time import monotonic_ns
+from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
 from bench.engine.model import EngineRequest, LoadSpec, Target, latency_summary, new_histogram
-from bench.engine.pool import get_pool
+from bench.engine.pool import EngineJob, get_pool
+from bench.engine.scenario import Scenario, ScenarioJob, ScenarioShare
 from bench.engine.worker import Job, ShareResult
 from bench.errors import ConfigError
-from bench.results import Measurement
+from bench.results import Measurement, ScenarioMeasurement, StepResult
 
 # Time between handing out the jobs and the first send: the workers connect meanwhile.
 START_DELAY_S = 0.1
@@ -67,12 +72,12 @@ def choose_procs(spec: LoadSpec) -> int:
     return max(1, min(math.ceil(spec.concurrency / CONNS_PER_PROC), limit, spec.concurrency))
 
 
-def _check(request: EngineRequest, spec: LoadSpec) -> None:
+def _check(work: EngineRequest | Scenario, spec: LoadSpec) -> None:
     try:
-        pickle.dumps(request)
+        pickle.dumps(work)
     except Exception as exc:
         raise ConfigError(
-            f"the request must be picklable (validate: a module-level function): {exc}"
+            f"the request or scenario must be picklable (module-level functions): {exc}"
         ) from exc
     if spec.concurrency < 1:
         raise ConfigError(f"concurrency must be at least 1, not {spec.concurrency}")
@@ -107,6 +112,38 @@ def _cpu_sets(cpus: tuple[int, ...] | None, n: int) -> list[set[int] | None]:
     return [set(cpus[i::n]) for i in range(n)]
 
 
+@dataclass(frozen=True)
+class _Schedule:
+    """When one measurement starts, when its window opens and closes, and its processes."""
+
+    procs: int
+    start_ns: int
+    window_start_ns: int
+    window_end_ns: int
+    nonce: str
+
+    @classmethod
+    def plan(cls, spec: LoadSpec) -> _Schedule:
+        n = choose_procs(spec)
+        get_pool().ensure(n)  # the first call spawns the processes: before the clock starts
+        start = monotonic_ns() + int(START_DELAY_S * 1e9)
+        w_start = start + int(spec.warmup_s * 1e9)
+        return cls(n, start, w_start, w_start + int(spec.duration_s * 1e9), secrets.token_hex(4))
+
+    def share(self, spec: LoadSpec, i: int) -> tuple[float | None, int]:
+        """Process i's rate and start: the processes' schedules interleave."""
+        if spec.rate is None:
+            return None, self.start_ns
+        return spec.rate / self.procs, self.start_ns + int(i * 1e9 / spec.rate)
+
+    def run(
+        self, jobs: Sequence[EngineJob], spec: LoadSpec, progress: Callable[[int], None] | None
+    ) -> list[Any]:
+        give_up = self.window_end_ns + int(REPORT_GRACE_S * 1e9)
+        cpus = _cpu_sets(spec.client_cpus, self.procs)
+        return get_pool().run(jobs, cpus, progress, lambda: monotonic_ns() > give_up)
+
+
 def measure(
     target: Target,
     request: EngineRequest,
@@ -120,21 +157,11 @@ def measure(
     if an engine process fails; KeyboardInterrupt terminates the engine processes.
     """
     _check(request, spec)
-    n = choose_procs(spec)
-    conns = _split(spec.concurrency, n)
-    pool = get_pool()
-    pool.ensure(n)  # the first call spawns the processes: do it before the clock starts
-    nonce = secrets.token_hex(4)
-    start = monotonic_ns() + int(START_DELAY_S * 1e9)
-    w_start = start + int(spec.warmup_s * 1e9)
-    w_end = w_start + int(spec.duration_s * 1e9)
+    plan = _Schedule.plan(spec)
+    conns = _split(spec.concurrency, plan.procs)
     jobs = []
-    for i in range(n):
-        rate = None
-        offset = 0
-        if spec.rate is not None:
-            rate = spec.rate / n
-            offset = int(i * 1e9 / spec.rate)  # interleave the processes' schedules
+    for i in range(plan.procs):
+        rate, start = plan.share(spec, i)
         jobs.append(
             Job(
                 target=target,
@@ -142,16 +169,44 @@ def measure(
                 spec=spec,
                 connections=conns[i],
                 rate=rate,
-                start_ns=start + offset,
-                window_start_ns=w_start,
-                window_end_ns=w_end,
-                token_prefix=f"{nonce}-{i}-".encode(),
+                start_ns=start,
+                window_start_ns=plan.window_start_ns,
+                window_end_ns=plan.window_end_ns,
+                token_prefix=f"{plan.nonce}-{i}-".encode(),
             )
         )
-    give_up = w_end + int(REPORT_GRACE_S * 1e9)
-    cpus = _cpu_sets(spec.client_cpus, n)
-    results = pool.run(jobs, cpus, progress, lambda: monotonic_ns() > give_up)
-    return merge(results, spec)
+    return merge(plan.run(jobs, spec, progress), spec)
+
+
+def measure_scenario(
+    target: Target,
+    scenario: Scenario,
+    spec: LoadSpec,
+    progress: Callable[[int], None] | None = None,
+) -> ScenarioMeasurement:
+    """Run `scenario` with `spec.concurrency` virtual users (or `spec.rate` starts/s); failed
+    steps and scenarios are counted, not raised. `progress` gets the scenarios completed so
+    far in the window; errors as `measure`."""
+    _check(scenario, spec)
+    plan = _Schedule.plan(spec)
+    users = _split(spec.concurrency, plan.procs)
+    jobs = []
+    for i in range(plan.procs):
+        rate, start = plan.share(spec, i)
+        jobs.append(
+            ScenarioJob(
+                target=target,
+                scenario=scenario,
+                spec=spec,
+                users=users[i],
+                rate=rate,
+                start_ns=start,
+                window_start_ns=plan.window_start_ns,
+                window_end_ns=plan.window_end_ns,
+                token_prefix=f"{plan.nonce}-{i}-",
+            )
+        )
+    return merge_scenarios(plan.run(jobs, spec, progress), spec)
 
 
 def merge(results: Sequence[ShareResult], spec: LoadSpec) -> Measurement:
@@ -189,7 +244,7 @@ def merge(results: Sequence[ShareResult], spec: LoadSpec) -> Measurement:
         errors=dict(sorted(errors.items())),
         duration_s=spec.duration_s,
         rps=(requests - sum(errors.values())) / spec.duration_s,
-        rps_slices=_slice_rps(results, spec.duration_s),
+        rps_slices=_slice_rates([r.slices for r in results], spec.duration_s),
         latency_ms=latency_summary(hist),
         client_saturated=saturated,
         hdr=hist.encode().decode("ascii") if hist.get_total_count() else None,
@@ -202,14 +257,84 @@ def merge(results: Sequence[ShareResult], spec: LoadSpec) -> Measurement:
     )
 
 
-def _slice_rps(results: Sequence[ShareResult], duration_s: float) -> list[float] | None:
+def _slice_rates(per_process: Sequence[list[int] | None], duration_s: float) -> list[float] | None:
     """The processes' slice counts added up, as rates (every process cuts the same window)."""
-    per_process: list[list[int]] = []
-    for r in results:
-        if r.slices is None or (per_process and len(r.slices) != len(per_process[0])):
-            return None
-        per_process.append(r.slices)
-    if not per_process:
+    if not per_process or any(
+        slices is None or len(slices) != len(per_process[0] or ()) for slices in per_process
+    ):
         return None
     totals = [sum(column) for column in zip(*per_process, strict=True)]
     return [n * len(totals) / duration_s for n in totals]
+
+
+def merge_scenarios(results: Sequence[ScenarioShare], spec: LoadSpec) -> ScenarioMeasurement:
+    """Add up the processes' scenario counts and histograms (losslessly) into the result's
+    shape."""
+    durations = new_histogram()
+    step_hists: dict[str, HdrHistogram] = {}
+    step_requests: Counter[str] = Counter()
+    step_errors: dict[str, Counter[str]] = {}
+    failed: Counter[str] = Counter()
+    counts: Counter[str] = Counter()
+    problems: list[str] = []
+    for r in results:
+        if r.hdr is not None:
+            durations.add(HdrHistogram.decode(r.hdr))
+        for name, step in r.steps.items():
+            step_requests[name] += step.requests
+            step_errors.setdefault(name, Counter()).update(step.errors)
+            hist = step_hists.setdefault(name, new_histogram())
+            if step.hdr is not None:
+                hist.add(HdrHistogram.decode(step.hdr))
+        failed.update(r.failed)
+        counts.update(r.counts)
+        problems.extend(p for p in r.problems if p not in problems)
+    completed = sum(r.completed for r in results)
+    step_count = sum(r.step_count for r in results)
+    cpu_s = sum(r.cpu_s for r in results)
+    saturated = any(r.wall_s > 0 and r.cpu_s / r.wall_s >= SATURATED_CPU for r in results)
+    late: int | None = None
+    rate_held: bool | None = None
+    if spec.rate is not None:
+        lagging = sum(r.lagging_starts for r in results)
+        late = sum(r.late_starts for r in results) + lagging
+        intended = max(sum(r.intended_starts for r in results), 1)
+        started = completed + sum(failed.values())
+        rate_held = (
+            started >= RATE_SHORTFALL * spec.rate * spec.duration_s
+            and late <= LATE_SHARE * intended
+        )
+        if lagging > LATE_SHARE * intended:
+            saturated = True
+            problems.insert(0, f"the engine started {lagging} of {intended} scenarios late")
+    steps = [
+        StepResult(
+            name=name,
+            requests=step_requests[name],
+            errors=dict(sorted(step_errors[name].items())),
+            latency_ms=latency_summary(step_hists[name]),
+            hdr=step_hists[name].encode().decode("ascii")
+            if step_hists[name].get_total_count()
+            else None,
+        )
+        for name in step_hists
+    ]
+    return ScenarioMeasurement(
+        concurrency=spec.concurrency,
+        duration_s=spec.duration_s,
+        completed=completed,
+        failed=dict(sorted(failed.items())),
+        per_s=completed / spec.duration_s,
+        per_s_slices=_slice_rates([r.slices for r in results], spec.duration_s),
+        duration_ms=latency_summary(durations),
+        hdr=durations.encode().decode("ascii") if durations.get_total_count() else None,
+        steps=steps,
+        client_saturated=saturated,
+        client_cpu_s_per_step=cpu_s / step_count if step_count else None,
+        engine_procs=len(results),
+        offered_rps=spec.rate,
+        late_starts=late,
+        rate_held=rate_held,
+        problems=problems[:10],
+        counts=dict(sorted(counts.items())),
+    )

@@ -3,10 +3,11 @@
 Each worker is a fresh interpreter (`python -c`, not fork: the caller may have threads; not
 multiprocessing's spawn: that would re-import the caller's main module and start a resource
 tracker process) talking to the parent over its own socket pair with multiprocessing's
-Connection framing. The parent sends ("job", Job, cpus) and receives ("progress", n) messages
-and then ("done", ShareResult). Workers ignore SIGINT; the parent terminates them if it is
-interrupted (KeyboardInterrupt or any other exception while waiting) and at exit (atexit); a
-worker stops on its own when its socket reports EOF (the parent died).
+Connection framing. The parent sends ("job", Job or ScenarioJob, cpus) and receives
+("progress", n) messages and then ("done", ShareResult or ScenarioShare). Workers ignore SIGINT;
+the parent terminates them if it is interrupted (KeyboardInterrupt or any other exception while
+waiting) and at exit (atexit); a worker stops on its own when its socket reports EOF (the parent
+died).
 """
 
 from __future__ import annotations
@@ -26,8 +27,13 @@ from pathlib import Path
 from time import monotonic
 
 import bench
-from bench.engine.worker import Job, ShareResult, run_share
+from bench.engine.scenario import ScenarioJob, ScenarioShare
+from bench.engine.worker import Job, ShareResult
 from bench.errors import BenchError
+
+# What a worker runs (a share of a measurement) and what it sends back.
+EngineJob = Job | ScenarioJob
+ShareOf = ShareResult | ScenarioShare
 
 SPAWN_TIMEOUT_S = 60.0
 PROGRESS_S = 0.25
@@ -66,7 +72,7 @@ def worker_main(fd: int) -> None:
         try:
             os.sched_setaffinity(0, cpus or all_cpus)
             # a message (or EOF: the parent died) during a job means stop now
-            result = run_share(job, lambda n: conn.send(("progress", n)), conn.poll)
+            result = job.execute(lambda n: conn.send(("progress", n)), conn.poll)
         except Exception:
             conn.send(("error", traceback.format_exc()))
         else:
@@ -162,11 +168,11 @@ class EnginePool:
 
     def run(
         self,
-        jobs: Sequence[Job],
+        jobs: Sequence[EngineJob],
         cpus: Sequence[set[int] | None],
         progress: Callable[[int], None] | None,
         deadline: Callable[[], bool],
-    ) -> list[ShareResult]:
+    ) -> list[ShareOf]:
         """Run one job per worker and return their results, in order.
 
         `deadline()` returning True while results are missing is an engine failure. On any
@@ -181,18 +187,18 @@ class EnginePool:
 
     def _run(
         self,
-        jobs: Sequence[Job],
+        jobs: Sequence[EngineJob],
         cpus: Sequence[set[int] | None],
         progress: Callable[[int], None] | None,
         deadline: Callable[[], bool],
-    ) -> list[ShareResult]:
+    ) -> list[ShareOf]:
         workers = self._ensure(len(jobs))
         for worker, job, cpu_set in zip(workers, jobs, cpus, strict=True):
             worker.conn.send(("path", list(sys.path)))
             worker.conn.send(("job", job, cpu_set))
         by_conn = {w.conn: i for i, w in enumerate(workers)}
         counts = [0] * len(workers)
-        results: list[ShareResult | None] = [None] * len(workers)
+        results: list[ShareOf | None] = [None] * len(workers)
         pending = set(by_conn)
         next_progress = monotonic() + PROGRESS_S
         while pending:
@@ -207,7 +213,6 @@ class EnginePool:
                     counts[i] = msg[1]
                 elif msg[0] == "done":
                     results[i] = msg[1]
-                    counts[i] = msg[1].requests
                     pending.discard(conn)
                 elif msg[0] == "error":
                     raise EngineError(f"an engine process failed:\n{msg[1]}")

@@ -10,16 +10,25 @@ from bench.engine.model import UNIQUE_TOKEN, EngineRequest, Target
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
-def _head(request: EngineRequest, target: Target) -> bytes:
-    if not request.path.startswith("/"):
-        raise ValueError(f"request path must start with '/': {request.path!r}")
+def _head(method: str, path: str, target: Target) -> bytes:
+    if not path.startswith("/"):
+        raise ValueError(f"request path must start with '/': {path!r}")
     return (
-        f"{request.method.upper()} {request.path} HTTP/1.1\r\n"
+        f"{method.upper()} {path} HTTP/1.1\r\n"
         f"Host: {target.host}:{target.port}\r\n"
         "User-Agent: prefect-bench\r\n"
         "Accept: application/json\r\n"
         "Connection: keep-alive\r\n"
     ).encode("latin-1")
+
+
+def encode_request(method: str, path: str, target: Target, body: bytes | None = None) -> bytes:
+    """The bytes of one request (a scenario's step: each is different)."""
+    head = _head(method, path, target)
+    if body is None and method.upper() not in _BODY_METHODS:
+        return head + b"\r\n"
+    body = body or b""
+    return head + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
 
 
 def request_factory(
@@ -31,7 +40,7 @@ def request_factory(
     time. With it, each call substitutes `token_prefix` + a counter for every occurrence of the
     token, so tokens are unique as long as the prefixes are (one per process per measurement).
     """
-    head = _head(request, target)
+    head = _head(request.method, request.path, target)
     body = request.body
     if body is None and request.method.upper() not in _BODY_METHODS:
         return itertools.repeat(head + b"\r\n").__next__

@@ -59,6 +59,12 @@ class Job:
     window_end_ns: int
     token_prefix: bytes
 
+    def execute(
+        self, report: Callable[[int], None] | None, interrupted: Callable[[], bool] | None
+    ) -> ShareResult:
+        """Run this share in this thread (the engine process's entry point)."""
+        return run_share(self, report, interrupted)
+
 
 @dataclass
 class ShareResult:
@@ -329,7 +335,7 @@ class ShareRun:
         await _sleep_until(self.w_start, self.done)
         cpu0 = time.process_time()
         wall0 = monotonic_ns()
-        edges = _slice_edges(self.w_start, self.w_end)
+        edges = slice_edges(self.w_start, self.w_end)
         marks: list[int] = []
         for edge in edges[1:-1]:  # the count is 0 at the first edge and read at the last
             self.loop.call_later(
@@ -344,14 +350,14 @@ class ShareRun:
         return ShareResult(
             requests=self.counted(),
             errors=dict(self.errors),
-            hdr=_encode(self.latencies),
+            hdr=encode_latencies(self.latencies),
             cpu_s=cpu1 - cpu0,
             wall_s=wall,
             late_sends=self.pacer.late_sends,
             lagging_sends=self.pacer.lagging_sends,
             intended_sends=self.pacer.intended_sends,
             problems=list(self.problems),
-            slices=_slice_counts(marks, len(self.latencies), len(edges) - 1),
+            slices=slice_counts(marks, len(self.latencies), len(edges) - 1),
         )
 
     def _tick(
@@ -378,13 +384,13 @@ async def _sleep_until(when_ns: int, done: asyncio.Future[None] | None = None) -
             await asyncio.wait_for(asyncio.shield(done), delay)
 
 
-def _slice_edges(start_ns: int, end_ns: int) -> list[int]:
+def slice_edges(start_ns: int, end_ns: int) -> list[int]:
     """The edges of the window's slices: equal, about SLICE_S long, at least one."""
     n = max(1, round((end_ns - start_ns) / (SLICE_S * 1e9)))
     return [start_ns + (end_ns - start_ns) * k // n for k in range(n + 1)]
 
 
-def _slice_counts(marks: list[int], total: int, n: int) -> list[int] | None:
+def slice_counts(marks: list[int], total: int, n: int) -> list[int] | None:
     """Counts per slice from the running count at each inner edge; None if edges were missed
     (the window was cut short)."""
     if len(marks) != n - 1:
@@ -393,7 +399,7 @@ def _slice_counts(marks: list[int], total: int, n: int) -> list[int] | None:
     return [b - a for a, b in itertools.pairwise(running)]
 
 
-def _encode(latencies_us: array[int]) -> bytes | None:
+def encode_latencies(latencies_us: array[int]) -> bytes | None:
     """Latencies (µs) → encoded HdrHistogram; equal values are recorded once with a count."""
     if not latencies_us:
         return None
@@ -413,12 +419,15 @@ def run_share(
     `report` gets the count so far every 0.25 s; if `interrupted()` (asked as often) answers
     True, the share stops at once.
     """
-    try:
-        import uvloop
-
-        loop_factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
-        loop_factory = asyncio.new_event_loop
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         share = ShareRun(job, runner.get_loop())
         return runner.run(share.run(report, interrupted))
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop's event loop where it is installed (every engine process runs one)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop

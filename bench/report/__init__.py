@@ -8,9 +8,10 @@ write files: the caller decides where the output goes.
 """
 
 from bench.report.aggregate import collect
+from bench.report.document import Report
 from bench.report.html import render_html
 from bench.report.markdown import render_markdown
-from bench.report.tables import Report, build
+from bench.report.tables import build
 from bench.report.terminal import render_terminal
 
 __all__ = ["Report", "build", "collect", "render_html", "render_markdown", "render_terminal"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from html import escape
 
-from bench.report.tables import Chart, Report, Table
+from bench.report.document import Chart, Report, Table
 
 PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#eeca3b", "#9d755d"]
 

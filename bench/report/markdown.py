@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from bench.report.tables import Report, Table
+from bench.report.document import Report, Table
 
 # Characters that Markdown (or a GFM table) would otherwise interpret.
 _SPECIAL = re.compile(r"([\\`*_\[\]|#])")

@@ -1,17 +1,16 @@
-"""The report as neutral data (sections of tables of formatted values) that every renderer shows.
-
-Building the content once here is what keeps the terminal, Markdown and HTML reports showing
-the same things; the renderers only decide how a table, a tone or a chart looks.
-"""
+"""The report's content: results in, the neutral document (bench.report.document) out, built
+once per report and drawn by every renderer, so the terminal, Markdown and HTML reports show the
+same things."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from bench.report import aggregate, compare
 from bench.report.aggregate import Pair, Total
+from bench.report.document import Chart, Column, Report, Section, Table, Tone, Value
 from bench.report.numbers import (
     LOWER_BOUND,
     MISSING,
@@ -23,9 +22,8 @@ from bench.report.numbers import (
     fmt_num,
     fmt_ratio,
 )
+from bench.report.scenarios import scenario_section
 from bench.results import EndpointResult, Result
-
-Tone = Literal["", "ok", "failed", "skipped", "good", "bad", "muted"]
 
 TITLE = "prefect-bench report"
 NO_RESULTS = "No results found."
@@ -74,58 +72,6 @@ OPEN_NOTE = (
 SHARE_RULE = f"an achieved rate below {HELD_SHARE:.0%} of the offered one"
 LATE_RULE = f"more than {LATE_SHARE:.0%} of the scheduled sends late"
 OLD_RESULTS = "late sends not counted for results that do not record rate_held"
-
-
-@dataclass(frozen=True)
-class Value:
-    """One table cell: its text, a number for charts and bars (HTML), and a tone for colour."""
-
-    text: str
-    number: float | None = None
-    tone: Tone = ""
-
-
-@dataclass(frozen=True)
-class Column:
-    header: str
-    numeric: bool = False
-
-
-@dataclass
-class Table:
-    title: str | None
-    columns: list[Column]
-    rows: list[list[Value]] = field(default_factory=list)
-    bars: bool = False  # HTML draws a bar behind each value that has a number, per row
-    grouped: bool = False  # rows come in groups sharing the first column (e.g. an endpoint)
-
-
-@dataclass(frozen=True)
-class Chart:
-    """A line chart: one series per cell over the concurrency levels (HTML only)."""
-
-    title: str
-    x_label: str
-    x_values: list[str]
-    y_label: str
-    series: list[tuple[str, list[float | None]]]
-
-
-@dataclass
-class Section:
-    title: str
-    paragraphs: list[str] = field(default_factory=list)
-    tables: list[Table] = field(default_factory=list)
-    charts: list[Chart] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Report:
-    title: str
-    summary: str
-    warnings: list[str] = field(default_factory=list)
-    sections: list[Section] = field(default_factory=list)
 
 
 def _label(result: Result, multi_run: bool) -> str:
@@ -562,6 +508,7 @@ def build(results: list[Result], baseline: list[Result] | None = None) -> Report
             for section in (
                 _matrix_section(ordered, multi_run),
                 _endpoint_section(ordered, multi_run),
+                scenario_section(ordered, multi_run),
                 _speedup_section(ordered, multi_run),
                 _changes_section(ordered),
                 None if baseline is None else _baseline_section(baseline, ordered),

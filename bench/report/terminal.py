@@ -7,7 +7,7 @@ from rich.console import RenderableType
 from rich.table import Table as RichTable
 from rich.text import Text
 
-from bench.report.tables import Report, Table, Tone
+from bench.report.document import Report, Table, Tone
 
 STYLES: dict[Tone, str] = {
     "": "",

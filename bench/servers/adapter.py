@@ -243,7 +243,7 @@ class ServerAdapter:
             "port": str(port),
             "host": LOOPBACK,
             "workdir": str(setup.datadir),
-            "sqlite_path": str(setup.datadir / "prefect.db"),
+            "sqlite_path": str(setup.sqlite_path),
             "python": sys.executable,
             "config_dir": str(self.spec.config_dir),
         }

@@ -30,6 +30,11 @@ class ServerSetup:
     redis: RedisService | None = None
     no_services: bool = False
 
+    @property
+    def sqlite_path(self) -> Path:
+        """Where a sqlite cell's database is (the server's own folder)."""
+        return self.datadir / "prefect.db"
+
 
 @dataclass
 class RunningServer:

@@ -1,16 +1,19 @@
 """Workloads by name."""
 
 from bench.errors import ConfigError
-from bench.workloads.base import Endpoint, Workload
+from bench.workloads.base import Endpoint, ScenarioWorkload, Workload
+from bench.workloads.flow_runs import FLOW_RUNS
 from bench.workloads.lifecycle import LIFECYCLE
 from bench.workloads.seed import HEALTH, SEED
 
-WORKLOADS: dict[str, Workload] = {w.name: w for w in (SEED, LIFECYCLE, HEALTH)}
+WORKLOADS: dict[str, Workload | ScenarioWorkload] = {
+    w.name: w for w in (SEED, LIFECYCLE, FLOW_RUNS, HEALTH)
+}
 
-__all__ = ["WORKLOADS", "Endpoint", "Workload", "get_workload"]
+__all__ = ["WORKLOADS", "Endpoint", "ScenarioWorkload", "Workload", "get_workload"]
 
 
-def get_workload(name: str) -> Workload:
+def get_workload(name: str) -> Workload | ScenarioWorkload:
     """The workload called `name`; ConfigError for an unknown one."""
     try:
         return WORKLOADS[name]

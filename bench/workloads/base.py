@@ -1,4 +1,5 @@
-"""A workload is data: named requests, the fixtures they need, and how answers are checked."""
+"""A workload is data: named requests, the fixtures they need, and how answers are checked; or
+a scenario (a chain of steps) and how to read back what the server recorded of it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from typing import Any
 import httpx
 
 from bench.engine.model import UNIQUE_TOKEN, EngineRequest
+from bench.engine.scenario import Scenario
 from bench.errors import VerificationError
+from bench.results import RunConfig
 
 Fixtures = Mapping[str, str]
 # check(body, fixtures) -> what is wrong, or None. Module-level functions only: engine
@@ -145,3 +148,17 @@ def created_id(resp: httpx.Response, what: str) -> str:
             f"creating the {what} answered {resp.status_code}: {resp.text[:200]}"
         )
     return str(resp.json()["id"])
+
+
+@dataclass(frozen=True)
+class ScenarioWorkload:
+    """A workload of chains of steps: each measurement runs `scenario(config, tag)` (a
+    scenario whose objects carry the unique `tag`), then reads back what the server recorded of
+    it (`recorded(client, scenario)`: counts by kind, the kinds of the scenario's counts)."""
+
+    name: str
+    description: str
+    scenario: Callable[[RunConfig, str], Scenario]
+    recorded: Callable[[httpx.Client, Scenario], dict[str, int]]
+    # run the real Prefect client's flow first (bench.conformance): the workload emulates it
+    real_client_check: bool = False

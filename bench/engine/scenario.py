@@ -1,0 +1,498 @@
+"""Scenarios: each virtual user runs a chain of steps again and again, in one engine process.
+
+A scenario is a module-level coroutine function `run(user, params)` (picklable, so engine
+processes receive it by reference): it sends its steps through the `VirtualUser` it is given
+(`user.http(...)`, `user.websocket(...)`), uses values from earlier answers (ids) in later
+steps, and checks every answer. A step that fails (an unexpected status, a refused websocket, a
+timeout, an answer that does not check) raises `StepFailed`: the scenario is counted as failed
+at that step and its later steps are not sent. The engine times every step (its own histogram
+and errors) and every whole scenario (from its intended start: in the open model, a start that
+waited for a free user is measured from when it was due, as wrk2 does for requests).
+
+Counting: a step or scenario counts in the window if it ends inside it. `user.count(kind, n)`
+adds to counts over the whole measurement (warmup included), e.g. the task runs whose events
+were sent, for the delivery check that compares them with what the server recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import time
+from array import array
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from time import monotonic_ns
+from typing import Any, cast
+
+import websockets
+from httptools import HttpParserError, HttpResponseParser
+from websockets.asyncio.client import ClientConnection, connect
+
+from bench.engine.model import LoadSpec, Target
+from bench.engine.wire import encode_request
+from bench.engine.worker import encode_latencies, event_loop_factory, slice_counts, slice_edges
+
+MAX_PROBLEMS = 10
+PROBLEM_CHARS = 300
+PROGRESS_S = 0.25
+# A failed scenario is followed by the next one after this pause, so that a server that refuses
+# everything is not hammered in a busy loop (the failures are counted all the same).
+FAILURE_PAUSE_S = 0.01
+
+ScenarioFn = Callable[["VirtualUser", Mapping[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What each virtual user runs: `run(user, params)`, a module-level coroutine function;
+    the paths of its steps are relative to `api_path`."""
+
+    name: str
+    run: ScenarioFn
+    params: Mapping[str, Any] = field(default_factory=dict)
+    api_path: str = ""
+
+
+class StepFailed(Exception):
+    """A step of a scenario did not answer as it must: `kind` is the HTTP status or a failure
+    kind (connect, disconnect, timeout, invalid, websocket)."""
+
+    def __init__(self, step: str, kind: str, problem: str) -> None:
+        super().__init__(f"{step}: {problem}")
+        self.step, self.kind, self.problem = step, kind, problem
+
+
+@dataclass(frozen=True)
+class ScenarioJob:
+    """One process's share of a scenario measurement: its virtual users and start rate."""
+
+    target: Target
+    scenario: Scenario
+    spec: LoadSpec
+    users: int
+    rate: float | None
+    start_ns: int
+    window_start_ns: int
+    window_end_ns: int
+    token_prefix: str
+
+    def execute(
+        self, report: Callable[[int], None] | None, interrupted: Callable[[], bool] | None
+    ) -> ScenarioShare:
+        """Run this share on a fresh event loop (uvloop when available) in this thread."""
+        return _run_loop(ScenarioRun(self).run(report, interrupted))
+
+
+@dataclass
+class StepShare:
+    """What one process counted of one step in the window."""
+
+    requests: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    hdr: bytes | None = None
+
+
+@dataclass
+class ScenarioShare:
+    """What one process counted in the window (counts: over the whole measurement)."""
+
+    completed: int
+    failed: dict[str, int]
+    hdr: bytes | None
+    steps: dict[str, StepShare]
+    step_count: int
+    cpu_s: float
+    wall_s: float
+    late_starts: int
+    lagging_starts: int
+    intended_starts: int
+    problems: list[str]
+    counts: dict[str, int]
+    slices: list[int] | None
+
+
+class _HttpConnection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection, one request at a time (httptools parses)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = HttpResponseParser(self)
+        self.body: list[bytes] = []
+        self.waiter: asyncio.Future[tuple[int, bytes, bool]] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except HttpParserError as exc:
+            self._fail(ConnectionError(f"malformed response: {exc} ({data[:80]!r})"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._fail(ConnectionError(f"connection closed with a request in flight ({exc})"))
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        waiter, self.waiter = self.waiter, None
+        body, self.body = b"".join(self.body), []
+        if waiter is not None and not waiter.done():
+            waiter.set_result(
+                (self.parser.get_status_code(), body, self.parser.should_keep_alive())
+            )
+
+    def _fail(self, exc: Exception) -> None:
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+
+
+class VirtualUser:
+    """One virtual user: its own keep-alive HTTP connection, the steps it sends, what it counts."""
+
+    def __init__(self, run: ScenarioRun, index: int) -> None:
+        self.run = run
+        self.index = index
+        self._conn: _HttpConnection | None = None
+        self._tokens = itertools.count(1)
+
+    def unique(self) -> str:
+        """A token unique to this call in the whole measurement (e.g. for names)."""
+        return f"{self.run.job.token_prefix}{self.index}-{next(self._tokens)}"
+
+    def count(self, kind: str, n: int = 1) -> None:
+        """Add `n` to what the scenarios sent of `kind` (for the delivery check)."""
+        self.run.counts[kind] += n
+
+    async def http(
+        self,
+        step: str,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        expect: tuple[int, ...] = (200,),
+    ) -> bytes:
+        """Send one request as step `step` and return the body of its answer; StepFailed unless
+        the status is one of `expect`. `path` is relative to the API root."""
+        run = self.run
+        request = encode_request(method, run.api_path + path, run.job.target, body)
+        started = monotonic_ns()
+        try:
+            status, answer, keep_alive = await asyncio.wait_for(
+                self._exchange(request), run.job.spec.timeout_s
+            )
+        except TimeoutError:
+            self._drop()
+            timeout = run.job.spec.timeout_s
+            raise run.step_failed(step, "timeout", f"no answer within {timeout} s") from None
+        except OSError as exc:
+            kind = "connect" if self._conn is None else "disconnect"
+            self._drop()
+            raise run.step_failed(step, kind, f"{method} {path}: {exc}") from None
+        if not keep_alive:
+            self._drop()
+        if status not in expect:
+            raise run.step_failed(step, str(status), f"HTTP {status}: {answer[:200]!r}")
+        run.step_done(step, started)
+        return answer
+
+    async def http_json(
+        self,
+        step: str,
+        method: str,
+        path: str,
+        body: Any = None,
+        expect: tuple[int, ...] = (200,),
+    ) -> Any:
+        """`http` with a JSON body (a Python value) and the decoded JSON answer."""
+        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        answer = await self.http(step, method, path, data, expect)
+        try:
+            return json.loads(answer)
+        except ValueError:
+            raise self.run.step_failed(step, "invalid", f"not JSON: {answer[:100]!r}") from None
+
+    def invalid(self, step: str, problem: str) -> StepFailed:
+        """The error for an answer that arrived but does not check (raise it)."""
+        return self.run.step_failed(step, "invalid", problem)
+
+    @contextlib.asynccontextmanager
+    async def websocket(
+        self, step: str, path: str, subprotocols: tuple[str, ...] = ()
+    ) -> AsyncIterator[ClientConnection]:
+        """A websocket to `path` (relative to the API root), opened as step `step`."""
+        run = self.run
+        target = run.job.target
+        uri = f"ws://{target.host}:{target.port}{run.api_path}{path}"
+        started = monotonic_ns()
+        try:
+            ws = await asyncio.wait_for(
+                connect(
+                    uri,
+                    subprotocols=[websockets.Subprotocol(s) for s in subprotocols],
+                    open_timeout=None,
+                    ping_interval=None,
+                    close_timeout=1,
+                    user_agent_header="prefect-bench",
+                ),
+                run.job.spec.timeout_s,
+            )
+        except TimeoutError:
+            raise run.step_failed(step, "timeout", f"websocket {path} did not open") from None
+        except websockets.InvalidStatus as exc:
+            status = exc.response.status_code
+            raise run.step_failed(
+                step, str(status), f"websocket {path} refused: HTTP {status}"
+            ) from None
+        except (OSError, websockets.WebSocketException) as exc:
+            raise run.step_failed(step, "websocket", f"websocket {path}: {exc!r}") from None
+        run.step_done(step, started)
+        try:
+            yield ws
+        finally:
+            with contextlib.suppress(Exception):
+                await ws.close()
+
+    async def ws_exchange(
+        self, step: str, ws: ClientConnection, frames: list[str], answer: bool = False
+    ) -> str | None:
+        """Send `frames` as step `step`; then wait for the server's next message (`answer`) or
+        for a pong (the server has read everything sent before it); returns the message."""
+        run = self.run
+        started = monotonic_ns()
+        try:
+            async with asyncio.timeout(run.job.spec.timeout_s):
+                for frame in frames:
+                    await ws.send(frame)
+                if answer:
+                    message = await ws.recv()
+                    reply = message if isinstance(message, str) else message.decode()
+                else:
+                    await (await ws.ping())
+                    reply = None
+        except TimeoutError:
+            raise run.step_failed(step, "timeout", "no answer on the websocket") from None
+        except websockets.ConnectionClosed as exc:
+            raise run.step_failed(step, "websocket", f"the server closed it: {exc}") from None
+        run.step_done(step, started)
+        return reply
+
+    async def _exchange(self, request: bytes) -> tuple[int, bytes, bool]:
+        conn = self._conn
+        if conn is None or conn.transport is None:
+            target = self.run.job.target
+            loop = asyncio.get_running_loop()
+            _, conn = await loop.create_connection(_HttpConnection, target.host, target.port)
+            self._conn = conn
+        waiter: asyncio.Future[tuple[int, bytes, bool]] = asyncio.get_running_loop().create_future()
+        conn.waiter = waiter
+        assert conn.transport is not None
+        conn.transport.write(request)
+        return await waiter
+
+    def _drop(self) -> None:
+        if self._conn is not None and self._conn.transport is not None:
+            self._conn.transport.abort()
+        self._conn = None
+
+    def close(self) -> None:
+        self._drop()
+
+
+class ScenarioRun:
+    """One process's virtual users, start schedule, window and counts."""
+
+    def __init__(self, job: ScenarioJob) -> None:
+        self.job = job
+        self.api_path = job.scenario.api_path
+        self.w_start = job.window_start_ns
+        self.w_end = job.window_end_ns
+        self.durations = array("q")
+        self.step_order: dict[str, None] = {}  # the steps in the order the scenario sends them
+        self.step_latencies: dict[str, array[int]] = {}
+        self.step_errors: dict[str, Counter[str]] = {}
+        self.failed: Counter[str] = Counter()
+        self.counts: Counter[str] = Counter()
+        self.problems: list[str] = []
+        self.late_starts = 0
+        self.lagging_starts = 0
+        self.intended_starts = 0
+        self.idle_users = 0
+        self.stopping = False
+
+    # what the users report
+
+    def _in_window(self, now_ns: int) -> bool:
+        return self.w_start <= now_ns < self.w_end
+
+    def step_done(self, step: str, started_ns: int) -> None:
+        now = monotonic_ns()
+        self.step_order.setdefault(step)
+        if self._in_window(now):
+            latencies = self.step_latencies.get(step)
+            if latencies is None:
+                latencies = self.step_latencies[step] = array("q")
+            latencies.append((now - started_ns) // 1000)
+
+    def step_failed(self, step: str, kind: str, problem: str) -> StepFailed:
+        self.step_order.setdefault(step)
+        if self._in_window(monotonic_ns()):
+            self.step_errors.setdefault(step, Counter())[kind] += 1
+        self.problem(f"{step}: {problem}")
+        return StepFailed(step, kind, problem)
+
+    def problem(self, text: str) -> None:
+        text = text[:PROBLEM_CHARS]
+        if len(self.problems) < MAX_PROBLEMS and text not in self.problems:
+            self.problems.append(text)
+
+    def completed(self) -> int:
+        return len(self.durations)
+
+    # the users
+
+    async def _one(self, user: VirtualUser, intended_ns: int) -> None:
+        try:
+            await self.job.scenario.run(user, self.job.scenario.params)
+        except StepFailed as exc:
+            if self._in_window(monotonic_ns()):
+                self.failed[exc.step] += 1
+            await asyncio.sleep(FAILURE_PAUSE_S)
+            return
+        now = monotonic_ns()
+        if self._in_window(now):
+            self.durations.append((now - intended_ns) // 1000)
+
+    async def _closed_user(self, user: VirtualUser) -> None:
+        while not self.stopping:
+            await self._one(user, monotonic_ns())
+
+    async def _open_user(self, user: VirtualUser, starts: asyncio.Queue[int]) -> None:
+        while not self.stopping:
+            self.idle_users += 1
+            try:
+                due = await starts.get()
+            finally:
+                self.idle_users -= 1
+            await self._one(user, due)
+
+    async def _schedule(self, starts: asyncio.Queue[int]) -> None:
+        """Put a start in the queue at each due time of the rate's fixed schedule."""
+        assert self.job.rate is not None
+        interval = 1e9 / self.job.rate
+        for i in itertools.count():
+            due = self.job.start_ns + int(i * interval)
+            if due >= self.w_end:
+                return
+            delay = (due - monotonic_ns()) / 1e9
+            if delay > 0:
+                await asyncio.sleep(delay)
+            in_window = self._in_window(due)
+            if in_window:
+                self.intended_starts += 1
+                if self.idle_users <= starts.qsize():  # no user free for this start
+                    self.late_starts += 1
+                elif monotonic_ns() - due > 2_000_000:
+                    self.lagging_starts += 1
+            starts.put_nowait(due)
+
+    async def run(
+        self, report: Callable[[int], None] | None, interrupted: Callable[[], bool] | None
+    ) -> ScenarioShare:
+        job = self.job
+        users = [VirtualUser(self, i) for i in range(job.users)]
+        await _sleep_until(job.start_ns)
+        tasks: list[asyncio.Task[None]] = []
+        if job.rate is None:
+            tasks += [asyncio.create_task(self._closed_user(u)) for u in users]
+        else:
+            starts: asyncio.Queue[int] = asyncio.Queue()
+            tasks += [asyncio.create_task(self._open_user(u, starts)) for u in users]
+            tasks.append(asyncio.create_task(self._schedule(starts)))
+        ticker = asyncio.create_task(self._tick(report, interrupted))
+        await _sleep_until(self.w_start)
+        cpu0, wall0 = time.process_time(), monotonic_ns()
+        edges = slice_edges(self.w_start, self.w_end)
+        marks: list[int] = []
+        loop = asyncio.get_running_loop()
+        for edge in edges[1:-1]:
+            loop.call_later((edge - monotonic_ns()) / 1e9, lambda: marks.append(self.completed()))
+        # the window ends on time, or at once when the ticker sees an interruption
+        await asyncio.wait({ticker}, timeout=max((self.w_end - monotonic_ns()) / 1e9, 0))
+        self.stopping = True
+        cpu_s, wall_s = time.process_time() - cpu0, (monotonic_ns() - wall0) / 1e9
+        for task in [*tasks, ticker]:
+            task.cancel()
+        await asyncio.gather(*tasks, ticker, return_exceptions=True)
+        for user in users:
+            user.close()
+        steps = {
+            name: StepShare(
+                requests=len(self.step_latencies.get(name, ()))
+                + sum(self.step_errors.get(name, Counter()).values()),
+                errors=dict(self.step_errors.get(name, {})),
+                hdr=encode_latencies(self.step_latencies.get(name, array("q"))),
+            )
+            for name in self.step_order
+        }
+        return ScenarioShare(
+            completed=self.completed(),
+            failed=dict(self.failed),
+            hdr=encode_latencies(self.durations),
+            steps=steps,
+            step_count=sum(s.requests for s in steps.values()),
+            cpu_s=cpu_s,
+            wall_s=wall_s,
+            late_starts=self.late_starts,
+            lagging_starts=self.lagging_starts,
+            intended_starts=self.intended_starts,
+            problems=list(self.problems),
+            counts=dict(self.counts),
+            slices=slice_counts(marks, self.completed(), len(edges) - 1),
+        )
+
+    async def _tick(
+        self, report: Callable[[int], None] | None, interrupted: Callable[[], bool] | None
+    ) -> None:
+        """Report progress every PROGRESS_S; ends the run early when interrupted."""
+        while True:
+            if interrupted is not None and interrupted():
+                return
+            if report is not None:
+                report(self.completed())
+            await asyncio.sleep(PROGRESS_S)
+
+
+async def _sleep_until(when_ns: int) -> None:
+    delay = (when_ns - monotonic_ns()) / 1e9
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+def _run_loop(coro: Coroutine[Any, Any, ScenarioShare]) -> ScenarioShare:
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        return runner.run(coro)
+
+
+async def run_once(target: Target, scenario: Scenario, timeout_s: float = 30.0) -> dict[str, int]:
+    """Run `scenario` once, in this process (to verify it before measuring): StepFailed if a
+    step fails; returns what it counted."""
+    spec = LoadSpec(concurrency=1, duration_s=1e9, warmup_s=0.0, timeout_s=timeout_s)
+    job = ScenarioJob(target, scenario, spec, 1, None, 0, 0, 2**62, "verify-")
+    run = ScenarioRun(job)
+    user = VirtualUser(run, 0)
+    try:
+        await scenario.run(user, scenario.params)
+    finally:
+        user.close()
+    return dict(run.counts)
+
+
+__all__ = ["Scenario", "ScenarioJob", "StepFailed", "VirtualUser", "run_once"]

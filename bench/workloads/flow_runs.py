@@ -1,0 +1,320 @@
+"""flow-runs: flow runs of N tasks, sent as the real Prefect 3 client sends them.
+
+What one flow run of the real client (prefect 3.9.1, a flow calling N tasks, run as its own
+process) sends, captured here from its HTTP client and its websocket, in this order:
+- its sync client: `GET /admin/version`, `GET /csrf-token?client=…`, `POST /flows/`,
+  `POST /flow_runs/` (PENDING), `POST /flow_runs/{id}/set_state` (RUNNING),
+  `GET /flow_runs/{id}`, 2 × `GET /admin/storage`, `POST /flow_runs/{id}/set_state` (COMPLETED);
+- its events and logs workers: `GET /admin/version`, a websocket to `/events/in` (subprotocol
+  `prefect`, an auth frame answered `auth_success`), `GET /flows/{id}` (the flow's name, for
+  the events' related resources), one heartbeat event and 3 events per task (Pending, Running,
+  Completed), `GET /csrf-token?client=…`, and one `POST /logs/` batch (N + 2 records).
+No HTTP request per task: the server's task-run recorder turns the task events into task runs.
+
+The emulation sends the same requests and frames with bodies of the same shape, in one chain
+per virtual user; the task events go between RUNNING and COMPLETED, where the tasks run, and
+are confirmed with a ping (the real client pings every 700 events). docs/design-notes.md says
+what it leaves out.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from bench.engine.scenario import Scenario, VirtualUser
+from bench.errors import VerificationError
+from bench.results import RunConfig
+from bench.workloads.base import ScenarioWorkload
+
+PREFECT_VERSION = "3.9.1"  # what the emulated client says it is, in its events
+TASK_NAME = "bench-task"
+AUTH_FRAME = json.dumps({"type": "auth", "token": None})
+TASK_STATES = (("PENDING", "Pending"), ("RUNNING", "Running"), ("COMPLETED", "Completed"))
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _z(moment: dt.datetime) -> str:
+    """ISO 8601 as the client writes it in events: microseconds and a Z."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _state_details(flow_run_id: str, untrackable: bool) -> dict[str, Any]:
+    return {
+        "flow_run_id": flow_run_id,
+        "task_run_id": None,
+        "child_flow_run_id": None,
+        "scheduled_time": None,
+        "cache_key": None,
+        "cache_expiration": None,
+        "deferred": None,
+        "untrackable_result": untrackable,
+        "pause_timeout": None,
+        "pause_reschedule": False,
+        "pause_key": None,
+        "run_input_keyset": None,
+        "refresh_cache": None,
+        "retriable": None,
+        "transition_id": str(uuid.uuid4()),
+        "task_parameters_id": None,
+        "traceparent": None,
+        "deployment_concurrency_lease_id": None,
+    }
+
+
+async def _set_state(user: VirtualUser, step: str, run_id: str, kind: str, name: str) -> None:
+    state = {
+        "type": kind,
+        "name": name,
+        "message": None,
+        "state_details": _state_details(run_id, untrackable=kind == "COMPLETED"),
+        "data": None,
+    }
+    body = {"state": state, "force": False}
+    answer = await user.http_json(
+        step, "POST", f"/flow_runs/{run_id}/set_state", body, expect=(200, 201)
+    )
+    if not isinstance(answer, dict) or answer.get("status") != "ACCEPT":
+        raise user.invalid(step, f"the {name} state was not accepted: {str(answer)[:200]}")
+
+
+def _created(user: VirtualUser, step: str, answer: Any, *keys: str) -> list[str]:
+    if not isinstance(answer, dict) or any(not isinstance(answer.get(k), str) for k in keys):
+        raise user.invalid(step, f"expected an object with {', '.join(keys)}: {str(answer)[:200]}")
+    return [answer[k] for k in keys]
+
+
+def task_events(
+    flow_id: str, flow_name: str, run_id: str, run_name: str, task_index: int
+) -> list[str]:
+    """The 3 events of one task run (Pending, Running, Completed) as the client emits them
+    (prefect.utilities.engine.emit_task_run_state_change_event), as websocket frames."""
+    task_run_id = str(uuid.uuid4())
+    name = f"{TASK_NAME}-{task_index}"
+    related = [
+        {
+            "prefect.resource.id": f"prefect.flow-run.{run_id}",
+            "prefect.resource.role": "flow-run",
+            "prefect.resource.name": run_name,
+        },
+        {
+            "prefect.resource.id": f"prefect.flow.{flow_id}",
+            "prefect.resource.role": "flow",
+            "prefect.resource.name": flow_name,
+        },
+    ]
+    start = _now()
+    task_run: dict[str, Any] = {
+        "name": name,
+        "task_key": f"{TASK_NAME}-5f3a2c1d",
+        "dynamic_key": str(uuid.uuid4()),
+        "empirical_policy": {
+            "max_retries": 0,
+            "retry_delay_seconds": 0.0,
+            "retries": 0,
+            "retry_delay": 0,
+        },
+        "tags": [],
+        "labels": {},
+        "task_inputs": {"i": []},
+        "run_count": 0,
+        "flow_run_run_count": 0,
+        "expected_start_time": _z(start),
+        "total_run_time": 0.0,
+    }
+    frames = []
+    previous: dict[str, Any] | None = None
+    follows = None
+    for kind, state_name in TASK_STATES:
+        moment = _now()
+        if kind == "RUNNING":
+            task_run |= {"run_count": 1, "flow_run_run_count": 1, "start_time": _z(moment)}
+        elif kind == "COMPLETED":
+            task_run |= {"end_time": _z(moment), "total_run_time": 0.001}
+        details = {"untrackable_result": True} if kind == "COMPLETED" else {}
+        state = {"type": kind, "name": state_name, "message": "", "state_details": details}
+        event_id = str(uuid.uuid4())
+        event = {
+            "occurred": _z(moment),
+            "event": f"prefect.task-run.{state_name}",
+            "resource": {
+                "prefect.resource.id": f"prefect.task-run.{task_run_id}",
+                "prefect.resource.name": name,
+                "prefect.run-count": str(task_run["run_count"]),
+                "prefect.state-message": "",
+                "prefect.state-name": state_name,
+                "prefect.state-timestamp": moment.isoformat(),
+                "prefect.state-type": kind,
+                "prefect.orchestration": "client",
+            },
+            "related": related,
+            "payload": {
+                "intended": {"from": previous["type"] if previous else None, "to": kind},
+                "initial_state": previous,
+                "validated_state": state | {"data": None},
+                "task_run": task_run,
+            },
+            "id": event_id,
+            "follows": follows,
+        }
+        frames.append(json.dumps(event, separators=(",", ":")))
+        previous, follows = state, event_id
+    return frames
+
+
+def heartbeat(flow_id: str, flow_name: str, run_id: str, run_name: str) -> str:
+    """The flow run's heartbeat event, as the client emits it once per run."""
+    event = {
+        "occurred": _z(_now()),
+        "event": "prefect.flow-run.heartbeat",
+        "resource": {
+            "prefect.resource.id": f"prefect.flow-run.{run_id}",
+            "prefect.resource.name": run_name,
+            "prefect.version": PREFECT_VERSION,
+        },
+        "related": [
+            {
+                "prefect.resource.id": f"prefect.flow.{flow_id}",
+                "prefect.resource.role": "flow",
+                "prefect.resource.name": flow_name,
+            }
+        ],
+        "payload": {},
+        "id": str(uuid.uuid4()),
+        "follows": None,
+    }
+    return json.dumps(event, separators=(",", ":"))
+
+
+def _logs(run_id: str, run_name: str, flow_name: str, tasks: int) -> list[dict[str, Any]]:
+    def record(name: str, message: str, task_run_id: str | None = None) -> dict[str, Any]:
+        return {
+            "name": name,
+            "level": 20,
+            "message": message,
+            "timestamp": _z(_now()),
+            "flow_run_id": run_id,
+            "task_run_id": task_run_id,
+        }
+
+    logs = [record("prefect.flow_runs", f"Beginning flow run '{run_name}' for flow '{flow_name}'")]
+    logs += [
+        record("prefect.task_runs", "Finished in state Completed()", str(uuid.uuid4()))
+        for _ in range(tasks)
+    ]
+    logs.append(record("prefect.flow_runs", "Finished in state Completed()"))
+    return logs
+
+
+async def _csrf_token(user: VirtualUser) -> None:
+    # 422 "CSRF protection is disabled." (the server's default) and 404 (an older server) are
+    # answers the client accepts: it then sends no token (prefect.client.base)
+    await user.http(
+        "GET csrf-token", "GET", f"/csrf-token?client={uuid.uuid4()}", expect=(200, 404, 422)
+    )
+
+
+async def flow_run(user: VirtualUser, params: Mapping[str, Any]) -> None:
+    """One flow run with `params["tasks"]` tasks of the flow `params["flow_name"]`."""
+    tasks: int = params["tasks"]
+    flow_name: str = params["flow_name"]
+    await user.http("GET admin/version", "GET", "/admin/version")
+    await _csrf_token(user)
+    flow = await user.http_json(
+        "create flow",
+        "POST",
+        "/flows/",
+        {"name": flow_name, "tags": [], "labels": {}},
+        expect=(200, 201),
+    )
+    (flow_id,) = _created(user, "create flow", flow, "id")
+    pending = {
+        "type": "PENDING",
+        "name": "Pending",
+        "message": None,
+        "state_details": {"traceparent": None},
+        "data": None,
+    }
+    body = {
+        "state": pending,
+        "name": None,
+        "flow_id": flow_id,
+        "flow_version": "5f3a2c1d8e9b4a7f6c0d1e2f3a4b5c6d",
+        "parameters": {"n": tasks},
+        "context": {},
+        "parent_task_run_id": None,
+        "empirical_policy": {"retries": 0, "retry_delay": 0},
+        "tags": [],
+    }
+    run = await user.http_json("create flow_run", "POST", "/flow_runs/", body, expect=(201,))
+    run_id, run_name = _created(user, "create flow_run", run, "id", "name")
+    await _set_state(user, "set_state RUNNING", run_id, "RUNNING", "Running")
+    await user.http("read flow_run", "GET", f"/flow_runs/{run_id}")
+    for _ in range(2):
+        await user.http("GET admin/storage", "GET", "/admin/storage")
+    await user.http("GET admin/version", "GET", "/admin/version")
+    async with user.websocket("open events socket", "/events/in", ("prefect",)) as ws:
+        reply = await user.ws_exchange("events auth", ws, [AUTH_FRAME], answer=True)
+        if not reply or json.loads(reply).get("type") != "auth_success":
+            raise user.invalid("events auth", f"expected auth_success, got {reply!r:.200}")
+        await user.http("read flow", "GET", f"/flows/{flow_id}")
+        frames = [heartbeat(flow_id, flow_name, run_id, run_name)]
+        for i in range(tasks):
+            frames += task_events(flow_id, flow_name, run_id, run_name, i)
+        await user.ws_exchange("task events", ws, frames)
+        user.count("task_runs", tasks)
+        user.count("events", len(frames))
+        await _set_state(user, "set_state COMPLETED", run_id, "COMPLETED", "Completed")
+        user.count("flow_runs")
+        await _csrf_token(user)
+        await user.http_json(
+            "write logs", "POST", "/logs/", _logs(run_id, run_name, flow_name, tasks), (201,)
+        )
+
+
+def _count(client: httpx.Client, path: str, body: dict[str, Any]) -> int:
+    answer = client.post(path, json=body)
+    if answer.status_code != 200:
+        raise VerificationError(f"POST {path} answered {answer.status_code}: {answer.text[:200]}")
+    return int(answer.json())
+
+
+def recorded(client: httpx.Client, flow_name: str) -> dict[str, int]:
+    """What the server holds of the flow `flow_name`'s runs: completed flow runs, task runs."""
+    flows = {"name": {"any_": [flow_name]}}
+    completed = {"state": {"type": {"any_": ["COMPLETED"]}}}
+    return {
+        "flow_runs": _count(client, "/flow_runs/count", {"flows": flows, "flow_runs": completed}),
+        "task_runs": _count(client, "/task_runs/count", {"flows": flows}),
+    }
+
+
+def scenario(config: RunConfig, tag: str) -> Scenario:
+    """The flow-runs scenario of one measurement: its flow's name is unique (`tag`), so what
+    the server recorded of it can be counted apart from every other measurement's."""
+    return Scenario(
+        f"flow run, {config.tasks} tasks",
+        flow_run,
+        {"tasks": config.tasks, "flow_name": f"bench-flow-{tag}"},
+    )
+
+
+def recorded_of(client: httpx.Client, measured: Scenario) -> dict[str, int]:
+    return recorded(client, measured.params["flow_name"])
+
+
+FLOW_RUNS = ScenarioWorkload(
+    name="flow-runs",
+    description="flow runs of --tasks tasks, as the real Prefect client sends them",
+    scenario=scenario,
+    recorded=recorded_of,
+    real_client_check=True,
+)
