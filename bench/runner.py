@@ -7,7 +7,6 @@ import contextlib
 import secrets
 import shutil
 import tempfile
-import time
 import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
@@ -37,13 +36,12 @@ from bench.servers.adapter import ServerAdapter
 from bench.servers.running import RunningServer, ServerSetup, start_server
 from bench.telemetry import BackendTelemetry, per_item
 from bench.workloads import ScenarioWorkload, Workload, get_workload
-from bench.workloads.base import api_client
+from bench.workloads.base import UNAVAILABLE_ATTEMPTS, api_client, back_off_unavailable
 
 EXTERNAL_SERVER = "external"
 INTERRUPTED = "interrupted"
 # How long a scenario's sends may take to reach the server's database after a window.
 DRAIN_TIMEOUT_S = 30.0
-VERIFY_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -274,14 +272,14 @@ def _verify_scenario(
     engine counts those; one of them must not fail the cell.
     """
     where = engine.Target(target.host, target.port)
-    for attempt in range(1, VERIFY_ATTEMPTS + 1):
+    for attempt in range(1, UNAVAILABLE_ATTEMPTS + 1):
         try:
             sent = asyncio.run(engine.run_once(where, scenario))
             break
         except engine.StepFailed as exc:
-            if exc.kind != "503" or attempt == VERIFY_ATTEMPTS:
+            if exc.kind != "503" or attempt == UNAVAILABLE_ATTEMPTS:
                 raise VerificationError(f"{scenario.name}: {exc}") from None
-            time.sleep(0.2 * attempt)  # back off: the lock is held by the server's own writes
+            back_off_unavailable(attempt)
     found = _drained(workload, scenario, client, sent)
     missing = {kind: n for kind, n in sent.items() if kind in found and found[kind] < n}
     if missing:

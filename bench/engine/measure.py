@@ -209,6 +209,32 @@ def measure_scenario(
     return merge_scenarios(plan.run(jobs, spec, progress), spec)
 
 
+@dataclass(frozen=True)
+class _OpenModel:
+    """Whether an open-model measurement held its rate, by the engine's two criteria: it
+    achieved RATE_SHORTFALL of the rate, and at most LATE_SHARE of the scheduled sends (or
+    starts) were late; and whether the engine itself fell behind (late with capacity free)."""
+
+    late: int
+    lagging: int
+    intended: int
+    rate_held: bool
+    engine_lagged: bool
+
+    @classmethod
+    def of(
+        cls, spec: LoadSpec, *, waited: int, lagging: int, intended: int, achieved: int
+    ) -> _OpenModel:
+        assert spec.rate is not None
+        late = waited + lagging
+        intended = max(intended, 1)
+        held = (
+            achieved >= RATE_SHORTFALL * spec.rate * spec.duration_s
+            and late <= LATE_SHARE * intended
+        )
+        return cls(late, lagging, intended, held, lagging > LATE_SHARE * intended)
+
+
 def merge(results: Sequence[ShareResult], spec: LoadSpec) -> Measurement:
     """Add up the processes' counts and histograms (losslessly) into the result's shape."""
     hist = new_histogram()
@@ -226,17 +252,21 @@ def merge(results: Sequence[ShareResult], spec: LoadSpec) -> Measurement:
     late: int | None = None
     rate_held: bool | None = None
     if spec.rate is not None:
-        lagging = sum(r.lagging_sends for r in results)
-        late = sum(r.late_sends for r in results) + lagging
-        intended = max(sum(r.intended_sends for r in results), 1)
-        achieved = requests / spec.duration_s
-        rate_held = achieved >= RATE_SHORTFALL * spec.rate and late <= LATE_SHARE * intended
-        if lagging > LATE_SHARE * intended:
+        verdict = _OpenModel.of(
+            spec,
+            waited=sum(r.late_sends for r in results),
+            lagging=sum(r.lagging_sends for r in results),
+            intended=sum(r.intended_sends for r in results),
+            achieved=requests,
+        )
+        late, rate_held = verdict.late, verdict.rate_held
+        if verdict.engine_lagged:
             saturated = True
             problems.insert(
                 0,
-                f"the engine sent {lagging} of {intended} requests late with a connection free:"
-                " it could not hold the rate (more --engine-procs or another --client-cpus)",
+                f"the engine sent {verdict.lagging} of {verdict.intended} requests late with a "
+                "connection free: it could not hold the rate (more --engine-procs or another "
+                "--client-cpus)",
             )
     return Measurement(
         concurrency=spec.concurrency,
@@ -296,17 +326,19 @@ def merge_scenarios(results: Sequence[ScenarioShare], spec: LoadSpec) -> Scenari
     late: int | None = None
     rate_held: bool | None = None
     if spec.rate is not None:
-        lagging = sum(r.lagging_starts for r in results)
-        late = sum(r.late_starts for r in results) + lagging
-        intended = max(sum(r.intended_starts for r in results), 1)
-        started = completed + sum(failed.values())
-        rate_held = (
-            started >= RATE_SHORTFALL * spec.rate * spec.duration_s
-            and late <= LATE_SHARE * intended
+        verdict = _OpenModel.of(
+            spec,
+            waited=sum(r.late_starts for r in results),
+            lagging=sum(r.lagging_starts for r in results),
+            intended=sum(r.intended_starts for r in results),
+            achieved=completed + sum(failed.values()),
         )
-        if lagging > LATE_SHARE * intended:
+        late, rate_held = verdict.late, verdict.rate_held
+        if verdict.engine_lagged:
             saturated = True
-            problems.insert(0, f"the engine started {lagging} of {intended} scenarios late")
+            problems.insert(
+                0, f"the engine started {verdict.lagging} of {verdict.intended} scenarios late"
+            )
     steps = [
         StepResult(
             name=name,

@@ -33,12 +33,19 @@ from httptools import HttpParserError, HttpResponseParser
 from websockets.asyncio.client import ClientConnection, connect
 
 from bench.engine.model import LoadSpec, Target
+from bench.engine.pacer import ENGINE_LAG_NS
 from bench.engine.wire import encode_request
-from bench.engine.worker import encode_latencies, event_loop_factory, slice_counts, slice_edges
+from bench.engine.worker import (
+    MAX_PROBLEMS,
+    PROBLEM_CHARS,
+    PROGRESS_S,
+    encode_latencies,
+    event_loop_factory,
+    sleep_until,
+    slice_counts,
+    slice_edges,
+)
 
-MAX_PROBLEMS = 10
-PROBLEM_CHARS = 300
-PROGRESS_S = 0.25
 # A failed scenario is followed by the next one after this pause, so that a server that refuses
 # everything is not hammered in a busy loop (the failures are counted all the same).
 FAILURE_PAUSE_S = 0.01
@@ -399,7 +406,7 @@ class ScenarioRun:
                 self.intended_starts += 1
                 if self.idle_users <= starts.qsize():  # no user free for this start
                     self.late_starts += 1
-                elif monotonic_ns() - due > 2_000_000:
+                elif monotonic_ns() - due > ENGINE_LAG_NS:
                     self.lagging_starts += 1
             starts.put_nowait(due)
 
@@ -408,7 +415,7 @@ class ScenarioRun:
     ) -> ScenarioShare:
         job = self.job
         users = [VirtualUser(self, i) for i in range(job.users)]
-        await _sleep_until(job.start_ns)
+        await sleep_until(job.start_ns)
         tasks: list[asyncio.Task[None]] = []
         if job.rate is None:
             tasks += [asyncio.create_task(self._closed_user(u)) for u in users]
@@ -417,7 +424,7 @@ class ScenarioRun:
             tasks += [asyncio.create_task(self._open_user(u, starts)) for u in users]
             tasks.append(asyncio.create_task(self._schedule(starts)))
         ticker = asyncio.create_task(self._tick(report, interrupted))
-        await _sleep_until(self.w_start)
+        await sleep_until(self.w_start)
         cpu0, wall0 = time.process_time(), monotonic_ns()
         edges = slice_edges(self.w_start, self.w_end)
         marks: list[int] = []
@@ -468,12 +475,6 @@ class ScenarioRun:
             if report is not None:
                 report(self.completed())
             await asyncio.sleep(PROGRESS_S)
-
-
-async def _sleep_until(when_ns: int) -> None:
-    delay = (when_ns - monotonic_ns()) / 1e9
-    if delay > 0:
-        await asyncio.sleep(delay)
 
 
 def _run_loop(coro: Coroutine[Any, Any, ScenarioShare]) -> ScenarioShare:

@@ -327,12 +327,12 @@ class ShareRun:
     ) -> ShareResult:
         for conn in self.conns:
             self._spawn(self._connect(conn, 0.0))
-        await _sleep_until(self.job.start_ns)
+        await sleep_until(self.job.start_ns)
         self.started = True
         self.pacer.start([c for c in self.conns if c.transport is not None])
         self._check_timeouts()
         self._tick(report, interrupted)
-        await _sleep_until(self.w_start, self.done)
+        await sleep_until(self.w_start, self.done)
         cpu0 = time.process_time()
         wall0 = monotonic_ns()
         edges = slice_edges(self.w_start, self.w_end)
@@ -341,7 +341,7 @@ class ShareRun:
             self.loop.call_later(
                 (edge - monotonic_ns()) / 1e9, lambda: marks.append(len(self.latencies))
             )
-        await _sleep_until(self.w_end, self.done)
+        await sleep_until(self.w_end, self.done)
         self.stop()
         cpu1 = time.process_time()
         wall = (monotonic_ns() - wall0) / 1e9
@@ -373,7 +373,7 @@ class ShareRun:
         self.loop.call_later(PROGRESS_S, self._tick, report, interrupted)
 
 
-async def _sleep_until(when_ns: int, done: asyncio.Future[None] | None = None) -> None:
+async def sleep_until(when_ns: int, done: asyncio.Future[None] | None = None) -> None:
     delay = (when_ns - monotonic_ns()) / 1e9
     if delay <= 0:
         return

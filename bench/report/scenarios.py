@@ -22,11 +22,12 @@ def _by_key(result: Result) -> dict[Key, ScenarioResult]:
 
 
 def _keys(results: list[Result]) -> list[Key]:
-    keys: dict[Key, None] = {}
+    """Every (scenario, concurrency) measured: scenarios as first seen, concurrency rising."""
+    levels: dict[str, set[int]] = {}
     for r in results:
         for s in r.scenarios:
-            keys.setdefault((s.name, s.concurrency))
-    return sorted(keys, key=lambda k: (list(dict.fromkeys(n for n, _ in keys)).index(k[0]), k[1]))
+            levels.setdefault(s.name, set()).add(s.concurrency)
+    return [(name, c) for name, cs in levels.items() for c in sorted(cs)]
 
 
 def _per_s(s: ScenarioResult | None) -> Value:

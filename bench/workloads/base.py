@@ -59,21 +59,29 @@ def _fill(value: Any, values: Mapping[str, str]) -> Any:
     return value
 
 
+# How often a setup or verification request answered 503 is sent again.
+UNAVAILABLE_ATTEMPTS = 5
+
+
+def back_off_unavailable(attempt: int) -> None:
+    """Wait before sending again what was answered 503: the lock is held by the server's own
+    writes, longer with each attempt."""
+    time.sleep(0.1 * attempt)
+
+
 class _RetryUnavailable(httpx.HTTPTransport):
     """Retries 503 answers a few times: SQLite answers a single write with 503 "database is
     locked" while the server's own services write. Under load the engine counts those 503s;
     for fixtures and verification one transient lock must not fail the cell."""
 
-    attempts = 5
-
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        for attempt in range(1, self.attempts):
+        for attempt in range(1, UNAVAILABLE_ATTEMPTS):
             response = super().handle_request(request)
             if response.status_code != 503:
                 return response
             response.read()
             response.close()
-            time.sleep(0.1 * attempt)  # back off: the lock is held by the server's own writes
+            back_off_unavailable(attempt)
         return super().handle_request(request)
 
 
