@@ -812,6 +812,8 @@ def test_scenarios_section_shows_rates_failures_losses_steps_and_backend_work() 
     assert "| task events |" in section
     assert "pg xact" in section and "redis cmd" in section
     assert "No endpoint measurements." in text  # a scenario-only run has no endpoint rows
+    matrix = text.split("## Matrix", 1)[1].split("## Endpoints", 1)[0]
+    assert "scenarios/s c=1" in matrix and "total rps" not in matrix
 
 
 def test_a_version_1_result_still_reads_without_scenarios() -> None:

@@ -228,11 +228,21 @@ def _skipped_notes(skipped: Sequence[Result], multi_run: bool) -> list[str]:
     return [f"Skipped {', '.join(names)}: {reason}" for reason, names in cells.items()]
 
 
+def _scenarios_value(result: Result, concurrency: int) -> Value:
+    measured = [s for s in result.scenarios if s.concurrency == concurrency]
+    if not measured:
+        return Value(MISSING)
+    return _rps_value(sum(s.per_s for s in measured), any(s.client_saturated for s in measured))
+
+
 def _matrix_section(results: list[Result], multi_run: bool) -> Section:
     ok = [r for r in results if r.status == "ok"]
     levels = aggregate.concurrency_levels(ok)
+    # scenario workloads: completed scenarios per second, as total rps is for requests
+    scenario_levels = sorted({s.concurrency for r in ok for s in r.scenarios})
     columns = [Column("run"), Column("server"), Column("db"), Column("broker"), Column("status")]
     columns += [Column(f"total rps c={c}", numeric=True) for c in levels]
+    columns += [Column(f"scenarios/s c={c}", numeric=True) for c in scenario_levels]
     columns += [
         Column("startup s", numeric=True),
         Column("rss peak MB", numeric=True),
@@ -250,6 +260,7 @@ def _matrix_section(results: list[Result], multi_run: bool) -> Section:
             totals = [aggregate.total_rps(r, c) for c in levels]
             saturated |= any(t is not None and t.saturated for t in totals)
             row += [_total_value(t) for t in totals]
+            row += [_scenarios_value(r, c) for c in scenario_levels]
             info = r.server
             row += [
                 Value(fmt_num(info.startup_s if info else None)),
@@ -258,16 +269,22 @@ def _matrix_section(results: list[Result], multi_run: bool) -> Section:
                 Value(""),
             ]
         else:
-            row += [Value(MISSING) for _ in levels] + [Value(MISSING)] * 3
+            row += [Value(MISSING) for _ in (*levels, *scenario_levels)] + [Value(MISSING)] * 3
             row.append(Value(first_line(r.error) or MISSING, tone=r.status))
         table.rows.append(row)
     section = Section("Matrix")
     if table.rows:
         section.tables.append(table)
-        section.paragraphs.append(
-            "Total rps is the sum of the successful requests per second of every endpoint "
-            "measured at that concurrency."
-        )
+        if levels:
+            section.paragraphs.append(
+                "Total rps is the sum of the successful requests per second of every endpoint "
+                "measured at that concurrency."
+            )
+        if scenario_levels:
+            section.paragraphs.append(
+                "Scenarios/s is the sum of the completed scenarios per second (e.g. flow runs) "
+                "of every scenario measured at that concurrency (virtual users)."
+            )
     else:
         section.paragraphs.append("No cell ran: every one was skipped.")
     if ok and levels:
