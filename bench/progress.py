@@ -56,6 +56,10 @@ class Progress:
         extra = f", {failed} failed" if failed else ""
         lost = {k: d.lost for k, d in s.delivery.items() if d.lost}
         extra += "".join(f", {n} {k.replace('_', ' ')} lost" for k, n in lost.items())
+        if s.lag_ms is not None:
+            extra += f", lag p50 {s.lag_ms.p50:.0f} ms p99 {s.lag_ms.p99:.0f} ms"
+        if s.lag_unresolved:
+            extra += f", {s.lag_unresolved} sampled not found"
         self.console.print(f"  {name} c={c}: {rate}/s, p50 {p50} ms, p99 {p99} ms{extra}")
 
     def __enter__(self) -> Progress:

@@ -4,7 +4,8 @@ Schema history (bump SCHEMA_VERSION when a key is renamed or its meaning changes
 adding an optional key is not a bump):
 - 1 (2026-11-26): first version, as in DESIGN.md section 7.
 - 2 (2026-12-01): `scenarios` (DESIGN.md section 7), for scenario workloads such as
-  flow-runs; a version 1 result reads as one without scenarios.
+  flow-runs; a version 1 result reads as one without scenarios. Added since (optional):
+  a scenario's `lag_ms`, `lag_hdr`, `lag_probes`, `lag_unresolved` (the events workload).
 """
 
 from __future__ import annotations
@@ -192,6 +193,20 @@ class ScenarioMeasurement(BaseModel):
         default_factory=dict,
         description="what the scenarios sent over the whole measurement, by kind",
     )
+    lag_ms: LatencyMs | None = Field(
+        default=None,
+        description="of the sampled items (events) the server made queryable in the window: "
+        "time from sending to being found through its API",
+    )
+    lag_hdr: str | None = Field(default=None, description="HdrHistogram (µs) of the lags")
+    lag_probes: int | None = Field(
+        default=None, description="sampled items found in the window (the lag's count)"
+    )
+    lag_unresolved: int | None = Field(
+        default=None,
+        description="sampled items not yet found when the window ended: their lag is longer "
+        "than what was left of it, or they were lost",
+    )
 
 
 class ScenarioResult(ScenarioMeasurement):
@@ -258,12 +273,12 @@ class RunConfig(BaseModel):
     concurrency: list[Annotated[int, Field(ge=1)]] = Field(
         default=[1, 4, 16, 64],
         min_length=1,
-        description="connections per level, comma-separated",
+        description="connections (virtual users; events: websockets) per level, comma-separated",
     )
     rate: PositiveSeconds | None = Field(
         default=None,
-        description="open model: requests/s per endpoint, latency from each intended send time "
-        "(default: closed model)",
+        description="open model: requests/s per endpoint (flow-runs: flow runs started/s; "
+        "events: events/s), latency from each intended send time (default: closed model)",
     )
     engine_procs: Annotated[int, Field(ge=1)] | None = Field(
         default=None, description="load generator processes (default: automatic)"

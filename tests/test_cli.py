@@ -86,7 +86,9 @@ def test_help_lists_every_workload_and_provider(tmp_path: Path) -> None:
     out = bench("run", "--help", cwd=tmp_path)
     assert out.returncode == 0
     text = " ".join(out.stdout.split())
-    assert "seed, lifecycle, flow-runs, health:" in text and "external, docker, local:" in text
+    assert (
+        "seed, lifecycle, flow-runs, events, health:" in text and "external, docker, local:" in text
+    )
     assert "--zig-binary PATH" in text and "(default 1,4,16,64)" in text
 
 

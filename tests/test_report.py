@@ -811,6 +811,8 @@ def test_scenarios_section_shows_rates_failures_losses_steps_and_backend_work() 
     assert "flow run, 10 tasks: step latency p50 / p99 (ms)" in section
     assert "| task events |" in section
     assert "pg xact" in section and "redis cmd" in section
+    # flow-runs results have no lag: no lag table, and the rate keeps its generic title
+    assert "Event lag" not in section and "### Completed scenarios per second\n" in section
     assert "No endpoint measurements." in text  # a scenario-only run has no endpoint rows
     matrix = text.split("## Matrix", 1)[1].split("## Endpoints", 1)[0]
     assert "scenarios/s c=1" in matrix and "total rps" not in matrix
@@ -821,3 +823,122 @@ def test_a_version_1_result_still_reads_without_scenarios() -> None:
     assert results and {r.schema_version for r in results} == {1}
     assert all(r.scenarios == [] for r in results)
     assert "## Scenarios" not in render_markdown(build(results))
+
+
+# The events workload: two hand-made results of one run (python × sqlite × memory and × redis,
+# --rate 100 over 1 and 4 websockets) with lag, probes and delivery of events and task runs; the
+# redis cell at c=4 has 3 unresolved probes.
+EVENTS_RESULTS = Path(__file__).parent / "resources" / "report_events"
+
+
+@pytest.fixture
+def events_results() -> list[Result]:
+    found, warnings = collect([EVENTS_RESULTS])
+    assert warnings == [] and {r.schema_version for r in found} == {2}
+    assert {r.config.workload for r in found} == {"events"}
+    assert [r.cell.name for r in found] == ["python-sqlite-memory", "python-sqlite-redis"]
+    return found
+
+
+def scenario_table(report: Report, title_start: str) -> Table:
+    section = next(s for s in report.sections if s.title == "Scenarios")
+    return next(t for t in section.tables if t.title and t.title.startswith(title_start))
+
+
+def with_scenarios(result: Result, **changes: object) -> Result:
+    """`result` with `changes` made to every one of its scenarios."""
+    return result.model_copy(
+        update={"scenarios": [s.model_copy(update=changes) for s in result.scenarios]}
+    )
+
+
+def as_zig(result: Result, scale: float) -> Result:
+    """`result` as if the zig server had measured it, every scenario's rate times `scale`."""
+    scenarios = [
+        s.model_copy(
+            update={
+                "per_s": s.per_s * scale,
+                "per_s_slices": [x * scale for x in s.per_s_slices or []] or None,
+            }
+        )
+        for s in result.scenarios
+    ]
+    cell = result.cell.model_copy(update={"server": "zig"})
+    return result.model_copy(update={"cell": cell, "scenarios": scenarios})
+
+
+def test_events_lag_of_each_broker_side_by_side(events_results: list[Result]) -> None:
+    text = render_markdown(build(events_results))
+    section = text.split("## Scenarios", 1)[1].split("\n## ", 1)[0]
+    lag = section.split("### Event lag p50 / p99 (ms)", 1)[1].split("###", 1)[0]
+    assert "| scenario | c | python-sqlite-memory | python-sqlite-redis |" in lag
+    assert (
+        "| task-run event | 1 | 612.35 / 1480.70 (46 probes) | 845.25 / 2310.40 (44 probes) |"
+        in lag
+    )
+    terminal = terminal_text(build(events_results))
+    assert re.search(r"655\.87 / 1522\.69 \(45 probes\) +1187\.84 / 3407\.87", terminal)
+    # one scenario is one event: the rate says so
+    assert "### Completed scenarios per second (events/s)" in section
+    # delivery by kind, events as the other kinds
+    assert "| task-run event | 1 | 0 / 604 events, 0 / 202 task runs |" in section
+
+
+def test_events_unresolved_probes_are_a_warning(events_results: list[Result]) -> None:
+    report = build(events_results)
+    values = scenario_table(report, "Event lag")
+    redis_c4 = values.rows[1][3]
+    assert redis_c4.text == "1187.84 / 3407.87 (41 probes, 3 unresolved)"
+    assert redis_c4.tone == "bad" and values.rows[1][2].tone == ""
+    assert "unresolved: sampled events not found" in render_markdown(report)
+
+    resolved = [with_scenarios(r, lag_unresolved=0) for r in events_results]
+    text = render_markdown(build(resolved))
+    assert "unresolved" not in text and "(41 probes) |" in text
+
+
+def test_events_lag_without_any_probe_found(events_results: list[Result]) -> None:
+    """A lag longer than the window: no probe found, every one unresolved."""
+    memory, redis = events_results
+    late = with_scenarios(redis, lag_ms=None, lag_probes=0, lag_unresolved=44)
+    report = build([memory, late])
+    cell = scenario_table(report, "Event lag").rows[0][3]
+    assert (cell.text, cell.tone, cell.number) == ("- (0 probes, 44 unresolved)", "bad", None)
+
+
+def test_scenario_columns_keep_a_servers_brokers_together(events_results: list[Result]) -> None:
+    zig = [as_zig(r, 1.0) for r in events_results]
+    table = scenario_table(build(events_results + zig), "Event lag")
+    assert [c.header for c in table.columns[2:]] == [
+        "python-sqlite-memory",
+        "python-sqlite-redis",
+        "zig-sqlite-memory",
+        "zig-sqlite-redis",
+    ]
+
+
+def test_scenario_speedup_within_the_noise_is_marked(events_results: list[Result]) -> None:
+    memory, redis = events_results
+    # ±2% slices: 1% faster is within their noise, 2.5× is not
+    report = build([memory, redis, as_zig(memory, 1.01), as_zig(redis, 2.5)])
+    table = scenario_table(report, "Scenarios per second over python")
+    assert table.title == "Scenarios per second over python (events/s)"
+    assert column(table, "zig-sqlite-memory")[("task-run event", "1")] == "1.01× ~"
+    assert column(table, "zig-sqlite-redis")[("task-run event", "1")] == "2.50×"
+    section = next(s for s in report.sections if s.title == "Scenarios")
+    assert any(n.startswith("~: within the noise") for n in section.notes)
+    # without slices on a side no interval, so no mark
+    bare = with_scenarios(as_zig(memory, 1.01), per_s_slices=None)
+    table = scenario_table(build([memory, bare]), "Scenarios per second over python")
+    assert column(table, "zig")[("task-run event", "1")] == "1.01×"
+
+
+def test_scenario_speedup_marks_a_saturated_reference_as_upper_bound(
+    events_results: list[Result],
+) -> None:
+    memory = by_cell(events_results, "python-sqlite-memory")
+    report = build([with_scenarios(memory, client_saturated=True), as_zig(memory, 2.0)])
+    table = scenario_table(report, "Scenarios per second over python")
+    assert column(table, "zig")[("task-run event", "1")] == "≤2.00×"
+    section = next(s for s in report.sections if s.title == "Scenarios")
+    assert any("the ratio is a bound" in n for n in section.notes)

@@ -206,7 +206,7 @@ def measure_scenario(
                 token_prefix=f"{plan.nonce}-{i}-",
             )
         )
-    return merge_scenarios(plan.run(jobs, spec, progress), spec)
+    return merge_scenarios(plan.run(jobs, spec, progress), spec, scenario.probe is not None)
 
 
 @dataclass(frozen=True)
@@ -277,7 +277,7 @@ def merge(results: Sequence[ShareResult], spec: LoadSpec) -> Measurement:
         rps_slices=_slice_rates([r.slices for r in results], spec.duration_s),
         latency_ms=latency_summary(hist),
         client_saturated=saturated,
-        hdr=hist.encode().decode("ascii") if hist.get_total_count() else None,
+        hdr=_encoded(hist),
         problems=problems[:10],
         client_cpu_s_per_request=cpu_s / requests if requests else None,
         engine_procs=len(results),
@@ -297,10 +297,13 @@ def _slice_rates(per_process: Sequence[list[int] | None], duration_s: float) -> 
     return [n * len(totals) / duration_s for n in totals]
 
 
-def merge_scenarios(results: Sequence[ScenarioShare], spec: LoadSpec) -> ScenarioMeasurement:
+def merge_scenarios(
+    results: Sequence[ScenarioShare], spec: LoadSpec, probed: bool = False
+) -> ScenarioMeasurement:
     """Add up the processes' scenario counts and histograms (losslessly) into the result's
-    shape."""
+    shape; `probed`: the scenario measured lag (its counts are then given, 0 included)."""
     durations = new_histogram()
+    lags = new_histogram()
     step_hists: dict[str, HdrHistogram] = {}
     step_requests: Counter[str] = Counter()
     step_errors: dict[str, Counter[str]] = {}
@@ -310,6 +313,8 @@ def merge_scenarios(results: Sequence[ScenarioShare], spec: LoadSpec) -> Scenari
     for r in results:
         if r.hdr is not None:
             durations.add(HdrHistogram.decode(r.hdr))
+        if r.lag_hdr is not None:
+            lags.add(HdrHistogram.decode(r.lag_hdr))
         for name, step in r.steps.items():
             step_requests[name] += step.requests
             step_errors.setdefault(name, Counter()).update(step.errors)
@@ -345,9 +350,7 @@ def merge_scenarios(results: Sequence[ScenarioShare], spec: LoadSpec) -> Scenari
             requests=step_requests[name],
             errors=dict(sorted(step_errors[name].items())),
             latency_ms=latency_summary(step_hists[name]),
-            hdr=step_hists[name].encode().decode("ascii")
-            if step_hists[name].get_total_count()
-            else None,
+            hdr=_encoded(step_hists[name]),
         )
         for name in step_hists
     ]
@@ -359,7 +362,7 @@ def merge_scenarios(results: Sequence[ScenarioShare], spec: LoadSpec) -> Scenari
         per_s=completed / spec.duration_s,
         per_s_slices=_slice_rates([r.slices for r in results], spec.duration_s),
         duration_ms=latency_summary(durations),
-        hdr=durations.encode().decode("ascii") if durations.get_total_count() else None,
+        hdr=_encoded(durations),
         steps=steps,
         client_saturated=saturated,
         client_cpu_s_per_step=cpu_s / step_count if step_count else None,
@@ -369,4 +372,12 @@ def merge_scenarios(results: Sequence[ScenarioShare], spec: LoadSpec) -> Scenari
         rate_held=rate_held,
         problems=problems[:10],
         counts=dict(sorted(counts.items())),
+        lag_ms=latency_summary(lags),
+        lag_hdr=_encoded(lags),
+        lag_probes=sum(r.lag_probes for r in results) if probed else None,
+        lag_unresolved=sum(r.lag_unresolved for r in results) if probed else None,
     )
+
+
+def _encoded(hist: HdrHistogram) -> str | None:
+    return hist.encode().decode("ascii") if hist.get_total_count() else None

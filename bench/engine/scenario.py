@@ -12,6 +12,14 @@ waited for a free user is measured from when it was due, as wrk2 does for reques
 Counting: a step or scenario counts in the window if it ends inside it. `user.count(kind, n)`
 adds to counts over the whole measurement (warmup included), e.g. the task runs whose events
 were sent, for the delivery check that compares them with what the server recorded.
+
+Lag: a scenario with a `probe` measures how long what it sent takes to become visible.
+`user.trace(key, data, sent_ns)` offers an item (e.g. an event) to a sample (one per
+PROBE_SPACING_S per process, at most MAX_PENDING_PROBES at a time); a probe loop asks the
+server every PROBE_INTERVAL_S, with one `probe(user, pending, params)` call for all pending
+items, which of them it now shows; each found item's lag is the time from its send to the
+answer that showed it. Items still pending when the window ends, that had waited longer than
+the longest lag found, are counted as unresolved.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import json
 import time
 from array import array
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass, field
 from time import monotonic_ns
 from typing import Any, cast
@@ -31,6 +39,7 @@ from typing import Any, cast
 import websockets
 from httptools import HttpParserError, HttpResponseParser
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.protocol import State
 
 from bench.engine.model import LoadSpec, Target
 from bench.engine.pacer import ENGINE_LAG_NS
@@ -49,19 +58,31 @@ from bench.engine.worker import (
 # A failed scenario is followed by the next one after this pause, so that a server that refuses
 # everything is not hammered in a busy loop (the failures are counted all the same).
 FAILURE_PAUSE_S = 0.01
+# Lag probes: how often the server is asked for the pending items (the lag's resolution), how
+# often an item is sampled, and how many may wait at once (one query asks for all of them:
+# the server's filter pages hold 50).
+PROBE_INTERVAL_S = 0.1
+PROBE_SPACING_S = 0.1
+MAX_PENDING_PROBES = 50
 
 ScenarioFn = Callable[["VirtualUser", Mapping[str, Any]], Awaitable[None]]
+# probe(user, pending {key: data}, params) -> the keys the server now shows
+ProbeFn = Callable[
+    ["VirtualUser", Mapping[str, Any], Mapping[str, Any]], Awaitable[Collection[str]]
+]
 
 
 @dataclass(frozen=True)
 class Scenario:
     """What each virtual user runs: `run(user, params)`, a module-level coroutine function;
-    the paths of its steps are relative to `api_path`."""
+    the paths of its steps are relative to `api_path`. `probe`, if given, finds the items the
+    users `trace` (the module docstring's Lag)."""
 
     name: str
     run: ScenarioFn
     params: Mapping[str, Any] = field(default_factory=dict)
     api_path: str = ""
+    probe: ProbeFn | None = None
 
 
 class StepFailed(Exception):
@@ -120,6 +141,9 @@ class ScenarioShare:
     problems: list[str]
     counts: dict[str, int]
     slices: list[int] | None
+    lag_hdr: bytes | None = None
+    lag_probes: int = 0
+    lag_unresolved: int = 0
 
 
 class _HttpConnection(asyncio.Protocol):
@@ -162,12 +186,19 @@ class _HttpConnection(asyncio.Protocol):
 
 
 class VirtualUser:
-    """One virtual user: its own keep-alive HTTP connection, the steps it sends, what it counts."""
+    """One virtual user: its own keep-alive HTTP connection, the steps it sends, what it counts.
 
-    def __init__(self, run: ScenarioRun, index: int) -> None:
+    `state` is the scenario's own, kept from one run of it to the next (e.g. an open websocket).
+    The probe loop's user is not `measured`: its requests are not the scenario's steps.
+    """
+
+    def __init__(self, run: ScenarioRun, index: int, measured: bool = True) -> None:
         self.run = run
         self.index = index
+        self.measured = measured
+        self.state: dict[str, Any] = {}
         self._conn: _HttpConnection | None = None
+        self._sockets: list[ClientConnection] = []
         self._tokens = itertools.count(1)
 
     def unique(self) -> str:
@@ -177,6 +208,21 @@ class VirtualUser:
     def count(self, kind: str, n: int = 1) -> None:
         """Add `n` to what the scenarios sent of `kind` (for the delivery check)."""
         self.run.counts[kind] += n
+
+    def trace(self, key: str, data: Any, sent_ns: int) -> bool:
+        """Offer what was sent at `sent_ns` (monotonic_ns) to the lag sample, under `key`;
+        True if it was taken (the scenario's probe gets `data` to look for it)."""
+        return self.run.trace(key, data, sent_ns)
+
+    def _done(self, step: str, started_ns: int) -> None:
+        if self.measured:
+            self.run.step_done(step, started_ns)
+
+    def _failed(self, step: str, kind: str, problem: str) -> StepFailed:
+        if self.measured:
+            return self.run.step_failed(step, kind, problem)
+        self.run.problem(f"{step}: {problem}")
+        return StepFailed(step, kind, problem)
 
     async def http(
         self,
@@ -198,16 +244,16 @@ class VirtualUser:
         except TimeoutError:
             self._drop()
             timeout = run.job.spec.timeout_s
-            raise run.step_failed(step, "timeout", f"no answer within {timeout} s") from None
+            raise self._failed(step, "timeout", f"no answer within {timeout} s") from None
         except OSError as exc:
             kind = "connect" if self._conn is None else "disconnect"
             self._drop()
-            raise run.step_failed(step, kind, f"{method} {path}: {exc}") from None
+            raise self._failed(step, kind, f"{method} {path}: {exc}") from None
         if not keep_alive:
             self._drop()
         if status not in expect:
-            raise run.step_failed(step, str(status), f"HTTP {status}: {answer[:200]!r}")
-        run.step_done(step, started)
+            raise self._failed(step, str(status), f"HTTP {status}: {answer[:200]!r}")
+        self._done(step, started)
         return answer
 
     async def http_json(
@@ -224,17 +270,37 @@ class VirtualUser:
         try:
             return json.loads(answer)
         except ValueError:
-            raise self.run.step_failed(step, "invalid", f"not JSON: {answer[:100]!r}") from None
+            raise self._failed(step, "invalid", f"not JSON: {answer[:100]!r}") from None
 
     def invalid(self, step: str, problem: str) -> StepFailed:
         """The error for an answer that arrived but does not check (raise it)."""
-        return self.run.step_failed(step, "invalid", problem)
+        return self._failed(step, "invalid", problem)
 
     @contextlib.asynccontextmanager
     async def websocket(
         self, step: str, path: str, subprotocols: tuple[str, ...] = ()
     ) -> AsyncIterator[ClientConnection]:
-        """A websocket to `path` (relative to the API root), opened as step `step`."""
+        """A websocket to `path` (relative to the API root), opened as step `step`, closed
+        when the block ends."""
+        ws = await self._connect(step, path, subprotocols)
+        try:
+            yield ws
+        finally:
+            with contextlib.suppress(Exception):
+                await ws.close()
+
+    async def open_websocket(
+        self, step: str, path: str, subprotocols: tuple[str, ...] = ()
+    ) -> ClientConnection:
+        """A websocket kept beyond this run of the scenario (keep it in `state`); closed when
+        the measurement ends."""
+        ws = await self._connect(step, path, subprotocols)
+        self._sockets = [s for s in self._sockets if s.state is not State.CLOSED] + [ws]
+        return ws
+
+    async def _connect(
+        self, step: str, path: str, subprotocols: tuple[str, ...]
+    ) -> ClientConnection:
         run = self.run
         target = run.job.target
         uri = f"ws://{target.host}:{target.port}{run.api_path}{path}"
@@ -252,20 +318,16 @@ class VirtualUser:
                 run.job.spec.timeout_s,
             )
         except TimeoutError:
-            raise run.step_failed(step, "timeout", f"websocket {path} did not open") from None
+            raise self._failed(step, "timeout", f"websocket {path} did not open") from None
         except websockets.InvalidStatus as exc:
             status = exc.response.status_code
-            raise run.step_failed(
+            raise self._failed(
                 step, str(status), f"websocket {path} refused: HTTP {status}"
             ) from None
         except (OSError, websockets.WebSocketException) as exc:
-            raise run.step_failed(step, "websocket", f"websocket {path}: {exc!r}") from None
-        run.step_done(step, started)
-        try:
-            yield ws
-        finally:
-            with contextlib.suppress(Exception):
-                await ws.close()
+            raise self._failed(step, "websocket", f"websocket {path}: {exc!r}") from None
+        self._done(step, started)
+        return ws
 
     async def ws_exchange(
         self, step: str, ws: ClientConnection, frames: list[str], answer: bool = False
@@ -285,10 +347,12 @@ class VirtualUser:
                     await (await ws.ping())
                     reply = None
         except TimeoutError:
-            raise run.step_failed(step, "timeout", "no answer on the websocket") from None
+            raise self._failed(step, "timeout", "no answer on the websocket") from None
         except websockets.ConnectionClosed as exc:
-            raise run.step_failed(step, "websocket", f"the server closed it: {exc}") from None
-        run.step_done(step, started)
+            # by the close code the server sent (1011: its handler raised), 1006 if none
+            code = exc.rcvd.code if exc.rcvd else 1006
+            raise self._failed(step, f"closed {code}", f"the server closed it: {exc}") from None
+        self._done(step, started)
         return reply
 
     async def _exchange(self, request: bytes) -> tuple[int, bytes, bool]:
@@ -309,8 +373,13 @@ class VirtualUser:
             self._conn.transport.abort()
         self._conn = None
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Close its connection and the websockets it kept open."""
         self._drop()
+        sockets, self._sockets = self._sockets, []
+        for ws in sockets:
+            with contextlib.suppress(Exception):
+                await ws.close()
 
 
 class ScenarioRun:
@@ -333,6 +402,10 @@ class ScenarioRun:
         self.intended_starts = 0
         self.idle_users = 0
         self.stopping = False
+        # lag sample: key -> (sent_ns, data) of what waits to be found; the lags found (µs)
+        self.pending: dict[str, tuple[int, Any]] = {}
+        self.last_trace_ns = 0
+        self.lags = array("q")
 
     # what the users report
 
@@ -354,6 +427,15 @@ class ScenarioRun:
             self.step_errors.setdefault(step, Counter())[kind] += 1
         self.problem(f"{step}: {problem}")
         return StepFailed(step, kind, problem)
+
+    def trace(self, key: str, data: Any, sent_ns: int) -> bool:
+        if self.job.scenario.probe is None or len(self.pending) >= MAX_PENDING_PROBES:
+            return False
+        if sent_ns - self.last_trace_ns < PROBE_SPACING_S * 1e9:
+            return False
+        self.last_trace_ns = sent_ns
+        self.pending[key] = (sent_ns, data)
+        return True
 
     def problem(self, text: str) -> None:
         text = text[:PROBLEM_CHARS]
@@ -410,6 +492,34 @@ class ScenarioRun:
                     self.lagging_starts += 1
             starts.put_nowait(due)
 
+    def _unresolved(self) -> int:
+        """The pending items that had waited longer than the longest lag found (all of them
+        when none was found): a longer tail than the window could show, or items lost. Younger
+        ones were merely sent too close to the window's end."""
+        longest_ns = max(self.lags, default=0) * 1000
+        return sum(1 for sent, _ in self.pending.values() if self.w_end - sent > longest_ns)
+
+    async def _probe(self, probe: ProbeFn) -> None:
+        """Ask the server for the pending items every PROBE_INTERVAL_S; a found item's lag
+        counts in the window if the answer that showed it came inside it."""
+        user = VirtualUser(self, -1, measured=False)
+        try:
+            while not self.stopping:
+                await asyncio.sleep(PROBE_INTERVAL_S)
+                if not self.pending:
+                    continue
+                asked = {key: data for key, (_, data) in self.pending.items()}
+                try:
+                    found = await probe(user, asked, self.job.scenario.params)
+                except StepFailed:
+                    continue  # the probe user noted the problem; ask again next time
+                now = monotonic_ns()
+                for key in found:
+                    if (sent := self.pending.pop(key, None)) and self._in_window(now):
+                        self.lags.append((now - sent[0]) // 1000)
+        finally:
+            await user.close()
+
     async def run(
         self, report: Callable[[int], None] | None, interrupted: Callable[[], bool] | None
     ) -> ScenarioShare:
@@ -417,6 +527,8 @@ class ScenarioRun:
         users = [VirtualUser(self, i) for i in range(job.users)]
         await sleep_until(job.start_ns)
         tasks: list[asyncio.Task[None]] = []
+        if job.scenario.probe is not None:
+            tasks.append(asyncio.create_task(self._probe(job.scenario.probe)))
         if job.rate is None:
             tasks += [asyncio.create_task(self._closed_user(u)) for u in users]
         else:
@@ -438,8 +550,8 @@ class ScenarioRun:
         for task in [*tasks, ticker]:
             task.cancel()
         await asyncio.gather(*tasks, ticker, return_exceptions=True)
-        for user in users:
-            user.close()
+        unresolved = self._unresolved()
+        await asyncio.gather(*(user.close() for user in users))
         steps = {
             name: StepShare(
                 requests=len(self.step_latencies.get(name, ()))
@@ -463,6 +575,9 @@ class ScenarioRun:
             problems=list(self.problems),
             counts=dict(self.counts),
             slices=slice_counts(marks, self.completed(), len(edges) - 1),
+            lag_hdr=encode_latencies(self.lags),
+            lag_probes=len(self.lags),
+            lag_unresolved=unresolved,
         )
 
     async def _tick(
@@ -492,7 +607,7 @@ async def run_once(target: Target, scenario: Scenario, timeout_s: float = 30.0) 
     try:
         await scenario.run(user, scenario.params)
     finally:
-        user.close()
+        await user.close()
     return dict(run.counts)
 
 

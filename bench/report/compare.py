@@ -1,15 +1,20 @@
-"""Whether a difference in rate is more than noise.
+"""Whether a difference in rate is more than noise, and how every table of ratios shows it.
 
 Within one pair of results: each measurement carries the rates of the equal slices of its window
-(`rps_slices`). The ratio of two sets of measurements is sum(new rps) / sum(old rps); its 95%
-interval comes from resampling every measurement's slices. A ratio whose interval holds 1 is
-within the noise: no change can be told. The converse does not hold: the slices see the noise
-within a window, not the larger noise between two runs (another server process, another
-database file), so a ratio outside its interval is not yet a significant change.
+(`rps_slices` of an endpoint, `per_s_slices` of a scenario). The ratio of two sets of
+measurements is sum(new rate) / sum(old rate); its 95% interval comes from resampling every
+measurement's slices. A ratio whose interval holds 1 is within the noise: no change can be told.
+The converse does not hold: the slices see the noise within a window, not the larger noise
+between two runs (another server process, another database file), so a ratio outside its
+interval is not yet a significant change.
 
 Between repeated runs (a baseline and the runs compared with it): each run gives one value per
 figure, and a permutation test on those values says whether the difference is significant. That
 is the test that sees the noise between runs; it needs at least MIN_RUNS runs a side.
+
+`ratio_value` shows a ratio (speedups, changes, the baseline; endpoints and scenarios alike):
+its bound marks, "~" within the noise, and its tone; `RatioFlags` collects the notes a table of
+them needs.
 """
 
 from __future__ import annotations
@@ -19,8 +24,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from bench.report.aggregate import display_order
-from bench.results import EndpointResult, Result
+from bench.report.document import Tone, Value
+from bench.report.numbers import LOWER_BOUND, MISSING, SATURATED_MARK, UPPER_BOUND, fmt_ratio
+from bench.results import Measurement, Result, ScenarioMeasurement
 from bench.stats import bootstrap_interval, permutation_p_value
+
+# A measurement with a rate: an endpoint's (rps) or a scenario's (completed per second).
+Rated = Measurement | ScenarioMeasurement
 
 
 @dataclass(frozen=True)
@@ -39,17 +49,22 @@ class Change:
         return self.low <= 1 <= self.high
 
 
-def _slices(ep: EndpointResult) -> list[float] | None:
-    return ep.rps_slices if ep.rps_slices and len(ep.rps_slices) >= 2 else None
+def _rate(m: Rated) -> float:
+    return m.per_s if isinstance(m, ScenarioMeasurement) else m.rps
 
 
-def rate_change(old: Sequence[EndpointResult], new: Sequence[EndpointResult]) -> Change | None:
-    """sum(new rps) / sum(old rps); None if there is nothing to divide by."""
-    old_rps = sum(ep.rps for ep in old)
-    if not old or not new or old_rps == 0:
+def _slices(m: Rated) -> list[float] | None:
+    slices = m.per_s_slices if isinstance(m, ScenarioMeasurement) else m.rps_slices
+    return slices if slices and len(slices) >= 2 else None
+
+
+def rate_change(old: Sequence[Rated], new: Sequence[Rated]) -> Change | None:
+    """sum(new rate) / sum(old rate); None if there is nothing to divide by."""
+    old_rate = sum(_rate(m) for m in old)
+    if not old or not new or old_rate == 0:
         return None
-    ratio = sum(ep.rps for ep in new) / old_rps
-    groups = [_slices(ep) for ep in (*old, *new)]
+    ratio = sum(_rate(m) for m in new) / old_rate
+    groups = [_slices(m) for m in (*old, *new)]
     if any(g is None for g in groups):
         return Change(ratio)
     n_old = len(old)
@@ -133,3 +148,82 @@ def baseline_groups(baseline: Iterable[Result], results: Iterable[Result]) -> li
     old = _ok_by_cell(baseline)
     new = _ok_by_cell(r for r in display_order(results) if r.cell.name in old)
     return [CellRuns(cell, old[cell], runs) for cell, runs in new.items()]
+
+
+# -- how a ratio is shown ----------------------------------------------------------------------
+
+# A ratio within this much of 1 is shown without a good/bad tone.
+NEUTRAL_BAND = 0.05
+WITHIN_NOISE = " ~"
+NOISE_NOTE = (
+    "~: within the noise, no change can be told: the 95% interval of the ratio, from resampling "
+    "the rates of the ~0.5 s slices of each measurement window, holds 1×. A ratio without ~ is "
+    "not therefore significant: the noise between two runs (a new server process, a new "
+    "database) is larger than within a window. Two runs of the same server on a shared 2-core "
+    "machine differed by 0.84×-1.32× on single endpoints and 1.02×-1.04× in totals: repeat runs "
+    "before trusting a change."
+)
+RATIO_NOTE = (
+    f"{LOWER_BOUND} / {UPPER_BOUND} / {SATURATED_MARK}: the load generator was saturated while "
+    f"measuring the server named above the column ({LOWER_BOUND}: the ratio is at least this), "
+    f"the one it is compared with ({UPPER_BOUND}: at most this) or both ({SATURATED_MARK}): the "
+    "ratio is a bound, not a value."
+)
+
+
+def ratio_value(
+    num: float | None,
+    den: float | None,
+    num_sat: bool,
+    den_sat: bool,
+    higher_is_better: bool,
+    within_noise: bool | None = None,
+) -> Value:
+    """num / den as "1.23×", with a bound mark when a side was client-saturated and "~" when
+    the difference is within the noise; no good/bad tone for differences within the noise."""
+    if num is None or den is None or den == 0:
+        return Value(MISSING)
+    ratio = num / den
+    bound = ""
+    if num_sat != den_sat:
+        # A saturated numerator is a lower bound, a saturated denominator makes an upper bound.
+        bound = LOWER_BOUND if num_sat else UPPER_BOUND
+    elif num_sat:
+        bound = SATURATED_MARK
+    tone: Tone = ""
+    if within_noise:
+        tone = "muted"
+    elif ratio > 1 + NEUTRAL_BAND:
+        tone = "good" if higher_is_better else "bad"
+    elif ratio < 1 - NEUTRAL_BAND:
+        tone = "bad" if higher_is_better else "good"
+    text = (
+        fmt_ratio(ratio) + SATURATED_MARK if bound == SATURATED_MARK else bound + fmt_ratio(ratio)
+    )
+    if within_noise:
+        text += WITHIN_NOISE
+    return Value(text, number=ratio, tone=tone)
+
+
+@dataclass
+class RatioFlags:
+    """What the notes under a table of ratios must explain."""
+
+    saturated: bool = False
+    noisy: bool = False
+
+    def notes(self) -> list[str]:
+        return ([NOISE_NOTE] if self.noisy else []) + ([RATIO_NOTE] if self.saturated else [])
+
+
+def change_value(old: Sequence[Rated], new: Sequence[Rated], flags: RatioFlags) -> Value:
+    """The summed rate of `new` over `old` (`rate_change`) as `ratio_value` shows it, noting in
+    `flags` what the table's notes must explain."""
+    change = rate_change(old, new)
+    if change is None:
+        return Value(MISSING)
+    old_sat = any(m.client_saturated for m in old)
+    new_sat = any(m.client_saturated for m in new)
+    flags.saturated |= old_sat or new_sat
+    flags.noisy |= bool(change.within_noise)
+    return ratio_value(change.ratio, 1.0, new_sat, old_sat, True, change.within_noise)

@@ -1,17 +1,58 @@
-"""The report's section on scenario workloads (flow-runs, …): for each scenario and level, the
-completed scenarios per second of every cell side by side, their durations, failures by step,
-what the server lost of what was sent, each step's latency, and the speedup over python."""
+"""The report's section on scenario workloads (flow-runs, events, …): for each scenario and
+level, the completed scenarios per second of every cell side by side, their durations, failures
+by step, what the server lost of what was sent, the lag of what it made queryable (events), each
+step's latency, and the speedup over python.
+
+Its columns put the brokers of one server and database next to each other (then the servers,
+reference first): these workloads go through the broker, and the servers have the speedup
+table."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from bench.report import compare
 from bench.report.aggregate import REFERENCE_SERVER
 from bench.report.document import Column, Section, Table, Value
-from bench.report.numbers import LOWER_BOUND, MISSING, fmt_errors, fmt_ms, fmt_num, fmt_ratio
+from bench.report.numbers import LOWER_BOUND, MISSING, fmt_errors, fmt_ms, fmt_num
 from bench.results import Result, ScenarioResult, StepResult
 
 Key = tuple[str, int]  # (scenario name, concurrency)
+
+# Workloads whose scenario is one item of a kind: the unit of their completed scenarios/s.
+RATE_UNITS = {"events": "events/s"}
+LAG_NOTE = (
+    "Event lag: of a sample of the events sent, the time from sending one until the server "
+    "returned it from POST /events/filter and its task run from POST /task_runs/filter (the "
+    "broker, the event persister and the task-run recorder all passed it); probes: the sampled "
+    "events found in the window."
+)
+UNRESOLVED_NOTE = (
+    "unresolved: sampled events not found when the window ended though they had waited longer "
+    "than the longest lag found: their lag is longer still, or they were lost. The p50 / p99 "
+    "leave them out: where there are unresolved events they are lower bounds."
+)
+
+
+def _order(results: list[Result]) -> list[Result]:
+    """By run, db, server (the reference first), then broker."""
+    return sorted(
+        results,
+        key=lambda r: (
+            r.run_id,
+            r.cell.db,
+            r.cell.server != REFERENCE_SERVER,
+            r.cell.server,
+            r.cell.broker,
+        ),
+    )
+
+
+def _unit(results: list[Result]) -> str:
+    """The rate's unit as a title's suffix, " (events/s)", when every result's workload says
+    what one scenario is, and the same; else nothing."""
+    units = {RATE_UNITS.get(r.config.workload) for r in results}
+    return f" ({unit})" if len(units) == 1 and (unit := units.pop()) else ""
 
 
 def _by_key(result: Result) -> dict[Key, ScenarioResult]:
@@ -57,6 +98,29 @@ def _lost(s: ScenarioResult | None) -> Value:
     parts = [f"{d.lost} / {d.sent} {kind.replace('_', ' ')}" for kind, d in s.delivery.items()]
     lost = sum(d.lost for d in s.delivery.values())
     return Value(", ".join(parts), tone="bad" if lost else "muted")
+
+
+def _probed(s: ScenarioResult) -> bool:
+    """Whether the scenario measured lag (its probe counts are then given, 0 included)."""
+    return s.lag_ms is not None or s.lag_probes is not None or s.lag_unresolved is not None
+
+
+def _lag(s: ScenarioResult | None) -> Value:
+    """Lag p50 / p99 with its probe count: "812.00 / 1900.00 (48 probes, 2 unresolved)"."""
+    if s is None or not _probed(s):
+        return Value(MISSING)
+    lag = s.lag_ms
+    text = MISSING if lag is None else f"{fmt_ms(lag.p50)} / {fmt_ms(lag.p99)}"
+    counts = []
+    if s.lag_probes is not None:
+        counts.append(f"{s.lag_probes} probe{'' if s.lag_probes == 1 else 's'}")
+    if s.lag_unresolved:
+        counts.append(f"{s.lag_unresolved} unresolved")
+    if counts:
+        text += f" ({', '.join(counts)})"
+    return Value(
+        text, number=None if lag is None else lag.p50, tone="bad" if s.lag_unresolved else ""
+    )
 
 
 def _backends(s: ScenarioResult | None) -> Value:
@@ -125,9 +189,11 @@ def _steps_table(results: list[Result], labels: list[str], keys: list[Key], name
     return table
 
 
-def _speedup_table(results: list[Result], keys: list[Key]) -> Table | None:
+def _speedup_table(
+    results: list[Result], keys: list[Key], flags: compare.RatioFlags
+) -> Table | None:
     """Each other server's completed scenarios per second over python's, same db and broker,
-    same run when there is one."""
+    same run when there is one; "~" where within the noise of their slices."""
     refs = {
         (r.run_id, r.cell.db, r.cell.broker): r
         for r in results
@@ -143,7 +209,7 @@ def _speedup_table(results: list[Result], keys: list[Key]) -> Table | None:
     if not pairs:
         return None
     table = Table(
-        f"Scenarios per second over {REFERENCE_SERVER}",
+        f"Scenarios per second over {REFERENCE_SERVER}{_unit(results)}",
         [Column("scenario"), Column("c", numeric=True)]
         + [Column(f"{o.cell.name} vs {REFERENCE_SERVER}", numeric=True) for _, o in pairs],
         grouped=True,
@@ -152,19 +218,16 @@ def _speedup_table(results: list[Result], keys: list[Key]) -> Table | None:
         row = [Value(key[0]), Value(str(key[1]))]
         for ref, other in pairs:
             b, o = _by_key(ref).get(key), _by_key(other).get(key)
-            if b is None or o is None or not b.per_s:
-                row.append(Value(MISSING))
-                continue
-            ratio = o.per_s / b.per_s
-            bound = LOWER_BOUND if o.client_saturated and not b.client_saturated else ""
-            row.append(Value(bound + fmt_ratio(ratio), number=ratio))
+            row.append(
+                Value(MISSING) if b is None or o is None else compare.change_value([b], [o], flags)
+            )
         table.rows.append(row)
     return table
 
 
 def scenario_section(results: list[Result], multi_run: bool) -> Section | None:
     """The Scenarios section, or None when no result has scenarios."""
-    measured = [r for r in results if r.scenarios]
+    measured = _order([r for r in results if r.scenarios])
     if not measured:
         return None
     keys = _keys(measured)
@@ -178,11 +241,19 @@ def scenario_section(results: list[Result], multi_run: bool) -> Section | None:
         "not recorded when read back through its API after the window."
     )
     section.tables += [
-        _table("Completed scenarios per second", measured, labels, keys, _per_s),
+        _table(f"Completed scenarios per second{_unit(measured)}", measured, labels, keys, _per_s),
         _table("Scenario duration p50 / p99 (ms)", measured, labels, keys, _durations),
         _table("Failed scenarios, by the step that failed", measured, labels, keys, _failed),
         _table("Lost / sent", measured, labels, keys, _lost),
     ]
+    probed = [s for r in measured for s in r.scenarios if _probed(s)]
+    if probed:
+        section.tables.append(
+            _table("Event lag p50 / p99 (ms), sent to queryable", measured, labels, keys, _lag)
+        )
+        section.notes.append(LAG_NOTE)
+        if any(s.lag_unresolved for s in probed):
+            section.notes.append(UNRESOLVED_NOTE)
     if any(s.backend_per_flow_run for r in measured for s in r.scenarios):
         section.tables.append(
             _table("Backend work per flow run", measured, labels, keys, _backends)
@@ -195,10 +266,12 @@ def scenario_section(results: list[Result], multi_run: bool) -> Section | None:
         )
     for name in dict.fromkeys(n for n, _ in keys):
         section.tables.append(_steps_table(measured, labels, keys, name))
-    if (speedup := _speedup_table(measured, keys)) is not None:
+    flags = compare.RatioFlags()
+    if (speedup := _speedup_table(measured, keys, flags)) is not None:
         section.tables.append(speedup)
     if any(s.client_saturated for r in measured for s in r.scenarios):
         section.notes.append(
             f"{LOWER_BOUND}: the load generator was the limit in that measurement: a lower bound."
         )
+    section.notes += flags.notes()
     return section

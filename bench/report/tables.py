@@ -5,22 +5,19 @@ same things."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 from bench.report import aggregate, compare
 from bench.report.aggregate import Pair, Total
-from bench.report.document import Chart, Column, Report, Section, Table, Tone, Value
+from bench.report.document import Chart, Column, Report, Section, Table, Value
 from bench.report.numbers import (
     LOWER_BOUND,
     MISSING,
     SATURATED_MARK,
-    UPPER_BOUND,
     first_line,
     fmt_errors,
     fmt_ms,
     fmt_num,
-    fmt_ratio,
 )
 from bench.report.scenarios import scenario_section
 from bench.results import EndpointResult, Result
@@ -31,23 +28,6 @@ SATURATED_NOTE = (
     f"{LOWER_BOUND} / {SATURATED_MARK}: the load generator was saturated during this "
     "measurement: the rps is a lower bound of what the server sustains, and the latencies "
     "include client-side delay."
-)
-RATIO_NOTE = (
-    f"{LOWER_BOUND} / {UPPER_BOUND} / {SATURATED_MARK}: the load generator was saturated while "
-    f"measuring the server named above the column ({LOWER_BOUND}: the ratio is at least this), "
-    f"the one it is compared with ({UPPER_BOUND}: at most this) or both ({SATURATED_MARK}): the "
-    "ratio is a bound, not a value."
-)
-# A ratio within this much of 1 is shown without a good/bad tone.
-NEUTRAL_BAND = 0.05
-WITHIN_NOISE = " ~"
-NOISE_NOTE = (
-    "~: within the noise, no change can be told: the 95% interval of the ratio, from resampling "
-    "the rates of the ~0.5 s slices of each measurement window, holds 1×. A ratio without ~ is "
-    "not therefore significant: the noise between two runs (a new server process, a new "
-    "database) is larger than within a window. Two runs of the same server on a shared 2-core "
-    "machine differed by 0.84×-1.32× on single endpoints and 1.02×-1.04× in totals: repeat runs "
-    "before trusting a change."
 )
 TOO_FEW_RUNS = " ?"
 BASELINE_NOTE = (
@@ -135,48 +115,6 @@ def _errors_value(ep: EndpointResult | None) -> Value:
     return Value(text, tone="muted" if text == "0" else "bad")
 
 
-def _ratio_value(
-    num: float | None,
-    den: float | None,
-    num_sat: bool,
-    den_sat: bool,
-    higher_is_better: bool,
-    within_noise: bool | None = None,
-) -> Value:
-    """num / den as "1.23×", with a bound mark when a side was client-saturated and "~" when
-    the difference is within the noise; no good/bad tone for differences within the noise."""
-    if num is None or den is None or den == 0:
-        return Value(MISSING)
-    ratio = num / den
-    bound = ""
-    if num_sat != den_sat:
-        # A saturated numerator is a lower bound, a saturated denominator makes an upper bound.
-        bound = LOWER_BOUND if num_sat else UPPER_BOUND
-    elif num_sat:
-        bound = SATURATED_MARK
-    tone: Tone = ""
-    if within_noise:
-        tone = "muted"
-    elif ratio > 1 + NEUTRAL_BAND:
-        tone = "good" if higher_is_better else "bad"
-    elif ratio < 1 - NEUTRAL_BAND:
-        tone = "bad" if higher_is_better else "good"
-    text = (
-        fmt_ratio(ratio) + SATURATED_MARK if bound == SATURATED_MARK else bound + fmt_ratio(ratio)
-    )
-    if within_noise:
-        text += WITHIN_NOISE
-    return Value(text, number=ratio, tone=tone)
-
-
-@dataclass
-class _RatioFlags:
-    """What the notes under a table of ratios must explain."""
-
-    saturated: bool = False
-    noisy: bool = False
-
-
 # One side of a comparison: for each run, its measurements of the endpoints compared (summed).
 _Runs = list[list[EndpointResult]]
 
@@ -185,19 +123,13 @@ def _saturated(runs: _Runs) -> bool:
     return any(ep.client_saturated for run in runs for ep in run)
 
 
-def _change_value(old: _Runs, new: _Runs, flags: _RatioFlags) -> Value:
+def _change_value(old: _Runs, new: _Runs, flags: compare.RatioFlags) -> Value:
     """One run a side: the rate of `new` over `old`, "~" when within the slices' noise."""
     ((old_eps,), (new_eps,)) = old, new
-    change = compare.rate_change(old_eps, new_eps)
-    if change is None:
-        return Value(MISSING)
-    old_sat, new_sat = _saturated(old), _saturated(new)
-    flags.saturated |= old_sat or new_sat
-    flags.noisy |= bool(change.within_noise)
-    return _ratio_value(change.ratio, 1.0, new_sat, old_sat, True, change.within_noise)
+    return compare.change_value(old_eps, new_eps, flags)
 
 
-def _runs_value(old: _Runs, new: _Runs, flags: _RatioFlags) -> Value:
+def _runs_value(old: _Runs, new: _Runs, flags: compare.RatioFlags) -> Value:
     """Repeated runs a side: the mean rate of `new` over `old` and the permutation test's p."""
     change = compare.runs_change(
         [sum(ep.rps for ep in run) for run in old], [sum(ep.rps for ep in run) for run in new]
@@ -206,7 +138,9 @@ def _runs_value(old: _Runs, new: _Runs, flags: _RatioFlags) -> Value:
         return Value(MISSING)
     old_sat, new_sat = _saturated(old), _saturated(new)
     flags.saturated |= old_sat or new_sat
-    value = _ratio_value(change.ratio, 1.0, new_sat, old_sat, True, change.significant is False)
+    value = compare.ratio_value(
+        change.ratio, 1.0, new_sat, old_sat, True, change.significant is False
+    )
     if change.p_value is None:
         return Value(value.text + TOO_FEW_RUNS, value.number, "muted")
     return Value(f"{value.text} p={change.p_value:.2g}", value.number, value.tone)
@@ -393,7 +327,7 @@ def _speedup_section(results: list[Result], multi_run: bool) -> Section:
         "sum the endpoints both measured at that concurrency. The rss peak ratio is the server's "
         f"peak memory divided by {ref}'s: below 1× uses less memory."
     )
-    flags = _RatioFlags()
+    flags = compare.RatioFlags()
     table = _ratio_table(
         [([p.base], [p.other]) for p in pairs],
         [_pair_header(p, multi_run) for p in pairs],
@@ -404,25 +338,18 @@ def _speedup_section(results: list[Result], multi_run: bool) -> Section:
     for pair in pairs:
         o_mb = pair.other.server.rss_peak_mb if pair.other.server else None
         b_mb = pair.base.server.rss_peak_mb if pair.base.server else None
-        row.append(_ratio_value(o_mb, b_mb, False, False, False))
+        row.append(compare.ratio_value(o_mb, b_mb, False, False, False))
     table.rows.append(row)
     section.tables.append(table)
-    _ratio_notes(section, flags)
+    section.notes += flags.notes()
     return section
-
-
-def _ratio_notes(section: Section, flags: _RatioFlags) -> None:
-    if flags.noisy:
-        section.notes.append(NOISE_NOTE)
-    if flags.saturated:
-        section.notes.append(RATIO_NOTE)
 
 
 def _ratio_table(
     sides: Sequence[tuple[Sequence[Result], Sequence[Result]]],
     headers: Sequence[str],
-    flags: _RatioFlags,
-    value_of: Callable[[_Runs, _Runs, _RatioFlags], Value],
+    flags: compare.RatioFlags,
+    value_of: Callable[[_Runs, _Runs, compare.RatioFlags], Value],
 ) -> Table:
     """A table comparing, for each (old runs, new runs) pair of sides, the rates of the new runs
     with the old: one row per endpoint × concurrency (runs that lack it left out), then a total
@@ -467,7 +394,7 @@ def _changes_section(results: list[Result]) -> Section | None:
         "rps of the run before it. Above 1× is faster now. Totals sum the endpoints both runs "
         "measured at that concurrency."
     )
-    flags = _RatioFlags()
+    flags = compare.RatioFlags()
     table = _ratio_table(
         [([p.old], [p.new]) for p in pairs],
         [f"{p.new.cell.name}: {p.new.run_id} vs {p.old.run_id}" for p in pairs],
@@ -475,7 +402,7 @@ def _changes_section(results: list[Result]) -> Section | None:
         _change_value,
     )
     section.tables.append(table)
-    _ratio_notes(section, flags)
+    section.notes += flags.notes()
     return section
 
 
@@ -489,7 +416,7 @@ def _baseline_section(baseline: list[Result], results: list[Result]) -> Section:
         )
         return section
     section.paragraphs.append(BASELINE_NOTE)
-    flags = _RatioFlags()
+    flags = compare.RatioFlags()
     table = _ratio_table(
         [(g.old, g.new) for g in groups],
         [f"{g.cell} ({len(g.new)} vs {len(g.old)} runs)" for g in groups],
@@ -497,7 +424,7 @@ def _baseline_section(baseline: list[Result], results: list[Result]) -> Section:
         _runs_value,
     )
     section.tables.append(table)
-    _ratio_notes(section, flags)
+    section.notes += flags.notes()
     return section
 
 

@@ -2,12 +2,13 @@
 
 from bench.errors import ConfigError
 from bench.workloads.base import Endpoint, ScenarioWorkload, Workload
+from bench.workloads.events import EVENTS
 from bench.workloads.flow_runs import FLOW_RUNS
 from bench.workloads.lifecycle import LIFECYCLE
 from bench.workloads.seed import HEALTH, SEED
 
 WORKLOADS: dict[str, Workload | ScenarioWorkload] = {
-    w.name: w for w in (SEED, LIFECYCLE, FLOW_RUNS, HEALTH)
+    w.name: w for w in (SEED, LIFECYCLE, FLOW_RUNS, EVENTS, HEALTH)
 }
 
 __all__ = ["WORKLOADS", "Endpoint", "ScenarioWorkload", "Workload", "get_workload"]

@@ -158,6 +158,14 @@ def created_id(resp: httpx.Response, what: str) -> str:
     return str(resp.json()["id"])
 
 
+def post_json(client: httpx.Client, path: str, body: Any) -> Any:
+    """The decoded answer to a verification read; VerificationError unless it is a 200."""
+    answer = client.post(path, json=body)
+    if answer.status_code != 200:
+        raise VerificationError(f"POST {path} answered {answer.status_code}: {answer.text[:200]}")
+    return answer.json()
+
+
 @dataclass(frozen=True)
 class ScenarioWorkload:
     """A workload of chains of steps: each measurement runs `scenario(config, tag)` (a

@@ -22,15 +22,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import httpx
 
 from bench.engine.scenario import Scenario, VirtualUser
-from bench.errors import VerificationError
 from bench.results import RunConfig
-from bench.workloads.base import ScenarioWorkload
+from bench.workloads.base import ScenarioWorkload, post_json
 
 PREFECT_VERSION = "3.9.1"  # what the emulated client says it is, in its events
 TASK_NAME = "bench-task"
@@ -95,10 +94,7 @@ def _created(user: VirtualUser, step: str, answer: Any, *keys: str) -> list[str]
 def task_events(
     flow_id: str, flow_name: str, run_id: str, run_name: str, task_index: int
 ) -> list[str]:
-    """The 3 events of one task run (Pending, Running, Completed) as the client emits them
-    (prefect.utilities.engine.emit_task_run_state_change_event), as websocket frames."""
-    task_run_id = str(uuid.uuid4())
-    name = f"{TASK_NAME}-{task_index}"
+    """The 3 events of one task run of a flow run (Pending, Running, Completed), as frames."""
     related = [
         {
             "prefect.resource.id": f"prefect.flow-run.{run_id}",
@@ -111,6 +107,16 @@ def task_events(
             "prefect.resource.name": flow_name,
         },
     ]
+    name = f"{TASK_NAME}-{task_index}"
+    return [frame for _, frame in task_run_events(str(uuid.uuid4()), name, related)]
+
+
+def task_run_events(
+    task_run_id: str, name: str, related: list[dict[str, str]], tags: tuple[str, ...] = ()
+) -> Iterator[tuple[str, str]]:
+    """The 3 events of one task run (Pending, Running, Completed) as the client emits them
+    (prefect.utilities.engine.emit_task_run_state_change_event): (event id, websocket frame),
+    each made, and timestamped, when it is asked for."""
     start = _now()
     task_run: dict[str, Any] = {
         "name": name,
@@ -122,7 +128,7 @@ def task_events(
             "retries": 0,
             "retry_delay": 0,
         },
-        "tags": [],
+        "tags": list(tags),
         "labels": {},
         "task_inputs": {"i": []},
         "run_count": 0,
@@ -130,7 +136,6 @@ def task_events(
         "expected_start_time": _z(start),
         "total_run_time": 0.0,
     }
-    frames = []
     previous: dict[str, Any] | None = None
     follows = None
     for kind, state_name in TASK_STATES:
@@ -165,9 +170,8 @@ def task_events(
             "id": event_id,
             "follows": follows,
         }
-        frames.append(json.dumps(event, separators=(",", ":")))
+        yield event_id, json.dumps(event, separators=(",", ":"))
         previous, follows = state, event_id
-    return frames
 
 
 def heartbeat(flow_id: str, flow_name: str, run_id: str, run_name: str) -> str:
@@ -280,20 +284,15 @@ async def flow_run(user: VirtualUser, params: Mapping[str, Any]) -> None:
         )
 
 
-def _count(client: httpx.Client, path: str, body: dict[str, Any]) -> int:
-    answer = client.post(path, json=body)
-    if answer.status_code != 200:
-        raise VerificationError(f"POST {path} answered {answer.status_code}: {answer.text[:200]}")
-    return int(answer.json())
-
-
 def recorded(client: httpx.Client, flow_name: str) -> dict[str, int]:
     """What the server holds of the flow `flow_name`'s runs: completed flow runs, task runs."""
     flows = {"name": {"any_": [flow_name]}}
     completed = {"state": {"type": {"any_": ["COMPLETED"]}}}
     return {
-        "flow_runs": _count(client, "/flow_runs/count", {"flows": flows, "flow_runs": completed}),
-        "task_runs": _count(client, "/task_runs/count", {"flows": flows}),
+        "flow_runs": int(
+            post_json(client, "/flow_runs/count", {"flows": flows, "flow_runs": completed})
+        ),
+        "task_runs": int(post_json(client, "/task_runs/count", {"flows": flows})),
     }
 
 

@@ -1,0 +1,139 @@
+"""events: task-run events streamed over websockets, and how long each takes to be queryable.
+
+Each virtual user keeps one websocket to `/events/in` open (subprotocol `prefect`, the auth
+frame answered `auth_success`, as the client's events worker does) and sends one event per
+scenario: the Pending, Running and Completed events of one task run after another, shaped as
+flow-runs sends them (`flow_runs.task_run_events`), each confirmed by a ping. So `--rate` is
+events/s (open model) and `--concurrency` the number of websockets; without a rate each socket
+sends its next event when the last one was confirmed.
+
+A socket the server closes (it closes it when an event does not validate) fails that
+scenario's step with the close code, and the next scenario opens a new one.
+
+Lag: the Pending event of a sample of task runs is traced; the probe asks `POST
+/events/filter` for the events by id and `POST /task_runs/filter` for their task runs: an
+event's lag ends when both are there (it passed the broker, the event persister wrote it, and
+the task-run recorder made its task run).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from time import monotonic_ns
+from typing import Any
+
+import httpx
+from websockets.protocol import State
+
+from bench.engine.scenario import Scenario, VirtualUser
+from bench.results import RunConfig
+from bench.workloads.base import ScenarioWorkload, post_json
+from bench.workloads.flow_runs import AUTH_FRAME, TASK_NAME, task_run_events
+
+# The related resource that marks one measurement's events, to count them apart.
+MEASUREMENT_ROLE = "prefect-bench-measurement"
+
+
+def _measurement_resource(tag: str) -> str:
+    return f"prefect-bench.measurement.{tag}"
+
+
+async def _events_socket(user: VirtualUser) -> Any:
+    """The user's open websocket to /events/in, opened and authenticated when it has none."""
+    ws = user.state.get("ws")
+    if ws is not None and ws.state is State.OPEN:
+        return ws
+    user.state.pop("ws", None)
+    ws = await user.open_websocket("open events socket", "/events/in", ("prefect",))
+    reply = await user.ws_exchange("events auth", ws, [AUTH_FRAME], answer=True)
+    if not reply or json.loads(reply).get("type") != "auth_success":
+        raise user.invalid("events auth", f"expected auth_success, got {reply!r:.200}")
+    user.state["ws"] = ws
+    return ws
+
+
+async def send_event(user: VirtualUser, params: Mapping[str, Any]) -> None:
+    """Send the next event of the user's current task run (a new task run after Completed)."""
+    ws = await _events_socket(user)
+    following = user.state.get("events")
+    upcoming = next(following, None) if following is not None else None
+    first = upcoming is None
+    if first:
+        task_run_id = str(uuid.uuid4())
+        tag = params["tag"]
+        related = [
+            {
+                "prefect.resource.id": _measurement_resource(tag),
+                "prefect.resource.role": MEASUREMENT_ROLE,
+            }
+        ]
+        following = task_run_events(
+            task_run_id, f"{TASK_NAME}-{user.unique()}", related, tags=(params["task_tag"],)
+        )
+        user.state["events"], user.state["task_run_id"] = following, task_run_id
+        upcoming = next(following)
+    event_id, frame = upcoming
+    sent_ns = monotonic_ns()
+    await user.ws_exchange("send event", ws, [frame])
+    user.count("events")
+    if first:
+        user.count("task_runs")
+        user.trace(event_id, user.state["task_run_id"], sent_ns)
+
+
+async def find_events(
+    user: VirtualUser, pending: Mapping[str, Any], params: Mapping[str, Any]
+) -> set[str]:
+    """Which of the pending events (id -> task run id) the server shows, their task runs too."""
+    page = await user.http_json(
+        "find events",
+        "POST",
+        "/events/filter",
+        {"filter": {"id": {"id": list(pending)}}, "limit": len(pending)},
+    )
+    if not isinstance(page, dict) or not isinstance(page.get("events"), list):
+        raise user.invalid("find events", f"expected an event page: {str(page)[:200]}")
+    events = {str(e.get("id")) for e in page["events"]} & set(pending)
+    if not events:
+        return set()
+    runs = await user.http_json(
+        "find task runs",
+        "POST",
+        "/task_runs/filter",
+        {"task_runs": {"id": {"any_": [pending[e] for e in events]}}, "limit": len(events)},
+    )
+    if not isinstance(runs, list):
+        raise user.invalid("find task runs", f"expected a list: {str(runs)[:200]}")
+    readable = {str(r.get("id")) for r in runs}
+    return {e for e in events if pending[e] in readable}
+
+
+def scenario(config: RunConfig, tag: str) -> Scenario:
+    """One event per scenario; this measurement's events and task runs carry `tag`."""
+    return Scenario(
+        "task-run event",
+        send_event,
+        {"tag": tag, "task_tag": f"prefect-bench-{tag}"},
+        probe=find_events,
+    )
+
+
+def recorded(client: httpx.Client, measured: Scenario) -> dict[str, int]:
+    """What the server holds of the measurement's events and task runs."""
+    measurement = {"related": {"id": [_measurement_resource(measured.params["tag"])]}}
+    events = post_json(client, "/events/filter", {"filter": measurement, "limit": 1})
+    tags = {"task_runs": {"tags": {"all_": [measured.params["task_tag"]]}}}
+    return {
+        "events": int(events["total"]),
+        "task_runs": int(post_json(client, "/task_runs/count", tags)),
+    }
+
+
+EVENTS = ScenarioWorkload(
+    name="events",
+    description="task-run events over --concurrency websockets (--rate events/s), with lag",
+    scenario=scenario,
+    recorded=recorded,
+)

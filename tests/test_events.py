@@ -1,0 +1,183 @@
+"""The events workload: task-run events over kept websockets, their lag until queryable, what
+the server recorded of them, and the faults: a rejected event, a server that records nothing,
+a server without /api/events/in."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+
+from bench import runner
+from bench.engine import LoadSpec, Scenario, Target, VirtualUser, measure_scenario
+from bench.engine.scenario import MAX_PENDING_PROBES, PROBE_SPACING_S, ScenarioJob, ScenarioRun
+from bench.results import RunConfig
+from bench.runner import CellRun, run_cell
+from bench.servers.running import RunningServer
+from bench.workloads import events
+
+if TYPE_CHECKING:
+    from tests.conftest import RecordingProgress
+
+MakeRun = Callable[..., CellRun]
+MakeProgress = Callable[..., "RecordingProgress"]
+
+
+def _run_of(probe: bool = True) -> ScenarioRun:
+    scenario = events.scenario(RunConfig(), "unit")
+    if not probe:
+        scenario = replace(scenario, probe=None)
+    spec = LoadSpec(concurrency=1, duration_s=1.0, warmup_s=0.0)
+    window = (10**12, 2 * 10**12)  # monotonic ns: nothing here runs, only counts
+    return ScenarioRun(
+        ScenarioJob(Target("127.0.0.1", 9), scenario, spec, 1, None, 0, *window, "u")
+    )
+
+
+def test_traces_are_sampled_one_per_spacing_and_capped() -> None:
+    run = _run_of()
+    spacing = int(PROBE_SPACING_S * 1e9)
+    t = 10**12
+    assert run.trace("a", "run-a", t)
+    assert not run.trace("b", "run-b", t + spacing // 2)  # too soon after a
+    assert run.trace("c", "run-c", t + spacing)
+    assert set(run.pending) == {"a", "c"}
+    for i in range(100):
+        run.trace(f"k{i}", None, t + (i + 2) * spacing)
+    assert len(run.pending) == MAX_PENDING_PROBES
+    assert not _run_of(probe=False).trace("a", None, t)  # no probe, no sample
+
+
+def test_unresolved_are_the_items_older_than_the_longest_lag_found() -> None:
+    run = _run_of()
+    end = run.w_end
+    run.pending = {"old": (end - 3 * 10**9, None), "young": (end - 10**8, None)}
+    assert run._unresolved() == 2  # no lag found: every pending item counts
+    run.lags.append(1_000_000)  # one found after 1 s
+    assert run._unresolved() == 1  # "young" was sent 0.1 s before the end
+
+
+def invalid_every_fourth(user: VirtualUser, params: Mapping[str, Any]) -> Any:
+    """Three good events, then one the server cannot validate (it closes the socket)."""
+    sent = user.state["sent"] = user.state.get("sent", 0) + 1
+    if sent % 4:
+        return events.send_event(user, params)
+    return _send_invalid(user)
+
+
+async def _send_invalid(user: VirtualUser) -> None:
+    ws = await events._events_socket(user)
+    await user.ws_exchange("send event", ws, ['{"event": "not a whole event"}'])
+
+
+@pytest.mark.slow
+def test_a_rejected_event_fails_its_step_by_close_code_and_the_next_one_reconnects(
+    prefect_server: RunningServer,
+) -> None:
+    scenario = Scenario(
+        "with a rejected event",
+        invalid_every_fourth,
+        events.scenario(RunConfig(), "rejected").params,
+        prefect_server.api_path,
+    )
+    load = LoadSpec(concurrency=2, duration_s=1.5, warmup_s=0.3)
+    m = measure_scenario(Target("127.0.0.1", prefect_server.port), scenario, load)
+    steps = {s.name: s for s in m.steps}
+    assert m.completed > 0 and m.failed.get("send event", 0) > 0, m
+    kinds = steps["send event"].errors
+    assert kinds and all(kind.startswith("closed ") for kind in kinds), kinds
+    # every rejected event cost its socket: the next scenario opened a new one
+    assert steps["open events socket"].requests >= m.failed["send event"]
+    assert any("the server closed it" in p for p in m.problems)
+
+
+@pytest.mark.slow
+def test_events_cell_measures_lag_and_the_server_records_every_event(
+    cell_run: MakeRun, progress: MakeProgress
+) -> None:
+    run = cell_run(workload="events", rate=20.0, duration_s=3.0, warmup_s=0.5, concurrency=[2])
+    result = run_cell(run, progress())
+    assert result.status == "ok", result.error
+    (s,) = result.scenarios
+    assert s.name == "task-run event" and s.offered_rps == 20.0
+    assert 0.8 * 20 <= s.per_s <= 1.1 * 20, s.per_s
+    assert [step.name for step in s.steps] == ["open events socket", "events auth", "send event"]
+    assert s.delivery["events"].sent == s.counts["events"] > s.completed
+    assert s.delivery["events"].lost == 0 and s.delivery["task_runs"].lost == 0
+    assert s.counts["task_runs"] == pytest.approx(s.counts["events"] / 3, abs=2)
+    # lag: found through the API after at least one poll, well within the window
+    assert s.lag_ms is not None and s.lag_probes and s.lag_probes > 5
+    assert 0 < s.lag_ms.p50 <= s.lag_ms.p99 < 3000
+    assert s.lag_hdr and s.lag_unresolved == 0
+
+
+@pytest.mark.slow
+def test_a_server_that_records_nothing_shows_every_event_lost_and_ends_on_time(
+    cell_run: MakeRun, progress: MakeProgress, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without its services the server takes the events but persists none: the verification
+    run says so in one line; measured anyway, every event is lost and every sample unfound."""
+    monkeypatch.setattr(runner, "DRAIN_TIMEOUT_S", 2.0)
+    result = run_cell(cell_run(workload="events", no_services=True), progress())
+    assert result.status == "failed"
+    assert "the server recorded 0 of 1 events" in (result.error or ""), result.error
+
+    monkeypatch.setattr(runner, "_verify_scenario", lambda *args: None)
+    run = cell_run(workload="events", no_services=True, duration_s=2.0, concurrency=[2])
+    started = time.monotonic()
+    result = run_cell(run, progress())
+    elapsed = time.monotonic() - started
+    assert result.status == "ok", result.error
+    (s,) = result.scenarios
+    assert s.completed > 0 and s.delivery["events"].recorded == 0
+    assert s.delivery["events"].lost == s.delivery["events"].sent > 0
+    assert s.lag_probes == 0 and s.lag_ms is None and s.lag_unresolved and s.lag_unresolved > 0
+    assert elapsed < 60, elapsed  # server start ~20 s, window 3 s, drain 2 s
+
+
+class _HealthOnly(http.server.BaseHTTPRequestHandler):
+    """A stand-in for a server that answers /health and nothing else (no /api/events/in)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        found = self.path == "/api/health"
+        self.send_response(200 if found else 404)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", "4" if found else "2")
+        self.end_headers()
+        self.wfile.write(b"true" if found else b"{}")
+
+    def log_message(self, *args: Any) -> None:
+        return None
+
+
+@pytest.fixture
+def health_only() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HealthOnly)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/api"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_a_server_without_the_events_socket_fails_the_cell_naming_it(
+    cell_run: MakeRun, progress: MakeProgress, health_only: str
+) -> None:
+    assert httpx.get(f"{health_only}/health").status_code == 200
+    result = run_cell(cell_run(workload="events", url=health_only), progress())
+    assert result.status == "failed"
+    assert result.error == (
+        "task-run event: open events socket: websocket /events/in refused: HTTP 404"
+    )
+    assert not result.scenarios
