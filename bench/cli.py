@@ -18,6 +18,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
@@ -39,7 +40,7 @@ from bench.errors import BenchError, ConfigError
 from bench.matrix import BROKERS, DBS
 from bench.progress import progress_for
 from bench.results import Cell, RunConfig, new_run_id, result_path, write_result
-from bench.runner import EXTERNAL_SERVER, INTERRUPTED, CellRun, parse_url, run_cell
+from bench.runner import EXTERNAL_SERVER, INTERRUPTED, CellRun, parse_url, run_cell, serving
 from bench.servers.registry import make_server, server_options
 from bench.servers.specs import server_names
 from bench.services import PROVIDERS
@@ -134,19 +135,41 @@ def _config_help(field: str, parse: Callable[[str], Any] | None) -> str:
     return text.replace("%", "%%")
 
 
-def _add_config_options(run: argparse.ArgumentParser) -> None:
+def _add_config_options(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
+    """RunConfig's options (or `only` those of these fields) on `parser`."""
     for flag, field, parse, metavar in CONFIG_OPTIONS:
+        if only is not None and field not in only:
+            continue
         how: dict[str, Any] = (
             {"action": "store_true"} if parse is None else {"type": parse, "metavar": metavar}
         )
-        run.add_argument(
+        parser.add_argument(
             flag, dest=field, default=argparse.SUPPRESS, help=_config_help(field, parse), **how
         )
 
 
-def _add_server_options(run: argparse.ArgumentParser) -> None:
+def _add_cell_options(parser: argparse.ArgumentParser) -> None:
+    """--server, --db, --broker, --servers and each server adapter's own options."""
+    parser.add_argument(
+        "--server", default="python", help="python, zig or one of --servers (default python)"
+    )
+    parser.add_argument(
+        "--db",
+        type=_Choice(DBS, "db"),
+        default=DBS[0],
+        help=f"{' or '.join(DBS)} (default {DBS[0]})",
+    )
+    parser.add_argument(
+        "--broker",
+        type=_Choice(BROKERS, "broker"),
+        default=BROKERS[0],
+        help=f"{' or '.join(BROKERS)} (default {BROKERS[0]})",
+    )
+    parser.add_argument(
+        "--servers", type=Path, help="custom servers (default: servers.toml if present)"
+    )
     for server, options in server_options().items():
-        group = run.add_argument_group(f"the {server} server")
+        group = parser.add_argument_group(f"the {server} server")
         for option in options:
             env = f" (or set {option.env})" if option.env else ""
             group.add_argument(
@@ -164,29 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = commands.add_parser("run", help="benchmark one cell (server × db × broker)")
-    run.add_argument(
-        "--server", default="python", help="python, zig or one of --servers (default python)"
-    )
-    run.add_argument(
-        "--db",
-        type=_Choice(DBS, "db"),
-        default=DBS[0],
-        help=f"{' or '.join(DBS)} (default {DBS[0]})",
-    )
-    run.add_argument(
-        "--broker",
-        type=_Choice(BROKERS, "broker"),
-        default=BROKERS[0],
-        help=f"{' or '.join(BROKERS)} (default {BROKERS[0]})",
-    )
     _add_config_options(run)
     run.add_argument("--out", type=Path, default=Path("results"), help="results folder")
     run.add_argument("--run-id", type=_run_id, help="join an existing run (default: a new id)")
     run.add_argument("--json", type=Path, help="also write the result to exactly this path")
-    run.add_argument(
-        "--servers", type=Path, help="custom servers (default: servers.toml if present)"
-    )
-    _add_server_options(run)
+    _add_cell_options(run)
 
     report = commands.add_parser("report", help="aggregate results into a report")
     report.add_argument("paths", nargs="*", type=Path, help="result files or folders")
@@ -205,7 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
         "must read back)",
     )
     conformance.add_argument(
-        "--url", required=True, help="the server's API, http:// on this machine (…/api)"
+        "--url",
+        help="the server's API, http:// on this machine (…/api); without it, the cell's "
+        "server is started (its PostgreSQL and Redis provisioned) and stopped after",
     )
     conformance.add_argument(
         "--tasks",
@@ -229,12 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="also write the report to exactly this path (never overwritten)",
     )
+    _add_config_options(conformance, only=("provider",))
+    _add_cell_options(conformance)
     return parser
 
 
-def _config(args: argparse.Namespace) -> RunConfig:
-    """The run's configuration from the options given; ConfigError naming the bad option."""
+def _config(args: argparse.Namespace, **fixed: Any) -> RunConfig:
+    """The run's configuration from the options given, and `fixed` values for the fields the
+    command sets itself; ConfigError naming the bad option."""
     given = {field: getattr(args, field) for field in _FLAG_OF if hasattr(args, field)}
+    given |= fixed
     try:
         config = RunConfig(**given)
     except ValidationError as exc:
@@ -246,9 +257,10 @@ def _config(args: argparse.Namespace) -> RunConfig:
     return config
 
 
-def _cell_run(args: argparse.Namespace) -> CellRun:
-    config = _config(args)
-    run_id = args.run_id or new_run_id()
+def _cell_run(args: argparse.Namespace, config: RunConfig | None = None) -> CellRun:
+    """The cell the options name, with `config` (default: the one the options build)."""
+    config = config or _config(args)
+    run_id = getattr(args, "run_id", None) or new_run_id()
     if config.url:
         return CellRun(Cell(server=EXTERNAL_SERVER), run_id, args.out, config, server=None)
     known = server_names(args.servers)
@@ -319,17 +331,24 @@ def _report(args: argparse.Namespace, console: Console) -> int:
 
 
 def _conformance(args: argparse.Namespace, console: Console) -> int:
-    parse_url(args.url)  # bad input: before anything is started
+    if args.url:
+        parse_url(args.url)  # bad input: before anything is started
     check_inputs(args.tasks, args.timeout_s)
     if args.json and args.json.exists():
         raise ConfigError(f"{args.json} exists: reports are never overwritten")
     prefix = f"{ownership.FOLDER_PREFIX}conformance-"
-    with tempfile.TemporaryDirectory(prefix=prefix) as folder:
+    with tempfile.TemporaryDirectory(prefix=prefix) as folder, ExitStack() as stack:
+        workdir = Path(folder)
         # marked, so that the next cell removes it if we are killed before we do
-        ownership.mark_folder(
-            Path(folder), ownership.Labels("conformance", "conformance"), "client"
-        )
-        report = check(args.url, tasks=args.tasks, workdir=Path(folder), timeout_s=args.timeout_s)
+        ownership.mark_folder(workdir, ownership.Labels("conformance", "conformance"), "client")
+        url = args.url
+        if url is None:
+            config = _config(args, workload="flow-runs", tasks=args.tasks)
+            args.out = workdir / "cell"  # the server's logs: in the folder removed after
+            run = _cell_run(args, config)
+            progress = stack.enter_context(progress_for(console, run.cell.name))
+            url = stack.enter_context(serving(run, progress))
+        report = check(url, tasks=args.tasks, workdir=workdir, timeout_s=args.timeout_s)
     for line in report_lines(report):
         console.print(line, markup=False, highlight=False)
     table = Table(title="what the real client sent for its flow run", title_justify="left")

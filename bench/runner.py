@@ -142,6 +142,25 @@ def _run(run: CellRun, progress: Progress, result: Result) -> None:
         _measure_all(run.config, workload, fixtures, target, progress, result)
 
 
+@contextmanager
+def serving(run: CellRun, progress: Progress) -> Iterator[str]:
+    """The cell's server started as for a measurement (its PostgreSQL and Redis provisioned),
+    for another use such as the conformance check: yields its API's URL; all undone after.
+    CellSkipped when the cell cannot run here, BenchError when it does not start."""
+    if run.server is None:
+        raise ConfigError("a cell needs a server to start")
+    result = Result(
+        run_id=run.run_id,
+        cell=run.cell,
+        status="failed",
+        started_at=utc_now(),
+        config=run.config,
+        environment=environment(),
+    )
+    with ExitStack() as stack:
+        yield _start(run, run.server, progress, result, stack).base_url
+
+
 def _start(
     run: CellRun, adapter: ServerAdapter, progress: Progress, result: Result, stack: ExitStack
 ) -> _Target:

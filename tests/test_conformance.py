@@ -287,6 +287,33 @@ def test_the_real_python_server_passes(
 
 
 @pytest.mark.slow
+def test_a_cell_is_started_checked_and_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --url the cell's server is started for the check and everything it made is
+    removed after: its folder, its process (the autouse fixture checks processes)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    report_path = tmp_path / "conformance.json"
+    argv = ["conformance", "--server", "python", "--db", "sqlite", "--tasks", "2"]
+    assert main([*argv, "--json", str(report_path)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "starting the python server" in out and "conformance ok" in out
+    report = ConformanceReport.model_validate_json(report_path.read_text())
+    assert report.ok and len(report.task_run_ids) == 2
+    assert list(tmp_path.glob(f"{ownership.FOLDER_PREFIX}*")) == []
+
+
+def test_a_cell_that_cannot_run_here_is_one_line_exit_1(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for variable in ("BENCH_ZIG_BINARY", "BENCH_ZIG_SRC"):
+        monkeypatch.delenv(variable, raising=False)
+    assert main(["conformance", "--server", "zig"]) == EXIT_FAILED
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("prefect-bench: error: no zig prefect-server given") and "\n" not in err
+
+
+@pytest.mark.slow
 def test_the_emulation_sends_what_the_real_client_sends(
     prefect_server: RunningServer, tmp_path: Path
 ) -> None:

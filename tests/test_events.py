@@ -5,6 +5,7 @@ a server without /api/events/in."""
 from __future__ import annotations
 
 import http.server
+import io
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -12,14 +13,18 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import psutil
 import pytest
+from rich.console import Console
 
 from bench import runner
 from bench.engine import LoadSpec, Scenario, Target, VirtualUser, measure_scenario
 from bench.engine.scenario import MAX_PENDING_PROBES, PROBE_SPACING_S, ScenarioJob, ScenarioRun
-from bench.results import RunConfig
+from bench.progress import Progress
+from bench.results import RunConfig, ScenarioResult
 from bench.runner import CellRun, run_cell
 from bench.servers.running import RunningServer
+from bench.services.local import LocalProvider
 from bench.workloads import events
 
 if TYPE_CHECKING:
@@ -139,6 +144,83 @@ def test_a_server_that_records_nothing_shows_every_event_lost_and_ends_on_time(
     assert s.delivery["events"].lost == s.delivery["events"].sent > 0
     assert s.lag_probes == 0 and s.lag_ms is None and s.lag_unresolved and s.lag_unresolved > 0
     assert elapsed < 60, elapsed  # server start ~20 s, window 3 s, drain 2 s
+
+
+needs_redis = pytest.mark.skipif(
+    bool(LocalProvider.unavailable_reason("redis")),
+    reason=str(LocalProvider.unavailable_reason("redis")),
+)
+
+
+def _our_redis() -> psutil.Process:
+    """The redis-server this test's cell started: a descendant of this process."""
+    (found,) = [p for p in psutil.Process().children(recursive=True) if p.name() == "redis-server"]
+    return found
+
+
+class _PauseRedisMidWindow(Progress):
+    """Stops the cell's Redis `after_s` into the measurement and resumes it once the result
+    is in: the server then takes events it cannot pass on, as if its broker had hung."""
+
+    def __init__(self, after_s: float) -> None:
+        super().__init__(Console(file=io.StringIO()), "test")
+        self.after_s = after_s
+        self.paused: psutil.Process | None = None
+        self.timer: threading.Timer | None = None
+        self.measuring_s: float | None = None
+
+    def _pause(self) -> None:
+        self.paused = _our_redis()
+        self.paused.suspend()
+
+    def stage(self, text: str) -> None:
+        if text.startswith("measuring "):
+            self.measuring_s = time.monotonic()
+            self.timer = threading.Timer(self.after_s, self._pause)
+            self.timer.start()
+
+    def measured_scenario(self, s: ScenarioResult) -> None:
+        if self.measuring_s is not None:
+            self.measuring_s = time.monotonic() - self.measuring_s
+        self.resume()
+
+    def resume(self) -> None:
+        if self.timer is not None:
+            self.timer.join()
+        if self.paused is not None:
+            self.paused.resume()
+            self.paused = None
+
+
+@pytest.mark.slow
+@needs_redis
+def test_a_broker_that_hangs_mid_run_shows_as_lost_events_and_the_run_ends_on_time(
+    cell_run: MakeRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the verification's one event waits for the persister's 5 s flush
+    monkeypatch.setattr(runner, "DRAIN_TIMEOUT_S", 8.0)
+    progress = _PauseRedisMidWindow(after_s=0.5 + 1.0)  # warmup, then a second in
+    run = cell_run(
+        broker="redis",
+        provider="local",
+        workload="events",
+        rate=20.0,
+        duration_s=3.0,
+        warmup_s=0.5,
+        concurrency=[2],
+    )
+    try:
+        result = run_cell(run, progress)
+    finally:
+        progress.resume()
+    assert result.status == "ok", result.error
+    (s,) = result.scenarios
+    events_sent = s.delivery["events"]
+    # recorded until the broker hung, lost after
+    assert events_sent.recorded > 0 and events_sent.lost > 0, s.delivery
+    assert s.lag_unresolved and s.lag_unresolved > 0
+    # the window, the bounded drain and the engine's report, not a hang
+    assert progress.measuring_s is not None and progress.measuring_s < 0.5 + 3 + 8 + 8
 
 
 class _HealthOnly(http.server.BaseHTTPRequestHandler):
