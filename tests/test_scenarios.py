@@ -134,6 +134,10 @@ def test_flow_runs_cell_records_every_task_run_it_sent(
         assert tasks.lost == 0 and tasks.recorded >= tasks.sent
         assert s.delivery["flow_runs"].lost == 0
         assert s.telemetry and "sqlite" in s.telemetry
+        # the first task's events of sampled flow runs, followed until queryable
+        assert s.lag_probes is not None and s.lag_unresolved is not None
+        assert s.lag_probes + s.lag_unresolved > 0 or s.completed == 0
+        assert s.lag_ms is None or 0 < s.lag_ms.p50 <= s.lag_ms.p99
     assert any("verifying the flow-runs scenario once" in stage for stage in view.stages)
     # the real client ran its flow against the same server first, and all of it read back
     assert result.conformance and all(c["ok"] for c in result.conformance["checks"])

@@ -10,10 +10,10 @@ sends its next event when the last one was confirmed.
 A socket the server closes (it closes it when an event does not validate) fails that
 scenario's step with the close code, and the next scenario opens a new one.
 
-Lag: the Pending event of a sample of task runs is traced; the probe asks `POST
-/events/filter` for the events by id and `POST /task_runs/filter` for their task runs: an
-event's lag ends when both are there (it passed the broker, the event persister wrote it, and
-the task-run recorder made its task run).
+Lag: the Pending event of a sample of task runs is traced; the probe
+(`flow_runs.find_task_run_events`) asks `POST /events/filter` for the events by id and `POST
+/task_runs/filter` for their task runs: an event's lag ends when both are there (it passed the
+broker, the event persister wrote it, and the task-run recorder made its task run).
 """
 
 from __future__ import annotations
@@ -30,7 +30,12 @@ from websockets.protocol import State
 from bench.engine.scenario import Scenario, VirtualUser
 from bench.results import RunConfig
 from bench.workloads.base import ScenarioWorkload, post_json
-from bench.workloads.flow_runs import AUTH_FRAME, TASK_NAME, task_run_events
+from bench.workloads.flow_runs import (
+    AUTH_FRAME,
+    TASK_NAME,
+    find_task_run_events,
+    task_run_events,
+)
 
 # The related resource that marks one measurement's events, to count them apart.
 MEASUREMENT_ROLE = "prefect-bench-measurement"
@@ -83,40 +88,13 @@ async def send_event(user: VirtualUser, params: Mapping[str, Any]) -> None:
         user.trace(event_id, user.state["task_run_id"], sent_ns)
 
 
-async def find_events(
-    user: VirtualUser, pending: Mapping[str, Any], params: Mapping[str, Any]
-) -> set[str]:
-    """Which of the pending events (id -> task run id) the server shows, their task runs too."""
-    page = await user.http_json(
-        "find events",
-        "POST",
-        "/events/filter",
-        {"filter": {"id": {"id": list(pending)}}, "limit": len(pending)},
-    )
-    if not isinstance(page, dict) or not isinstance(page.get("events"), list):
-        raise user.invalid("find events", f"expected an event page: {str(page)[:200]}")
-    events = {str(e.get("id")) for e in page["events"]} & set(pending)
-    if not events:
-        return set()
-    runs = await user.http_json(
-        "find task runs",
-        "POST",
-        "/task_runs/filter",
-        {"task_runs": {"id": {"any_": [pending[e] for e in events]}}, "limit": len(events)},
-    )
-    if not isinstance(runs, list):
-        raise user.invalid("find task runs", f"expected a list: {str(runs)[:200]}")
-    readable = {str(r.get("id")) for r in runs}
-    return {e for e in events if pending[e] in readable}
-
-
 def scenario(config: RunConfig, tag: str) -> Scenario:
     """One event per scenario; this measurement's events and task runs carry `tag`."""
     return Scenario(
         "task-run event",
         send_event,
         {"tag": tag, "task_tag": f"prefect-bench-{tag}"},
-        probe=find_events,
+        probe=find_task_run_events,
     )
 
 

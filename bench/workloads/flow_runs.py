@@ -13,8 +13,9 @@ No HTTP request per task: the server's task-run recorder turns the task events i
 
 The emulation sends the same requests and frames with bodies of the same shape, in one chain
 per virtual user; the task events go between RUNNING and COMPLETED, where the tasks run, and
-are confirmed with a ping (the real client pings every 700 events). docs/design-notes.md says
-what it leaves out.
+are confirmed with a ping (the real client pings every 700 events). The first task's Pending
+event of sampled flow runs is followed until it is queryable (`find_task_run_events`, the lag
+probe the events workload uses too). docs/design-notes.md says what it leaves out.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import datetime as dt
 import json
 import uuid
 from collections.abc import Iterator, Mapping
+from time import monotonic_ns
 from typing import Any
 
 import httpx
@@ -93,8 +95,9 @@ def _created(user: VirtualUser, step: str, answer: Any, *keys: str) -> list[str]
 
 def task_events(
     flow_id: str, flow_name: str, run_id: str, run_name: str, task_index: int
-) -> list[str]:
-    """The 3 events of one task run of a flow run (Pending, Running, Completed), as frames."""
+) -> tuple[str, str, list[str]]:
+    """The 3 events of one task run of a flow run (Pending, Running, Completed): the Pending
+    event's id, the task run's id and the frames."""
     related = [
         {
             "prefect.resource.id": f"prefect.flow-run.{run_id}",
@@ -107,8 +110,9 @@ def task_events(
             "prefect.resource.name": flow_name,
         },
     ]
-    name = f"{TASK_NAME}-{task_index}"
-    return [frame for _, frame in task_run_events(str(uuid.uuid4()), name, related)]
+    task_run_id = str(uuid.uuid4())
+    made = list(task_run_events(task_run_id, f"{TASK_NAME}-{task_index}", related))
+    return made[0][0], task_run_id, [frame for _, frame in made]
 
 
 def task_run_events(
@@ -198,6 +202,34 @@ def heartbeat(flow_id: str, flow_name: str, run_id: str, run_name: str) -> str:
     return json.dumps(event, separators=(",", ":"))
 
 
+async def find_task_run_events(
+    user: VirtualUser, pending: Mapping[str, Any], params: Mapping[str, Any]
+) -> set[str]:
+    """The lag probe of task-run events: which of the pending events (event id -> task run
+    id) the server shows, their task runs too."""
+    page = await user.http_json(
+        "find events",
+        "POST",
+        "/events/filter",
+        {"filter": {"id": {"id": list(pending)}}, "limit": len(pending)},
+    )
+    if not isinstance(page, dict) or not isinstance(page.get("events"), list):
+        raise user.invalid("find events", f"expected an event page: {str(page)[:200]}")
+    events = {str(e.get("id")) for e in page["events"]} & set(pending)
+    if not events:
+        return set()
+    runs = await user.http_json(
+        "find task runs",
+        "POST",
+        "/task_runs/filter",
+        {"task_runs": {"id": {"any_": [pending[e] for e in events]}}, "limit": len(events)},
+    )
+    if not isinstance(runs, list):
+        raise user.invalid("find task runs", f"expected a list: {str(runs)[:200]}")
+    readable = {str(r.get("id")) for r in runs}
+    return {e for e in events if pending[e] in readable}
+
+
 def _logs(run_id: str, run_name: str, flow_name: str, tasks: int) -> list[dict[str, Any]]:
     def record(name: str, message: str, task_run_id: str | None = None) -> dict[str, Any]:
         return {
@@ -271,9 +303,15 @@ async def flow_run(user: VirtualUser, params: Mapping[str, Any]) -> None:
             raise user.invalid("events auth", f"expected auth_success, got {reply!r:.200}")
         await user.http("read flow", "GET", f"/flows/{flow_id}")
         frames = [heartbeat(flow_id, flow_name, run_id, run_name)]
+        traced: tuple[str, str] | None = None
         for i in range(tasks):
-            frames += task_events(flow_id, flow_name, run_id, run_name, i)
+            pending_id, task_run_id, made = task_events(flow_id, flow_name, run_id, run_name, i)
+            frames += made
+            traced = traced or (pending_id, task_run_id)
+        sent_ns = monotonic_ns()
         await user.ws_exchange("task events", ws, frames)
+        if traced:  # the first task's lag, from the burst's send
+            user.trace(*traced, sent_ns)
         user.count("task_runs", tasks)
         user.count("events", len(frames))
         await _set_state(user, "set_state COMPLETED", run_id, "COMPLETED", "Completed")
@@ -303,6 +341,7 @@ def scenario(config: RunConfig, tag: str) -> Scenario:
         f"flow run, {config.tasks} tasks",
         flow_run,
         {"tasks": config.tasks, "flow_name": f"bench-flow-{tag}"},
+        probe=find_task_run_events,
     )
 
 
