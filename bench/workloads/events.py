@@ -25,6 +25,7 @@ from time import monotonic_ns
 from typing import Any
 
 import httpx
+from websockets.asyncio.client import ClientConnection
 from websockets.protocol import State
 
 from bench.engine.scenario import Scenario, VirtualUser
@@ -45,11 +46,11 @@ def _measurement_resource(tag: str) -> str:
     return f"prefect-bench.measurement.{tag}"
 
 
-async def _events_socket(user: VirtualUser) -> Any:
+async def _events_socket(user: VirtualUser) -> ClientConnection:
     """The user's open websocket to /events/in, opened and authenticated when it has none."""
-    ws = user.state.get("ws")
-    if ws is not None and ws.state is State.OPEN:
-        return ws
+    kept: ClientConnection | None = user.state.get("ws")
+    if kept is not None and kept.state is State.OPEN:
+        return kept
     user.state.pop("ws", None)
     ws = await user.open_websocket("open events socket", "/events/in", ("prefect",))
     reply = await user.ws_exchange("events auth", ws, [AUTH_FRAME], answer=True)
