@@ -88,13 +88,9 @@ def parse_url(url: str) -> _Target:
     return _Target(host, parts.port or 80, parts.path.rstrip("/"))
 
 
-def run_cell(run: CellRun, progress: Progress) -> Result:
-    """Run one cell and return its result; failures are recorded in the result, not raised.
-
-    A KeyboardInterrupt (Ctrl-C, or SIGTERM turned into one) stops the cell: everything is
-    cleaned up and the result is failed with the error INTERRUPTED, the measurements kept.
-    """
-    result = Result(
+def _new_result(run: CellRun) -> Result:
+    """The cell's result as it starts: failed until it is ok."""
+    return Result(
         run_id=run.run_id,
         cell=run.cell,
         status="failed",
@@ -102,6 +98,15 @@ def run_cell(run: CellRun, progress: Progress) -> Result:
         config=run.config,
         environment=environment(),
     )
+
+
+def run_cell(run: CellRun, progress: Progress) -> Result:
+    """Run one cell and return its result; failures are recorded in the result, not raised.
+
+    A KeyboardInterrupt (Ctrl-C, or SIGTERM turned into one) stops the cell: everything is
+    cleaned up and the result is failed with the error INTERRUPTED, the measurements kept.
+    """
+    result = _new_result(run)
     try:
         _run(run, progress, result)
         result.status = "ok"
@@ -149,14 +154,7 @@ def serving(run: CellRun, progress: Progress) -> Iterator[str]:
     CellSkipped when the cell cannot run here, BenchError when it does not start."""
     if run.server is None:
         raise ConfigError("a cell needs a server to start")
-    result = Result(
-        run_id=run.run_id,
-        cell=run.cell,
-        status="failed",
-        started_at=utc_now(),
-        config=run.config,
-        environment=environment(),
-    )
+    result = _new_result(run)
     with ExitStack() as stack:
         yield _start(run, run.server, progress, result, stack).base_url
 

@@ -74,18 +74,17 @@ def collect(paths: Sequence[Path]) -> tuple[list[Result], list[str]]:
     return results, warnings
 
 
-def display_order(results: Iterable[Result]) -> list[Result]:
-    """Results as reports show them: by run, then db and broker, the reference server first."""
-    return sorted(
-        results,
-        key=lambda r: (
-            r.run_id,
-            r.cell.db,
-            r.cell.broker,
-            r.cell.server != REFERENCE_SERVER,
-            r.cell.server,
-        ),
-    )
+def display_order(results: Iterable[Result], brokers_together: bool = False) -> list[Result]:
+    """Results as reports show them: by run, then db and broker, the reference server first;
+    `brokers_together`: by run, db, server, then broker (one server's brokers side by side)."""
+
+    def key(r: Result) -> tuple[object, ...]:
+        server = (r.cell.server != REFERENCE_SERVER, r.cell.server)
+        if brokers_together:
+            return (r.run_id, r.cell.db, *server, r.cell.broker)
+        return (r.run_id, r.cell.db, r.cell.broker, *server)
+
+    return sorted(results, key=key)
 
 
 def run_ids(results: Iterable[Result]) -> list[str]:

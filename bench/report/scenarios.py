@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bench.report import compare
-from bench.report.aggregate import REFERENCE_SERVER
+from bench.report.aggregate import REFERENCE_SERVER, display_order
 from bench.report.document import Column, Section, Table, Value
 from bench.report.numbers import LOWER_BOUND, MISSING, fmt_errors, fmt_ms, fmt_num
 from bench.results import Result, ScenarioResult, StepResult
@@ -32,20 +32,6 @@ UNRESOLVED_NOTE = (
     "than the longest lag found: their lag is longer still, or they were lost. The p50 / p99 "
     "leave them out: where there are unresolved events they are lower bounds."
 )
-
-
-def _order(results: list[Result]) -> list[Result]:
-    """By run, db, server (the reference first), then broker."""
-    return sorted(
-        results,
-        key=lambda r: (
-            r.run_id,
-            r.cell.db,
-            r.cell.server != REFERENCE_SERVER,
-            r.cell.server,
-            r.cell.broker,
-        ),
-    )
 
 
 def _unit(results: list[Result]) -> str:
@@ -227,7 +213,7 @@ def _speedup_table(
 
 def scenario_section(results: list[Result], multi_run: bool) -> Section | None:
     """The Scenarios section, or None when no result has scenarios."""
-    measured = _order([r for r in results if r.scenarios])
+    measured = display_order([r for r in results if r.scenarios], brokers_together=True)
     if not measured:
         return None
     keys = _keys(measured)
