@@ -3,6 +3,8 @@
 nox -s matrix                                       every cell, then the report
 nox -s "bench(server='zig', db='postgres')" -- --duration 2
 nox -s "bench(server='python', db='sqlite', broker='redis')"
+nox -s matrix -- --repeat 4                         every cell 4 times, in interleaved rounds
+nox -s compare -- results/before results/after --fail-on 'rps<-5%'
 nox -s report | tests | lint
 """
 
@@ -97,17 +99,28 @@ def bench(session: nox.Session, server: str, db: str, broker: str) -> None:
         session.skip(result["error"])
 
 
-@nox.session(venv_backend="none")
+@nox.session
 def matrix(session: nox.Session) -> None:
-    """Every cell in turn under one run id, then the report."""
+    """Every cell in turn under one run id, then the report (`python -m bench matrix`).
+
+    With `-- --repeat N|auto` the cells run in rounds, each round in the reverse order of the
+    last. Each cell runs in a process of its own, all from this session's venv: nox runs a
+    session once per invocation, so the cells' own sessions cannot take turns.
+    """
     if CELLS_ERROR:
         session.error(CELLS_ERROR)
-    run_id = _new_run_id()
-    os.environ[RUN_ID_ENV] = run_id
-    session.log(f"run {run_id}: results in {RESULTS / run_id}")
-    for cell in CELLS:
-        session.notify(f"bench({session_params(*cell)})", session.posargs)
-    session.notify("report", [str(RESULTS / run_id)])
+    _install(session, "[zig]")
+    session.run(
+        "python",
+        "-m",
+        "bench",
+        "matrix",
+        "--out",
+        str(RESULTS),
+        *session.posargs,
+        interrupt_timeout=60,
+        terminate_timeout=15,
+    )
 
 
 @nox.session
@@ -115,6 +128,15 @@ def report(session: nox.Session) -> None:
     """Aggregate results (default: every run under results/) into report.md and report.html."""
     session.install("-e", ".")
     session.run("python", "-m", "bench", "report", "--out", str(RESULTS), *session.posargs)
+
+
+@nox.session
+def compare(session: nox.Session) -> None:
+    """Did a change make it slower? `nox -s compare -- BEFORE AFTER [--fail-on 'rps<-5%']`."""
+    if not session.posargs:
+        session.error("give the two sides: nox -s compare -- BEFORE AFTER")
+    session.install("-e", ".")
+    session.run("python", "-m", "bench", "compare", *session.posargs)
 
 
 @nox.session

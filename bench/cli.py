@@ -12,11 +12,13 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import re
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -38,13 +40,23 @@ from bench.conformance import (
 )
 from bench.errors import BenchError, ConfigError
 from bench.matrix import BROKERS, DBS
-from bench.progress import progress_for
-from bench.results import Cell, RunConfig, new_run_id, result_path, write_result
+from bench.matrix import cells as matrix_cells
+from bench.progress import Progress, progress_for
+from bench.repeat import (
+    MAX_AUTO,
+    MIN_REPETITIONS,
+    WARMUP_REPETITION,
+    decide,
+    earlier_repetitions,
+    repetition_path,
+)
+from bench.results import Cell, Result, RunConfig, new_run_id, result_path, write_result
+from bench.rounds import run_matrix
 from bench.runner import EXTERNAL_SERVER, INTERRUPTED, CellRun, parse_url, run_cell, serving
 from bench.servers.registry import make_server, server_options
 from bench.servers.specs import server_names
 from bench.services import PROVIDERS
-from bench.workloads import WORKLOADS
+from bench.workloads import WORKLOADS, ScenarioWorkload
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -83,6 +95,17 @@ def _cpu_list(text: str) -> list[int]:
     return cpus
 
 
+def _repeat(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of repetitions (e.g. 4) or auto, got {text!r}"
+        ) from None
+
+
 def _run_id(text: str) -> str:
     if not _RUN_ID.match(text):
         raise argparse.ArgumentTypeError(f"letters, digits, '.', '_' and '-' only, got {text!r}")
@@ -112,6 +135,8 @@ CONFIG_OPTIONS: tuple[tuple[str, str, Callable[[str], Any] | None, str | None], 
     ("--warmup", "warmup_s", float, "S"),
     ("--concurrency", "concurrency", _int_list, "LIST"),
     ("--rate", "rate", float, "R"),
+    ("--rate-sweep", "rate_sweep", str, "START:STOP:STEP"),
+    ("--slo", "slo", str, "EXPR"),
     ("--engine-procs", "engine_procs", int, "N"),
     ("--server-cpus", "server_cpus", _cpu_list, "LIST"),
     ("--client-cpus", "client_cpus", _cpu_list, "LIST"),
@@ -119,8 +144,14 @@ CONFIG_OPTIONS: tuple[tuple[str, str, Callable[[str], Any] | None, str | None], 
     ("--provider", "provider", _Choice(tuple(PROVIDERS), "provider"), "NAME"),
     ("--tasks", "tasks", int, "N"),
     ("--no-services", "no_services", None, None),
+    ("--no-pin", "no_pin", None, None),
+    ("--repeat", "repeat", _repeat, "N|auto"),
+    ("--target", "target_pct", float, "P"),
+    ("--budget", "budget_min", float, "MIN"),
+    ("--keep-first", "keep_first", None, None),
 )
 _FLAG_OF = {field: flag for flag, field, _, _ in CONFIG_OPTIONS}
+_ENDPOINT_WORKLOADS = [n for n, w in WORKLOADS.items() if not isinstance(w, ScenarioWorkload)]
 
 
 def _config_help(field: str, parse: Callable[[str], Any] | None) -> str:
@@ -191,7 +222,38 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=Path("results"), help="results folder")
     run.add_argument("--run-id", type=_run_id, help="join an existing run (default: a new id)")
     run.add_argument("--json", type=Path, help="also write the result to exactly this path")
+    # The matrix's rounds: one repetition at a time, the budget counted from the matrix's start.
+    run.add_argument("--one-repetition", action="store_true", help=argparse.SUPPRESS)
+    run.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
     _add_cell_options(run)
+
+    matrix = commands.add_parser(
+        "matrix",
+        help="every cell in turn under one run id, each in its own process (in rounds with "
+        "--repeat, each round in the reverse order of the last), then the report; every "
+        "option of `run` applies to every cell",
+    )
+    matrix.add_argument("--out", type=Path, default=Path("results"), help="results folder")
+    matrix.add_argument("--run-id", type=_run_id, help="the run's id (default: a new id)")
+    matrix.add_argument(
+        "--server",
+        dest="only_servers",
+        action="append",
+        metavar="NAME",
+        help="only this server's cells (may be given again; default every server)",
+    )
+    for flag, known in (("--db", DBS), ("--broker", BROKERS)):
+        matrix.add_argument(
+            flag,
+            dest=f"only_{flag[2:]}s",
+            action="append",
+            type=_Choice(known, flag[2:]),
+            metavar="NAME",
+            help=f"only the {' or '.join(known)} cells (may be given again; default both)",
+        )
+    matrix.add_argument(
+        "--servers", type=Path, help="custom servers (default: servers.toml if present)"
+    )
 
     report = commands.add_parser("report", help="aggregate results into a report")
     report.add_argument("paths", nargs="*", type=Path, help="result files or folders")
@@ -202,6 +264,53 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="PATH",
         help="results to compare with, run for run (e.g. the runs before a change)",
+    )
+    report.add_argument(
+        "--history",
+        type=Path,
+        metavar="DIR",
+        help="a folder of many runs: each cell's figures over them and where they changed "
+        "(without PATHS, the report is that history alone)",
+    )
+
+    compare = commands.add_parser(
+        "compare",
+        help="did AFTER change from BEFORE? every figure's ratio with its 95%% interval and a "
+        "permutation test over the repetitions, corrected for the many tests (Benjamini-"
+        "Hochberg); exit 1 when a --fail-on rule breaks",
+    )
+    compare.add_argument(
+        "sides", nargs="+", type=Path, metavar="PATH", help="BEFORE AFTER (with --aa: DIR)"
+    )
+    compare.add_argument(
+        "--fail-on",
+        dest="rules",
+        action="append",
+        default=[],
+        metavar="EXPR",
+        help="fail (exit 1) on a significant change beyond this, e.g. 'rps<-5%%' or "
+        "'p99>+10%%' (may be given again)",
+    )
+    compare.add_argument(
+        "--allow-different",
+        action="store_true",
+        help="compare sides measured on different machines or with different measurement "
+        "settings (flagged in the output) instead of refusing",
+    )
+    compare.add_argument("--out", type=Path, metavar="FILE", help="also write the Markdown here")
+    compare.add_argument(
+        "--aa",
+        action="store_true",
+        help="A/A: split DIR's repetitions of each cell (the same server) into two sides every "
+        "way and report how often the gate fires on noise and the smallest change it can tell; "
+        "kept in DIR as report.aa-<id>.md/.json",
+    )
+    compare.add_argument(
+        "--size",
+        type=int,
+        default=4,
+        metavar="N",
+        help="--aa: repetitions a side (default 4; DIR needs twice as many per cell)",
     )
 
     conformance = commands.add_parser(
@@ -251,10 +360,34 @@ def _config(args: argparse.Namespace, **fixed: Any) -> RunConfig:
     except ValidationError as exc:
         error = exc.errors()[0]
         flag = _FLAG_OF.get(str(error["loc"][0]), str(error["loc"][0])) if error["loc"] else ""
-        raise ConfigError(f"{flag}: {error['msg'][0].lower()}{error['msg'][1:]}") from None
+        message = error["msg"].removeprefix("Value error, ")
+        if not flag:  # a check across options names its option itself
+            raise ConfigError(message) from None
+        raise ConfigError(f"{flag}: {message[0].lower()}{message[1:]}") from None
     if config.url:
         parse_url(config.url)  # bad input: before anything is written
-    return config
+    if config.rate_sweep and isinstance(WORKLOADS[config.workload], ScenarioWorkload):
+        raise ConfigError(
+            f"--rate-sweep measures endpoints (the {', '.join(_ENDPOINT_WORKLOADS)} workloads), "
+            f"not the {config.workload} scenario"
+        )
+    return _pinned(config)
+
+
+def _pinned(config: RunConfig) -> RunConfig:
+    """The server and the load generator each on cores of its own, where there are two or more:
+    the last quarter of the usable cores (at least one) for the load generator, the rest for
+    the server. Not with --no-pin, not when either is pinned by hand, not behind a --url (that
+    server is not ours to pin)."""
+    if config.no_pin or config.url or config.server_cpus or config.client_cpus:
+        return config
+    usable = sorted(os.sched_getaffinity(0))
+    if len(usable) < 2:
+        return config
+    client = max(1, len(usable) // 4)
+    return config.model_copy(
+        update={"server_cpus": usable[:-client], "client_cpus": usable[-client:]}
+    )
 
 
 def _cell_run(args: argparse.Namespace, config: RunConfig | None = None) -> CellRun:
@@ -279,45 +412,180 @@ def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def _run(args: argparse.Namespace, console: Console) -> int:
     run = _cell_run(args)
-    cell = run.cell
-    path = result_path(run.out_dir, run.run_id, cell)
-    if path.exists():
+    cell, config = run.cell, run.config
+    repeating = config.repeat is not None
+    done = earlier_repetitions(run.out_dir, run.run_id, cell) if repeating else []
+    if not repeating and (path := result_path(run.out_dir, run.run_id, cell)).exists():
         raise ConfigError(f"{path} exists: results are never overwritten (use another --run-id)")
     if args.json and args.json.exists():
         raise ConfigError(f"{args.json} exists: results are never overwritten")
+    folder = run.out_dir / run.run_id
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        probe = path.parent / f".{cell.name}.writable"
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".{cell.name}.writable"
         probe.touch()
         probe.unlink()
     except OSError as exc:
-        raise ConfigError(f"cannot write results into {path.parent}: {exc.strerror}") from exc
+        raise ConfigError(f"cannot write results into {folder}: {exc.strerror}") from exc
+    deadline = args.deadline or time.time() + config.budget_min * 60
 
     with progress_for(console, cell.name) as progress:
-        result = run_cell(run, progress)
-    write_result(result, path)
+        while True:
+            result = _repetition(run, progress, done, deadline) if repeating else None
+            if result is None:
+                result = run_cell(run, progress)
+                path = result_path(run.out_dir, run.run_id, cell)
+            else:
+                path = repetition_path(run.out_dir, run.run_id, cell, result.repetition or 1)
+            write_result(result, path)
+            console.print(_result_line(result), markup=False, highlight=False)
+            console.print(f"result: {path}", markup=False, highlight=False)
+            if not repeating or result.status != "ok" or args.one_repetition:
+                break
+            if result.repeat and result.repeat.stopped:
+                break
     if args.json:
         write_result(result, args.json)
-    line = f"{cell.name}: {result.status}" + (f": {result.error}" if result.error else "")
-    console.print(line, markup=False, highlight=False)
-    console.print(f"result: {path}", markup=False, highlight=False)
     if result.error == INTERRUPTED:
         return EXIT_INTERRUPTED
     return _EXIT_BY_STATUS[result.status]
 
 
+def _repetition(run: CellRun, progress: Progress, done: list[Result], deadline: float) -> Result:
+    """The cell's next repetition, with where the repetitions stand after it (`done` grows)."""
+    config = run.config
+    warmup = not done and not config.keep_first
+    progress.stage(
+        f"repetition {len(done) + 1}"
+        + (" (the warm-up: run and kept, not counted)" if warmup else "")
+        + _standing(done[-1] if done else None, config)
+    )
+    result = run_cell(run, progress)
+    result.repetition = len(done) + 1
+    if result.repetition == 1 and not config.keep_first:
+        result.discarded = WARMUP_REPETITION
+    done.append(result)
+    counted = [r for r in done if r.status == "ok" and not r.discarded]
+    result.repeat = decide(
+        config.repeat or 1, config.target_pct, counted, deadline - time.time(), _repetition_s(done)
+    )
+    if result.repeat.over_budget:
+        progress.stage(
+            f"the budget ({config.budget_min:g} min) leaves no time for another repetition; "
+            f"running {MIN_REPETITIONS} anyway, the fewest that show any noise"
+        )
+    return result
+
+
+def _repetition_s(done: Sequence[Result]) -> float:
+    """What one more repetition is expected to take: the time between the last two (a whole
+    round of the matrix when repetitions interleave across cells), else the last one's own."""
+    if not done or done[-1].finished_at is None:
+        return 0.0
+    end = _epoch(done[-1].finished_at)
+    before = done[-2].finished_at if len(done) >= 2 else None
+    return end - _epoch(before or done[-1].started_at)
+
+
+def _epoch(stamp: str) -> float:
+    return dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
+
+
+def _standing(last: Result | None, config: RunConfig) -> str:
+    if last is None or last.repeat is None or last.repeat.widest_pct is None:
+        return ""
+    state = last.repeat
+    aim = f" > {config.target_pct:g}%" if config.repeat == "auto" else ""
+    return f" (widest interval so far ±{state.widest_pct:g}%{aim}: {state.widest})"
+
+
+def _result_line(result: Result) -> str:
+    line = f"{result.cell.name}: {result.status}" + (f": {result.error}" if result.error else "")
+    if result.repeat:
+        line += f" (repetition {result.repetition}"
+        if result.discarded:
+            line += ", the warm-up, not counted"
+        if result.repeat.interval_pct is not None:
+            line += f", total ±{result.repeat.interval_pct:g}%"
+        if result.repeat.stopped:
+            line += f"; stopped: {STOP_REASONS[result.repeat.stopped]}"
+        line += ")"
+    return line
+
+
+STOP_REASONS = {
+    "count": "the repetitions asked for",
+    "target": "every interval within the target",
+    "budget": "the budget would not fit another",
+    "limit": f"{MAX_AUTO} repetitions, the most auto runs",
+}
+
+
+def _matrix(args: argparse.Namespace, run_args: list[str], console: Console) -> int:
+    # Bad options fail here, once, not in every cell.
+    given = build_parser().parse_args(["run", *run_args])
+    config = _config(given)
+    if config.url:
+        raise ConfigError("--url measures one server: use `run`, not `matrix`")
+    known = server_names(args.servers)
+    if unknown := sorted(set(args.only_servers or ()) - set(known)):
+        raise ConfigError(f"unknown server {unknown[0]!r} (known: {', '.join(known)})")
+    servers = [s for s in known if not args.only_servers or s in args.only_servers]
+    cells = [
+        Cell(server=s, db=d, broker=b)
+        for s, d, b in matrix_cells(servers)
+        if d in (args.only_dbs or DBS) and b in (args.only_brokers or BROKERS)
+    ]
+    run_id = args.run_id or new_run_id()
+    if args.servers:
+        run_args = [*run_args, "--servers", str(args.servers)]
+    console.print(f"run {run_id}: results in {args.out / run_id}", markup=False)
+    states, interrupted = run_matrix(cells, run_args, run_id, args.out, config, console)
+    table = Table(title=f"run {run_id}", title_justify="left")
+    for header in ("cell", "status", "repetitions", "total ±95%", "widest ±95%", "stopped"):
+        table.add_column(header)
+    for state in states:
+        last = state.last
+        rep = last.repeat if last else None
+        table.add_row(
+            state.cell.name,
+            last.status if last else "not run",
+            str(len(state.results)),
+            f"{rep.interval_pct:g}%" if rep and rep.interval_pct is not None else "",
+            f"{rep.widest_pct:g}% {rep.widest}" if rep and rep.widest_pct is not None else "",
+            STOP_REASONS[rep.stopped] if rep and rep.stopped else "",
+        )
+    console.print(table)
+    if interrupted:
+        return EXIT_INTERRUPTED
+    report_args = argparse.Namespace(
+        paths=[args.out / run_id], out=args.out, baseline=None, history=None
+    )
+    _report(report_args, console)
+    failed = [s for s in states if any(r.status == "failed" for r in s.results)]
+    return EXIT_FAILED if failed else EXIT_OK
+
+
 def _report(args: argparse.Namespace, console: Console) -> int:
     from bench.report import build, collect, render_html, render_markdown, render_terminal
 
-    paths = args.paths or [Path("results")]
-    results, warnings = collect(paths)
+    # Callers that build their own namespace (the matrix's closing report) may leave it out.
+    history_dir: Path | None = args.history
+    # --history alone: the report is the history, not also a report over results/.
+    results, warnings = collect(args.paths or ([] if history_dir else [Path("results")]))
     baseline = None
     if args.baseline:
         baseline, baseline_warnings = collect(args.baseline)
         warnings += [f"baseline: {w}" for w in baseline_warnings]
+    history = None
+    if history_dir:
+        if not history_dir.is_dir():
+            raise ConfigError(f"--history: {history_dir} is not a folder")
+        history, history_warnings = collect([history_dir])
+        warnings += [f"history: {w}" for w in history_warnings]
     for warning in warnings:
         console.print(f"warning: {warning}", markup=False, highlight=False, style="yellow")
-    report = build(results, baseline)
+    report = build(results, baseline, history)
     for renderable in render_terminal(report):
         console.print(renderable)
     try:
@@ -328,6 +596,80 @@ def _report(args: argparse.Namespace, console: Console) -> int:
         raise ConfigError(f"cannot write the report into {args.out}: {exc.strerror}") from exc
     console.print(f"report: {args.out / 'report.md'}, {args.out / 'report.html'}")
     return EXIT_OK
+
+
+def _compare(args: argparse.Namespace, console: Console) -> int:
+    from bench import comparison
+    from bench.report import collect
+
+    rules = [comparison.parse_rule(text) for text in args.rules]
+    want = 1 if args.aa else 2
+    if len(args.sides) != want:
+        raise ConfigError("compare takes BEFORE AFTER" if want == 2 else "--aa takes one DIR")
+    sides = []
+    for path in args.sides:
+        if not path.exists():
+            raise ConfigError(f"{path}: no such file or directory")
+        results, warnings = collect([path])
+        for warning in warnings:
+            console.print(f"warning: {warning}", markup=False, highlight=False, style="yellow")
+        sides.append(results)
+    if args.aa:
+        return _calibrate(args, sides[0], rules, console)
+    result = comparison.compare(*sides)
+    if result.differences and not args.allow_different:
+        raise ConfigError(
+            "the sides were not measured alike (--allow-different compares them anyway): "
+            + "; ".join(result.differences)
+        )
+    failing = comparison.gate(result.figures, rules)
+    text = comparison.render(result, rules, failing)
+    console.print(text, markup=False, highlight=False)
+    if args.out:
+        _write_new(args.out, text)
+    for f in failing:
+        print(
+            f"prefect-bench: {f.cell} {f.name} {f.metric} {f.change_pct:+.1f}% "
+            f"(p {f.p_adjusted:.3f}) breaks {', '.join(f.broken)}",
+            file=sys.stderr,
+        )
+    return EXIT_FAILED if failing else EXIT_OK
+
+
+def _calibrate(
+    args: argparse.Namespace, results: list[Result], rules: list[Any], console: Console
+) -> int:
+    from bench import comparison
+
+    if args.size < 2:
+        raise ConfigError(f"--size {args.size}: at least 2 repetitions a side")
+    cells = comparison.by_cell(results)
+    if not cells:
+        raise ConfigError(f"{args.sides[0]} holds no ok result to calibrate with")
+    calibrations = [comparison.calibrate(c, rs, args.size, rules) for c, rs in cells.items()]
+    text = comparison.render_calibrations(calibrations, rules)
+    console.print(text, markup=False, highlight=False)
+    folder = args.sides[0] if args.sides[0].is_dir() else args.sides[0].parent
+    stem = f"report.aa-{new_run_id()}"
+    _write_new(folder / f"{stem}.md", text)
+    kept = comparison.CalibrationReport(
+        rules=[r.text for r in rules], cells=[c.__dict__ for c in calibrations]
+    )
+    write_result(kept, folder / f"{stem}.json")
+    console.print(f"calibration: {folder / stem}.md, .json", markup=False, highlight=False)
+    if args.out:
+        _write_new(args.out, text)
+    return EXIT_OK
+
+
+def _write_new(path: Path, text: str) -> None:
+    try:
+        with path.open("x", encoding="utf-8") as f:
+            f.write(text)
+    except FileExistsError:
+        raise ConfigError(f"{path} exists: never overwritten") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror}") from exc
 
 
 def _conformance(args: argparse.Namespace, console: Console) -> int:
@@ -379,12 +721,19 @@ def _console() -> Console:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m bench` and `prefect-bench`."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "matrix":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     console = _console()
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     try:
+        if args.command == "matrix":
+            return _matrix(args, rest, console)
         if args.command == "run":
             return _run(args, console)
+        if args.command == "compare":
+            return _compare(args, console)
         if args.command == "conformance":
             return _conformance(args, console)
         return _report(args, console)

@@ -48,8 +48,9 @@ class Progress:
 
     def measured(self, ep: EndpointResult) -> None:
         name, c, rps, p50, p99, errors = _summary(ep)
+        offered = f" of {ep.offered_rps:g} offered" if ep.offered_rps else ""
         extra = f", {errors} errors" if errors else ""
-        self.console.print(f"  {name} c={c}: {rps} rps, p50 {p50} ms, p99 {p99} ms{extra}")
+        self.console.print(f"  {name} c={c}: {rps} rps{offered}, p50 {p50} ms, p99 {p99} ms{extra}")
 
     def measured_scenario(self, s: ScenarioResult) -> None:
         name, c, rate, p50, p99, failed = _scenario_summary(s)

@@ -32,6 +32,8 @@ from pydantic import (
 
 from bench import __version__
 from bench.errors import ResultsError
+from bench.machine import MachineState
+from bench.sweep import DEFAULT_SLO, parse_slo, sweep_rates
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -132,6 +134,9 @@ class EndpointResult(Measurement, EndpointKey):
         default=None, description="mean cores the server used under this load, warmup included"
     )
     server_rss_peak_mb: float | None = None
+    other_cpu_cores: float | None = Field(
+        default=None, description="cores used by processes not of this cell in the window"
+    )
     telemetry: dict[str, Any] | None = Field(
         default=None, description="what the database and broker did in the window (deltas)"
     )
@@ -219,12 +224,66 @@ class ScenarioResult(ScenarioMeasurement):
     )
     server_cpu_cores: float | None = None
     server_rss_peak_mb: float | None = None
+    other_cpu_cores: float | None = Field(
+        default=None, description="cores used by processes not of this cell in the window"
+    )
     telemetry: dict[str, Any] | None = Field(
         default=None,
         description="what the database and broker did over the measurement and the drain",
     )
     backend_per_flow_run: dict[str, float] | None = Field(
         default=None, description="database transactions and Redis commands per flow run"
+    )
+
+
+class RepeatState(BaseModel):
+    """Where a repeated cell stood after a repetition (bench.repeat): the intervals its counted
+    repetitions reached and, in the last one, why it stopped."""
+
+    counted: int = Field(description="ok repetitions counted so far (discarded ones not)")
+    interval_pct: float | None = Field(
+        default=None, description="half-width of the total's 95% interval, % of its mean"
+    )
+    widest: str | None = Field(default=None, description="the figure with the widest interval")
+    widest_pct: float | None = Field(default=None, description="its half-width, % of its mean")
+    over_budget: bool = Field(
+        default=False,
+        description="the budget left no time for another, which runs anyway: too few so far",
+    )
+    stopped: Literal["count", "target", "budget", "limit"] | None = Field(
+        default=None,
+        description="why no repetition follows: the count asked for, the target reached, the "
+        "budget spent or the most `auto` runs (None: another follows)",
+    )
+
+
+class SweepPoint(BaseModel):
+    """One rate of a sweep: what was offered, what the server did, and whether it kept up."""
+
+    offered_rps: float
+    rps: _Rate = Field(description="successful responses per second")
+    requests: int
+    errors: dict[str, int] = Field(default_factory=dict)
+    latency_ms: LatencyMs | None
+    rate_held: bool | None
+    client_saturated: bool = False
+    kept: bool = Field(description="the rate held and the latency objective kept")
+    hdr: str | None = None
+
+
+class SweepResult(EndpointKey):
+    """One endpoint at one concurrency level over the rates of --rate-sweep."""
+
+    concurrency: int
+    slo: str = Field(description="the latency objective, e.g. p99<50ms")
+    points: list[SweepPoint] = Field(default_factory=list)
+    knee_rps: float | None = Field(
+        default=None,
+        description="the highest offered rate kept, every lower one kept too (None: not even "
+        "the lowest)",
+    )
+    stopped_early: bool = Field(
+        default=False, description="rates above were not tried: the objective was missed twice"
     )
 
 
@@ -291,6 +350,15 @@ class RunConfig(BaseModel):
         default=None,
         description="measure a server that is already running, e.g. http://127.0.0.1:4200/api",
     )
+    rate_sweep: str | None = Field(
+        default=None,
+        description="capacity: each endpoint at every rate START:STOP:STEP (requests/s, open "
+        "model) until it misses --slo; the knee is the highest rate kept",
+    )
+    slo: str | None = Field(
+        default=None,
+        description=f"--rate-sweep's latency objective, e.g. p99<50ms (default {DEFAULT_SLO})",
+    )
     tasks: Annotated[int, Field(ge=1)] = Field(
         default=10, description="flow-runs: tasks per flow run"
     )
@@ -298,6 +366,27 @@ class RunConfig(BaseModel):
     provider: str | None = Field(
         default=None,
         description="how PostgreSQL/Redis are provided (default: the first that works)",
+    )
+    no_pin: bool = Field(
+        default=False,
+        description="leave the server and the load generator unpinned (default: on 2 or more "
+        "cores each gets its own: --server-cpus and --client-cpus as recorded)",
+    )
+    repeat: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+        default=None,
+        description="repetitions of the cell, each a fresh server and database, or auto: "
+        "until every figure's 95% interval is within --target or --budget is spent",
+    )
+    keep_first: bool = Field(
+        default=False,
+        description="--repeat: count the first repetition too (default: it runs as a warm-up, "
+        "kept in the results, left out of every figure)",
+    )
+    target_pct: Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)] = Field(
+        default=3.0, description="--repeat auto: the interval to reach, % of the mean"
+    )
+    budget_min: PositiveSeconds = Field(
+        default=30.0, description="--repeat auto: minutes to spend at most"
     )
 
     @model_validator(mode="before")
@@ -308,8 +397,34 @@ class RunConfig(BaseModel):
             data = dict(data)
             if data.get("workload") is None:
                 data["workload"] = URL_WORKLOAD if data.get("url") else DEFAULT_WORKLOAD
-            data.setdefault("mode", "open" if data.get("rate") else "closed")
+            open_model = data.get("rate") or data.get("rate_sweep")
+            data.setdefault("mode", "open" if open_model else "closed")
+            if data.get("rate_sweep") and data.get("slo") is None:
+                data["slo"] = DEFAULT_SLO
         return data
+
+    @model_validator(mode="after")
+    def _sweep(self) -> RunConfig:
+        try:
+            if self.rate_sweep is not None:
+                sweep_rates(self.rate_sweep)
+        except ValueError as exc:
+            raise ValueError(f"--rate-sweep: {exc}") from None
+        if self.rate_sweep is not None and self.rate is not None:
+            raise ValueError("--rate-sweep sweeps the rate: give it without --rate")
+        if self.slo is not None:
+            if self.rate_sweep is None:
+                raise ValueError("--slo is the objective of a --rate-sweep: give one")
+            try:
+                parse_slo(self.slo)
+            except ValueError as exc:
+                raise ValueError(f"--slo: {exc}") from None
+        return self
+
+    @property
+    def sweep(self) -> list[float]:
+        """The rates of --rate-sweep, lowest first (empty without one)."""
+        return sweep_rates(self.rate_sweep) if self.rate_sweep else []
 
 
 class Environment(BaseModel):
@@ -342,9 +457,33 @@ class Result(BaseModel):
     environment: Environment
     endpoints: list[EndpointResult] = Field(default_factory=list)
     scenarios: list[ScenarioResult] = Field(default_factory=list)
+    sweeps: list[SweepResult] = Field(
+        default_factory=list, description="--rate-sweep: each endpoint × level over the rates"
+    )
     conformance: dict[str, Any] | None = Field(
         default=None,
         description="the real Prefect client's flow run against this server: checks and counts",
+    )
+    machine: MachineState | None = Field(
+        default=None, description="the machine just before the cell: load, others' CPU, ..."
+    )
+    noisy: bool = Field(
+        default=False,
+        description="something made the numbers untrustworthy (other processes' CPU, a "
+        "frequency governor, ...): `noise` says what",
+    )
+    noise: list[str] = Field(default_factory=list, description="one sentence per reason")
+    repeat: RepeatState | None = Field(
+        default=None, description="a repeated cell: the intervals reached and why it stopped"
+    )
+    repetition: int | None = Field(
+        default=None,
+        description="which repetition of the cell in its run (1, 2, ...; --repeat); None: the "
+        "cell ran once",
+    )
+    discarded: str | None = Field(
+        default=None,
+        description="why this repetition is left out of every figure (kept for the record)",
     )
 
 

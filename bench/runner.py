@@ -8,16 +8,26 @@ import secrets
 import shutil
 import tempfile
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import psutil
 
 from bench import conformance, engine, ownership
 from bench.errors import BenchError, CellSkipped, ConfigError, ServerError, VerificationError
+from bench.machine import (
+    ContainerProcesses,
+    OtherCpu,
+    OtherUsage,
+    OurProcesses,
+    machine_state,
+    window_reason,
+)
+from bench.machine import reasons as machine_reasons
 from bench.process import wait_until
 from bench.progress import Progress
 from bench.results import (
@@ -28,15 +38,18 @@ from bench.results import (
     RunConfig,
     ScenarioResult,
     ServerInfo,
+    SweepPoint,
+    SweepResult,
     environment,
     utc_now,
 )
 from bench.sampling import ResourceSampler, tree_cpu_s, tree_rss_mb
 from bench.servers.adapter import ServerAdapter
 from bench.servers.running import RunningServer, ServerSetup, start_server
+from bench.sweep import DEFAULT_SLO, STOP_AFTER_MISSES, knee, parse_slo
 from bench.telemetry import BackendTelemetry, per_item
 from bench.workloads import ScenarioWorkload, Workload, get_workload
-from bench.workloads.base import UNAVAILABLE_ATTEMPTS, api_client, back_off_unavailable
+from bench.workloads.base import UNAVAILABLE_ATTEMPTS, Endpoint, api_client, back_off_unavailable
 
 EXTERNAL_SERVER = "external"
 INTERRUPTED = "interrupted"
@@ -71,6 +84,8 @@ class _Target:
     server: RunningServer | None = None
     # what its database and broker did in each window (nothing known behind a --url)
     telemetry: BackendTelemetry = field(default_factory=BackendTelemetry.for_cell)
+    # the processes of the cell (ours, and the containers' we started), not others' CPU
+    ours: OurProcesses = field(default_factory=OurProcesses)
 
     @property
     def base_url(self) -> str:
@@ -124,13 +139,30 @@ def run_cell(run: CellRun, progress: Progress) -> Result:
     return result
 
 
+def _check_machine(progress: Progress, result: Result) -> None:
+    """Record the machine before the cell, and mark the result noisy if it is not quiet."""
+    progress.stage("checking the machine is quiet")
+    result.machine = machine_state(OurProcesses())
+    _noise(result, machine_reasons(result.machine), progress)
+
+
+def _noise(result: Result, reasons: list[str], progress: Progress) -> None:
+    for reason in reasons:
+        progress.stage(f"warning: {reason}: the numbers may not be trustworthy")
+    result.noise += reasons
+    result.noisy = bool(result.noise)
+
+
 def _run(run: CellRun, progress: Progress, result: Result) -> None:
     workload = get_workload(run.config.workload)
+    _check_machine(progress, result)
     with ExitStack() as stack:
         if run.server is None:
             if run.config.url is None:
                 raise ConfigError("a cell needs a server to start or a --url")
             target = parse_url(run.config.url)
+            # the server behind the URL is the cell's too: its CPU is not another's
+            target.ours = OurProcesses(extra=listening_on(target.port))
         else:
             target = _start(run, run.server, progress, result, stack)
         client = stack.enter_context(api_client(target.base_url))
@@ -193,7 +225,9 @@ def _start(
     backends = BackendTelemetry.for_cell(
         setup.postgres, setup.redis, setup.sqlite_path if setup.db == "sqlite" else None
     )
-    return _Target("127.0.0.1", server.port, server.api_path, server, backends)
+    containers = [getattr(info, "container_id", None) for info in result.services.values()]
+    ours = OurProcesses(extra=ContainerProcesses(c for c in containers if c))
+    return _Target("127.0.0.1", server.port, server.api_path, server, backends, ours)
 
 
 def _record_server_totals(info: ServerInfo, server: RunningServer) -> None:
@@ -250,32 +284,101 @@ def _measure_all(
     result: Result,
 ) -> None:
     sampler = ResourceSampler(target.server.process.tree) if target.server else None
-    progress.stage(f"measuring {len(workload.endpoints)} endpoints")
+    sweep = f" at {len(config.sweep)} rates each" if config.sweep else ""
+    progress.stage(f"measuring {len(workload.endpoints)} endpoints{sweep}")
     for endpoint in workload.endpoints:
         request = endpoint.resolve(target.api_path, fixtures)
         for concurrency in config.concurrency:
-            spec = engine.LoadSpec.for_level(config, concurrency)
-            _ensure_alive(target, f"before {endpoint.name} at c={concurrency}")
-            callback = progress.measuring(endpoint.name, concurrency)
-            with ExitStack() as window:
-                # the backends' reads outside the sampler's: its wall time leaves them out
-                backends = window.enter_context(target.telemetry.window())
-                usage = window.enter_context(sampler.window()) if sampler else None
-                m = engine.measure(engine.Target(target.host, target.port), request, spec, callback)
-            ep = EndpointResult(
-                name=endpoint.name,
-                method=endpoint.method,
-                path=endpoint.path,
-                **m.model_dump(),
-                server_cpu_cores=round(usage.cores, 3) if usage else None,
-                server_rss_peak_mb=usage.rss_peak_mb if usage else None,
-                telemetry=backends or None,
+            window = _Window(config, endpoint, request, concurrency, target, sampler, progress)
+            if config.sweep:
+                result.sweeps.append(_sweep(window, result))
+            else:
+                result.endpoints.append(window.measure(result))
+
+
+@dataclass(frozen=True)
+class _Window:
+    """One endpoint at one concurrency level, measured in one window per call."""
+
+    config: RunConfig
+    endpoint: Endpoint
+    request: engine.EngineRequest
+    concurrency: int
+    target: _Target
+    sampler: ResourceSampler | None
+    progress: Progress
+
+    def measure(self, result: Result, rate: float | None = None) -> EndpointResult:
+        """A window at the config's rate (or `rate`), with what the server used meanwhile."""
+        config = self.config if rate is None else self.config.model_copy(update={"rate": rate})
+        name, c, target = self.endpoint.name, self.concurrency, self.target
+        spec = engine.LoadSpec.for_level(config, c)
+        _ensure_alive(target, f"before {name} at c={c}")
+        callback = self.progress.measuring(name, c)
+        with ExitStack() as window:
+            # the backends' reads outside the sampler's: its wall time leaves them out
+            backends = window.enter_context(target.telemetry.window())
+            others = window.enter_context(OtherCpu(target.ours))
+            usage = window.enter_context(self.sampler.window()) if self.sampler else None
+            where = engine.Target(target.host, target.port)
+            m = engine.measure(where, self.request, spec, callback)
+        _noisy_window(result, others, f"{name} at c={c}", self.progress)
+        ep = EndpointResult(
+            name=name,
+            method=self.endpoint.method,
+            path=self.endpoint.path,
+            **m.model_dump(),
+            server_cpu_cores=round(usage.cores, 3) if usage else None,
+            server_rss_peak_mb=usage.rss_peak_mb if usage else None,
+            other_cpu_cores=others.cores,
+            telemetry=backends or None,
+        )
+        self.progress.measured(ep)
+        if result.server and usage:
+            result.server.rss_peak_mb = max(result.server.rss_peak_mb or 0, usage.rss_peak_mb)
+        _ensure_alive(target, f"during {name} at c={c}")
+        return ep
+
+
+def _sweep(window: _Window, result: Result) -> SweepResult:
+    """The window's endpoint at each rate of the sweep, lowest first, until it misses the
+    objective STOP_AFTER_MISSES times in a row (bench.sweep)."""
+    objective = parse_slo(window.config.slo or DEFAULT_SLO)
+    endpoint = window.endpoint
+    swept = SweepResult(
+        name=endpoint.name,
+        method=endpoint.method,
+        path=endpoint.path,
+        concurrency=window.concurrency,
+        slo=objective.text,
+    )
+    misses = 0
+    rates = window.config.sweep
+    for k, rate in enumerate(rates):
+        ep = window.measure(result, rate)
+        kept = bool(ep.rate_held) and objective.kept_by(ep.latency_ms)
+        swept.points.append(
+            SweepPoint(
+                offered_rps=rate,
+                rps=ep.rps,
+                requests=ep.requests,
+                errors=ep.errors,
+                latency_ms=ep.latency_ms,
+                rate_held=ep.rate_held,
+                client_saturated=ep.client_saturated,
+                kept=kept,
+                hdr=ep.hdr,
             )
-            result.endpoints.append(ep)
-            progress.measured(ep)
-            if result.server and usage:
-                result.server.rss_peak_mb = max(result.server.rss_peak_mb or 0, usage.rss_peak_mb)
-            _ensure_alive(target, f"during {endpoint.name} at c={concurrency}")
+        )
+        misses = 0 if kept else misses + 1
+        if misses >= STOP_AFTER_MISSES and k + 1 < len(rates):
+            swept.stopped_early = True
+            break
+    swept.knee_rps = knee(swept.points)
+    shown = "none" if swept.knee_rps is None else f"{swept.knee_rps:g}/s"
+    where = f"{endpoint.name} c={window.concurrency}"
+    window.progress.stage(f"{where}: knee {shown} ({objective.text})")
+    return swept
 
 
 def _verify_scenario(
@@ -364,10 +467,12 @@ def _measure_scenarios(
         # the backends' window includes the drain: the recorder's writes belong to these runs
         with target.telemetry.window() as backends:
             with ExitStack() as window:
+                others = window.enter_context(OtherCpu(target.ours))
                 usage = window.enter_context(sampler.window()) if sampler else None
                 m = engine.measure_scenario(
                     engine.Target(target.host, target.port), scenario, spec, callback
                 )
+            _noisy_window(result, others, f"{scenario.name} at c={concurrency}", progress)
             _ensure_alive(target, f"during {scenario.name} at c={concurrency}")
             progress.stage(f"waiting for the server to record what {scenario.name} sent")
             found = _drained(workload, scenario, client, m.counts)
@@ -384,6 +489,7 @@ def _measure_scenarios(
             },
             server_cpu_cores=round(usage.cores, 3) if usage else None,
             server_rss_peak_mb=usage.rss_peak_mb if usage else None,
+            other_cpu_cores=others.cores,
             telemetry=backends or None,
             backend_per_flow_run=per_item(backends, m.counts.get("flow_runs", 0)) or None,
         )
@@ -391,6 +497,30 @@ def _measure_scenarios(
         progress.measured_scenario(measured)
         if result.server and usage:
             result.server.rss_peak_mb = max(result.server.rss_peak_mb or 0, usage.rss_peak_mb)
+
+
+def listening_on(port: int) -> Callable[[], set[int]]:
+    """The processes listening on `port` (looked for once, on the first call): a --url server's,
+    found by its socket, counted as the cell's and never touched."""
+    found: list[set[int]] = []
+
+    def pids() -> set[int]:
+        if not found:
+            found.append(
+                {
+                    c.pid
+                    for c in psutil.net_connections(kind="tcp")
+                    if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid
+                }
+            )
+        return found[0]
+
+    return pids
+
+
+def _noisy_window(result: Result, others: OtherUsage, what: str, progress: Progress) -> None:
+    if reason := window_reason(others, f"while measuring {what}"):
+        _noise(result, [reason], progress)
 
 
 def _ensure_alive(target: _Target, when: str) -> None:

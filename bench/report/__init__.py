@@ -1,10 +1,11 @@
 """Reports over many results: collect them, build the report once, then draw it as a terminal
 view, Markdown or HTML.
 
-`collect` reads result files; `build` turns results into one neutral `Report` (sections of
-tables) that every renderer draws, so the three formats carry the same content and the costly
-part (resampling for the noise intervals) runs once. Renderers return values and never print or
-write files: the caller decides where the output goes.
+`collect` reads result files; `build` merges each cell's repetitions and turns the results into
+one neutral `Report` (sections of tables, and charts only the HTML page draws) that every
+renderer draws, so the three formats carry the same content and the costly part (resampling for
+the noise intervals, change points over a history) runs once. Renderers return values and
+never print or write files: the caller decides where the output goes.
 """
 
 from bench.report.aggregate import collect

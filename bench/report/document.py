@@ -34,15 +34,46 @@ class Table:
     grouped: bool = False  # rows come in groups sharing the first column (e.g. an endpoint)
 
 
+LineStyle = Literal["solid", "dashed"]
+# How an axis maps values: "percentile" (x only) draws percentiles p on a log scale of
+# 1 / (1 - p), so the tail (99%, 99.9%, ...) gets as much room as the body.
+Scale = Literal["linear", "log", "percentile"]
+
+
+@dataclass(frozen=True)
+class Series:
+    """One line of a chart: (x, y) points, a None y breaking it; `key` names whose colour it
+    is (a cell's label: one colour per key across the page), `label` what the line is."""
+
+    key: str
+    points: list[tuple[float, float | None]]
+    label: str = ""
+    style: LineStyle = "solid"
+    point_labels: list[str] = field(default_factory=list)  # beside each point, e.g. "c=4"
+    markers: bool = True
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A vertical line across a chart at `x`, e.g. a change point, with a short label."""
+
+    x: float
+    label: str
+
+
 @dataclass(frozen=True)
 class Chart:
-    """A line chart: one series per cell over the concurrency levels (HTML only)."""
+    """A line chart (HTML only)."""
 
     title: str
     x_label: str
-    x_values: list[str]
     y_label: str
-    series: list[tuple[str, list[float | None]]]
+    series: list[Series]
+    x_scale: Scale = "linear"
+    y_scale: Scale = "linear"
+    x_ticks: list[tuple[float, str]] = field(default_factory=list)  # empty: the renderer's
+    marks: list[Mark] = field(default_factory=list)
+    note: str = ""  # under the chart: what its line styles or its choice of data mean
 
 
 @dataclass

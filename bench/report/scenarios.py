@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from bench.report import compare
 from bench.report.aggregate import REFERENCE_SERVER, display_order
+from bench.report.charts import scenario_charts
 from bench.report.document import Column, Section, Table, Value
 from bench.report.numbers import LOWER_BOUND, MISSING, fmt_errors, fmt_ms, fmt_num
 from bench.results import Result, ScenarioResult, StepResult
@@ -252,6 +253,7 @@ def scenario_section(results: list[Result], multi_run: bool) -> Section | None:
         )
     for name in dict.fromkeys(n for n, _ in keys):
         section.tables.append(_steps_table(measured, labels, keys, name))
+    section.charts += scenario_charts(measured, labels, _unit(measured).strip(" ()") or "per s")
     flags = compare.RatioFlags()
     if (speedup := _speedup_table(measured, keys, flags)) is not None:
         section.tables.append(speedup)

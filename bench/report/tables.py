@@ -7,9 +7,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-from bench.report import aggregate, compare
-from bench.report.aggregate import Pair, Total
-from bench.report.document import Chart, Column, Report, Section, Table, Value
+from bench.report import aggregate, charts, compare, history
+from bench.report.aggregate import Pair, Repetitions, Total
+from bench.report.capacity import capacity_section
+from bench.report.document import Column, Report, Section, Table, Value
 from bench.report.numbers import (
     LOWER_BOUND,
     MISSING,
@@ -24,6 +25,7 @@ from bench.results import EndpointResult, Result
 
 TITLE = "prefect-bench report"
 NO_RESULTS = "No results found."
+HISTORY_ONLY = "The history of the runs given."
 SATURATED_NOTE = (
     f"{LOWER_BOUND} / {SATURATED_MARK}: the load generator was saturated during this "
     "measurement: the rps is a lower bound of what the server sustains, and the latencies "
@@ -169,12 +171,32 @@ def _scenarios_value(result: Result, concurrency: int) -> Value:
     return _rps_value(sum(s.per_s for s in measured), any(s.client_saturated for s in measured))
 
 
-def _matrix_section(results: list[Result], multi_run: bool) -> Section:
+REPETITIONS_NOTE = (
+    "n: the repetitions of the cell in its run that its figures stand on: rates are their mean, "
+    "counts their sum, latencies come from their merged histograms."
+)
+
+
+def _left_out_note(reps: dict[tuple[str, str], Repetitions], multi_run: bool) -> str | None:
+    """One line naming every repetition left out of the figures, and why."""
+    left_out = []
+    for (run_id, cell), rep in reps.items():
+        where = f"{cell} ({run_id})" if multi_run else cell
+        left_out += [f"{where} repetition {k or 1}: discarded, {why}" for k, why in rep.discarded]
+        left_out += [f"{where} repetition {k or 1}: {why}" for k, why in rep.failed]
+    return f"Left out of every figure: {'; '.join(left_out)}." if left_out else None
+
+
+def _matrix_section(
+    results: list[Result], multi_run: bool, reps: dict[tuple[str, str], Repetitions]
+) -> Section:
     ok = [r for r in results if r.status == "ok"]
+    repeated = any(rep.repeated for rep in reps.values())
     levels = aggregate.concurrency_levels(ok)
     # scenario workloads: completed scenarios per second, as total rps is for requests
     scenario_levels = sorted({s.concurrency for r in ok for s in r.scenarios})
     columns = [Column("run"), Column("server"), Column("db"), Column("broker"), Column("status")]
+    columns += [Column("n", numeric=True)] if repeated else []
     columns += [Column(f"total rps c={c}", numeric=True) for c in levels]
     columns += [Column(f"scenarios/s c={c}", numeric=True) for c in scenario_levels]
     columns += [
@@ -190,6 +212,9 @@ def _matrix_section(results: list[Result], multi_run: bool) -> Section:
     for r in (r for r in results if r.status != "skipped"):
         row = [Value(r.run_id), Value(r.cell.server), Value(r.cell.db), Value(r.cell.broker)]
         row.append(_status_value(r))
+        if repeated:
+            rep = reps.get((r.run_id, r.cell.name))
+            row.append(Value(str(rep.counted if rep else 1)))
         if r.status == "ok":
             totals = [aggregate.total_rps(r, c) for c in levels]
             saturated |= any(t is not None and t.saturated for t in totals)
@@ -223,11 +248,10 @@ def _matrix_section(results: list[Result], multi_run: bool) -> Section:
         section.paragraphs.append("No cell ran: every one was skipped.")
     if ok and levels:
         section.charts.append(
-            Chart(
+            charts.levels_chart(
                 "Total rps by concurrency",
-                "concurrency",
-                [str(c) for c in levels],
                 "rps",
+                levels,
                 [
                     (
                         _label(r, multi_run),
@@ -237,6 +261,10 @@ def _matrix_section(results: list[Result], multi_run: bool) -> Section:
                 ],
             )
         )
+    if repeated:
+        section.notes.append(REPETITIONS_NOTE)
+    if (left_out := _left_out_note(reps, multi_run)) is not None:
+        section.notes.append(left_out)
     section.notes += _skipped_notes(skipped, multi_run)
     if saturated:
         section.notes.append(SATURATED_NOTE)
@@ -288,17 +316,7 @@ def _endpoint_section(results: list[Result], multi_run: bool) -> Section:
         section.notes.append("No request errors in any measurement.")
     if any(ep.client_saturated for r in measured for ep in r.endpoints):
         section.notes.append(SATURATED_NOTE)
-
-    names = list(dict.fromkeys(name for name, _ in keys))
-    for name in names:
-        levels = [c for n, c in keys if n == name]
-        series = [
-            (label, [e.rps if (e := m.get((name, c))) else None for c in levels])
-            for label, m in zip(labels, by_result, strict=True)
-        ]
-        section.charts.append(
-            Chart(f"{name}: rps", "concurrency", [str(c) for c in levels], "rps", series)
-        )
+    section.charts += charts.endpoint_charts(measured, labels)
     return section
 
 
@@ -428,12 +446,27 @@ def _baseline_section(baseline: list[Result], results: list[Result]) -> Section:
     return section
 
 
-def build(results: list[Result], baseline: list[Result] | None = None) -> Report:
-    """The whole report for `results` (any order; shown in `aggregate.display_order`), and, if
-    a baseline is given, how the results compare with it run for run."""
+def build(
+    results: list[Result],
+    baseline: list[Result] | None = None,
+    runs_over_time: list[Result] | None = None,
+) -> Report:
+    """The whole report for `results` (any order; the repetitions of a cell in a run merged
+    into one result, `aggregate.merge_repetitions`; shown in `aggregate.display_order`); if a
+    baseline is given, how the results compare with it run for run; if `runs_over_time` are
+    given, their History section (change points over the runs, `bench.report.history`)."""
+    over_time = None
+    if runs_over_time is not None:
+        over_time = history.history_section(aggregate.merge_repetitions(runs_over_time))
     if not results:
-        return Report(TITLE, NO_RESULTS)
-    ordered = aggregate.display_order(results)
+        return Report(
+            TITLE,
+            NO_RESULTS if over_time is None else HISTORY_ONLY,
+            sections=[s for s in (over_time,) if s is not None],
+        )
+    reps = aggregate.repetitions(results)
+    ordered = aggregate.display_order(aggregate.merge_repetitions(results))
+    merged_baseline = None if baseline is None else aggregate.merge_repetitions(baseline)
     runs = aggregate.run_ids(ordered)
     multi_run = len(runs) > 1
     plural = "" if len(ordered) == 1 else "s"
@@ -442,20 +475,25 @@ def build(results: list[Result], baseline: list[Result] | None = None) -> Report
         + ", ".join(runs)
         + "."
     )
+    if len(results) > len(ordered):
+        summary += f" ({len(results)} result files: the repetitions of each cell are merged.)"
     return Report(
         TITLE,
         summary,
-        warnings=aggregate.comparability_warnings(ordered + (baseline or []))
-        + aggregate.shared_cpu_warnings(ordered),
+        warnings=aggregate.comparability_warnings(ordered + (merged_baseline or []))
+        + aggregate.shared_cpu_warnings(ordered)
+        + aggregate.noisy_warnings(results),
         sections=[
             section
             for section in (
-                _matrix_section(ordered, multi_run),
+                _matrix_section(ordered, multi_run, reps),
                 _endpoint_section(ordered, multi_run),
                 scenario_section(ordered, multi_run),
+                capacity_section(ordered, [_label(r, multi_run) for r in ordered]),
                 _speedup_section(ordered, multi_run),
                 _changes_section(ordered),
-                None if baseline is None else _baseline_section(baseline, ordered),
+                None if merged_baseline is None else _baseline_section(merged_baseline, ordered),
+                over_time,
             )
             if section is not None
         ],

@@ -289,6 +289,7 @@ class DockerProvider(ServiceProvider):
             image=spec.image,
             image_id=container.attrs.get("Image"),
             container=container.name,
+            container_id=container.id,
             healthcheck_interval_s=_interval_s(container),
         )
 

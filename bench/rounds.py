@@ -1,0 +1,96 @@
+"""The matrix run: every cell in turn under one run id, each in its own process, in rounds.
+
+With `--repeat N|auto` each round runs one repetition of every cell that still needs one, and
+each round goes through the cells in the reverse order of the round before (1 2 3, 3 2 1,
+1 2 3, ...): a machine that drifts (warms up, throttles, gets a neighbour) then moves every
+cell alike, where running each cell's repetitions back to back would lay the drift on the
+cells measured last. Which cell is done is decided by its own `run` (bench.repeat.decide) and
+read back from the result it wrote.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from bench.repeat import MAX_AUTO, earlier_repetitions
+from bench.results import Cell, Result, RunConfig
+
+EXIT_SKIPPED = 3  # bench.cli.EXIT_SKIPPED (cli imports this module)
+EXIT_INTERRUPTED = 130
+
+
+@dataclass
+class CellRounds:
+    """One cell's repetitions in the matrix so far."""
+
+    cell: Cell
+    results: list[Result] = field(default_factory=list)
+    done: bool = False
+
+    @property
+    def last(self) -> Result | None:
+        return self.results[-1] if self.results else None
+
+
+def order(cells: Sequence[CellRounds], round_no: int) -> list[CellRounds]:
+    """The cells of round `round_no` (from 1): as listed in odd rounds, reversed in even."""
+    return list(cells) if round_no % 2 else list(reversed(cells))
+
+
+def run_matrix(
+    cells: Sequence[Cell],
+    run_args: Sequence[str],
+    run_id: str,
+    out_dir: Path,
+    config: RunConfig,
+    console: Console,
+) -> tuple[list[CellRounds], bool]:
+    """Run every cell (`python -m bench run` with `run_args`, which `config` was built from)
+    in rounds; returns the cells' rounds and whether the matrix was interrupted (Ctrl-C or
+    SIGTERM: the cell running then writes its partial result, and no other starts)."""
+    states = [CellRounds(cell) for cell in cells]
+    repeat = config.repeat
+    rounds = 1 if repeat is None else (MAX_AUTO if repeat == "auto" else int(repeat))
+    if repeat is not None and not config.keep_first:
+        rounds += 1  # the warm-up repetition
+    deadline = time.time() + config.budget_min * 60
+    for round_no in range(1, rounds + 1):
+        todo = [s for s in order(states, round_no) if not s.done]
+        if not todo:
+            break
+        if repeat is not None:
+            console.print(f"[bold]round {round_no}[/bold]: {', '.join(s.cell.name for s in todo)}")
+        for state in todo:
+            command = [
+                *(sys.executable, "-m", "bench", "run"),
+                *("--server", state.cell.server, "--db", state.cell.db),
+                *("--broker", state.cell.broker, "--run-id", run_id, "--out", str(out_dir)),
+                *run_args,
+            ]
+            if repeat is not None:
+                command += ["--one-repetition", "--deadline", str(deadline)]
+            try:
+                code = subprocess.run(command, check=False).returncode
+            except KeyboardInterrupt:
+                return states, True  # the cell's own run handled it and wrote its result
+            state.results += _new_results(out_dir, run_id, state)
+            last = state.last
+            # A skipped, failed or interrupted cell runs no more; nor one that says it is done.
+            state.done = (
+                code != 0 or last is None or last.repeat is None or last.repeat.stopped is not None
+            )
+            if code == EXIT_INTERRUPTED:
+                return states, True
+    return states, False
+
+
+def _new_results(out_dir: Path, run_id: str, state: CellRounds) -> list[Result]:
+    """The results of the cell's repetitions written since the last look."""
+    return earlier_repetitions(out_dir, run_id, state.cell)[len(state.results) :]

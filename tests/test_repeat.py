@@ -1,0 +1,105 @@
+"""--repeat through the real command line: fresh servers, one result per repetition, rounds
+that interleave across cells, and `auto` stopping by itself."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.repeat import WARMUP_REPETITION, earlier_repetitions
+from bench.report import collect
+from bench.results import Cell
+from bench.rounds import CellRounds, order
+from bench.runner import listening_on
+from bench.servers.running import RunningServer
+from bench.services.local import LocalProvider
+
+SHORT = ["--workload", "health", "--duration", "0.3", "--warmup", "0.1", "--concurrency", "1"]
+
+
+def bench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+        env=dict(os.environ),
+    )
+
+
+def test_rounds_alternate_their_order() -> None:
+    cells = [CellRounds(Cell(server="python", db=db)) for db in ("sqlite", "postgres")]
+    assert [c.cell.db for c in order(cells, 1)] == ["sqlite", "postgres"]
+    assert [c.cell.db for c in order(cells, 2)] == ["postgres", "sqlite"]
+    assert [c.cell.db for c in order(cells, 3)] == ["sqlite", "postgres"]
+
+
+@pytest.mark.slow
+def test_auto_stops_by_itself_and_records_why(
+    tmp_path: Path, prefect_server: RunningServer
+) -> None:
+    # a 100% target is met as soon as an interval can be told: at the third counted
+    # repetition, after the warm-up
+    out = bench(
+        *("run", "--url", prefect_server.base_url, "--repeat", "auto", "--target", "100"),
+        *("--out", str(tmp_path), *SHORT),
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    (run,) = tmp_path.iterdir()
+    reps = earlier_repetitions(tmp_path, run.name, Cell(server="external"))
+    assert [r.repetition for r in reps] == [1, 2, 3, 4]
+    assert [p.name for p in sorted(run.glob("*.json"))] == [
+        "external.2.json",
+        "external.3.json",
+        "external.4.json",
+        "external.json",
+    ]
+    assert reps[0].discarded == WARMUP_REPETITION and not any(r.discarded for r in reps[1:])
+    assert [r.repeat.stopped for r in reps if r.repeat] == [None, None, None, "target"]
+    last = reps[-1].repeat
+    assert last and last.counted == 3
+    assert last.interval_pct is not None and last.widest_pct is not None
+    assert "every interval within the target" in out.stdout
+    # a repeated run is read as repetitions of one cell, not as duplicates
+    results, warnings = collect([tmp_path])
+    assert len(results) == 4 and not warnings
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    bool(LocalProvider.unavailable_reason("redis")),
+    reason=str(LocalProvider.unavailable_reason("redis")),
+)
+def test_matrix_rounds_interleave_cells(tmp_path: Path) -> None:
+    out = bench(
+        "matrix",
+        *("--server", "python", "--db", "sqlite", "--repeat", "2", "--out", str(tmp_path)),
+        *("--provider", "local", "--keep-first"),
+        *SHORT,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    results, _ = collect([p for p in tmp_path.iterdir() if p.is_dir()])
+    started = sorted(results, key=lambda r: (r.started_at, r.finished_at or ""))
+    names = [(r.cell.broker, r.repetition) for r in started]
+    # round 1 memory then redis, round 2 the reverse
+    assert names == [("memory", 1), ("redis", 1), ("redis", 2), ("memory", 2)]
+    assert (tmp_path / "report.md").exists()
+    assert "round 2: python-sqlite-redis, python-sqlite-memory" in out.stdout
+    for r in results:  # each repetition a fresh server, pinned apart from the load generator
+        assert r.server and r.server.startup_s
+        assert r.config.server_cpus and r.config.client_cpus
+        assert not set(r.config.server_cpus) & set(r.config.client_cpus)
+
+
+@pytest.mark.slow
+def test_a_url_server_is_the_cells_own_found_by_its_socket(prefect_server: RunningServer) -> None:
+    """Behind --url the server is not our descendant: its CPU must not count as another's."""
+    tree = {p.pid for p in prefect_server.process.tree()}
+    assert listening_on(prefect_server.port)() & tree
