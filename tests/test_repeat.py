@@ -42,8 +42,8 @@ def test_rounds_alternate_their_order() -> None:
 def test_auto_stops_by_itself_and_records_why(
     tmp_path: Path, prefect_server: RunningServer
 ) -> None:
-    # a 100% target is met as soon as an interval can be told: at the third counted
-    # repetition, after the warm-up
+    # a 100% target is met as soon as an interval can be told (3 counted repetitions after
+    # the warm-up), or a few later on a busy machine
     out = bench(
         *("run", "--url", prefect_server.base_url, "--repeat", "auto", "--target", "100"),
         *("--out", str(tmp_path), *SHORT),
@@ -52,22 +52,23 @@ def test_auto_stops_by_itself_and_records_why(
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     (run,) = tmp_path.iterdir()
     reps = earlier_repetitions(tmp_path, run.name, Cell(server="external"))
-    assert [r.repetition for r in reps] == [1, 2, 3, 4]
-    assert [p.name for p in sorted(run.glob("*.json"))] == [
-        "external.2.json",
-        "external.3.json",
-        "external.4.json",
-        "external.json",
-    ]
+    n = len(reps)  # how many the noise of this machine took: at least the warm-up and three
+    assert n >= 4 and [r.repetition for r in reps] == list(range(1, n + 1))
+    assert [p.name for p in sorted(run.glob("*.json"))] == sorted(
+        ["external.json", *(f"external.{k}.json" for k in range(2, n + 1))]
+    )
     assert reps[0].discarded == WARMUP_REPETITION and not any(r.discarded for r in reps[1:])
-    assert [r.repeat.stopped for r in reps if r.repeat] == [None, None, None, "target"]
-    last = reps[-1].repeat
-    assert last and last.counted == 3
+    states = [r.repeat for r in reps]
+    assert all(s is not None for s in states)
+    assert [s.stopped for s in states if s] == [None] * (n - 1) + ["target"]
+    last = states[-1]
+    assert last and last.counted == n - 1
     assert last.interval_pct is not None and last.widest_pct is not None
+    assert last.widest_pct <= 100
     assert "every interval within the target" in out.stdout
     # a repeated run is read as repetitions of one cell, not as duplicates
     results, warnings = collect([tmp_path])
-    assert len(results) == 4 and not warnings
+    assert len(results) == n and not warnings
 
 
 @pytest.mark.slow
