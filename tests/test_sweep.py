@@ -104,7 +104,8 @@ def test_a_sweep_finds_the_knee_and_the_report_draws_it(
     (section,) = [s for s in report.sections if s.title == "Capacity"]
     (table,) = section.tables
     knees = {(row[0].text, row[1].text): [v.text for v in row[2:]] for row in table.rows}
-    shown = {None: "-", 300.0: "≥ 300"}.get(swept.knee_rps, f"{swept.knee_rps:g}")
+    shown = "-" if swept.knee_rps is None else f"{swept.knee_rps:g}"
+    shown = "≥ 300" if swept.knee_rps == 300 else shown
     assert knees[("health", "16")][0] == shown  # ≥: the highest rate swept was kept
     assert knees[("health", "1")][1] == "-"  # not even the lowest
     assert "health c=16: p99 against the offered rate" in render_html(report)
