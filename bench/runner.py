@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import secrets
 import shutil
 import tempfile
@@ -364,19 +365,9 @@ def _sweep(window: _Window, result: Result) -> None:
     for k, rate in enumerate(rates):
         ep = window.measure(result, rate)
         kept = bool(ep.rate_held) and objective.kept_by(ep.latency_ms)
-        swept.points.append(
-            SweepPoint(
-                offered_rps=rate,
-                rps=ep.rps,
-                requests=ep.requests,
-                errors=ep.errors,
-                latency_ms=ep.latency_ms,
-                rate_held=ep.rate_held,
-                client_saturated=ep.client_saturated,
-                kept=kept,
-                hdr=ep.hdr,
-            )
-        )
+        # the point is the window's measurement: SweepPoint's fields, taken from it by name
+        measured = ep.model_dump(include=set(SweepPoint.model_fields) - {"offered_rps", "kept"})
+        swept.points.append(SweepPoint(offered_rps=rate, kept=kept, **measured))
         window.done(ep)
         misses = 0 if kept else misses + 1
         if misses >= STOP_AFTER_MISSES and k + 1 < len(rates):
@@ -506,21 +497,17 @@ def _measure_scenarios(
             result.server.rss_peak_mb = max(result.server.rss_peak_mb or 0, usage.rss_peak_mb)
 
 
-def listening_on(port: int) -> Callable[[], set[int]]:
+def listening_on(port: int) -> Callable[[], frozenset[int]]:
     """The processes listening on `port` (looked for once, on the first call): a --url server's,
     found by its socket, counted as the cell's and never touched."""
-    found: list[set[int]] = []
 
-    def pids() -> set[int]:
-        if not found:
-            found.append(
-                {
-                    c.pid
-                    for c in psutil.net_connections(kind="tcp")
-                    if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid
-                }
-            )
-        return found[0]
+    @functools.cache
+    def pids() -> frozenset[int]:
+        return frozenset(
+            c.pid
+            for c in psutil.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid
+        )
 
     return pids
 
