@@ -50,6 +50,8 @@ MEASUREMENT_SETTINGS = (
     "client_cpus",
     "tasks",
     "no_services",
+    "preload",
+    "preload_shape",
 )
 MACHINE_KEYS = ("hostname", "cpu_model", "cpu_count")
 

@@ -32,6 +32,12 @@ def _scenario_summary(s: ScenarioResult) -> list[str]:
     return _row(s.name, s.concurrency, s.per_s, s.duration_ms, sum(s.failed.values()))
 
 
+def _seeded(done: int, total: int, started: float) -> str:
+    rate = done / max(time.monotonic() - started, 1e-9)
+    left = f", about {(total - done) / rate:,.0f} s left" if 0 < done < total else ""
+    return f"{done:,} of {total:,} flow runs ({rate:,.0f}/s{left})"
+
+
 class Progress:
     """Plain progress lines; the base for the live view."""
 
@@ -45,6 +51,18 @@ class Progress:
     def measuring(self, endpoint: str, concurrency: int) -> Callable[[int], None] | None:
         """Called before a measurement; returns a callback taking the count so far, or None."""
         return None
+
+    def seeding(self, total: int) -> Callable[[int], None]:
+        """Called before seeding `total` flow runs; returns a callback taking how many are
+        done (plain lines: one every tenth)."""
+        started = time.monotonic()
+        step = max(total // 10, 1)
+
+        def update(done: int) -> None:
+            if done % step == 0 or done == total:
+                self.console.print(f"  seeded {_seeded(done, total, started)}")
+
+        return update
 
     def measured(self, ep: EndpointResult) -> None:
         name, c, rps, p50, p99, errors = _summary(ep)
@@ -104,6 +122,14 @@ class LiveProgress(Progress):
             rate = f", {(count - last[1]) / max(now - last[0], 1e-9):,.0f} rps now" if last else ""
             last[:] = [now, count]
             self._current = f"{label}: {count:,} responses{rate}"
+
+        return update
+
+    def seeding(self, total: int) -> Callable[[int], None]:
+        started = time.monotonic()
+
+        def update(done: int) -> None:
+            self._current = f"seeding: {_seeded(done, total, started)}"
 
         return update
 

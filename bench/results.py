@@ -33,6 +33,7 @@ from pydantic import (
 from bench import __version__
 from bench.errors import ResultsError
 from bench.machine import MachineState
+from bench.preload.shape import DEFAULT_SHAPE, parse_shape
 from bench.sweep import DEFAULT_SLO, parse_slo, sweep_rates
 
 SCHEMA_VERSION = 2
@@ -257,6 +258,33 @@ class RepeatState(BaseModel):
     )
 
 
+class Preload(BaseModel):
+    """--preload: what the cell's database held before the measurement, and how it got it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    flow_runs: int
+    source: Literal["made", "restored"] = Field(
+        description="made: seeded through the server's API in this cell; restored: from the cache"
+    )
+    seconds: float = Field(description="making it (seeding and snapshot), or restoring it")
+    shape: str = Field(description="--preload-shape, every key")
+    counts: dict[str, int] = Field(
+        default_factory=dict,
+        description="what the server held once seeded: task_runs, logs, events, flows, ...",
+    )
+    first_start: str | None = Field(default=None, description="the earliest expected start")
+    last_start: str | None = Field(default=None, description="the latest expected start")
+    made_seconds: float | None = Field(
+        default=None, description="restored: how long making it took, when it was made"
+    )
+    bytes: int | None = Field(default=None, description="the snapshot's size")
+    cache: str | None = Field(default=None, description="the cache entry made or restored")
+    not_cached: str | None = Field(
+        default=None, description="made but not kept for the next cell: why"
+    )
+
+
 class SweepPoint(BaseModel):
     """One rate of a sweep: what was offered, what the server did, and whether it kept up."""
 
@@ -377,6 +405,17 @@ class RunConfig(BaseModel):
         description="repetitions of the cell, each a fresh server and database, or auto: "
         "until every figure's 95% interval is within --target or --budget is spent",
     )
+    preload: Annotated[int, Field(ge=1)] | None = Field(
+        default=None,
+        description="flow runs (with their flows, deployments, task runs, logs and events) the "
+        "cell's fresh database holds before it is measured; seeded once, then restored from a "
+        "cache",
+    )
+    preload_shape: str | None = Field(
+        default=None,
+        description=f"--preload: what besides the flow runs, e.g. {DEFAULT_SHAPE.text()} "
+        "(keys left out keep these defaults)",
+    )
     keep_first: bool = Field(
         default=False,
         description="--repeat: count the first repetition too (default: it runs as a warm-up, "
@@ -421,6 +460,21 @@ class RunConfig(BaseModel):
                 raise ValueError(f"--slo: {exc}") from None
         return self
 
+    @model_validator(mode="after")
+    def _preload(self) -> RunConfig:
+        if self.preload_shape is not None:
+            if self.preload is None:
+                raise ValueError("--preload-shape is the shape of a --preload: give one")
+            try:
+                parse_shape(self.preload_shape)
+            except ValueError as exc:
+                raise ValueError(f"--preload-shape: {exc}") from None
+        if self.preload is not None and self.url is not None:
+            raise ValueError(
+                "--preload seeds the database of a server the tool starts, not a --url"
+            )
+        return self
+
     @property
     def sweep(self) -> list[float]:
         """The rates of --rate-sweep, lowest first (empty without one)."""
@@ -459,6 +513,9 @@ class Result(BaseModel):
     scenarios: list[ScenarioResult] = Field(default_factory=list)
     sweeps: list[SweepResult] = Field(
         default_factory=list, description="--rate-sweep: each endpoint × level over the rates"
+    )
+    preload: Preload | None = Field(
+        default=None, description="--preload: what the database held before, made or restored"
     )
     conformance: dict[str, Any] | None = Field(
         default=None,

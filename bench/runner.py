@@ -29,6 +29,7 @@ from bench.machine import (
     window_reason,
 )
 from bench.machine import reasons as machine_reasons
+from bench.preload.prepare import preload_database, verify_preloaded
 from bench.process import wait_until
 from bench.progress import Progress
 from bench.results import (
@@ -171,6 +172,8 @@ def _run(run: CellRun, progress: Progress, result: Result) -> None:
             client.get("/health")
         except httpx.HTTPError as exc:
             raise BenchError(f"{target.base_url} does not answer: {exc}") from exc
+        if result.preload is not None:
+            verify_preloaded(client, result.preload)
         if isinstance(workload, ScenarioWorkload):
             _measure_scenarios(run, workload, client, target, progress, result)
             return
@@ -214,6 +217,9 @@ def _start(
         no_services=run.config.no_services,
         **_provision(run, labels, progress, result, stack),
     )
+    if run.config.preload:
+        version = result.server.version
+        result.preload = preload_database(adapter, setup, run.config, version, labels, progress)
     progress.stage(f"starting the {adapter.name} server")
     server = stack.enter_context(start_server(adapter, setup))
     ownership.record_process(datadir, server.process.process)

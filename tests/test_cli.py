@@ -61,6 +61,15 @@ def bench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         (["--provider", "podman"], "unknown provider 'podman' (known: external, docker, local)"),
         (["--url", "ftp://127.0.0.1/api"], "--url must be an http:// URL"),
         (["--url", "http://192.0.2.1:4200/api"], "--url must point to this machine"),
+        (["--preload", "0"], "--preload: input should be greater than or equal to 1"),
+        (["--preload", "-5"], "--preload: input should be greater than or equal to 1"),
+        (["--preload", "lots"], "invalid int value: 'lots'"),
+        (["--preload-shape", "tasks=1"], "--preload-shape is the shape of a --preload"),
+        (["--preload", "10", "--preload-shape", "x=1"], "--preload-shape: expected KEY=N"),
+        (
+            ["--preload", "10", "--url", "http://127.0.0.1:9/api"],
+            "--preload seeds the database of a server the tool starts, not a --url",
+        ),
     ],
 )
 def test_bad_input_is_one_clear_line(
@@ -87,7 +96,8 @@ def test_help_lists_every_workload_and_provider(tmp_path: Path) -> None:
     assert out.returncode == 0
     text = " ".join(out.stdout.split())
     assert (
-        "seed, lifecycle, flow-runs, events, health:" in text and "external, docker, local:" in text
+        "seed, lifecycle, flow-runs, events, ui, health:" in text
+        and "external, docker, local:" in text
     )
     assert "--zig-binary PATH" in text and "(default 1,4,16,64)" in text
 

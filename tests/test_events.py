@@ -4,11 +4,10 @@ a server without /api/events/in."""
 
 from __future__ import annotations
 
-import http.server
 import io
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -221,36 +220,6 @@ def test_a_broker_that_hangs_mid_run_shows_as_lost_events_and_the_run_ends_on_ti
     assert s.lag_unresolved and s.lag_unresolved > 0
     # the window, the bounded drain and the engine's report, not a hang
     assert progress.measuring_s is not None and progress.measuring_s < 0.5 + 3 + 8 + 8
-
-
-class _HealthOnly(http.server.BaseHTTPRequestHandler):
-    """A stand-in for a server that answers /health and nothing else (no /api/events/in)."""
-
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:
-        found = self.path == "/api/health"
-        self.send_response(200 if found else 404)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", "4" if found else "2")
-        self.end_headers()
-        self.wfile.write(b"true" if found else b"{}")
-
-    def log_message(self, *args: Any) -> None:
-        return None
-
-
-@pytest.fixture
-def health_only() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HealthOnly)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/api"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def test_a_server_without_the_events_socket_fails_the_cell_naming_it(

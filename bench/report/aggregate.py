@@ -18,7 +18,7 @@ from hdrh.histogram import HdrHistogram
 
 from bench.engine.model import latency_summary
 from bench.errors import ResultsError
-from bench.report.numbers import first_line
+from bench.report.numbers import first_line, fmt_num
 from bench.results import (
     Delivery,
     EndpointResult,
@@ -504,11 +504,37 @@ def _distinct(results: Sequence[Result], what: str, key: Callable[[Result], str]
     return f"{what} {values}"
 
 
+def series_key(result: Result) -> tuple[str, str]:
+    """(cell name, settings): results with equal keys are one series. The settings are what
+    changes the figures: the workload and its load, the pinning, and the machine."""
+    c, env = result.config, result.environment
+    load = f"{c.mode} {fmt_num(c.rate)}/s" if c.mode == "open" else c.mode
+    settings = [
+        c.workload,
+        load,
+        f"{c.duration_s:g} s (+{c.warmup_s:g} s warmup)",
+        "c=" + ",".join(map(str, c.concurrency)),
+    ]
+    if c.workload == "flow-runs":
+        settings.append(f"{c.tasks} tasks")
+    if c.engine_procs is not None:
+        settings.append(f"{c.engine_procs} engine procs")
+    if c.server_cpus is not None or c.client_cpus is not None:
+        settings.append(f"cpus server {c.server_cpus} client {c.client_cpus}")
+    if c.no_services:
+        settings.append("no services")
+    if c.preload:
+        shape = f", {c.preload_shape}" if c.preload_shape else ""
+        settings.append(f"preload {c.preload:,} flow runs{shape}")
+    settings.append(f"on {env.hostname or '?'} ({env.cpu_model}, {env.cpu_count} cpus)")
+    return result.cell.name, ", ".join(settings)
+
+
 def comparability_warnings(results: Iterable[Result]) -> list[str]:
     """Warnings when the results that carry measurements are not like-for-like.
 
     Machines differ when hostname, cpu model or cpu count differ; settings differ when the
-    workload, load mode, measurement duration or concurrency levels differ.
+    workload, load mode, measurement duration, concurrency levels or preload differ.
     """
     measured = [r for r in results if r.status == "ok" or r.endpoints]
     warnings: list[str] = []
@@ -532,6 +558,7 @@ def comparability_warnings(results: Iterable[Result]) -> list[str]:
         _distinct(
             measured, "concurrency", lambda r: ",".join(str(c) for c in r.config.concurrency)
         ),
+        _distinct(measured, "preload", lambda r: f"{r.config.preload or 0}"),
     ]
     differing = [s for s in settings if s]
     if differing:

@@ -23,7 +23,7 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from bench.report.aggregate import display_order
+from bench.report.aggregate import display_order, series_key
 from bench.report.document import Tone, Value
 from bench.report.numbers import LOWER_BOUND, MISSING, SATURATED_MARK, UPPER_BOUND, fmt_ratio
 from bench.results import Measurement, Result, ScenarioMeasurement
@@ -94,10 +94,15 @@ def _ok_by_cell(results: Iterable[Result]) -> dict[str, list[Result]]:
 
 
 def latest_changes(results: Iterable[Result]) -> list[RunPair]:
-    """For each cell with ok results from two or more runs: its newest result and the one before
-    (by start time), in display order."""
+    """For each cell with ok results from two or more runs of the same settings (one series,
+    `series_key`: not a run at --preload 1000 against one at 100000): its newest result and
+    the one before (by start time), in display order."""
+    series: dict[tuple[str, str], list[Result]] = {}
+    for result in results:
+        if result.status == "ok":
+            series.setdefault(series_key(result), []).append(result)
     pairs = []
-    for runs in _ok_by_cell(results).values():
+    for runs in series.values():
         if len(runs) >= 2:
             old, new = sorted(runs, key=lambda r: (r.started_at, r.run_id))[-2:]
             pairs.append(RunPair(old, new))

@@ -2,7 +2,7 @@
 (signal-processing-algorithms, as MongoDB finds performance changes in its CI) in each figure of
 each series of runs, and the report's History section.
 
-A series is one cell measured with one set of settings on one machine (`series_key`): only
+A series is one cell measured with one set of settings on one machine (`aggregate.series_key`): only
 such runs are like-for-like. It has one point per run (its repetitions merged), runs ordered by
 their start. Its figures: the total rps at each level, each endpoint's rps at each level, each
 scenario's completed/s at each level.
@@ -89,29 +89,6 @@ class History:
     def changes(self) -> list[Change]:
         # By run, and within a run in the figures' order (totals first): sorted() is stable.
         return sorted((c for f in self.figures for c in f.changes), key=lambda c: c.index)
-
-
-def series_key(result: Result) -> tuple[str, str]:
-    """(cell name, settings): results with equal keys are one series. The settings are what
-    changes the figures: the workload and its load, the pinning, and the machine."""
-    c, env = result.config, result.environment
-    load = f"{c.mode} {fmt_num(c.rate)}/s" if c.mode == "open" else c.mode
-    settings = [
-        c.workload,
-        load,
-        f"{c.duration_s:g} s (+{c.warmup_s:g} s warmup)",
-        "c=" + ",".join(map(str, c.concurrency)),
-    ]
-    if c.workload == "flow-runs":
-        settings.append(f"{c.tasks} tasks")
-    if c.engine_procs is not None:
-        settings.append(f"{c.engine_procs} engine procs")
-    if c.server_cpus is not None or c.client_cpus is not None:
-        settings.append(f"cpus server {c.server_cpus} client {c.client_cpus}")
-    if c.no_services:
-        settings.append("no services")
-    settings.append(f"on {env.hostname or '?'} ({env.cpu_model}, {env.cpu_count} cpus)")
-    return result.cell.name, ", ".join(settings)
 
 
 def _figures(runs: Sequence[Result]) -> tuple[list[Figure], list[tuple[str, str]]]:
@@ -230,7 +207,7 @@ def histories(results: Iterable[Result]) -> list[History]:
     the changes in each of their figures."""
     series: dict[tuple[str, str], list[Result]] = {}
     for r in aggregate.display_order(r for r in results if r.status == "ok"):
-        series.setdefault(series_key(r), []).append(r)
+        series.setdefault(aggregate.series_key(r), []).append(r)
     found = []
     for (cell, settings), runs in series.items():
         runs.sort(key=lambda r: (r.started_at, r.run_id))

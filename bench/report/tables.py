@@ -20,6 +20,7 @@ from bench.report.numbers import (
     fmt_ms,
     fmt_num,
 )
+from bench.report.scale import scale_section
 from bench.report.scenarios import scenario_section
 from bench.results import EndpointResult, Result
 
@@ -490,6 +491,7 @@ def build(
                 _endpoint_section(ordered, multi_run),
                 scenario_section(ordered, multi_run),
                 capacity_section(ordered, [_label(r, multi_run) for r in ordered]),
+                scale_section(ordered),
                 _speedup_section(ordered, multi_run),
                 _changes_section(ordered),
                 None if merged_baseline is None else _baseline_section(merged_baseline, ordered),

@@ -21,7 +21,7 @@ from bench.errors import ConfigError, ServerError
 from bench.matrix import DBS
 from bench.ports import LOOPBACK
 from bench.process import ManagedProcess, wait_until
-from bench.servers.specs import NO_SERVICES_SECTION, ServerSpec, render
+from bench.servers.specs import NO_SERVICES_SECTION, SEEDING_SECTION, ServerSpec, render
 
 if TYPE_CHECKING:
     from bench.servers.running import ServerSetup
@@ -208,6 +208,8 @@ class ServerAdapter:
         sections = ["", setup.db, setup.broker]
         if setup.no_services:
             sections.append(NO_SERVICES_SECTION)
+        if setup.seeding:
+            sections.append(SEEDING_SECTION)
         env: dict[str, str] = {}
         for section in sections:
             table = f"[servers.{self.name}.env{'.' + section if section else ''}]"

@@ -29,6 +29,8 @@ class ServerSetup:
     postgres: PostgresService | None = None
     redis: RedisService | None = None
     no_services: bool = False
+    # started to seed a --preload, with the spec's [env.seeding] (not measured)
+    seeding: bool = False
 
     @property
     def sqlite_path(self) -> Path:

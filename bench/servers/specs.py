@@ -31,7 +31,9 @@ RESERVED_NAMES = ("external",)
 
 # Sections of a server's env table, applied in this order after its plain variables.
 NO_SERVICES_SECTION = "no_services"
-ENV_SECTIONS = (*DBS, *BROKERS, NO_SERVICES_SECTION)
+# the server started to seed a --preload (bench.preload), not measured
+SEEDING_SECTION = "seeding"
+ENV_SECTIONS = (*DBS, *BROKERS, NO_SERVICES_SECTION, SEEDING_SECTION)
 
 # Placeholders, by when they have a value (see servers.toml.example for their meaning).
 ALWAYS = ("port", "host", "workdir", "sqlite_path", "python", "config_dir", "binary")

@@ -26,27 +26,19 @@ from pathlib import Path
 
 import psutil
 
+from bench.cache import default_cache_dir
 from bench.errors import ConfigError, ServerError
 from bench.servers.adapter import ServerAdapter, ServerOption, executable_problem, run_logged
 from bench.servers.specs import ServerSpec, load_builtin
 
 BINARY_ENV = "BENCH_ZIG_BINARY"
 SRC_ENV = "BENCH_ZIG_SRC"
-CACHE_ENV = "BENCH_CACHE_DIR"
 BINARY_NAME = "prefect-server"
 OPTIMIZE = "ReleaseFast"
 BUILD_TIMEOUT_S = 1800.0
 GIT_TIMEOUT_S = 60.0
 # zig's own caches inside a checkout: never part of its state
 _ZIG_OUTPUTS = (".zig-cache", "zig-cache", "zig-out")
-
-
-def default_cache_dir() -> Path:
-    """$BENCH_CACHE_DIR, else $XDG_CACHE_HOME/prefect-bench, else ~/.cache/prefect-bench."""
-    if given := os.environ.get(CACHE_ENV):
-        return Path(given).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "prefect-bench"
 
 
 def zig_command() -> list[str] | None:

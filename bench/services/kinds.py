@@ -70,6 +70,8 @@ class PostgresKind(Kind):
     compose_service = "postgres"
     server = "postgres"
     binaries = ("initdb", server)
+    # its client tools, for snapshots of a seeded database (bench.preload)
+    tools = ("pg_dump", "pg_restore")
     install = "install PostgreSQL (apt-get install postgresql) or put its bin folder on PATH"
     url_env = "BENCH_POSTGRES_URL"
     url_schemes = ("postgresql", "postgres")

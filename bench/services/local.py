@@ -111,11 +111,11 @@ def _blocked_at(path: Path, user: ServiceUser) -> Path | None:
 
 
 def find_binary(binary: str, path: str) -> str | None:
-    """`binary` on `path`; PostgreSQL's also in Debian's /usr/lib/postgresql/<newest>/bin,
-    which Debian's packages do not put on PATH."""
+    """`binary` on `path`; PostgreSQL's (its client tools too) also in Debian's
+    /usr/lib/postgresql/<newest>/bin, which Debian's packages do not put on PATH."""
     if found := shutil.which(binary, path=path):
         return found
-    if binary in POSTGRES.binaries:
+    if binary in (*POSTGRES.binaries, *POSTGRES.tools):
         versions = sorted(
             Path(DEBIAN_PG_ROOT).glob("*/bin"),
             key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else -1,

@@ -6,9 +6,10 @@ from bench.workloads.events import EVENTS
 from bench.workloads.flow_runs import FLOW_RUNS
 from bench.workloads.lifecycle import LIFECYCLE
 from bench.workloads.seed import HEALTH, SEED
+from bench.workloads.ui import UI
 
 WORKLOADS: dict[str, Workload | ScenarioWorkload] = {
-    w.name: w for w in (SEED, LIFECYCLE, FLOW_RUNS, EVENTS, HEALTH)
+    w.name: w for w in (SEED, LIFECYCLE, FLOW_RUNS, EVENTS, UI, HEALTH)
 }
 
 __all__ = ["WORKLOADS", "Endpoint", "ScenarioWorkload", "Workload", "get_workload"]
