@@ -46,6 +46,18 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running
         yield server
 
 
+@pytest.fixture(scope="session")
+def prefect_api_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A real Python Prefect server without its services (--no-services): it takes events and
+    task-run events but records none, shared by the tests of a server that records nothing."""
+    tmp = tmp_path_factory.mktemp("prefect-api-only")
+    setup = ServerSetup(
+        db="sqlite", broker="memory", logdir=tmp, datadir=tmp / "data", no_services=True
+    )
+    with start_server(make_server("python"), setup) as server:
+        yield server
+
+
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent

@@ -66,9 +66,18 @@ def assert_sane(ep: EndpointResult) -> None:
 def test_seed_cell_measures_every_endpoint_at_every_level(
     tmp_path: Path, cell_run: MakeRun, progress: MakeProgress
 ) -> None:
-    view = progress()
-    result = run_cell(cell_run(**SHORT), view)
+    """The default cell, with the server and the load generator pinned apart."""
+    seen: list[set[int]] = []
+
+    def record_server_affinity() -> None:
+        server = cell_server()
+        seen.extend(os.sched_getaffinity(t.id) for t in server.threads())
+
+    view = progress(after=1, action=record_server_affinity)
+    result = run_cell(cell_run(**SHORT, server_cpus=[0], client_cpus=[1]), view)
     assert result.status == "ok", result.error
+    assert result.config.server_cpus == [0] and result.config.client_cpus == [1]
+    assert seen and all(cpus == {0} for cpus in seen)
     assert [(e.name, e.concurrency) for e in result.endpoints] == [
         (name, c) for name in SEED_NAMES for c in (1, 4)
     ]
@@ -102,11 +111,17 @@ def test_server_dying_mid_cell_fails_the_cell_and_keeps_the_data(
     assert result.finished_at
 
 
-def test_interrupt_writes_partial_failed_result(cell_run: MakeRun, progress: MakeProgress) -> None:
+def test_interrupt_writes_partial_failed_result(
+    prefect_server: RunningServer, cell_run: MakeRun, progress: MakeProgress
+) -> None:
+    """What was measured before Ctrl-C is kept (that Ctrl-C stops our server is
+    test_cli's test_interrupt_stops_the_server_and_writes_a_partial_result)."""
+
     def interrupt() -> None:
         raise KeyboardInterrupt
 
-    result = run_cell(cell_run(**SHORT), progress(after=3, action=interrupt))
+    run = cell_run(**SHORT, url=prefect_server.base_url, workload="seed")
+    result = run_cell(run, progress(after=3, action=interrupt))
     assert result.status == "failed" and result.error == INTERRUPTED
     assert len(result.endpoints) == 3
 
@@ -218,26 +233,15 @@ def test_a_killed_runs_server_folder_is_removed_by_the_next_run(
         shutil.rmtree(left, ignore_errors=True)
 
 
-def test_open_model_with_pinned_server_and_client(
-    cell_run: MakeRun, progress: MakeProgress
+def test_open_model_holds_the_rate(
+    prefect_server: RunningServer, cell_run: MakeRun, progress: MakeProgress
 ) -> None:
-    seen: list[set[int]] = []
-
-    def record_server_affinity() -> None:
-        server = cell_server()
-        seen.extend(os.sched_getaffinity(t.id) for t in server.threads())
-
     run = cell_run(
-        **SHORT | {"concurrency": [4], "duration_s": 1.0},
-        rate=50.0,
-        server_cpus=[0],
-        client_cpus=[1],
+        **SHORT | {"concurrency": [4], "duration_s": 1.0}, url=prefect_server.base_url, rate=50.0
     )
-    result = run_cell(run, progress(after=1, action=record_server_affinity))
+    result = run_cell(run, progress())
     assert result.status == "ok", result.error
     assert result.config.mode == "open" and result.config.rate == 50.0
-    assert result.config.server_cpus == [0] and result.config.client_cpus == [1]
-    assert seen and all(cpus == {0} for cpus in seen)
     health = result.endpoints[0]
     assert health.offered_rps == 50.0 and health.late_sends is not None
     assert 35 <= health.rps <= 60  # the engine holds the rate: it does not run flat out

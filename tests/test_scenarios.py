@@ -145,12 +145,15 @@ def test_flow_runs_cell_records_every_task_run_it_sent(
 
 
 def test_a_server_that_records_no_task_runs_fails_the_cell_saying_so(
-    cell_run: MakeRun, progress: MakeProgress, monkeypatch: pytest.MonkeyPatch
+    cell_run: MakeRun,
+    progress: MakeProgress,
+    monkeypatch: pytest.MonkeyPatch,
+    prefect_api_only: RunningServer,
 ) -> None:
     """Without its services the server takes the events but its task-run recorder is not
     running: the verification run's task runs never appear."""
     monkeypatch.setattr(runner, "DRAIN_TIMEOUT_S", 3.0)
-    run = cell_run(workload="flow-runs", tasks=2, no_services=True, concurrency=[1])
+    run = cell_run(workload="flow-runs", tasks=2, url=prefect_api_only.base_url, concurrency=[1])
     result = run_cell(run, progress())
     assert result.status == "failed"
     assert "the server recorded 0 of 2 task runs of one run within 3 s" in (result.error or "")
