@@ -134,7 +134,11 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dataset]:
     """A server of its own (the dataset is written: the shared one must stay as it is), asked
     for fixtures once empty and once the dataset is in it and its events are stored."""
     tmp = tmp_path_factory.mktemp("ui-server")
-    setup = ServerSetup(db="sqlite", broker="memory", logdir=tmp, datadir=tmp / "data")
+    # started as the preload's seeding server is (no late-runs service): the runs are created
+    # Scheduled in the past, and a Late mark racing a run's end state would add an event
+    setup = ServerSetup(
+        db="sqlite", broker="memory", logdir=tmp, datadir=tmp / "data", seeding=True
+    )
     with start_server(make_server("python"), setup) as server:
         with api_client(server.base_url) as client:
             with pytest.raises(VerificationError) as empty:
