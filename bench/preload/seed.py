@@ -163,7 +163,9 @@ class _Seeder:
             await self.run_one(i)
 
 
-async def _seed(base_url: str, total: int, shape: Shape, concurrency: int, on_progress) -> Any:
+async def _seed(
+    base_url: str, total: int, shape: Shape, concurrency: int, on_progress: Callable[[int], None]
+) -> _Seeder:
     limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(base_url=base_url, timeout=60.0, limits=limits) as client:
         anchor = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
