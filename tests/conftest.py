@@ -37,25 +37,28 @@ def no_leftover_processes() -> Iterator[None]:
     assert not alive, f"processes left running: {[(p.pid, p.name()) for p in alive]}"
 
 
+def _shared_server(
+    tmp_path_factory: pytest.TempPathFactory, name: str, no_services: bool = False
+) -> Iterator[RunningServer]:
+    tmp = tmp_path_factory.mktemp(name)
+    setup = ServerSetup(
+        db="sqlite", broker="memory", logdir=tmp, datadir=tmp / "data", no_services=no_services
+    )
+    with start_server(make_server("python"), setup) as server:
+        yield server
+
+
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """One real Python Prefect server (sqlite, memory broker) shared by the tests that read."""
-    tmp = tmp_path_factory.mktemp("prefect-server")
-    setup = ServerSetup(db="sqlite", broker="memory", logdir=tmp, datadir=tmp / "data")
-    with start_server(make_server("python"), setup) as server:
-        yield server
+    yield from _shared_server(tmp_path_factory, "prefect-server")
 
 
 @pytest.fixture(scope="session")
 def prefect_api_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """A real Python Prefect server without its services (--no-services): it takes events and
     task-run events but records none, shared by the tests of a server that records nothing."""
-    tmp = tmp_path_factory.mktemp("prefect-api-only")
-    setup = ServerSetup(
-        db="sqlite", broker="memory", logdir=tmp, datadir=tmp / "data", no_services=True
-    )
-    with start_server(make_server("python"), setup) as server:
-        yield server
+    yield from _shared_server(tmp_path_factory, "prefect-api-only", no_services=True)
 
 
 @pytest.fixture

@@ -27,7 +27,6 @@ from bench import ownership
 from bench.cache import default_cache_dir
 from bench.errors import BenchError
 from bench.services.base import PostgresService
-from bench.services.kinds import POSTGRES
 from bench.services.local import find_binary
 
 MANIFEST = "manifest.json"
@@ -167,12 +166,13 @@ def postgres_major(service: PostgresService) -> str | None:
 
 def pg_tools_problem(service: PostgresService) -> str | None:
     """Why this machine's pg_dump/pg_restore cannot snapshot `service` (None: they can)."""
-    path = os.environ.get("PATH", os.defpath)
-    missing = [t for t in POSTGRES.tools if find_binary(t, path) is None]
-    if missing:
-        return f"{' and '.join(missing)} not found (apt-get install postgresql-client)"
+    try:
+        pg_dump = _tool("pg_dump")
+        _tool("pg_restore")
+    except CacheError as exc:
+        return str(exc)
     server = postgres_major(service)
-    tool = _major(_run([_tool("pg_dump"), "--version"], {}).stdout)
+    tool = _major(_run([pg_dump, "--version"], {}).stdout)
     if server and tool and int(tool) < int(server):
         return f"pg_dump {tool} cannot dump PostgreSQL {server}: install a client of {server}"
     return None

@@ -13,9 +13,10 @@ from typing import Any
 
 import httpx
 
-from bench.errors import BenchError
+from bench.errors import BenchError, VerificationError
 from bench.preload.shape import Shape
 from bench.process import wait_until
+from bench.workloads.base import post_json
 
 # Requests in flight. More do not seed faster (measured: 300 runs took 59 s on SQLite at 1 or
 # 3, 44-49 s on PostgreSQL at 4, 8 or 16: the python server is one process on one core), and
@@ -208,20 +209,23 @@ def seed(
     )
 
 
+def _read(client: httpx.Client, path: str, body: Any) -> Any:
+    """The decoded answer to a read-back (bench.workloads.base.post_json), a SeedError if it
+    is not a 200."""
+    try:
+        return post_json(client, path, body)
+    except VerificationError as exc:
+        raise SeedError(f"seeding: {exc}") from None
+
+
 def _count(client: httpx.Client, path: str) -> int:
-    answer = client.post(path, json={})
-    if answer.status_code != 200:
-        raise SeedError(f"seeding: POST {path} answered {answer.status_code}: {answer.text[:200]}")
-    return int(answer.json())
+    return int(_read(client, path, {}))
 
 
 def events_total(client: httpx.Client, since: dt.datetime) -> int:
     """How many events the server holds that occurred since `since`."""
     body = {"filter": {"occurred": {"since": since.isoformat()}}, "limit": 1}
-    answer = client.post("/events/filter", json=body)
-    if answer.status_code != 200:
-        raise SeedError(f"POST /events/filter answered {answer.status_code}: {answer.text[:200]}")
-    return int(answer.json()["total"])
+    return int(_read(client, "/events/filter", body)["total"])
 
 
 def _settled_events(client: httpx.Client, since: dt.datetime) -> int:
