@@ -299,3 +299,15 @@ def test_changes_since_the_previous_run_pair_only_runs_at_the_same_n(
     assert [(p.new.cell.name, p.old.config.preload, p.new.config.preload) for p in pairs] == [
         (SQLITE, 10_000, 10_000)
     ]
+
+
+def test_a_level_measured_at_one_n_only_draws_no_chart(results: list[Result]) -> None:
+    """Its rows stay in the tables; a chart against N needs two N."""
+    only = [r for r in results if r.preload and r.preload.flow_runs == 1_000]
+    extra = only[0].model_copy(deep=True)
+    for e in extra.endpoints:
+        e.concurrency = 99
+    section = section_of([*results, extra])
+    titles = [chart.title for chart in section.charts]
+    assert not any("c=99" in t for t in titles) and titles
+    assert any(row[1].text == "99" for row in table(section, "p50").rows)

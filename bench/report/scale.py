@@ -214,7 +214,7 @@ def _chart(name: str, c: int, drawn: Sequence[_Series]) -> Chart | None:
         if p99:
             series.append(Series(s.label, p99, label="p99", style="dashed"))
         sizes.update(int(n) for n, _ in p50 + p99)
-    if not series:
+    if len(sizes) < 2:  # one N is no line: that level was measured at one size only
         return None
     return Chart(
         f"{name} c={c}: latency against flow runs preloaded",
