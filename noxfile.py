@@ -125,9 +125,11 @@ def matrix(session: nox.Session) -> None:
 
 @nox.session
 def report(session: nox.Session) -> None:
-    """Aggregate results (default: every run under results/) into report.md and report.html."""
+    """Aggregate results (default: every run under results/, or BENCH_RESULTS_DIR, where the
+    cell sessions write them) into report.md and report.html there."""
     session.install("-e", ".")
-    session.run("python", "-m", "bench", "report", "--out", str(RESULTS), *session.posargs)
+    given = session.posargs or [str(RESULTS)]
+    session.run("python", "-m", "bench", "report", "--out", str(RESULTS), *given)
 
 
 @nox.session
