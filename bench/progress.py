@@ -79,6 +79,9 @@ class Progress:
             extra += f", lag p50 {s.lag_ms.p50:.0f} ms p99 {s.lag_ms.p99:.0f} ms"
         if s.lag_unresolved:
             extra += f", {s.lag_unresolved} sampled not found"
+        for t in s.timings:
+            if t.latency_ms is not None:
+                extra += f", {t.name} p50 {t.latency_ms.p50:.0f} ms p99 {t.latency_ms.p99:.0f} ms"
         self.console.print(f"  {name} c={c}: {rate}/s, p50 {p50} ms, p99 {p99} ms{extra}")
 
     def __enter__(self) -> Progress:

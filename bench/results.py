@@ -5,7 +5,8 @@ adding an optional key is not a bump):
 - 1 (2026-11-26): first version, as in DESIGN.md section 7.
 - 2 (2026-12-01): `scenarios` (DESIGN.md section 7), for scenario workloads such as
   flow-runs; a version 1 result reads as one without scenarios. Added since (optional):
-  a scenario's `lag_ms`, `lag_hdr`, `lag_probes`, `lag_unresolved` (the events workload).
+  a scenario's `lag_ms`, `lag_hdr`, `lag_probes`, `lag_unresolved` (the events workload);
+  a scenario's `timings` and `server_side` (the workers workload).
 """
 
 from __future__ import annotations
@@ -157,6 +158,16 @@ class StepResult(BaseModel):
     hdr: str | None = Field(default=None, description="HdrHistogram (µs), base64 compressed")
 
 
+class Timing(BaseModel):
+    """A span the scenarios observed that is not one request, e.g. a flow run's time from its
+    scheduled start to being claimed by a worker, over a measurement window."""
+
+    name: str
+    count: int = Field(description="spans observed in the window")
+    latency_ms: LatencyMs | None = Field(description="None if none was observed")
+    hdr: str | None = Field(default=None, description="HdrHistogram (µs), base64 compressed")
+
+
 class Delivery(BaseModel):
     """What the scenarios sent over the whole measurement (warmup included) and what the
     server recorded of it, read back through its API after a bounded wait."""
@@ -213,6 +224,9 @@ class ScenarioMeasurement(BaseModel):
         description="sampled items not yet found when the window ended: their lag is longer "
         "than what was left of it, or they were lost",
     )
+    timings: list[Timing] = Field(
+        default_factory=list, description="spans the scenario observed (workers: delays)"
+    )
 
 
 class ScenarioResult(ScenarioMeasurement):
@@ -234,6 +248,11 @@ class ScenarioResult(ScenarioMeasurement):
     )
     backend_per_flow_run: dict[str, float] | None = Field(
         default=None, description="database transactions and Redis commands per flow run"
+    )
+    server_side: dict[str, int] | None = Field(
+        default=None,
+        description="what the server's own services did for the scenario, read back after it "
+        "(workers: the runs its scheduler made due, those left unclaimed, those marked Late)",
     )
 
 
@@ -338,6 +357,8 @@ class ServiceInfo(BaseModel):
 PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 DEFAULT_WORKLOAD = "seed"
 URL_WORKLOAD = "health"
+WORKERS_WORKLOAD = "workers"
+DEFAULT_WORKERS = [10]  # workers: the workload's virtual users are its workers
 
 
 class RunConfig(BaseModel):
@@ -360,7 +381,8 @@ class RunConfig(BaseModel):
     concurrency: list[Annotated[int, Field(ge=1)]] = Field(
         default=[1, 4, 16, 64],
         min_length=1,
-        description="connections (virtual users; events: websockets) per level, comma-separated",
+        description="connections (virtual users; events: websockets; workers: workers, "
+        f"{DEFAULT_WORKERS[0]} unless given) per level, comma-separated",
     )
     rate: PositiveSeconds | None = Field(
         default=None,
@@ -388,7 +410,17 @@ class RunConfig(BaseModel):
         description=f"--rate-sweep's latency objective, e.g. p99<50ms (default {DEFAULT_SLO})",
     )
     tasks: Annotated[int, Field(ge=1)] = Field(
-        default=10, description="flow-runs: tasks per flow run"
+        default=10, description="flow-runs, workers: tasks per flow run"
+    )
+    deployments: Annotated[int, Field(ge=1)] = Field(
+        default=10,
+        description="workers: deployments feeding the work pool, each on a schedule of every "
+        "60 s / --speedup",
+    )
+    speedup: Annotated[float, Field(gt=0, allow_inf_nan=False)] = Field(
+        default=10.0,
+        description="workers: the real worker's intervals (poll 10 s, prefetch 10 s, heartbeat "
+        "30 s) and the deployments' schedule divided by this, so a short window sees many polls",
     )
     no_services: bool = Field(default=False, description="the server's API alone")
     provider: str | None = Field(
@@ -436,6 +468,8 @@ class RunConfig(BaseModel):
             data = dict(data)
             if data.get("workload") is None:
                 data["workload"] = URL_WORKLOAD if data.get("url") else DEFAULT_WORKLOAD
+            if data["workload"] == WORKERS_WORKLOAD:
+                data.setdefault("concurrency", DEFAULT_WORKERS)
             open_model = data.get("rate") or data.get("rate_sweep")
             data.setdefault("mode", "open" if open_model else "closed")
             if data.get("rate_sweep") and data.get("slo") is None:
@@ -469,6 +503,12 @@ class RunConfig(BaseModel):
                 parse_shape(self.preload_shape)
             except ValueError as exc:
                 raise ValueError(f"--preload-shape: {exc}") from None
+        if self.workload == WORKERS_WORKLOAD and self.no_services:
+            raise ValueError(
+                "--workload workers needs the server's scheduler, which --no-services turns off"
+            )
+        if self.workload == WORKERS_WORKLOAD and self.rate is not None:
+            raise ValueError("--rate: workers poll at their own pace (see --speedup)")
         if self.preload is not None and self.url is not None:
             raise ValueError(
                 "--preload seeds the database of a server the tool starts, not a --url"

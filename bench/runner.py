@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import functools
 import secrets
 import shutil
@@ -386,17 +387,23 @@ def _sweep(window: _Window, result: Result) -> None:
 
 
 def _verify_scenario(
-    workload: ScenarioWorkload, scenario: engine.Scenario, client: httpx.Client, target: _Target
-) -> None:
-    """Run the scenario once and wait until the server recorded all of it: a server that
-    refuses a step, or records nothing, fails the cell here with one line saying which.
+    workload: ScenarioWorkload,
+    fresh: Callable[[], engine.Scenario],
+    client: httpx.Client,
+    target: _Target,
+) -> str:
+    """Run a `fresh()` scenario once, prepared, and wait until the server recorded all of
+    it: a server that refuses a step, or records nothing, fails the cell here with one line
+    saying which. Returns the scenario's name.
 
-    A 503 is tried again a few times, as the fixtures' requests are: SQLite answers one write
-    with 503 "database is locked" while the server's own services write. Under load the
-    engine counts those; one of them must not fail the cell.
+    A 503 is tried again a few times, as the fixtures' requests are, each time with a fresh
+    scenario (what the failed one made may be half used): SQLite answers one write with 503
+    "database is locked" while the server's own services write. Under load the engine counts
+    those; one of them must not fail the cell.
     """
     where = engine.Target(target.host, target.port)
     for attempt in range(1, UNAVAILABLE_ATTEMPTS + 1):
+        scenario = workload.prepared(client, fresh(), verify=True)
         try:
             sent = asyncio.run(engine.run_once(where, scenario))
             break
@@ -404,6 +411,11 @@ def _verify_scenario(
             if exc.kind != "503" or attempt == UNAVAILABLE_ATTEMPTS:
                 raise VerificationError(f"{scenario.name}: {exc}") from None
             back_off_unavailable(attempt)
+        finally:
+            if workload.finish is not None:
+                workload.finish(client, scenario, dt.datetime.now(dt.UTC))
+    if not any(sent.values()):
+        raise VerificationError(f"{scenario.name}: one run of it sent nothing: {sent}")
     found = _drained(workload, scenario, client, sent)
     missing = {kind: n for kind, n in sent.items() if kind in found and found[kind] < n}
     if missing:
@@ -411,6 +423,7 @@ def _verify_scenario(
         raise VerificationError(
             f"{scenario.name}: the server recorded {told} of one run within {DRAIN_TIMEOUT_S:g} s"
         )
+    return scenario.name
 
 
 def _drained(
@@ -456,17 +469,23 @@ def _measure_scenarios(
     config = run.config
     sampler = ResourceSampler(target.server.process.tree) if target.server else None
     progress.stage(f"verifying the {workload.name} scenario once")
-    check = replace(workload.scenario(config, secrets.token_hex(4)), api_path=target.api_path)
-    _verify_scenario(workload, check, client, target)
+
+    def fresh() -> engine.Scenario:
+        """The scenario of one measurement: a tag of its own, its objects not yet made."""
+        made = workload.scenario(config, secrets.token_hex(4))
+        return replace(made, api_path=target.api_path)
+
+    name = _verify_scenario(workload, fresh, client, target)
     if workload.real_client_check:
         _real_client_check(run, target, progress, result)
-    progress.stage(f"measuring {check.name}")
+    progress.stage(f"measuring {name}")
     for concurrency in config.concurrency:
-        scenario = replace(
-            workload.scenario(config, secrets.token_hex(4)), api_path=target.api_path
-        )
+        scenario = fresh()
         spec = engine.LoadSpec.for_level(config, concurrency)
         _ensure_alive(target, f"before {scenario.name} at c={concurrency}")
+        if workload.prepare is not None:
+            progress.stage(f"preparing {scenario.name} at c={concurrency}")
+            scenario = workload.prepared(client, scenario, verify=False)
         callback = progress.measuring(scenario.name, concurrency)
         # the backends' window includes the drain: the recorder's writes belong to these runs
         with target.telemetry.window() as backends:
@@ -476,10 +495,12 @@ def _measure_scenarios(
                 m = engine.measure_scenario(
                     engine.Target(target.host, target.port), scenario, spec, callback
                 )
+            ended = dt.datetime.now(dt.UTC)
             _noisy_window(result, others, f"{scenario.name} at c={concurrency}", progress)
             _ensure_alive(target, f"during {scenario.name} at c={concurrency}")
             progress.stage(f"waiting for the server to record what {scenario.name} sent")
             found = _drained(workload, scenario, client, m.counts)
+            server_side = workload.finish(client, scenario, ended) if workload.finish else None
         measured = ScenarioResult(
             name=scenario.name,
             **m.model_dump(),
@@ -496,6 +517,7 @@ def _measure_scenarios(
             other_cpu_cores=others.cores,
             telemetry=backends or None,
             backend_per_flow_run=per_item(backends, m.counts.get("flow_runs", 0)) or None,
+            server_side=server_side,
         )
         result.scenarios.append(measured)
         progress.measured_scenario(measured)

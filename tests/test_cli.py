@@ -58,6 +58,13 @@ def bench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         (["--client-cpus", "a,b"], "whole numbers separated by commas"),
         (["--tasks", "0"], "--tasks: input should be greater than or equal to 1"),
         (["--tasks", "many"], "invalid int value: 'many'"),
+        (["--deployments", "0"], "--deployments: input should be greater than or equal to 1"),
+        (["--speedup", "0"], "--speedup: input should be greater than 0"),
+        (
+            ["--workload", "workers", "--no-services"],
+            "--workload workers needs the server's scheduler, which --no-services turns off",
+        ),
+        (["--workload", "workers", "--rate", "5"], "--rate: workers poll at their own pace"),
         (["--provider", "podman"], "unknown provider 'podman' (known: external, docker, local)"),
         (["--url", "ftp://127.0.0.1/api"], "--url must be an http:// URL"),
         (["--url", "http://192.0.2.1:4200/api"], "--url must point to this machine"),
@@ -96,7 +103,7 @@ def test_help_lists_every_workload_and_provider(tmp_path: Path) -> None:
     assert out.returncode == 0
     text = " ".join(out.stdout.split())
     assert (
-        "seed, lifecycle, flow-runs, events, ui, health:" in text
+        "seed, lifecycle, flow-runs, events, workers, ui, health:" in text
         and "external, docker, local:" in text
     )
     assert "--zig-binary PATH" in text and "(default 1,4,16,64)" in text

@@ -13,7 +13,15 @@ import httpx
 import pytest
 
 from bench import runner
-from bench.engine import LoadSpec, Scenario, Target, VirtualUser, measure_scenario, run_once
+from bench.engine import (
+    LoadSpec,
+    Scenario,
+    StepFailed,
+    Target,
+    VirtualUser,
+    measure_scenario,
+    run_once,
+)
 from bench.results import RunConfig, ScenarioMeasurement
 from bench.runner import CellRun, run_cell
 from bench.servers.running import RunningServer
@@ -179,3 +187,47 @@ def test_the_emulated_flow_run_reads_back_like_a_real_one(
         assert all(t["flow_run_id"] == run["id"] for t in tasks)
         logs = client.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [run["id"]]}}})
         assert len(logs.json()) == 2 + 2
+
+
+async def spawned_health(user: VirtualUser) -> None:
+    await user.http("spawned health", "GET", "/health")
+    user.count("spawned")
+
+
+async def paced_health(user: VirtualUser, params: Mapping[str, Any]) -> None:
+    """One step, a span observed, and a chain spawned on a user of its own."""
+    await user.http("health", "GET", "/health")
+    user.observe("a span", 2_000)
+    user.spawn(spawned_health)
+
+
+async def spawns_a_failure(user: VirtualUser, params: Mapping[str, Any]) -> None:
+    async def missing(spawned: VirtualUser) -> None:
+        await spawned.http("read a missing flow", "GET", f"/flows/{MISSING_FLOW}")
+
+    user.spawn(missing)
+
+
+def test_a_paced_scenario_runs_once_per_interval_with_its_spans_and_spawns(
+    prefect_server: RunningServer,
+) -> None:
+    scenario = Scenario("paced", paced_health, api_path=prefect_server.api_path, interval_s=0.2)
+    load = LoadSpec(concurrency=2, duration_s=2.0, warmup_s=0.5)
+    m = measure_scenario(Target("127.0.0.1", prefect_server.port), scenario, load)
+    # unpaced, two users send health hundreds of times a second; paced, 2 users × 10/s
+    assert 10 <= m.completed <= 30, m
+    (span,) = m.timings
+    assert span.name == "a span" and span.count >= m.completed - 2
+    assert span.latency_ms is not None and 1.9 <= span.latency_ms.p50 <= 2.1
+    steps = {s.name: s for s in m.steps}
+    assert steps["spawned health"].requests >= m.completed - 4 and not m.failed
+    assert m.counts["spawned"] >= m.completed
+
+
+def test_run_once_waits_for_what_the_scenario_spawned_and_raises_its_failure(
+    prefect_server: RunningServer,
+) -> None:
+    scenario = Scenario("spawns", spawns_a_failure, api_path=prefect_server.api_path)
+    with pytest.raises(StepFailed) as caught:
+        asyncio.run(run_once(Target("127.0.0.1", prefect_server.port), scenario))
+    assert caught.value.step == "read a missing flow" and caught.value.kind == "404"

@@ -21,7 +21,7 @@ from bench.engine.pool import EngineJob, get_pool
 from bench.engine.scenario import Scenario, ScenarioJob, ScenarioShare
 from bench.engine.worker import Job, ShareResult
 from bench.errors import ConfigError
-from bench.results import Measurement, ScenarioMeasurement, StepResult
+from bench.results import Measurement, ScenarioMeasurement, StepResult, Timing
 
 # Time between handing out the jobs and the first send: the workers connect meanwhile.
 START_DELAY_S = 0.1
@@ -310,7 +310,12 @@ def merge_scenarios(
     failed: Counter[str] = Counter()
     counts: Counter[str] = Counter()
     problems: list[str] = []
+    timings: dict[str, HdrHistogram] = {}
     for r in results:
+        for name, encoded in r.timings.items():
+            hist = timings.setdefault(name, new_histogram())
+            if encoded is not None:
+                hist.add(HdrHistogram.decode(encoded))
         if r.hdr is not None:
             durations.add(HdrHistogram.decode(r.hdr))
         if r.lag_hdr is not None:
@@ -376,6 +381,15 @@ def merge_scenarios(
         lag_hdr=_encoded(lags),
         lag_probes=sum(r.lag_probes for r in results) if probed else None,
         lag_unresolved=sum(r.lag_unresolved for r in results) if probed else None,
+        timings=[
+            Timing(
+                name=name,
+                count=hist.get_total_count(),
+                latency_ms=latency_summary(hist),
+                hdr=_encoded(hist),
+            )
+            for name, hist in timings.items()
+        ],
     )
 
 

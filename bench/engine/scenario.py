@@ -13,6 +13,17 @@ Counting: a step or scenario counts in the window if it ends inside it. `user.co
 adds to counts over the whole measurement (warmup included), e.g. the task runs whose events
 were sent, for the delivery check that compares them with what the server recorded.
 
+Pacing: a scenario with an `interval_s` (closed model) is a service loop, as a Prefect
+worker's: each user waits that long, ±30%, after each run before its next, and its first run
+starts at a random point of one interval, so users do not poll in step.
+
+Beside a user: `user.spawn(fn, *args)` runs the chain `fn(new_user, *args)` on a user of its
+own (its own connection), as a worker starts each flow run in a process of its own, or (`loop`)
+a loop beside it such as its heartbeats; it ends with the measurement, and one that fails counts
+as a failed scenario at its step. `user.observe(name, µs)` records a span that is not one step
+(a flow run's time from its scheduled start to being claimed); each name gets its histogram, of
+the spans observed in the window.
+
 Lag: a scenario with a `probe` measures how long what it sent takes to become visible.
 `user.trace(key, data, sent_ns)` offers an item (e.g. an event) to a sample (one per
 PROBE_SPACING_S per process, at most MAX_PENDING_PROBES at a time); a probe loop asks the
@@ -28,6 +39,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import random
 import time
 from array import array
 from collections import Counter
@@ -63,6 +75,8 @@ FAILURE_PAUSE_S = 0.01
 PROBE_INTERVAL_S = 0.1
 PROBE_SPACING_S = 0.1
 MAX_PENDING_PROBES = 50
+# What a scenario that raised (not a failed step: a bug) counts as failed at.
+RAISED = "(the scenario raised)"
 # A start that leaves this late with a user free was held up by the engine. Starts are timed
 # by the event loop's timers (uvloop's resolution is 1 ms), not by the request engine's
 # timerfd: measured here with the server busy on the other core, they leave p50 0.3 ms, p99
@@ -88,6 +102,11 @@ class Scenario:
     params: Mapping[str, Any] = field(default_factory=dict)
     api_path: str = ""
     probe: ProbeFn | None = None
+    interval_s: float | None = None
+    # answers sent again as the Prefect client does, after 2, 4, 8, … s (±20%) up to
+    # `retries` times; each attempt is counted at its step
+    retry_statuses: frozenset[int] = frozenset()
+    retries: int = 0
 
 
 class StepFailed(Exception):
@@ -149,6 +168,7 @@ class ScenarioShare:
     lag_hdr: bytes | None = None
     lag_probes: int = 0
     lag_unresolved: int = 0
+    timings: dict[str, bytes | None] = field(default_factory=dict)
 
 
 class _HttpConnection(asyncio.Protocol):
@@ -214,6 +234,16 @@ class VirtualUser:
         """Add `n` to what the scenarios sent of `kind` (for the delivery check)."""
         self.run.counts[kind] += n
 
+    def observe(self, name: str, micros: int) -> None:
+        """Record a span of `micros` µs under `name` (counted if observed in the window)."""
+        self.run.observe(name, micros)
+
+    def spawn(self, fn: Callable[..., Awaitable[None]], *args: Any, loop: bool = False) -> None:
+        """Run `fn(user, *args)` beside this user, on a user of its own (the module docstring's
+        Beside a user); `loop`: it runs until stopped (a heartbeat loop), so that a single run
+        of the scenario stops it once the rest is done."""
+        self.run.spawn(fn, args, loop)
+
     def trace(self, key: str, data: Any, sent_ns: int) -> bool:
         """Offer what was sent at `sent_ns` (monotonic_ns) to the lag sample, under `key`;
         True if it was taken (the scenario's probe gets `data` to look for it)."""
@@ -238,7 +268,21 @@ class VirtualUser:
         expect: tuple[int, ...] = (200,),
     ) -> bytes:
         """Send one request as step `step` and return the body of its answer; StepFailed unless
-        the status is one of `expect`. `path` is relative to the API root."""
+        the status is one of `expect` (after the scenario's retries). `path` is relative to the
+        API root."""
+        scenario = self.run.job.scenario
+        for attempt in range(1, scenario.retries + 1):
+            try:
+                return await self._http_once(step, method, path, body, expect)
+            except StepFailed as exc:
+                if not exc.kind.isdigit() or int(exc.kind) not in scenario.retry_statuses:
+                    raise
+            await asyncio.sleep(2**attempt * random.uniform(0.8, 1.2))
+        return await self._http_once(step, method, path, body, expect)
+
+    async def _http_once(
+        self, step: str, method: str, path: str, body: bytes | None, expect: tuple[int, ...]
+    ) -> bytes:
         run = self.run
         request = encode_request(method, run.api_path + path, run.job.target, body)
         started = monotonic_ns()
@@ -411,6 +455,11 @@ class ScenarioRun:
         self.pending: dict[str, tuple[int, Any]] = {}
         self.last_trace_ns = 0
         self.lags = array("q")
+        self.timings: dict[str, array[int]] = {}
+        self.spawned: set[asyncio.Task[None]] = set()
+        self.loops: set[asyncio.Task[None]] = set()
+        self.spawned_failures: list[StepFailed] = []
+        self._spawn_index = itertools.count(job.users)
 
     # what the users report
 
@@ -442,6 +491,46 @@ class ScenarioRun:
         self.pending[key] = (sent_ns, data)
         return True
 
+    def observe(self, name: str, micros: int) -> None:
+        if self._in_window(monotonic_ns()):
+            self.timings.setdefault(name, array("q")).append(max(micros, 0))
+
+    def spawn(self, fn: Callable[..., Awaitable[None]], args: tuple[Any, ...], loop: bool) -> None:
+        user = VirtualUser(self, next(self._spawn_index))
+        task = asyncio.create_task(self._spawned(user, fn, args))
+        self.spawned.add(task)
+        task.add_done_callback(self.spawned.discard)
+        if loop:
+            self.loops.add(task)
+            task.add_done_callback(self.loops.discard)
+
+    async def _spawned(
+        self, user: VirtualUser, fn: Callable[..., Awaitable[None]], args: tuple[Any, ...]
+    ) -> None:
+        try:
+            await fn(user, *args)
+        except StepFailed as exc:
+            self.spawned_failures.append(exc)
+            if self._in_window(monotonic_ns()):
+                self.failed[exc.step] += 1
+        except Exception as exc:
+            self._raised(exc)
+        finally:
+            await user.close()
+
+    def _raised(self, exc: Exception) -> None:
+        self.problem(f"the scenario raised {exc!r}")
+        if self._in_window(monotonic_ns()):
+            self.failed[RAISED] += 1
+
+    async def join_spawned(self) -> None:
+        """Wait for the chains spawned so far, and for those they spawn; then stop the loops."""
+        while chains := self.spawned - self.loops:
+            await asyncio.gather(*chains, return_exceptions=True)
+        for task in self.loops:
+            task.cancel()
+        await asyncio.gather(*self.loops, return_exceptions=True)
+
     def problem(self, text: str) -> None:
         text = text[:PROBLEM_CHARS]
         if len(self.problems) < MAX_PROBLEMS and text not in self.problems:
@@ -460,13 +549,22 @@ class ScenarioRun:
                 self.failed[exc.step] += 1
             await asyncio.sleep(FAILURE_PAUSE_S)
             return
+        except Exception as exc:  # a bug in the scenario: told and counted, the user goes on
+            self._raised(exc)
+            await asyncio.sleep(FAILURE_PAUSE_S)
+            return
         now = monotonic_ns()
         if self._in_window(now):
             self.durations.append((now - intended_ns) // 1000)
 
     async def _closed_user(self, user: VirtualUser) -> None:
+        interval = self.job.scenario.interval_s
+        if interval:
+            await asyncio.sleep(random.uniform(0, interval))
         while not self.stopping:
             await self._one(user, monotonic_ns())
+            if interval:
+                await asyncio.sleep(interval * random.uniform(0.7, 1.3))
 
     async def _open_user(self, user: VirtualUser, starts: asyncio.Queue[int]) -> None:
         while not self.stopping:
@@ -555,6 +653,10 @@ class ScenarioRun:
         for task in [*tasks, ticker]:
             task.cancel()
         await asyncio.gather(*tasks, ticker, return_exceptions=True)
+        while spawned := set(self.spawned):  # what they spawned ends with the measurement too
+            for task in spawned:
+                task.cancel()
+            await asyncio.gather(*spawned, return_exceptions=True)
         unresolved = self._unresolved()
         await asyncio.gather(*(user.close() for user in users))
         steps = {
@@ -583,6 +685,7 @@ class ScenarioRun:
             lag_hdr=encode_latencies(self.lags),
             lag_probes=len(self.lags),
             lag_unresolved=unresolved,
+            timings={name: encode_latencies(spans) for name, spans in self.timings.items()},
         )
 
     async def _tick(
@@ -603,16 +706,19 @@ def _run_loop(coro: Coroutine[Any, Any, ScenarioShare]) -> ScenarioShare:
 
 
 async def run_once(target: Target, scenario: Scenario, timeout_s: float = 30.0) -> dict[str, int]:
-    """Run `scenario` once, in this process (to verify it before measuring): StepFailed if a
-    step fails; returns what it counted."""
+    """Run `scenario` once, in this process (to verify it before measuring), with the chains
+    it spawns: StepFailed if a step fails; returns what it counted."""
     spec = LoadSpec(concurrency=1, duration_s=1e9, warmup_s=0.0, timeout_s=timeout_s)
     job = ScenarioJob(target, scenario, spec, 1, None, 0, 0, 2**62, "verify-")
     run = ScenarioRun(job)
     user = VirtualUser(run, 0)
     try:
         await scenario.run(user, scenario.params)
+        await run.join_spawned()
     finally:
         await user.close()
+    if run.spawned_failures:
+        raise run.spawned_failures[0]
     return dict(run.counts)
 
 

@@ -27,6 +27,7 @@ from bench.results import (
     ScenarioResult,
     ServerInfo,
     StepResult,
+    Timing,
     load_result,
 )
 
@@ -147,11 +148,12 @@ def merge_repetitions(results: Iterable[Result]) -> list[Result]:
 
     Per endpoint and level: the mean rps over the repetitions that measured it, requests and
     errors summed, latencies from the added histograms (lossless; re-encoded into `hdr`), the
-    rps slices of all of them, saturated if any was. Scenarios likewise (per_s the mean, counts
-    and delivery summed, durations, steps and lag from added histograms). A result that is the
-    only one of its cell and run, or the only counted one, is returned as it is. A cell with no
-    counted repetition shows its first failure; one whose every repetition was discarded is
-    shown as failed, saying so. Results come back in the order of their first repetition.
+    rps slices of all of them, saturated if any was. Scenarios likewise (per_s the mean, counts,
+    delivery and server-side counts summed, durations, steps, lag and timings from added
+    histograms). A result that is the only one of its cell and run, or the only counted one, is
+    returned as it is. A cell with no counted repetition shows its first failure; one whose
+    every repetition was discarded is shown as failed, saying so. Results come back in the order
+    of their first repetition.
     """
     merged = []
     for group in _by_run_and_cell(results).values():
@@ -318,6 +320,23 @@ def _merged_delivery(deliveries: Sequence[dict[str, Delivery]]) -> dict[str, Del
     }
 
 
+def _merged_timing(timings: Sequence[Timing]) -> Timing:
+    latency, hdr = _latency([(t.latency_ms, t.hdr, t.count) for t in timings])
+    return timings[0].model_copy(
+        update={"count": sum(t.count for t in timings), "latency_ms": latency, "hdr": hdr}
+    )
+
+
+def _merged_server_side(sides: Sequence[dict[str, int] | None]) -> dict[str, int] | None:
+    """The server-side counts summed key by key over the runs that read them (a key a run
+    lacks counts 0 there, as a delivery kind does); None if no run did."""
+    present = [side for side in sides if side is not None]
+    if not present:
+        return None
+    keys = dict.fromkeys(k for side in present for k in side)
+    return {k: sum(side.get(k, 0) for side in present) for k in keys}
+
+
 def _merged_scenario(runs: Sequence[ScenarioResult]) -> ScenarioResult:
     duration_ms, hdr = _latency([(s.duration_ms, s.hdr, s.completed) for s in runs])
     lag_ms, lag_hdr = _latency([(s.lag_ms, s.lag_hdr, s.lag_probes or 0) for s in runs])
@@ -325,6 +344,11 @@ def _merged_scenario(runs: Sequence[ScenarioResult]) -> ScenarioResult:
     steps = [
         _merged_step([step for s in runs for step in s.steps if step.name == name])
         for name in step_names
+    ]
+    timing_names = dict.fromkeys(t.name for s in runs for t in s.timings)
+    timings = [
+        _merged_timing([t for s in runs for t in s.timings if t.name == name])
+        for name in timing_names
     ]
     backend_keys = dict.fromkeys(k for s in runs for k in s.backend_per_flow_run or {})
     backend = {k: _mean((s.backend_per_flow_run or {}).get(k) for s in runs) for k in backend_keys}
@@ -354,6 +378,8 @@ def _merged_scenario(runs: Sequence[ScenarioResult]) -> ScenarioResult:
             "server_rss_peak_mb": _max(s.server_rss_peak_mb for s in runs),
             "telemetry": None,  # as an endpoint's: what it says is in backend_per_flow_run
             "backend_per_flow_run": backend or None,
+            "timings": timings,
+            "server_side": _merged_server_side([s.server_side for s in runs]),
         }
     )
 

@@ -1,7 +1,8 @@
-"""The report's section on scenario workloads (flow-runs, events, …): for each scenario and
-level, the completed scenarios per second of every cell side by side, their durations, failures
-by step, what the server lost of what was sent, the lag of what it made queryable (events), each
-step's latency, and the speedup over python.
+"""The report's section on scenario workloads (flow-runs, events, workers, …): for each
+scenario and level, the completed scenarios per second of every cell side by side, their
+durations, failures by step, what the server lost of what was sent, the lag of what it made
+queryable (events), each step's latency, the delays the scenarios observed and what the server's
+own services did (workers), and the speedup over python.
 
 Its columns put the brokers of one server and database next to each other (then the servers,
 reference first): these workloads go through the broker, and the servers have the speedup
@@ -9,16 +10,19 @@ table."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from bench.report import compare
 from bench.report.aggregate import REFERENCE_SERVER, display_order
 from bench.report.charts import scenario_charts
 from bench.report.document import Column, Section, Table, Value
 from bench.report.numbers import LOWER_BOUND, MISSING, fmt_errors, fmt_ms, fmt_num
-from bench.results import Result, ScenarioResult, StepResult
+from bench.results import Result, ScenarioResult, StepResult, Timing
 
 Key = tuple[str, int]  # (scenario name, concurrency)
+# What a scenario has several of by name, each given a row per level: its steps, its timings.
+Part = TypeVar("Part", StepResult, Timing)
 
 # Workloads whose scenario is one item of a kind: the unit of their completed scenarios/s.
 RATE_UNITS = {"events": "events/s"}
@@ -32,6 +36,17 @@ UNRESOLVED_NOTE = (
     "unresolved: sampled events not found when the window ended though they had waited longer "
     "than the longest lag found: their lag is longer still, or they were lost. The p50 / p99 "
     "leave them out: where there are unresolved events they are lower bounds."
+)
+DELAYS_NOTE = (
+    "Delays: scheduled → claimed: from a flow run's scheduled start to the worker's Pending "
+    "proposal being accepted (0 when claimed ahead through the prefetch); scheduled → running: "
+    "to its Running state being accepted (the server holds early runs until their time)."
+)
+SERVER_SIDE_NOTE = (
+    "What the server's services did: due: runs of the level's deployments scheduled to start "
+    "before it ended; unclaimed: of those due more than a poll interval and a second before the "
+    "end, those still Scheduled at the end; late: those the server's late-runs service marked "
+    "Late."
 )
 
 
@@ -130,6 +145,16 @@ def _step(step: StepResult | None) -> Value:
     return Value(text, number=step.latency_ms.p50, tone="bad" if errors else "")
 
 
+def _timing(timing: Timing | None) -> Value:
+    """A delay's p50 / p99, as a step's latency is shown."""
+    if timing is None or timing.latency_ms is None:
+        return Value(MISSING)
+    return Value(
+        f"{fmt_ms(timing.latency_ms.p50)} / {fmt_ms(timing.latency_ms.p99)}",
+        number=timing.latency_ms.p50,
+    )
+
+
 def _label(result: Result, multi_run: bool) -> str:
     return result.cell.name + (f" ({result.run_id})" if multi_run else "")
 
@@ -152,27 +177,68 @@ def _table(
     return table
 
 
-def _steps_table(results: list[Result], labels: list[str], keys: list[Key], name: str) -> Table:
+def _parts_table(
+    title: str,
+    header: str,
+    found: list[dict[Key, ScenarioResult]],
+    labels: list[str],
+    keys: list[Key],
+    parts: Callable[[ScenarioResult], Sequence[Part]],
+    value: Callable[[Part | None], Value],
+) -> Table:
+    """One row per part (by name, as first seen) and level of the scenarios `keys` name."""
     table = Table(
-        f"{name}: step latency p50 / p99 (ms)",
-        [Column("step"), Column("c", numeric=True)] + [Column(x, numeric=True) for x in labels],
+        title,
+        [Column(header), Column("c", numeric=True)] + [Column(x, numeric=True) for x in labels],
         grouped=True,
     )
-    found = [_by_key(r) for r in results]
-    steps: dict[str, None] = {}
+    wanted = set(keys)
+    names: dict[str, None] = {}
     for f in found:
         for key, s in f.items():
-            if key[0] == name:
-                steps.update(dict.fromkeys(st.name for st in s.steps))
-    for step in steps:
-        for key in (k for k in keys if k[0] == name):
-            row = [Value(step), Value(str(key[1]))]
+            if key in wanted:
+                names.update(dict.fromkeys(p.name for p in parts(s)))
+    for part in names:
+        for key in keys:
+            row = [Value(part), Value(str(key[1]))]
             for f in found:
                 s = f.get(key)
                 row.append(
-                    _step(next((st for st in s.steps if st.name == step), None) if s else None)
+                    value(next((p for p in parts(s) if p.name == part), None) if s else None)
                 )
             table.rows.append(row)
+    return table
+
+
+def _server_side(s: ScenarioResult | None, figure: str) -> Value:
+    if s is None or s.server_side is None or (count := s.server_side.get(figure)) is None:
+        return Value(MISSING)
+    # Stored as floats (the schema's dict[str, float]), they are counts of runs.
+    return Value(f"{count:.0f}", number=count)
+
+
+def _server_side_table(
+    found: list[dict[Key, ScenarioResult]], labels: list[str], keys: list[Key]
+) -> Table:
+    """What the server's services did: a row per scenario, level and figure read back (a level
+    no result read anything back for has no rows)."""
+    table = Table(
+        "What the server's services did",
+        [Column("scenario"), Column("c", numeric=True), Column("what")]
+        + [Column(x, numeric=True) for x in labels],
+        grouped=True,
+    )
+    for key in keys:
+        read = [
+            s.server_side
+            for f in found
+            if (s := f.get(key)) is not None and s.server_side is not None
+        ]
+        for figure in dict.fromkeys(k for side in read for k in side):
+            table.rows.append(
+                [Value(key[0]), Value(str(key[1])), Value(figure)]
+                + [_server_side(f.get(key), figure) for f in found]
+            )
     return table
 
 
@@ -251,8 +317,37 @@ def scenario_section(results: list[Result], multi_run: bool) -> Section | None:
             "measurement and the wait for the server to record it, divided by the flow runs "
             "completed; the server's background work is included."
         )
+    found = [_by_key(r) for r in measured]
     for name in dict.fromkeys(n for n, _ in keys):
-        section.tables.append(_steps_table(measured, labels, keys, name))
+        named = [k for k in keys if k[0] == name]
+        section.tables.append(
+            _parts_table(
+                f"{name}: step latency p50 / p99 (ms)",
+                "step",
+                found,
+                labels,
+                named,
+                lambda s: s.steps,
+                _step,
+            )
+        )
+        if any(f[k].timings for f in found for k in named if k in f):
+            section.tables.append(
+                _parts_table(
+                    f"{name}: delays p50 / p99 (ms)",
+                    "delay",
+                    found,
+                    labels,
+                    named,
+                    lambda s: s.timings,
+                    _timing,
+                )
+            )
+    if any(s.timings for r in measured for s in r.scenarios):
+        section.notes.append(DELAYS_NOTE)
+    if any(s.server_side is not None for r in measured for s in r.scenarios):
+        section.tables.append(_server_side_table(found, labels, keys))
+        section.notes.append(SERVER_SIDE_NOTE)
     section.charts += scenario_charts(measured, labels, _unit(measured).strip(" ()") or "per s")
     flags = compare.RatioFlags()
     if (speedup := _speedup_table(measured, keys, flags)) is not None:

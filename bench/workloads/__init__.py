@@ -7,9 +7,10 @@ from bench.workloads.flow_runs import FLOW_RUNS
 from bench.workloads.lifecycle import LIFECYCLE
 from bench.workloads.seed import HEALTH, SEED
 from bench.workloads.ui import UI
+from bench.workloads.workers import WORKERS
 
 WORKLOADS: dict[str, Workload | ScenarioWorkload] = {
-    w.name: w for w in (SEED, LIFECYCLE, FLOW_RUNS, EVENTS, UI, HEALTH)
+    w.name: w for w in (SEED, LIFECYCLE, FLOW_RUNS, EVENTS, WORKERS, UI, HEALTH)
 }
 
 __all__ = ["WORKLOADS", "Endpoint", "ScenarioWorkload", "Workload", "get_workload"]

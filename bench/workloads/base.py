@@ -3,6 +3,7 @@ a scenario (a chain of steps) and how to read back what the server recorded of i
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import time
@@ -178,3 +179,17 @@ class ScenarioWorkload:
     recorded: Callable[[httpx.Client, Scenario], dict[str, int]]
     # run the real Prefect client's flow first (bench.conformance): the workload emulates it
     real_client_check: bool = False
+    # prepare(client, scenario, verify) -> the scenario with the objects it needs made (a
+    # work pool and deployments); finish(client, scenario, ended) -> what the server's
+    # services did for it, read back once it was measured (until `ended`) and recorded
+    prepare: Callable[[httpx.Client, Scenario, bool], Scenario] | None = None
+    finish: Callable[[httpx.Client, Scenario, dt.datetime], dict[str, int]] | None = None
+
+    def prepared(self, client: httpx.Client, scenario: Scenario, verify: bool) -> Scenario:
+        """`scenario` with what it needs made on the server (as it is, for most workloads)."""
+        if self.prepare is None:
+            return scenario
+        try:
+            return self.prepare(client, scenario, verify)
+        except httpx.HTTPError as exc:
+            raise VerificationError(f"preparing the {self.name} scenario failed: {exc}") from exc

@@ -20,6 +20,7 @@ probe the events workload uses too). docs/design-notes.md says what it leaves ou
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import uuid
@@ -43,7 +44,7 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _z(moment: dt.datetime) -> str:
+def zulu(moment: dt.datetime) -> str:
     """ISO 8601 as the client writes it in events: microseconds and a Z."""
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -71,7 +72,17 @@ def _state_details(flow_run_id: str, untrackable: bool) -> dict[str, Any]:
     }
 
 
-async def _set_state(user: VirtualUser, step: str, run_id: str, kind: str, name: str) -> None:
+# How often a state proposal answered WAIT is proposed again (the client waits as told, each
+# time: a run claimed ahead of its scheduled start is held until then).
+MAX_WAITS = 100
+
+
+async def propose_state(
+    user: VirtualUser, step: str, run_id: str, kind: str, name: str
+) -> dict[str, Any]:
+    """Propose the state `kind`/`name` for the flow run, as the client's `propose_state` does:
+    a WAIT answer is waited out and proposed again. Returns the last answer (ACCEPT, REJECT or
+    ABORT)."""
     state = {
         "type": kind,
         "name": name,
@@ -80,10 +91,22 @@ async def _set_state(user: VirtualUser, step: str, run_id: str, kind: str, name:
         "data": None,
     }
     body = {"state": state, "force": False}
-    answer = await user.http_json(
-        step, "POST", f"/flow_runs/{run_id}/set_state", body, expect=(200, 201)
-    )
-    if not isinstance(answer, dict) or answer.get("status") != "ACCEPT":
+    for _ in range(MAX_WAITS):
+        answer = await user.http_json(
+            step, "POST", f"/flow_runs/{run_id}/set_state", body, expect=(200, 201)
+        )
+        if not isinstance(answer, dict) or not isinstance(answer.get("status"), str):
+            raise user.invalid(step, f"expected an orchestration result: {str(answer)[:200]}")
+        if answer["status"] != "WAIT":
+            return answer
+        delay = (answer.get("details") or {}).get("delay_seconds")
+        await asyncio.sleep(delay if isinstance(delay, int | float) else 0.1)
+    raise user.invalid(step, f"the {name} state was still to wait after {MAX_WAITS} waits")
+
+
+async def _set_state(user: VirtualUser, step: str, run_id: str, kind: str, name: str) -> None:
+    answer = await propose_state(user, step, run_id, kind, name)
+    if answer["status"] != "ACCEPT":
         raise user.invalid(step, f"the {name} state was not accepted: {str(answer)[:200]}")
 
 
@@ -137,7 +160,7 @@ def task_run_events(
         "task_inputs": {"i": []},
         "run_count": 0,
         "flow_run_run_count": 0,
-        "expected_start_time": _z(start),
+        "expected_start_time": zulu(start),
         "total_run_time": 0.0,
     }
     previous: dict[str, Any] | None = None
@@ -145,14 +168,14 @@ def task_run_events(
     for kind, state_name in TASK_STATES:
         moment = _now()
         if kind == "RUNNING":
-            task_run |= {"run_count": 1, "flow_run_run_count": 1, "start_time": _z(moment)}
+            task_run |= {"run_count": 1, "flow_run_run_count": 1, "start_time": zulu(moment)}
         elif kind == "COMPLETED":
-            task_run |= {"end_time": _z(moment), "total_run_time": 0.001}
+            task_run |= {"end_time": zulu(moment), "total_run_time": 0.001}
         details = {"untrackable_result": True} if kind == "COMPLETED" else {}
         state = {"type": kind, "name": state_name, "message": "", "state_details": details}
         event_id = str(uuid.uuid4())
         event = {
-            "occurred": _z(moment),
+            "occurred": zulu(moment),
             "event": f"prefect.task-run.{state_name}",
             "resource": {
                 "prefect.resource.id": f"prefect.task-run.{task_run_id}",
@@ -181,7 +204,7 @@ def task_run_events(
 def heartbeat(flow_id: str, flow_name: str, run_id: str, run_name: str) -> str:
     """The flow run's heartbeat event, as the client emits it once per run."""
     event = {
-        "occurred": _z(_now()),
+        "occurred": zulu(_now()),
         "event": "prefect.flow-run.heartbeat",
         "resource": {
             "prefect.resource.id": f"prefect.flow-run.{run_id}",
@@ -236,7 +259,7 @@ def _logs(run_id: str, run_name: str, flow_name: str, tasks: int) -> list[dict[s
             "name": name,
             "level": 20,
             "message": message,
-            "timestamp": _z(_now()),
+            "timestamp": zulu(_now()),
             "flow_run_id": run_id,
             "task_run_id": task_run_id,
         }
@@ -292,7 +315,26 @@ async def flow_run(user: VirtualUser, params: Mapping[str, Any]) -> None:
     }
     run = await user.http_json("create flow_run", "POST", "/flow_runs/", body, expect=(201,))
     run_id, run_name = _created(user, "create flow_run", run, "id", "name")
+    await start_run(user, run_id)
+    await run_tasks(user, flow_id, flow_name, run_id, run_name, tasks)
+
+
+async def start_run(user: VirtualUser, run_id: str) -> None:
+    """The engine's start of a flow run: its Running state, accepted."""
     await _set_state(user, "set_state RUNNING", run_id, "RUNNING", "Running")
+
+
+async def run_tasks(
+    user: VirtualUser,
+    flow_id: str,
+    flow_name: str,
+    run_id: str,
+    run_name: str,
+    tasks: int,
+    counted: str = "flow_runs",
+) -> None:
+    """What a running flow run of `tasks` tasks sends, from reading itself back to its logs;
+    its completion is counted as `counted`."""
     await user.http("read flow_run", "GET", f"/flow_runs/{run_id}")
     for _ in range(2):
         await user.http("GET admin/storage", "GET", "/admin/storage")
@@ -315,7 +357,7 @@ async def flow_run(user: VirtualUser, params: Mapping[str, Any]) -> None:
         user.count("task_runs", tasks)
         user.count("events", len(frames))
         await _set_state(user, "set_state COMPLETED", run_id, "COMPLETED", "Completed")
-        user.count("flow_runs")
+        user.count(counted)
         await _csrf_token(user)
         await user.http_json(
             "write logs", "POST", "/logs/", _logs(run_id, run_name, flow_name, tasks), (201,)
