@@ -340,6 +340,11 @@ class ServerInfo(BaseModel):
     name: str
     version: str | None = None
     startup_s: float | None = None
+    schema_cached: bool | None = Field(
+        default=None,
+        description="started on a copy of its migrated SQLite schema (BENCH_SCHEMA_CACHE, as "
+        "the tests run): startup_s leaves Prefect's migrations out",
+    )
     rss_peak_mb: float | None = None
     rss_idle_mb: float | None = None
     cpu_s: float | None = None

@@ -225,6 +225,7 @@ def _start(
     server = stack.enter_context(start_server(adapter, setup))
     ownership.record_process(datadir, server.process.process)
     result.server.startup_s = round(server.startup_s, 3)
+    result.server.schema_cached = server.schema_cached or None
     if run.config.server_cpus:
         server.process.pin(run.config.server_cpus)
     # Totals over the server's life, filled in whatever way the cell ends.

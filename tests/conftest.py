@@ -19,7 +19,11 @@ from bench.progress import Progress
 from bench.results import Cell, EndpointResult, RunConfig, new_run_id
 from bench.runner import EXTERNAL_SERVER, CellRun
 from bench.servers.registry import make_server
-from bench.servers.running import RunningServer, ServerSetup, start_server
+from bench.servers.running import SCHEMA_CACHE_ENV, RunningServer, ServerSetup, start_server
+
+# Every SQLite server of the tests (and of the tools they run) starts on a copy of the schema
+# the first one migrated: Prefect's migrations are most of a start (bench.servers.running).
+os.environ.setdefault(SCHEMA_CACHE_ENV, "1")
 
 
 @pytest.fixture(autouse=True)

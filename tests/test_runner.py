@@ -40,7 +40,7 @@ SEED_NAMES = [
 
 
 # Short windows: these tests check what a run does, not how fast the server is.
-SHORT = {"duration_s": 0.4, "warmup_s": 0.1, "concurrency": [1, 4]}
+SHORT = {"duration_s": 0.6, "warmup_s": 0.1, "concurrency": [1, 4]}
 
 
 def cell_server() -> psutil.Process:

@@ -9,7 +9,7 @@ import pytest
 from bench.errors import ServerError
 from bench.servers.python import PythonServer
 from bench.servers.registry import make_server
-from bench.servers.running import ServerSetup, start_server
+from bench.servers.running import SCHEMA_CACHE_ENV, ServerSetup, start_server
 from bench.servers.zig import ZigServer
 
 
@@ -95,3 +95,27 @@ def test_zig_is_unavailable_without_a_binary(
     assert "does not exist" in (ZigServer(binary=missing).unavailable_reason() or "")
     missing.write_text("#!/bin/sh\n")
     assert "not executable" in (ZigServer(binary=missing).unavailable_reason() or "")
+
+
+@pytest.mark.slow
+def test_a_sqlite_server_starts_on_the_schema_the_first_one_migrated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv(SCHEMA_CACHE_ENV, "1")
+    started = []
+    for i in range(2):
+        setup = ServerSetup(
+            db="sqlite", broker="memory", logdir=tmp_path, datadir=tmp_path / f"d{i}"
+        )
+        with start_server(make_server("python"), setup) as server:
+            started.append(server.schema_cached)
+            # the copy is a working database: a write and its read-back
+            made = httpx.post(f"{server.base_url}/flows/", json={"name": f"schema-{i}"})
+            assert made.status_code in (200, 201), made.text
+            found = httpx.post(f"{server.base_url}/flows/filter", json={}).json()
+            assert f"schema-{i}" in {f["name"] for f in found}
+    assert started == [False, True]
+    (kept,) = (tmp_path / "cache" / "schema").iterdir()
+    assert kept.name.startswith("python-") and kept.suffix == ".db"
+    assert not [p for p in kept.parent.iterdir() if p.name.startswith(".")]  # no partial copy

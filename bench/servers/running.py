@@ -3,6 +3,11 @@ comes from its adapter (bench.servers.adapter)."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
+import os
+import shutil
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.cache import default_cache_dir
 from bench.errors import ServerError
 from bench.ports import PortTaken, lost_port_race, on_free_port
 from bench.process import ManagedProcess, wait_until
@@ -47,6 +53,8 @@ class RunningServer:
     process: ManagedProcess
     startup_s: float
     exit_code: int | None = field(default=None, init=False)
+    # started on a copy of its migrated schema (BENCH_SCHEMA_CACHE): startup_s leaves it out
+    schema_cached: bool = field(default=False, init=False)
 
     @property
     def base_url(self) -> str:
@@ -107,17 +115,52 @@ def _start_on(port: int, adapter: ServerAdapter, setup: ServerSetup) -> RunningS
     return RunningServer(port, adapter.api_path, process, time.monotonic() - started)
 
 
+# Set (the tests set it), a SQLite server starts on a copy of the database it migrated the
+# first time, kept per server and version: Prefect's migrations are most of its start. Its
+# startup_s then leaves them out (RunningServer.schema_cached says so).
+SCHEMA_CACHE_ENV = "BENCH_SCHEMA_CACHE"
+
+
+def _schema_copy(adapter: ServerAdapter, setup: ServerSetup) -> Path | None:
+    """Where this server's migrated empty SQLite database is kept, when BENCH_SCHEMA_CACHE is
+    set and the server starts on a fresh SQLite file; None otherwise."""
+    if not os.environ.get(SCHEMA_CACHE_ENV) or setup.db != "sqlite" or setup.sqlite_path.exists():
+        return None
+    version = adapter.version() or importlib.metadata.version("prefect")
+    return default_cache_dir() / "schema" / f"{adapter.name}-{version}.db"
+
+
+def _keep_schema(database: Path, into: Path) -> None:
+    """A consistent copy of the just-migrated database, written whole or not at all."""
+    into.parent.mkdir(parents=True, exist_ok=True)
+    partial = into.with_name(f".{into.name}.{os.getpid()}")
+    with (
+        contextlib.closing(sqlite3.connect(database)) as src,
+        contextlib.closing(sqlite3.connect(partial)) as dst,
+    ):
+        src.backup(dst)
+    os.replace(partial, into)
+
+
 @contextmanager
 def start_server(adapter: ServerAdapter, setup: ServerSetup) -> Iterator[RunningServer]:
     """Start the server on a free port, wait until healthy, and stop it (whole tree) on exit."""
     adapter.prepare(setup.logdir)  # a no-op when the runner has prepared it already
     setup.datadir.mkdir(parents=True, exist_ok=True)
+    schema = _schema_copy(adapter, setup)
+    cached = schema is not None and schema.exists()
+    if cached:
+        assert schema is not None
+        shutil.copyfile(schema, setup.sqlite_path)
     server = on_free_port(
         lambda port: _start_on(port, adapter, setup),
         f"the {adapter.name} server",
         ServerError,
         attempts=3,
     )
+    server.schema_cached = cached
+    if schema is not None and not cached:
+        _keep_schema(setup.sqlite_path, schema)
     try:
         yield server
     finally:
