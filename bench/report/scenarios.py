@@ -213,8 +213,7 @@ def _parts_table(
 def _server_side(s: ScenarioResult | None, figure: str) -> Value:
     if s is None or s.server_side is None or (count := s.server_side.get(figure)) is None:
         return Value(MISSING)
-    # Stored as floats (the schema's dict[str, float]), they are counts of runs.
-    return Value(f"{count:.0f}", number=count)
+    return Value(str(count), number=count)
 
 
 def _server_side_table(
