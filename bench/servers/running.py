@@ -3,11 +3,9 @@ comes from its adapter (bench.servers.adapter)."""
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import os
 import shutil
-import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +17,7 @@ import httpx
 from bench.cache import default_cache_dir
 from bench.errors import ServerError
 from bench.ports import PortTaken, lost_port_race, on_free_port
+from bench.preload.cache import snapshot_sqlite
 from bench.process import ManagedProcess, wait_until
 from bench.servers.adapter import ServerAdapter, clean_environ
 from bench.services.base import PostgresService, RedisService
@@ -134,11 +133,7 @@ def _keep_schema(database: Path, into: Path) -> None:
     """A consistent copy of the just-migrated database, written whole or not at all."""
     into.parent.mkdir(parents=True, exist_ok=True)
     partial = into.with_name(f".{into.name}.{os.getpid()}")
-    with (
-        contextlib.closing(sqlite3.connect(database)) as src,
-        contextlib.closing(sqlite3.connect(partial)) as dst,
-    ):
-        src.backup(dst)
+    snapshot_sqlite(database, partial)
     os.replace(partial, into)
 
 

@@ -18,7 +18,6 @@ broker, the event persister wrote it, and the task-run recorder made its task ru
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping
 from time import monotonic_ns
@@ -32,8 +31,8 @@ from bench.engine.scenario import Scenario, VirtualUser
 from bench.results import RunConfig
 from bench.workloads.base import ScenarioWorkload, post_json
 from bench.workloads.flow_runs import (
-    AUTH_FRAME,
     TASK_NAME,
+    authenticate,
     find_task_run_events,
     task_run_events,
 )
@@ -53,9 +52,7 @@ async def _events_socket(user: VirtualUser) -> ClientConnection:
         return kept
     user.state.pop("ws", None)
     ws = await user.open_websocket("open events socket", "/events/in", ("prefect",))
-    reply = await user.ws_exchange("events auth", ws, [AUTH_FRAME], answer=True)
-    if not reply or json.loads(reply).get("type") != "auth_success":
-        raise user.invalid("events auth", f"expected auth_success, got {reply!r:.200}")
+    await authenticate(user, "events auth", ws)
     user.state["ws"] = ws
     return ws
 

@@ -29,6 +29,7 @@ from time import monotonic_ns
 from typing import Any
 
 import httpx
+from websockets.asyncio.client import ClientConnection
 
 from bench.engine.scenario import Scenario, VirtualUser
 from bench.results import RunConfig
@@ -38,6 +39,13 @@ PREFECT_VERSION = "3.9.1"  # what the emulated client says it is, in its events
 TASK_NAME = "bench-task"
 AUTH_FRAME = json.dumps({"type": "auth", "token": None})
 TASK_STATES = (("PENDING", "Pending"), ("RUNNING", "Running"), ("COMPLETED", "Completed"))
+
+
+async def authenticate(user: VirtualUser, step: str, ws: ClientConnection) -> None:
+    """The Prefect socket's handshake: the auth frame, answered `auth_success`."""
+    reply = await user.ws_exchange(step, ws, [AUTH_FRAME], answer=True)
+    if not reply or json.loads(reply).get("type") != "auth_success":
+        raise user.invalid(step, f"expected auth_success, got {reply!r:.200}")
 
 
 def _now() -> dt.datetime:
@@ -340,9 +348,7 @@ async def run_tasks(
         await user.http("GET admin/storage", "GET", "/admin/storage")
     await user.http("GET admin/version", "GET", "/admin/version")
     async with user.websocket("open events socket", "/events/in", ("prefect",)) as ws:
-        reply = await user.ws_exchange("events auth", ws, [AUTH_FRAME], answer=True)
-        if not reply or json.loads(reply).get("type") != "auth_success":
-            raise user.invalid("events auth", f"expected auth_success, got {reply!r:.200}")
+        await authenticate(user, "events auth", ws)
         await user.http("read flow", "GET", f"/flows/{flow_id}")
         frames = [heartbeat(flow_id, flow_name, run_id, run_name)]
         traced: tuple[str, str] | None = None

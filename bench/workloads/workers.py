@@ -148,9 +148,7 @@ async def _start(user: VirtualUser, params: Mapping[str, Any]) -> None:
         await _open_channel(user, params, state)
     await user.http("GET admin/version", "GET", "/admin/version")
     events = await user.open_websocket("open events socket", "/events/in", ("prefect",))
-    reply = await user.ws_exchange("events auth", events, [flow_runs.AUTH_FRAME], answer=True)
-    if not reply or json.loads(reply).get("type") != "auth_success":
-        raise user.invalid("events auth", f"expected auth_success, got {reply!r:.200}")
+    await flow_runs.authenticate(user, "events auth", events)
     state["events"] = events
     started = _worker_event(state["name"], "prefect.worker.started", params, [])
     await user.ws_exchange("worker event", events, [started])
@@ -167,9 +165,7 @@ async def _open_channel(
     channel = await user.open_websocket(
         "open worker channel", f"/work_pools/{params['pool']}/workers/connect", ("prefect",)
     )
-    reply = await user.ws_exchange("channel auth", channel, [flow_runs.AUTH_FRAME], answer=True)
-    if not reply or json.loads(reply).get("type") != "auth_success":
-        raise user.invalid("channel auth", f"expected auth_success, got {reply!r:.200}")
+    await flow_runs.authenticate(user, "channel auth", channel)
     hello = _frame(
         "worker.hello.v1",
         {
