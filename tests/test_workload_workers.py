@@ -4,18 +4,28 @@ run on (no scheduler, no work pools)."""
 
 from __future__ import annotations
 
+import asyncio
+import re
+import sys
+import uuid
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import pytest
 
+from bench.conformance import client_environ
+from bench.engine import Target, run_once
 from bench.errors import VerificationError
+from bench.process import ManagedProcess, wait_until
+from bench.proxy import TrafficCounts, counting_proxy
 from bench.results import RunConfig
 from bench.runner import CellRun, run_cell
 from bench.servers.running import RunningServer
 from bench.workloads import workers
-from bench.workloads.base import api_client
+from bench.workloads.base import api_client, created_id
 
 if TYPE_CHECKING:
     from tests.conftest import RecordingProgress
@@ -100,3 +110,98 @@ def test_a_server_without_work_pools_fails_the_cell_in_one_line(
     assert "the workers workload needs work pools: POST /work_pools/ answered 404" in (
         result.error or ""
     )
+
+
+# The flow the real worker's flow-run process runs: the emulated run's shape (TASKS tasks).
+REAL_FLOW = """
+from prefect import flow, task
+
+
+@task
+def step(index: int) -> int:
+    return index
+
+
+@flow
+def bench_flow(tasks: int = {tasks}) -> list[int]:
+    return [step(index) for index in range(tasks)]
+"""
+REAL_TASKS = 2
+REAL_WORKER_TIMEOUT_S = 120.0
+
+
+def _real_worker_traffic(server: RunningServer, workdir: Path) -> TrafficCounts:
+    """What a real `prefect worker start --run-once` sends, through the counting proxy, for one
+    run of a deployment made as `run_deployment` makes it; its flow-run process included."""
+    (workdir / "bench_flow.py").write_text(REAL_FLOW.format(tasks=REAL_TASKS))
+    pool = f"real-pool-{uuid.uuid4().hex[:8]}"
+    with api_client(server.base_url) as client:
+        created_id(client.post("/work_pools/", json={"name": pool, "type": "process"}), "pool")
+        flow_id = created_id(client.post("/flows/", json={"name": "bench-flow"}), "flow")
+        where = {"directory": str(workdir)}
+        body = {
+            "name": "real",
+            "flow_id": flow_id,
+            "work_pool_name": pool,
+            "entrypoint": "bench_flow.py:bench_flow",
+            "pull_steps": [{"prefect.deployments.steps.set_working_directory": where}],
+        }
+        deployment_id = created_id(client.post("/deployments/", json=body), "deployment")
+        path = f"/deployments/{deployment_id}/create_flow_run"
+        run_id = created_id(client.post(path, json={}), "flow run")
+        with counting_proxy(server.base_url) as (proxy_url, counter):
+            argv = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool]
+            argv += ["--type", "process", "--run-once", "--limit", "1"]
+            env = client_environ(proxy_url, workdir / "prefect-home")
+            worker = ManagedProcess(argv, env=env, cwd=workdir, log_path=workdir / "worker.log")
+            try:
+                wait_until(
+                    lambda: worker.exit_code() is not None,
+                    timeout_s=REAL_WORKER_TIMEOUT_S,
+                    interval_s=0.2,
+                )
+            finally:
+                worker.stop()
+            state = client.get(f"/flow_runs/{run_id}").json()["state_type"]
+            assert worker.exit_code() == 0 and state == "COMPLETED", worker.log_tail()
+            return counter.snapshot()
+
+
+def test_the_emulated_worker_sends_what_the_real_worker_sends(
+    prefect_server: RunningServer, tmp_path: Path
+) -> None:
+    """One run of a deployment, claimed and run by the real worker and by the emulation,
+    counted by the same proxy in front of the same server: the same kinds of requests,
+    websockets and messages, but for what the emulation leaves out (workers.py says why)."""
+    real = _real_worker_traffic(prefect_server, tmp_path)
+    scenario = workers.scenario(RunConfig(workload="workers", tasks=REAL_TASKS), "compared")
+    with (
+        api_client(prefect_server.base_url) as client,
+        counting_proxy(prefect_server.base_url) as (proxy_url, counter),
+    ):
+        proxy = urlsplit(proxy_url)
+        assert proxy.hostname and proxy.port
+        prepared = workers.prepare(client, replace(scenario, api_path=proxy.path), True)
+        asyncio.run(run_once(Target(proxy.hostname, proxy.port), prepared))
+        mine = counter.snapshot()
+    real_kinds, my_kinds = _kinds(real, "real-pool-"), _kinds(mine, "bench-pool-")
+    for what, left_out in workers.LEFT_OUT.items():
+        # nothing the real worker does not send, and all it sends but what is left out
+        assert my_kinds[what] <= real_kinds[what], (what, my_kinds[what] - real_kinds[what])
+        assert real_kinds[what] - my_kinds[what] == left_out, what
+    assert real.problems == mine.problems == []
+
+
+def _kinds(traffic: TrafficCounts, pool_prefix: str) -> dict[str, set[str]]:
+    """What `traffic` holds of each kind, named apart from the API's path and the pool's name
+    (the proxy replaces ids, not names)."""
+
+    def named(text: str) -> str:
+        text = text.replace("/api/", "/", 1)
+        return re.sub(rf"{pool_prefix}[\w-]+", "{pool}", text)
+
+    return {
+        "requests": {named(r) for r in traffic.requests},
+        "websockets": {named(w) for w in traffic.websockets},
+        "messages": set(traffic.messages),
+    }
