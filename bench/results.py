@@ -363,6 +363,7 @@ PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 DEFAULT_WORKLOAD = "seed"
 URL_WORKLOAD = "health"
 WORKERS_WORKLOAD = "workers"
+MIXED_WORKLOAD = "mixed"
 DEFAULT_WORKERS = [10]  # workers: the workload's virtual users are its workers
 
 
@@ -426,6 +427,11 @@ class RunConfig(BaseModel):
         default=10.0,
         description="workers: the real worker's intervals (poll 10 s, prefetch 10 s, heartbeat "
         "30 s) and the deployments' schedule divided by this, so a short window sees many polls",
+    )
+    readers: Annotated[int, Field(ge=1)] = Field(
+        default=2,
+        description="mixed: users sending the ui workload's reads, beside each level's "
+        "--concurrency flow-run users",
     )
     no_services: bool = Field(default=False, description="the server's API alone")
     provider: str | None = Field(
@@ -514,6 +520,8 @@ class RunConfig(BaseModel):
             )
         if self.workload == WORKERS_WORKLOAD and self.rate is not None:
             raise ValueError("--rate: workers poll at their own pace (see --speedup)")
+        if self.workload == MIXED_WORKLOAD and self.rate is not None:
+            raise ValueError("--rate: mixed runs its writers and readers in the closed model")
         if self.preload is not None and self.url is not None:
             raise ValueError(
                 "--preload seeds the database of a server the tool starts, not a --url"

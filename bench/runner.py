@@ -52,7 +52,14 @@ from bench.servers.running import RunningServer, ServerSetup, start_server
 from bench.sweep import DEFAULT_SLO, STOP_AFTER_MISSES, knee, parse_slo
 from bench.telemetry import BackendTelemetry, per_item
 from bench.workloads import ScenarioWorkload, Workload, get_workload
-from bench.workloads.base import UNAVAILABLE_ATTEMPTS, Endpoint, api_client, back_off_unavailable
+from bench.workloads.base import (
+    UNAVAILABLE_ATTEMPTS,
+    WRITES_BESIDE,
+    Endpoint,
+    api_client,
+    back_off_unavailable,
+    reads,
+)
 
 EXTERNAL_SERVER = "external"
 INTERRUPTED = "interrupted"
@@ -476,10 +483,12 @@ def _measure_scenarios(
         made = workload.scenario(config, secrets.token_hex(4))
         return replace(made, api_path=target.api_path)
 
+    # the reads' answers are read before anything is written (the verification's flow run too)
+    readers = _readers(workload.beside, client, target, progress) if workload.beside else None
     name = _verify_scenario(workload, fresh, client, target)
     if workload.real_client_check:
         _real_client_check(run, target, progress, result)
-    progress.stage(f"measuring {name}")
+    progress.stage(f"measuring {name}" + (f" with {config.readers} readers" if readers else ""))
     for concurrency in config.concurrency:
         scenario = fresh()
         spec = engine.LoadSpec.for_level(config, concurrency)
@@ -487,43 +496,85 @@ def _measure_scenarios(
         if workload.prepare is not None:
             progress.stage(f"preparing {scenario.name} at c={concurrency}")
             scenario = workload.prepared(client, scenario, verify=False)
+        parts = _level_parts(workload, scenario, concurrency, readers, config.readers)
+        scenario = parts[0][0]
         callback = progress.measuring(scenario.name, concurrency)
         # the backends' window includes the drain: the recorder's writes belong to these runs
         with target.telemetry.window() as backends:
             with ExitStack() as window:
                 others = window.enter_context(OtherCpu(target.ours))
                 usage = window.enter_context(sampler.window()) if sampler else None
-                m = engine.measure_scenario(
-                    engine.Target(target.host, target.port), scenario, spec, callback
-                )
+                where = engine.Target(target.host, target.port)
+                if len(parts) == 1:
+                    measurements = [engine.measure_scenario(where, scenario, spec, callback)]
+                else:
+                    measurements = engine.measure_together(where, parts, spec, callback)
             ended = dt.datetime.now(dt.UTC)
             _noisy_window(result, others, f"{scenario.name} at c={concurrency}", progress)
             _ensure_alive(target, f"during {scenario.name} at c={concurrency}")
             progress.stage(f"waiting for the server to record what {scenario.name} sent")
+            m = measurements[0]
             found = _drained(workload, scenario, client, m.counts)
             server_side = workload.finish(client, scenario, ended) if workload.finish else None
-        measured = ScenarioResult(
-            name=scenario.name,
-            **m.model_dump(),
-            delivery={
-                kind: Delivery(
-                    sent=m.counts.get(kind, 0),
-                    recorded=n,
-                    lost=max(m.counts.get(kind, 0) - n, 0),
+        for (part, _), measured_part in zip(parts, measurements, strict=True):
+            # the window's server figures are each part's: they shared it
+            measured = ScenarioResult(
+                name=part.name,
+                **measured_part.model_dump(),
+                server_cpu_cores=round(usage.cores, 3) if usage else None,
+                server_rss_peak_mb=usage.rss_peak_mb if usage else None,
+                other_cpu_cores=others.cores,
+                telemetry=backends or None,
+            )
+            if part is scenario:
+                measured.delivery = {
+                    kind: Delivery(
+                        sent=m.counts.get(kind, 0),
+                        recorded=n,
+                        lost=max(m.counts.get(kind, 0) - n, 0),
+                    )
+                    for kind, n in found.items()
+                }
+                measured.backend_per_flow_run = (
+                    per_item(backends, m.counts.get("flow_runs", 0)) or None
                 )
-                for kind, n in found.items()
-            },
-            server_cpu_cores=round(usage.cores, 3) if usage else None,
-            server_rss_peak_mb=usage.rss_peak_mb if usage else None,
-            other_cpu_cores=others.cores,
-            telemetry=backends or None,
-            backend_per_flow_run=per_item(backends, m.counts.get("flow_runs", 0)) or None,
-            server_side=server_side,
-        )
-        result.scenarios.append(measured)
-        progress.measured_scenario(measured)
+                measured.server_side = server_side
+            result.scenarios.append(measured)
+            progress.measured_scenario(measured)
         if result.server and usage:
             result.server.rss_peak_mb = max(result.server.rss_peak_mb or 0, usage.rss_peak_mb)
+
+
+def _level_parts(
+    workload: ScenarioWorkload,
+    scenario: engine.Scenario,
+    concurrency: int,
+    readers: engine.Scenario | None,
+    reader_users: int,
+) -> list[tuple[engine.Scenario, int]]:
+    """A level's scenarios and their users: the workload's, and its readers beside it, each
+    named by the other's users (so that every level's readers are a row of their own)."""
+    if readers is None or workload.beside is None:
+        return [(scenario, concurrency)]
+    beside = workload.beside.name
+    return [
+        (
+            replace(scenario, name=f"{scenario.name}, beside {reader_users} {beside} readers"),
+            concurrency,
+        ),
+        (replace(readers, name=f"{beside} reads, beside {concurrency} writers"), reader_users),
+    ]
+
+
+def _readers(
+    beside: Workload, client: httpx.Client, target: _Target, progress: Progress
+) -> engine.Scenario:
+    """The reads of `beside` as one scenario, their answers read from the server and each
+    request verified once: written beside, the counts of what is written may only grow."""
+    progress.stage(f"creating the {beside.name} fixtures and verifying every request")
+    fixtures = beside.create_fixtures(client) | {WRITES_BESIDE: "yes"}
+    beside.verify(client, fixtures)
+    return reads(target.api_path, beside.endpoints, fixtures)
 
 
 def listening_on(port: int) -> Callable[[], frozenset[int]]:

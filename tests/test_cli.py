@@ -65,6 +65,8 @@ def bench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
             "--workload workers needs the server's scheduler, which --no-services turns off",
         ),
         (["--workload", "workers", "--rate", "5"], "--rate: workers poll at their own pace"),
+        (["--readers", "0"], "--readers: input should be greater than or equal to 1"),
+        (["--workload", "mixed", "--rate", "5"], "--rate: mixed runs its writers and readers"),
         (["--provider", "podman"], "unknown provider 'podman' (known: external, docker, local)"),
         (["--url", "ftp://127.0.0.1/api"], "--url must be an http:// URL"),
         (["--url", "http://192.0.2.1:4200/api"], "--url must point to this machine"),
@@ -103,7 +105,7 @@ def test_help_lists_every_workload_and_provider(tmp_path: Path) -> None:
     assert out.returncode == 0
     text = " ".join(out.stdout.split())
     assert (
-        "seed, lifecycle, flow-runs, events, workers, ui, health:" in text
+        "seed, lifecycle, flow-runs, events, workers, ui, mixed, health:" in text
         and "external, docker, local:" in text
     )
     assert "--zig-binary PATH" in text and "(default 1,4,16,64)" in text

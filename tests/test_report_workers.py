@@ -13,7 +13,7 @@ from bench.engine.model import latency_summary, new_histogram
 from bench.report import build, collect, render_markdown
 from bench.report.aggregate import merge_repetitions
 from bench.report.document import Section, Table
-from bench.report.scenarios import DELAYS_NOTE, SERVER_SIDE_NOTE
+from bench.report.scenarios import DELAYS_NOTE, MIXED_NOTE, SERVER_SIDE_NOTE
 from bench.results import (
     Cell,
     Environment,
@@ -268,3 +268,17 @@ def test_merged_server_side_is_none_only_when_no_repetition_read_it() -> None:
     assert merged_side(None, None) is None
     assert merged_side(None, {"due": 7, "late": 1}) == {"due": 7, "late": 1}
     assert merged_side({"due": 7}, {"due": 5}) == {"due": 12}
+
+
+def test_a_mixed_runs_writers_and_readers_are_rows_of_their_own_with_a_note() -> None:
+    writers, readers = "flow run, 2 tasks, beside 2 ui readers", "ui reads, beside 1 writers"
+    mixed = result(
+        "python-sqlite-memory",
+        [scenario(1, [], None, name=writers), scenario(2, [], None, name=readers)],
+        workload="mixed",
+    )
+    section = scenarios_section([mixed])
+    completed = rows(table(section, "Completed scenarios per second"))
+    assert [row[:2] for row in completed] == [[writers, "1"], [readers, "2"]]
+    assert MIXED_NOTE in section.notes
+    assert MIXED_NOTE not in scenarios_section(workers_results()).notes

@@ -20,8 +20,10 @@ from bench.engine import (
     Target,
     VirtualUser,
     measure_scenario,
+    measure_together,
     run_once,
 )
+from bench.errors import ConfigError
 from bench.results import RunConfig, ScenarioMeasurement
 from bench.runner import CellRun, run_cell
 from bench.servers.running import RunningServer
@@ -224,6 +226,29 @@ def test_a_paced_scenario_runs_once_per_interval_with_its_spans_and_spawns(
     # latency's worth of them (CI saw 20 of 21); so at least half, not all
     assert steps["spawned health"].requests >= m.completed // 2 and not m.failed
     assert m.counts["spawned"] >= m.completed
+
+
+async def missing_flow(user: VirtualUser, params: Mapping[str, Any]) -> None:
+    await user.http("read a missing flow", "GET", f"/flows/{MISSING_FLOW}", expect=(404,))
+
+
+def test_scenarios_measured_together_have_their_own_users_and_counts(
+    prefect_server: RunningServer,
+) -> None:
+    health = Scenario("paced", paced_health, api_path=prefect_server.api_path, interval_s=0.2)
+    missing = Scenario("missing", missing_flow, api_path=prefect_server.api_path)
+    load = LoadSpec(concurrency=99, duration_s=1.0, warmup_s=0.3)
+    where = Target("127.0.0.1", prefect_server.port)
+    paced, unpaced = measure_together(where, [(health, 2), (missing, 1)], load)
+    assert (paced.concurrency, unpaced.concurrency) == (2, 1)
+    assert 4 <= paced.completed <= 16, paced  # 2 users × 5/s, as alone
+    # one unpaced user, back to back: many more than the paced ones, and only its own steps
+    assert unpaced.completed > 2 * paced.completed and not unpaced.failed, unpaced
+    assert [s.name for s in unpaced.steps] == ["read a missing flow"]
+    assert {s.name for s in paced.steps} == {"health", "spawned health"}
+    assert paced.timings and not unpaced.timings
+    with pytest.raises(ConfigError, match="closed model"):
+        measure_together(where, [(missing, 1)], replace(load, rate=5.0))
 
 
 def test_run_once_waits_for_what_the_scenario_spawned_and_raises_its_failure(

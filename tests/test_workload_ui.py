@@ -18,7 +18,7 @@ from bench.runner import CellRun, run_cell
 from bench.servers.registry import make_server
 from bench.servers.running import RunningServer, ServerSetup, start_server
 from bench.workloads import get_workload, ui
-from bench.workloads.base import Check, api_client, created_id
+from bench.workloads.base import WRITES_BESIDE, Check, api_client, created_id
 
 if TYPE_CHECKING:
     from tests.conftest import RecordingProgress
@@ -268,3 +268,51 @@ def test_measured_through_the_engine(
     for ep in result.endpoints:
         # every answer sampled under load passed its check: none counted "invalid"
         assert ep.errors == {} and ep.requests > 0, (ep.name, ep.errors, ep.problems)
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [(b"31", None), (b"29", "expected at least 30 flow runs, got 29"), (b"true", "got True")],
+    ids=["more", "fewer", "a bool"],
+)
+def test_written_beside_the_count_may_only_grow(body: bytes, problem: str | None) -> None:
+    """No server: with WRITES_BESIDE, what setup counted is the least there may be."""
+    found = ui.check_count_all(body, {"flow_runs": "30", WRITES_BESIDE: "yes"})
+    assert found == problem if problem is None else (found is not None and problem in found)
+    assert ui.check_count_all(b"31", {"flow_runs": "30"}) == "expected 30 flow runs, got 31"
+
+
+def test_mixed_reads_the_ui_beside_flow_runs_and_reports_them_apart(
+    dataset: Dataset, cell_run: MakeRun, progress: MakeProgress
+) -> None:
+    """Flow runs written while the UI's reads are sent, on the dataset's server (last in the
+    module: it writes): each with its own users, each its own measurement, every read's answer
+    checked though the flow runs grow. The real client's flow run comes first (conformance)."""
+    run = cell_run(
+        url=dataset.server.base_url,
+        workload="mixed",
+        duration_s=1.5,
+        warmup_s=0.3,
+        concurrency=[1],
+        readers=2,
+        tasks=2,
+    )
+    result = run_cell(run, progress())
+    assert result.status == "ok", result.error
+    writer, reader = result.scenarios
+    assert writer.name == "flow run, 2 tasks, beside 2 ui readers" and writer.concurrency == 1
+    assert reader.name == "ui reads, beside 1 writers" and reader.concurrency == 2
+    # SQLite answers a write 503 ("database is locked") while others write: counted, no more
+    assert writer.completed > 0, writer.problems
+    assert all(set(step.errors) <= {"503"} for step in writer.steps), writer.problems
+    assert {k: d.lost for k, d in writer.delivery.items()} == {"flow_runs": 0, "task_runs": 0}
+    assert reader.completed > 0 and not reader.failed, reader.problems
+    assert [s.name for s in reader.steps] == [e.name for e in ui.UI.endpoints]
+    # a visit begun in the warm-up counts when it ends in the window, its first reads did not
+    assert all(s.requests >= reader.completed - 2 and not s.errors for s in reader.steps), [
+        (s.name, s.requests, s.errors) for s in reader.steps
+    ]
+    assert reader.delivery == {} and writer.server_cpu_cores == reader.server_cpu_cores
+    with api_client(dataset.server.base_url) as client:
+        # the reads were checked while the database held more runs than setup counted
+        assert client.post("/flow_runs/count", json={}).json() > RUNS + writer.completed

@@ -1,8 +1,9 @@
-"""measure() and measure_scenario(): split a load spec over engine processes, run them, merge
-what they counted."""
+"""measure(), measure_scenario() and measure_together(): split a load spec over engine
+processes, run them, merge what they counted."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import pickle
@@ -18,7 +19,7 @@ from hdrh.histogram import HdrHistogram
 
 from bench.engine.model import EngineRequest, LoadSpec, Target, latency_summary, new_histogram
 from bench.engine.pool import EngineJob, get_pool
-from bench.engine.scenario import Scenario, ScenarioJob, ScenarioShare
+from bench.engine.scenario import Scenario, ScenarioJob, ScenarioShare, TogetherJob
 from bench.engine.worker import Job, ShareResult
 from bench.errors import ConfigError
 from bench.results import Measurement, ScenarioMeasurement, StepResult, Timing
@@ -207,6 +208,53 @@ def measure_scenario(
             )
         )
     return merge_scenarios(plan.run(jobs, spec, progress), spec, scenario.probe is not None)
+
+
+def measure_together(
+    target: Target,
+    parts: Sequence[tuple[Scenario, int]],
+    spec: LoadSpec,
+    progress: Callable[[int], None] | None = None,
+) -> list[ScenarioMeasurement]:
+    """Run each (scenario, users) of `parts` with its own virtual users, all in one window
+    (closed model; `spec.concurrency` is ignored): one measurement each, in order. `progress`
+    gets the first scenario's completions; errors as `measure`."""
+    if spec.rate is not None:
+        raise ConfigError("scenarios measured together run in the closed model: no rate")
+    if not parts:
+        raise ConfigError("measure_together needs at least one scenario")
+    for scenario, users in parts:
+        _check(scenario, dataclasses.replace(spec, concurrency=users))
+    plan = _Schedule.plan(dataclasses.replace(spec, concurrency=sum(u for _, u in parts)))
+    shares = [_split(users, plan.procs) for _, users in parts]
+    jobs = [
+        TogetherJob(
+            tuple(
+                ScenarioJob(
+                    target=target,
+                    scenario=scenario,
+                    spec=spec,
+                    users=shares[k][i],
+                    rate=None,
+                    start_ns=plan.start_ns,
+                    window_start_ns=plan.window_start_ns,
+                    window_end_ns=plan.window_end_ns,
+                    token_prefix=f"{plan.nonce}-{i}-{k}-",
+                )
+                for k, (scenario, _) in enumerate(parts)
+            )
+        )
+        for i in range(plan.procs)
+    ]
+    results = plan.run(jobs, spec, progress)
+    return [
+        merge_scenarios(
+            [shares_of[k] for shares_of in results],
+            dataclasses.replace(spec, concurrency=users),
+            scenario.probe is not None,
+        )
+        for k, (scenario, users) in enumerate(parts)
+    ]
 
 
 @dataclass(frozen=True)

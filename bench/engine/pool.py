@@ -27,13 +27,13 @@ from pathlib import Path
 from time import monotonic
 
 import bench
-from bench.engine.scenario import ScenarioJob, ScenarioShare
+from bench.engine.scenario import ScenarioJob, ScenarioShare, TogetherJob
 from bench.engine.worker import Job, ShareResult
 from bench.errors import BenchError
 
 # What a worker runs (a share of a measurement) and what it sends back.
-EngineJob = Job | ScenarioJob
-ShareOf = ShareResult | ScenarioShare
+EngineJob = Job | ScenarioJob | TogetherJob
+ShareOf = ShareResult | ScenarioShare | list[ScenarioShare]
 
 SPAWN_TIMEOUT_S = 60.0
 PROGRESS_S = 0.25

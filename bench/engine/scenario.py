@@ -24,6 +24,10 @@ as a failed scenario at its step. `user.observe(name, µs)` records a span that 
 (a flow run's time from its scheduled start to being claimed); each name gets its histogram, of
 the spans observed in the window.
 
+Together: scenarios measured in one window, each with its own users (`measure_together`: flow
+runs written while the UI's reads are sent), run on one event loop per process and counted
+apart, each its own measurement; the process's CPU is each one's.
+
 Lag: a scenario with a `probe` measures how long what it sent takes to become visible.
 `user.trace(key, data, sent_ns)` offers an item (e.g. an event) to a sample (one per
 PROBE_SPACING_S per process, at most MAX_PENDING_PROBES at a time); a probe loop asks the
@@ -46,7 +50,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass, field
 from time import monotonic_ns
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import websockets
 from httptools import HttpParserError, HttpResponseParser
@@ -84,6 +88,7 @@ RAISED = "(the scenario raised)"
 # 30 events/s and 3% of a core. Latency still runs from the intended start.
 START_LAG_NS = 5_000_000
 
+Shares = TypeVar("Shares", "ScenarioShare", list["ScenarioShare"])
 ScenarioFn = Callable[["VirtualUser", Mapping[str, Any]], Awaitable[None]]
 # probe(user, pending {key: data}, params) -> the keys the server now shows
 ProbeFn = Callable[
@@ -137,6 +142,29 @@ class ScenarioJob:
     ) -> ScenarioShare:
         """Run this share on a fresh event loop (uvloop when available) in this thread."""
         return _run_loop(ScenarioRun(self).run(report, interrupted))
+
+
+@dataclass(frozen=True)
+class TogetherJob:
+    """One process's shares of scenarios measured together (the module docstring's
+    Together): one ScenarioJob each, one window."""
+
+    jobs: tuple[ScenarioJob, ...]
+
+    def execute(
+        self, report: Callable[[int], None] | None, interrupted: Callable[[], bool] | None
+    ) -> list[ScenarioShare]:
+        """Run the shares on one event loop; the first scenario's completions are reported."""
+        return _run_loop(self._run(report, interrupted))
+
+    async def _run(
+        self, report: Callable[[int], None] | None, interrupted: Callable[[], bool] | None
+    ) -> list[ScenarioShare]:
+        runs = [
+            ScenarioRun(job).run(report if i == 0 else None, interrupted)
+            for i, job in enumerate(self.jobs)
+        ]
+        return list(await asyncio.gather(*runs))
 
 
 @dataclass
@@ -700,7 +728,7 @@ class ScenarioRun:
             await asyncio.sleep(PROGRESS_S)
 
 
-def _run_loop(coro: Coroutine[Any, Any, ScenarioShare]) -> ScenarioShare:
+def _run_loop(coro: Coroutine[Any, Any, Shares]) -> Shares:
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         return runner.run(coro)
 
@@ -722,4 +750,4 @@ async def run_once(target: Target, scenario: Scenario, timeout_s: float = 30.0) 
     return dict(run.counts)
 
 
-__all__ = ["Scenario", "ScenarioJob", "StepFailed", "VirtualUser", "run_once"]
+__all__ = ["Scenario", "ScenarioJob", "StepFailed", "TogetherJob", "VirtualUser", "run_once"]

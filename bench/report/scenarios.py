@@ -18,7 +18,7 @@ from bench.report.aggregate import REFERENCE_SERVER, display_order
 from bench.report.charts import scenario_charts
 from bench.report.document import Column, Section, Table, Value
 from bench.report.numbers import LOWER_BOUND, MISSING, fmt_errors, fmt_ms, fmt_num
-from bench.results import Result, ScenarioResult, StepResult, Timing
+from bench.results import MIXED_WORKLOAD, Result, ScenarioResult, StepResult, Timing
 
 Key = tuple[str, int]  # (scenario name, concurrency)
 # What a scenario has several of by name, each given a row per level: its steps, its timings.
@@ -47,6 +47,12 @@ SERVER_SIDE_NOTE = (
     "before it ended; unclaimed: of those due more than a poll interval and a second before the "
     "end, those still Scheduled at the end; late: those the server's late-runs service marked "
     "Late."
+)
+
+MIXED_NOTE = (
+    "mixed: a level's writers (flow runs, beside its readers) and readers (the ui workload's "
+    "reads one after another; each is a step) shared one window and one server: each has its "
+    "own users and counts, the server's CPU is the window's."
 )
 
 
@@ -344,6 +350,8 @@ def scenario_section(results: list[Result], multi_run: bool) -> Section | None:
             )
     if any(s.timings for r in measured for s in r.scenarios):
         section.notes.append(DELAYS_NOTE)
+    if any(r.config.workload == MIXED_WORKLOAD for r in measured):
+        section.notes.append(MIXED_NOTE)
     if any(s.server_side is not None for r in measured for s in r.scenarios):
         section.tables.append(_server_side_table(found, labels, keys))
         section.notes.append(SERVER_SIDE_NOTE)

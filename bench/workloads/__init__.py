@@ -1,5 +1,7 @@
 """Workloads by name."""
 
+from dataclasses import replace
+
 from bench.errors import ConfigError
 from bench.workloads.base import Endpoint, ScenarioWorkload, Workload
 from bench.workloads.events import EVENTS
@@ -9,8 +11,16 @@ from bench.workloads.seed import HEALTH, SEED
 from bench.workloads.ui import UI
 from bench.workloads.workers import WORKERS
 
+# writes under reads: the flow-runs scenario's users and --readers users sending the UI's reads
+MIXED = replace(
+    FLOW_RUNS,
+    name="mixed",
+    description="flow-runs and ui at once, each with its own users (--readers read)",
+    beside=UI,
+)
+
 WORKLOADS: dict[str, Workload | ScenarioWorkload] = {
-    w.name: w for w in (SEED, LIFECYCLE, FLOW_RUNS, EVENTS, WORKERS, UI, HEALTH)
+    w.name: w for w in (SEED, LIFECYCLE, FLOW_RUNS, EVENTS, WORKERS, UI, MIXED, HEALTH)
 }
 
 __all__ = ["WORKLOADS", "Endpoint", "ScenarioWorkload", "Workload", "get_workload"]

@@ -7,14 +7,14 @@ import datetime as dt
 import functools
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from bench.engine.model import UNIQUE_TOKEN, EngineRequest
-from bench.engine.scenario import Scenario
+from bench.engine.scenario import Scenario, VirtualUser
 from bench.errors import VerificationError
 from bench.results import RunConfig
 
@@ -58,6 +58,29 @@ def _fill(value: Any, values: Mapping[str, str]) -> Any:
     if isinstance(value, list):
         return [_fill(v, values) for v in value]
     return value
+
+
+# A fixture set when the endpoints are read while a scenario writes beside them (--workload
+# mixed): the checks then take counts of what it writes as the least there may be.
+WRITES_BESIDE = "writes_beside"
+
+
+def reads(api_path: str, endpoints: Sequence[Endpoint], fixtures: Fixtures) -> Scenario:
+    """The endpoints as one scenario, each a step checked as under load: a reader of a page
+    sends them one after another (the scenario `read_each`). No `{unique}` tokens: these are
+    reads."""
+    requests = tuple((e.name, e.resolve("", fixtures)) for e in endpoints)
+    return Scenario("reads", read_each, {"requests": requests}, api_path)
+
+
+async def read_each(user: VirtualUser, params: Mapping[str, Any]) -> None:
+    """Send each of `params["requests"]` (name, EngineRequest) as a step and check its answer."""
+    for name, request in params["requests"]:
+        body = await user.http(
+            name, request.method, request.path, request.body, request.expect_status
+        )
+        if request.validate is not None and (problem := request.validate(body)):
+            raise user.invalid(name, problem)
 
 
 # How often a setup or verification request answered 503 is sent again.
@@ -184,6 +207,9 @@ class ScenarioWorkload:
     # services did for it, read back once it was measured (until `ended`) and recorded
     prepare: Callable[[httpx.Client, Scenario, bool], Scenario] | None = None
     finish: Callable[[httpx.Client, Scenario, dt.datetime], dict[str, int]] | None = None
+    # an endpoint workload whose requests --readers users send, as one scenario (`reads`),
+    # in the same windows as the scenario's users (writes under reads: --workload mixed)
+    beside: Workload | None = None
 
     def prepared(self, client: httpx.Client, scenario: Scenario, verify: bool) -> Scenario:
         """`scenario` with what it needs made on the server (as it is, for most workloads)."""
