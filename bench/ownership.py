@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -32,7 +33,9 @@ BOOT_LABEL = f"{LABEL_PREFIX}.boot"
 # Temporary folders of servers and local services: <tmp>/prefect-bench-…/owner.json.
 FOLDER_PREFIX = "prefect-bench-"
 OWNER_FILE = "owner.json"
-# Keys a folder's owner file may add: the process that uses it, stopped with the folder.
+# Keys a folder's owner file may add: the processes that use it, stopped with the folder,
+# each [pid, start time]; and, as files written before a folder had several, one process.
+PROCESSES = "processes"
 PROCESS_PID = "service_pid"
 PROCESS_START = "service_start"
 
@@ -99,8 +102,21 @@ def record_process(folder: Path, process: psutil.Process) -> None:
     """Add to `folder`'s owner file the process that uses it, so a cleanup stops it first."""
     path = folder / OWNER_FILE
     marks = json.loads(path.read_text())
-    marks.update({PROCESS_PID: process.pid, PROCESS_START: process.create_time()})
+    marks.setdefault(PROCESSES, []).append([process.pid, process.create_time()])
     path.write_text(json.dumps(marks))
+
+
+def _recorded(marks: Mapping[str, Any]) -> list[tuple[int, float]]:
+    """The processes an owner file names, as (pid, start time); unreadable entries left out."""
+    entries = list(marks.get(PROCESSES) or [])
+    if PROCESS_PID in marks:
+        entries.append([marks[PROCESS_PID], marks.get(PROCESS_START)])
+    found = []
+    for entry in entries:
+        with contextlib.suppress(TypeError, ValueError):
+            pid, start = entry
+            found.append((int(pid), float(start)))
+    return found
 
 
 def remove_dead_folders(root: Path | None = None) -> list[Path]:
@@ -119,11 +135,12 @@ def remove_dead_folders(root: Path | None = None) -> list[Path]:
             continue
         if not isinstance(marks, dict) or not owner_is_gone(marks):
             continue
-        with contextlib.suppress(psutil.Error, KeyError, ValueError, TypeError):
-            proc = psutil.Process(int(marks[PROCESS_PID]))
-            if abs(proc.create_time() - float(marks[PROCESS_START])) < 1.0:
-                proc.kill()
-                proc.wait(10)
+        for pid, start in _recorded(marks):
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(pid)
+                if abs(proc.create_time() - start) < 1.0:
+                    proc.kill()
+                    proc.wait(10)
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)
     return removed

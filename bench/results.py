@@ -345,6 +345,11 @@ class ServerInfo(BaseModel):
         description="started on a copy of its migrated SQLite schema (BENCH_SCHEMA_CACHE, as "
         "the tests run): startup_s leaves Prefect's migrations out",
     )
+    processes: dict[str, int] | None = Field(
+        default=None,
+        description="a server of several processes (python-scaled): its api_workers and "
+        "services processes; CPU and memory are over all of them",
+    )
     rss_peak_mb: float | None = None
     rss_idle_mb: float | None = None
     cpu_s: float | None = None
@@ -432,6 +437,11 @@ class RunConfig(BaseModel):
         default=2,
         description="mixed: users sending the ui workload's reads, beside each level's "
         "--concurrency flow-run users",
+    )
+    server_workers: Annotated[int, Field(ge=1)] = Field(
+        default=2,
+        description="python-scaled: its API processes (prefect server start --workers N), "
+        "beside its one services process",
     )
     no_services: bool = Field(default=False, description="the server's API alone")
     provider: str | None = Field(

@@ -207,7 +207,10 @@ def _start(
     run: CellRun, adapter: ServerAdapter, progress: Progress, result: Result, stack: ExitStack
 ) -> _Target:
     """Provision the services the cell needs and start its server; all undone by `stack`."""
-    if reason := adapter.unavailable_reason(run.config.no_services):
+    reason = adapter.unavailable_reason(run.config.no_services) or adapter.cell_reason(
+        run.cell.db, run.cell.broker
+    )
+    if reason:
         raise CellSkipped(reason)  # before anything is provisioned or built
     for folder in ownership.remove_dead_folders():  # what a killed run left, and only that
         progress.stage(f"removed {folder}, left by a run that was killed")
@@ -223,6 +226,7 @@ def _start(
         logdir=run.cell_dir,
         datadir=datadir,
         no_services=run.config.no_services,
+        server_workers=run.config.server_workers,
         **_provision(run, labels, progress, result, stack),
     )
     if run.config.preload:
@@ -230,14 +234,18 @@ def _start(
         result.preload = preload_database(adapter, setup, run.config, version, labels, progress)
     progress.stage(f"starting the {adapter.name} server")
     server = stack.enter_context(start_server(adapter, setup))
-    ownership.record_process(datadir, server.process.process)
+    for started in server.processes():
+        ownership.record_process(datadir, started.process)
     result.server.startup_s = round(server.startup_s, 3)
     result.server.schema_cached = server.schema_cached or None
+    if server.services is not None or server.workers:
+        result.server.processes = {"api_workers": len(server.workers) or 1}
+        result.server.processes["services"] = int(server.services is not None)
     if run.config.server_cpus:
-        server.process.pin(run.config.server_cpus)
+        server.pin(run.config.server_cpus)
     # Totals over the server's life, filled in whatever way the cell ends.
     stack.callback(_record_server_totals, result.server, server)
-    result.server.rss_idle_mb = round(tree_rss_mb(server.process.tree()), 1)
+    result.server.rss_idle_mb = round(tree_rss_mb(server.tree()), 1)
     backends = BackendTelemetry.for_cell(
         setup.postgres, setup.redis, setup.sqlite_path if setup.db == "sqlite" else None
     )
@@ -247,8 +255,8 @@ def _start(
 
 
 def _record_server_totals(info: ServerInfo, server: RunningServer) -> None:
-    if server.process.exit_code() is None:  # a dead server's counters are gone
-        info.cpu_s = round(tree_cpu_s(server.process.tree()), 3)
+    if all(p.exit_code() is None for p in server.processes()):  # a dead one's are gone
+        info.cpu_s = round(tree_cpu_s(server.tree()), 3)
 
 
 @contextmanager
@@ -299,7 +307,7 @@ def _measure_all(
     progress: Progress,
     result: Result,
 ) -> None:
-    sampler = ResourceSampler(target.server.process.tree) if target.server else None
+    sampler = ResourceSampler(target.server.tree) if target.server else None
     sweep = f" at {len(config.sweep)} rates each" if config.sweep else ""
     progress.stage(f"measuring {len(workload.endpoints)} endpoints{sweep}")
     for endpoint in workload.endpoints:
@@ -475,7 +483,7 @@ def _measure_scenarios(
     result: Result,
 ) -> None:
     config = run.config
-    sampler = ResourceSampler(target.server.process.tree) if target.server else None
+    sampler = ResourceSampler(target.server.tree) if target.server else None
     progress.stage(f"verifying the {workload.name} scenario once")
 
     def fresh() -> engine.Scenario:

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from bench import engine
 from bench.progress import Progress
-from bench.results import Cell, EndpointResult, RunConfig, new_run_id
+from bench.results import Cell, EndpointResult, RunConfig, ScenarioResult, new_run_id
 from bench.runner import EXTERNAL_SERVER, CellRun
 from bench.servers.registry import make_server
 from bench.servers.running import SCHEMA_CACHE_ENV, RunningServer, ServerSetup, start_server
@@ -77,14 +77,20 @@ class RecordingProgress(Progress):
     def __init__(self, after: int | None = None, action: Callable[[], None] | None = None) -> None:
         super().__init__(Console(file=open(os.devnull, "w")), "test")  # noqa: SIM115
         self.stages: list[str] = []
-        self.done: list[EndpointResult] = []
+        self.done: list[EndpointResult | ScenarioResult] = []
         self.after, self.action = after, action
 
     def stage(self, text: str) -> None:
         self.stages.append(text)
 
     def measured(self, ep: EndpointResult) -> None:
-        self.done.append(ep)
+        self._done(ep)
+
+    def measured_scenario(self, measured: ScenarioResult) -> None:
+        self._done(measured)
+
+    def _done(self, measured: EndpointResult | ScenarioResult) -> None:
+        self.done.append(measured)
         if len(self.done) == self.after and self.action is not None:
             self.action()
 

@@ -37,7 +37,7 @@ def bench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--server", "nginx"], "unknown server 'nginx' (known: python, zig)"),
+        (["--server", "nginx"], "unknown server 'nginx' (known: python, python-scaled, zig)"),
         (["--db", "mysql"], "unknown db 'mysql'"),
         (["--broker", "kafka"], "unknown broker 'kafka'"),
         (["--workload", "bogus"], "unknown workload 'bogus'"),
@@ -66,6 +66,10 @@ def bench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         ),
         (["--workload", "workers", "--rate", "5"], "--rate: workers poll at their own pace"),
         (["--readers", "0"], "--readers: input should be greater than or equal to 1"),
+        (
+            ["--server-workers", "0"],
+            "--server-workers: input should be greater than or equal to 1",
+        ),
         (["--workload", "mixed", "--rate", "5"], "--rate: mixed runs its writers and readers"),
         (["--provider", "podman"], "unknown provider 'podman' (known: external, docker, local)"),
         (["--url", "ftp://127.0.0.1/api"], "--url must be an http:// URL"),

@@ -31,7 +31,7 @@ def test_every_cell_is_a_session_named_as_the_design_says(repo_root: Path, tmp_p
     out = nox(repo_root, tmp_path, "-l", "--json", "-s", "bench")
     assert out.returncode == 0, out.stderr
     sessions = [s["session"] for s in json.loads(out.stdout)]
-    assert len(sessions) == 8 == len(cells())
+    assert len(sessions) == 12 == len(cells())
     assert sessions[:2] == [
         "bench(server='python', db='sqlite')",
         "bench(server='python', db='sqlite', broker='redis')",
@@ -48,7 +48,7 @@ def test_a_broken_servers_file_breaks_neither_listing_nor_lint(
     env = {"BENCH_SERVERS_FILE": str(broken)}
     listed = nox(repo_root, tmp_path, "-l", "--json", "-s", "bench", env=env)
     assert listed.returncode == 0, listed.stderr
-    assert len(json.loads(listed.stdout)) == 8  # the built-in servers' cells
+    assert len(json.loads(listed.stdout)) == 12  # the built-in servers' cells
     lint = nox(repo_root, tmp_path, "-s", "lint", env=env)
     assert lint.returncode == 0, lint.stdout[-2000:] + lint.stderr[-2000:]
     cell = nox(repo_root, tmp_path, "-s", "bench(server='python', db='sqlite')", env=env)

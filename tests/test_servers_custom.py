@@ -57,7 +57,7 @@ def test_the_example_file_custom_server_runs_a_cell(
 ) -> None:
     """servers.toml.example's prefect-main: `python -m prefect server start`, as a custom server."""
     monkeypatch.setenv("BENCH_SERVERS_FILE", str(EXAMPLE))
-    assert server_names() == ("python", "zig", "prefect-main")
+    assert server_names() == ("python", "python-scaled", "zig", "prefect-main")
     run = cell_run("prefect-main", duration_s=0.2, warmup_s=0.0, concurrency=[1], no_services=True)
     result = run_cell(run, progress())
     assert result.status == "ok", result.error
@@ -133,11 +133,11 @@ def test_the_servers_file_is_found_by_flag_environment_or_current_folder(
         servers_file(tmp_path / "missing.toml")
     here = write(tmp_path, '[servers.here]\ncommand = ["x"]\n')
     assert servers_file() == here
-    assert server_names() == ("python", "zig", "here")
+    assert server_names() == ("python", "python-scaled", "zig", "here")
     other = write(tmp_path, '[servers.b]\ncommand = ["x"]\n[servers.a]\ncommand = ["y"]\n', "o.t")
     monkeypatch.setenv("BENCH_SERVERS_FILE", str(other))
-    assert server_names() == ("python", "zig", "b", "a")  # file order
-    assert server_names(here) == ("python", "zig", "here")  # the flag wins
+    assert server_names() == ("python", "python-scaled", "zig", "b", "a")  # file order
+    assert server_names(here) == ("python", "python-scaled", "zig", "here")  # the flag wins
 
 
 # -- bad servers.toml: errors name the file, the server and the key -------------------------
@@ -182,6 +182,9 @@ def test_the_servers_file_is_found_by_flag_environment_or_current_folder(
         ('[servers.external]\ncommand = ["a"]\n', "and not 'external'"),
         ('[server.x]\ncommand = ["a"]\n', "unknown top-level key 'server'"),
         ("[servers.x\n", "not valid TOML"),
+        ('[servers.x]\nextends = "nginx"\n', "extends 'nginx', not a built-in server"),
+        ('[servers.x]\ncommand = ["a"]\ndbs = ["mysql"]\n', "dbs must be a non-empty list"),
+        ('[servers.x]\ncommand = ["a"]\nbrokers = []\n', "brokers must be a non-empty list"),
     ],
 )
 def test_a_bad_servers_file_is_a_config_error_naming_file_server_and_key(
@@ -206,7 +209,7 @@ def test_a_placeholder_the_cell_lacks_is_a_config_error_saying_where(tmp_path: P
 
 def test_unknown_server_names_list_the_known_ones(tmp_path: Path) -> None:
     path = write(tmp_path, '[servers.mine]\ncommand = ["a"]\n')
-    with pytest.raises(ConfigError, match="known: python, zig, mine"):
+    with pytest.raises(ConfigError, match="known: python, python-scaled, zig, mine"):
         make_server("yours", servers_file=path)
 
 
@@ -301,3 +304,21 @@ def test_a_missing_custom_binary_skips_the_cell(tmp_path: Path) -> None:
     assert f"{tmp_path / 'bin' / 'gone'} does not exist" in reason
     path = write(tmp_path, '[servers.nob]\ncommand = ["{binary}"]\n')
     assert "names none" in (make_server("nob", servers_file=path).unavailable_reason() or "")
+
+
+def test_a_server_extends_a_builtin_with_its_keys_changed(tmp_path: Path) -> None:
+    """`extends`: the built-in's keys and variables, the server's own over them."""
+    path = write(
+        tmp_path,
+        '[servers.mine]\nextends = "python"\ndbs = ["postgres"]\n'
+        '[servers.mine.env]\nPREFECT_SERVER_LOGGING_LEVEL = "DEBUG"\n',
+    )
+    mine, python = make_server("mine", servers_file=path), make_server("python")
+    assert mine.spec.command == python.spec.command and mine.spec.user_file == path
+    env = mine.environment(1, setup_for(tmp_path))
+    assert env["PREFECT_SERVER_LOGGING_LEVEL"] == "DEBUG"
+    assert env["PREFECT_SERVER_UI_ENABLED"] == "false"  # the built-in's, kept
+    assert mine.cell_reason("postgres", "memory") is None
+    assert "runs only on postgres with memory or redis" in (
+        mine.cell_reason("sqlite", "memory") or ""
+    )

@@ -13,6 +13,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -69,8 +70,17 @@ def executable_problem(binary: Path, what: str) -> str | None:
     return None
 
 
-def run_logged(argv: list[str], *, cwd: Path, log_path: Path, timeout_s: float, what: str) -> None:
-    """Run a build step to completion, its output appended to `log_path`.
+def run_logged(
+    argv: list[str],
+    *,
+    cwd: Path,
+    log_path: Path,
+    timeout_s: float,
+    what: str,
+    env: Mapping[str, str] | None = None,
+) -> None:
+    """Run a build step (or a server's init command) to completion, its output appended to
+    `log_path`, in `env` (default: `clean_environ()`).
 
     ServerError with the log's tail if it cannot start, fails or outlasts `timeout_s`; the step
     (its whole process tree) is stopped on any exception, Ctrl-C included.
@@ -79,7 +89,9 @@ def run_logged(argv: list[str], *, cwd: Path, log_path: Path, timeout_s: float, 
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"$ cd {cwd} && {' '.join(argv)}\n")
     try:
-        proc = ManagedProcess(argv, env=clean_environ(), cwd=cwd, log_path=log_path)
+        proc = ManagedProcess(
+            argv, env=clean_environ() if env is None else env, cwd=cwd, log_path=log_path
+        )
     except OSError as exc:
         raise ServerError(f"{what} could not start ({argv[0]}): {exc}") from exc
     try:
@@ -102,9 +114,9 @@ def run_logged(argv: list[str], *, cwd: Path, log_path: Path, timeout_s: float, 
 class ServerAdapter:
     """Runs a ServerSpec: renders its command and environment for a cell, builds it if asked.
 
-    The runner calls, in this order: unavailable_reason(no_services), prepare(logdir),
-    version(), info(), then bench.servers.running.start_server(adapter, setup), which calls
-    command() and environment().
+    The runner calls, in this order: unavailable_reason(no_services), cell_reason(db, broker),
+    prepare(logdir), version(), info(), then bench.servers.running.start_server(adapter,
+    setup), which calls init_command(), command(), environment() and services_command().
     """
 
     # Options of this server's own; their values are the constructor's keyword arguments.
@@ -136,6 +148,14 @@ class ServerAdapter:
         if self.binary is None and self.spec.uses("binary"):
             return f"the {self.name} server uses {{binary}} but names none ({self._where()})"
         return None
+
+    def cell_reason(self, db: str, broker: str) -> str | None:
+        """None if the server runs in a `db`, `broker` cell; else why it is skipped."""
+        if db in self.spec.dbs and broker in self.spec.brokers:
+            return None
+        runs = f"{' or '.join(self.spec.dbs)} with {' or '.join(self.spec.brokers)}"
+        what = f" ({self.spec.description})" if self.spec.description else ""
+        return f"the {self.name} server runs only on {runs}{what}, not on {db} with {broker}"
 
     def prepare(self, logdir: Path) -> None:
         """Build what the server needs, once (later calls return at once); its log in `logdir`.
@@ -201,6 +221,25 @@ class ServerAdapter:
             argv += [render(a, values, where, cell) for a in self.spec.no_services_args or ()]
         return argv
 
+    def init_command(self, setup: ServerSetup) -> list[str] | None:
+        """The argv run to completion before the server starts, if it has one (no {port}: it
+        runs before one is chosen)."""
+        if self.spec.init_command is None:
+            return None
+        values = self._values(0, setup)
+        del values["port"]
+        where = f"{self._where()} init_command"
+        return [render(a, values, where, _cell_words(setup)) for a in self.spec.init_command]
+
+    def services_command(self, port: int, setup: ServerSetup) -> list[str] | None:
+        """The argv of the process beside the server that runs its services, if it has one
+        and the cell runs them."""
+        if self.spec.services_command is None or setup.no_services:
+            return None
+        values = self._values(port, setup)
+        where = f"{self._where()} services_command"
+        return [render(a, values, where, _cell_words(setup)) for a in self.spec.services_command]
+
     def environment(self, port: int, setup: ServerSetup) -> dict[str, str]:
         """The variables the server needs, on top of `clean_environ()`."""
         values = self._values(port, setup)
@@ -248,6 +287,7 @@ class ServerAdapter:
             "sqlite_path": str(setup.sqlite_path),
             "python": sys.executable,
             "config_dir": str(self.spec.config_dir),
+            "server_workers": str(setup.server_workers),
         }
         if self.binary is not None:
             values["binary"] = str(self.binary)

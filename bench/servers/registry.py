@@ -13,7 +13,11 @@ from bench.servers.specs import load_servers
 from bench.servers.zig import ZigServer
 
 # Servers that need more than their spec; any other (a servers.toml one) is a ServerAdapter.
-ADAPTERS: dict[str, type[ServerAdapter]] = {"python": PythonServer, "zig": ZigServer}
+ADAPTERS: dict[str, type[ServerAdapter]] = {
+    "python": PythonServer,
+    "python-scaled": PythonServer,
+    "zig": ZigServer,
+}
 
 
 def server_options() -> dict[str, tuple[ServerOption, ...]]:

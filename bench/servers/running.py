@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 
 from bench.cache import default_cache_dir
 from bench.errors import ServerError
 from bench.ports import PortTaken, lost_port_race, on_free_port
 from bench.preload.cache import snapshot_sqlite
 from bench.process import ManagedProcess, wait_until
-from bench.servers.adapter import ServerAdapter, clean_environ
+from bench.servers.adapter import ServerAdapter, clean_environ, run_logged
 from bench.services.base import PostgresService, RedisService
 
 
@@ -36,6 +37,8 @@ class ServerSetup:
     no_services: bool = False
     # started to seed a --preload, with the spec's [env.seeding] (not measured)
     seeding: bool = False
+    # {server_workers}: the API processes of a server that runs several (python-scaled)
+    server_workers: int = 2
 
     @property
     def sqlite_path(self) -> Path:
@@ -54,19 +57,50 @@ class RunningServer:
     exit_code: int | None = field(default=None, init=False)
     # started on a copy of its migrated schema (BENCH_SCHEMA_CACHE): startup_s leaves it out
     schema_cached: bool = field(default=False, init=False)
+    # the process beside it that runs its services (a spec's services_command)
+    services: ManagedProcess | None = field(default=None, init=False)
+    # its API worker processes, when it runs several ({server_workers}): each must live
+    workers: list[psutil.Process] = field(default_factory=list, init=False)
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}{self.api_path}"
 
+    def processes(self) -> list[ManagedProcess]:
+        """The processes we started: the server, and its services process if it has one."""
+        return [self.process] + ([self.services] if self.services else [])
+
+    def tree(self) -> list[psutil.Process]:
+        """Every live process of the deployment, for CPU and memory: each one's tree."""
+        return [p for started in self.processes() for p in started.tree()]
+
+    def pin(self, cpus: list[int]) -> None:
+        """Pin every process of the deployment to `cpus`."""
+        for started in self.processes():
+            started.pin(cpus)
+
     def check_alive(self) -> None:
-        """Raise ServerError if the server has exited."""
-        code = self.process.exit_code()
-        if code is not None:
-            raise ServerError(
-                f"the server exited with code {code}; last lines of "
-                f"{self.process.log_path}:\n{self.process.log_tail()}"
-            )
+        """Raise ServerError, saying which process, if one of the deployment's has exited."""
+        for what, started in (("the server", self.process), ("its services", self.services)):
+            if started is not None and (code := started.exit_code()) is not None:
+                raise ServerError(
+                    f"{what} ({' '.join(started.argv[:6])} …) exited with code {code}; last "
+                    f"lines of {started.log_path}:\n{started.log_tail()}"
+                )
+        for worker in self.workers:
+            if not _lives(worker):
+                raise ServerError(
+                    f"the server's API worker process {worker.pid} (one of "
+                    f"{len(self.workers)}) died; last lines of {self.process.log_path}:\n"
+                    f"{self.process.log_tail()}"
+                )
+
+
+def _lives(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _healthy(url: str) -> bool:
@@ -111,8 +145,107 @@ def _start_on(port: int, adapter: ServerAdapter, setup: ServerSetup) -> RunningS
     except BaseException:
         process.stop()
         raise
-    return RunningServer(port, adapter.api_path, process, time.monotonic() - started)
+    server = RunningServer(port, adapter.api_path, process, time.monotonic() - started)
+    try:
+        if adapter.spec.uses("server_workers"):
+            server.workers = _await_workers(adapter, process, port, setup.server_workers)
+        if (argv := adapter.services_command(port, setup)) is not None:
+            server.services = _start_services(adapter, argv, env, setup)
+    except BaseException:
+        for proc in server.processes():
+            proc.stop()
+        raise
+    server.startup_s = time.monotonic() - started
+    return server
 
+
+def _run_init(adapter: ServerAdapter, setup: ServerSetup) -> float:
+    """Run the server's init command, if any, to completion in its environment (its output in
+    the cell's init.log); how long it took. ServerError with the log's tail if it fails."""
+    argv = adapter.init_command(setup)
+    if argv is None:
+        return 0.0
+    started = time.monotonic()
+    run_logged(
+        argv,
+        cwd=setup.datadir,
+        log_path=setup.logdir / "init.log",
+        timeout_s=adapter.startup_timeout_s,
+        what=f"the {adapter.name} server's init command",
+        env=clean_environ() | adapter.environment(0, setup),
+    )
+    return time.monotonic() - started
+
+
+def _await_workers(
+    adapter: ServerAdapter, process: ManagedProcess, port: int, count: int
+) -> list[psutil.Process]:
+    """The server's `count` API worker processes, once all are up (health answered as soon as
+    the first one was): the processes under it that listen on its port (not, say, Python's
+    multiprocessing resource tracker)."""
+
+    def workers() -> list[psutil.Process] | None:
+        found = [p for p in process.tree()[1:] if _listens(p, port)]
+        return found if len(found) >= count else None
+
+    try:
+        return wait_until(
+            workers,
+            timeout_s=adapter.startup_timeout_s,
+            interval_s=0.1,
+            abort=lambda: None if process.exit_code() is None else "exited",
+        )
+    except (TimeoutError, RuntimeError) as exc:
+        raise ServerError(
+            f"the {adapter.name} server did not run its {count} API worker processes within "
+            f"{adapter.startup_timeout_s:g} s; last lines of {process.log_path}:\n"
+            f"{process.log_tail()}"
+        ) from exc
+
+
+def _listens(process: psutil.Process, port: int) -> bool:
+    try:
+        connections = process.net_connections(kind="tcp")
+    except psutil.Error:
+        return False
+    return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in connections)
+
+
+def _start_services(
+    adapter: ServerAdapter, argv: list[str], env: dict[str, str], setup: ServerSetup
+) -> ManagedProcess:
+    """The services process, once it says it has started them (SERVICES_STARTED)."""
+    log_path = setup.logdir / "services.log"
+    try:
+        services = ManagedProcess(argv, env=env, cwd=setup.datadir, log_path=log_path)
+    except OSError as exc:
+        raise ServerError(f"cannot start the {adapter.name} server's services: {exc}") from exc
+    try:
+        wait_until(
+            lambda: SERVICES_STARTED in services.log_tail(),
+            timeout_s=adapter.startup_timeout_s,
+            interval_s=0.1,
+            abort=lambda: None if services.exit_code() is None else "exited",
+        )
+    except (TimeoutError, RuntimeError) as exc:
+        services.stop()
+        what = (
+            f"did not say {SERVICES_STARTED!r} within {adapter.startup_timeout_s:g} s"
+            if isinstance(exc, TimeoutError)
+            else f"exited with code {services.exit_code()}"
+        )
+        raise ServerError(
+            f"the {adapter.name} server's services {what}; last lines of {log_path}:\n"
+            f"{services.log_tail()}"
+        ) from exc
+    except BaseException:
+        services.stop()
+        raise
+    return services
+
+
+# What `prefect server services start` prints once it runs them (prefect/cli/server.py).
+SERVICES_STARTED = "Starting services"
 
 # Set (the tests set it), a SQLite server starts on a copy of the database it migrated the
 # first time, kept per server and version: Prefect's migrations are most of its start. Its
@@ -147,6 +280,7 @@ def start_server(adapter: ServerAdapter, setup: ServerSetup) -> Iterator[Running
     if cached:
         assert schema is not None
         shutil.copyfile(schema, setup.sqlite_path)
+    init_s = _run_init(adapter, setup)
     server = on_free_port(
         lambda port: _start_on(port, adapter, setup),
         f"the {adapter.name} server",
@@ -154,9 +288,12 @@ def start_server(adapter: ServerAdapter, setup: ServerSetup) -> Iterator[Running
         attempts=3,
     )
     server.schema_cached = cached
+    server.startup_s += init_s
     if schema is not None and not cached:
         _keep_schema(setup.sqlite_path, schema)
     try:
         yield server
     finally:
+        if server.services is not None:
+            server.services.stop()
         server.exit_code = server.process.stop()

@@ -36,7 +36,16 @@ SEEDING_SECTION = "seeding"
 ENV_SECTIONS = (*DBS, *BROKERS, NO_SERVICES_SECTION, SEEDING_SECTION)
 
 # Placeholders, by when they have a value (see servers.toml.example for their meaning).
-ALWAYS = ("port", "host", "workdir", "sqlite_path", "python", "config_dir", "binary")
+ALWAYS = (
+    "port",
+    "host",
+    "workdir",
+    "sqlite_path",
+    "python",
+    "config_dir",
+    "binary",
+    "server_workers",
+)
 POSTGRES = ("db_url", "pg_host", "pg_port", "pg_user", "pg_password", "pg_database")
 REDIS = (
     "redis_host",
@@ -51,8 +60,13 @@ OUTSIDE_CELL = ("python", "config_dir")
 VERSION_PLACEHOLDERS = (*OUTSIDE_CELL, "binary")
 
 _SERVER_KEYS = (
+    "extends",
     "description",
     "command",
+    "init_command",
+    "services_command",
+    "dbs",
+    "brokers",
     "env",
     "api_path",
     "health_path",
@@ -89,6 +103,15 @@ class ServerSpec:
     health_path: str = "/api/health"
     startup_timeout_s: float = 120.0
     no_services_args: tuple[str, ...] | None = None
+    # run to completion in the cell's environment before the server starts (its migrations,
+    # when its processes must not each run them)
+    init_command: tuple[str, ...] | None = None
+    # a second process beside the server (its services: `prefect server services start`),
+    # same environment, not started without services
+    services_command: tuple[str, ...] | None = None
+    # the cells it runs in; the others are skipped, saying why
+    dbs: tuple[str, ...] = DBS
+    brokers: tuple[str, ...] = BROKERS
     version_command: tuple[str, ...] | None = None
     binary: Path | None = None
     build: BuildSpec | None = None
@@ -97,6 +120,7 @@ class ServerSpec:
     def uses(self, placeholder: str) -> bool:
         """Whether any template of the server's start (command, env) uses `placeholder`."""
         templates = [*self.command, *(self.no_services_args or ())]
+        templates += [*(self.init_command or ()), *(self.services_command or ())]
         templates += [v for section in self.env.values() for v in section.values()]
         return any(placeholder in fields(t) for t in templates)
 
@@ -121,7 +145,7 @@ def servers_file(path: Path | None = None) -> Path | None:
 
 def load_servers(path: Path | None = None) -> dict[str, ServerSpec]:
     """Every server by name: built-ins first, then the servers.toml's own, in file order."""
-    builtin = _entries(_read(BUILTIN_FILE), BUILTIN_FILE)
+    builtin = _builtin_entries()
     specs = {
         name: _spec(name, entry, base=Path.cwd(), user_file=None) for name, entry in builtin.items()
     }
@@ -135,6 +159,7 @@ def load_servers(path: Path | None = None) -> dict[str, ServerSpec]:
             merged = _merge(builtin[name], entry)
             specs[name] = _spec(name, merged, user.parent, user)
         else:
+            entry = _extended(entry, builtin, where)
             if "command" not in entry:
                 raise ConfigError(f"{where} has no command (a list: program and arguments)")
             specs[name] = _spec(name, entry, user.parent, user)
@@ -143,8 +168,28 @@ def load_servers(path: Path | None = None) -> dict[str, ServerSpec]:
 
 def load_builtin(name: str) -> ServerSpec:
     """A built-in server as bench/servers/builtin.toml describes it, without any servers.toml."""
-    entry = _entries(_read(BUILTIN_FILE), BUILTIN_FILE)[name]
-    return _spec(name, entry, base=Path.cwd(), user_file=None)
+    return _spec(name, _builtin_entries()[name], base=Path.cwd(), user_file=None)
+
+
+def _builtin_entries() -> dict[str, dict[str, Any]]:
+    """The built-in entries, each `extends` resolved."""
+    raw = _entries(_read(BUILTIN_FILE), BUILTIN_FILE)
+    return {name: _extended(e, raw, f"{BUILTIN_FILE}: [servers.{name}]") for name, e in raw.items()}
+
+
+def _extended(
+    entry: Mapping[str, Any], bases: Mapping[str, Mapping[str, Any]], where: str
+) -> dict[str, Any]:
+    """`entry` on top of the built-in server it `extends` (merged as a servers.toml's change
+    to it is), or as it is when it extends none."""
+    if "extends" not in entry:
+        return dict(entry)
+    base_name = entry["extends"]
+    base = bases.get(base_name) if isinstance(base_name, str) else None
+    if base is None or "extends" in base:
+        known = ", ".join(n for n, b in bases.items() if "extends" not in b)
+        raise ConfigError(f"{where} extends {base_name!r}, not a built-in server ({known})")
+    return _merge(base, {k: v for k, v in entry.items() if k != "extends"})
 
 
 def builtin_server_names() -> tuple[str, ...]:
@@ -240,6 +285,8 @@ def _spec(name: str, entry: Mapping[str, Any], base: Path, user_file: Path | Non
         raise ConfigError(f"{where} has no command (a list: program and arguments)")
     command = _argv(entry["command"], f"{where} command", PLACEHOLDERS, base)
     no_services = entry.get("no_services_args")
+    init = entry.get("init_command")
+    services = entry.get("services_command")
     version = entry.get("version_command")
     build = entry.get("build")
     return ServerSpec(
@@ -256,6 +303,14 @@ def _spec(name: str, entry: Mapping[str, Any], base: Path, user_file: Path | Non
         no_services_args=None
         if no_services is None
         else _argv(no_services, f"{where} no_services_args", PLACEHOLDERS, base, program=False),
+        init_command=None
+        if init is None
+        else _argv(init, f"{where} init_command", PLACEHOLDERS, base),
+        services_command=None
+        if services is None
+        else _argv(services, f"{where} services_command", PLACEHOLDERS, base),
+        dbs=_names(entry.get("dbs", list(DBS)), DBS, f"{where} dbs"),
+        brokers=_names(entry.get("brokers", list(BROKERS)), BROKERS, f"{where} brokers"),
         version_command=None
         if version is None
         else _argv(version, f"{where} version_command", VERSION_PLACEHOLDERS, base),
@@ -263,6 +318,13 @@ def _spec(name: str, entry: Mapping[str, Any], base: Path, user_file: Path | Non
         build=None if build is None else _build(build, f"{where[:-1]}.build]", base),
         user_file=user_file,
     )
+
+
+def _names(value: Any, known: tuple[str, ...], where: str) -> tuple[str, ...]:
+    """A non-empty list of some of `known` (dbs, brokers)."""
+    if not isinstance(value, list) or not value or not all(v in known for v in value):
+        raise ConfigError(f"{where} must be a non-empty list of {', '.join(known)}, got {value!r}")
+    return tuple(value)
 
 
 def _str(value: Any, where: str) -> str:
