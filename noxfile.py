@@ -150,7 +150,8 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff check and ruff format --check."""
-    session.install("ruff")
+    """ruff check, ruff format --check, and yamllint on the workflows (.yamllint)."""
+    session.install("ruff", "yamllint")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("yamllint", "--strict", ".github/", ".yamllint")

@@ -278,6 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="a folder of many runs: each cell's figures over them and where they changed "
         "(without PATHS, the report is that history alone)",
     )
+    report.add_argument(
+        "--across-machines",
+        action="store_true",
+        help="compute speedups between results measured on different machines (e.g. the cells "
+        "of a CI fan-out, each on a runner of its own) instead of leaving them out, naming the "
+        "machines: such a ratio is the machines' as much as the servers'",
+    )
 
     compare = commands.add_parser(
         "compare",
@@ -591,7 +598,8 @@ def _report(args: argparse.Namespace, console: Console) -> int:
         warnings += [f"history: {w}" for w in history_warnings]
     for warning in warnings:
         console.print(f"warning: {warning}", markup=False, highlight=False, style="yellow")
-    report = build(results, baseline, history)
+    # The matrix's closing report (its own namespace) is of one machine.
+    report = build(results, baseline, history, getattr(args, "across_machines", False))
     for renderable in render_terminal(report):
         console.print(renderable)
     try:

@@ -486,6 +486,12 @@ def total_rps(result: Result, concurrency: int) -> Total | None:
     return Total(sum(ep.rps for ep in eps), any(ep.client_saturated for ep in eps))
 
 
+def machine(result: Result) -> str:
+    """The machine a result was measured on, as reports name it: host (cpu model, cpus)."""
+    env = result.environment
+    return f"{env.hostname or '?'} ({env.cpu_model}, {env.cpu_count} cpus)"
+
+
 @dataclass(frozen=True)
 class Pair:
     """A non-reference result and the reference (`python`) result it is compared with."""
@@ -497,11 +503,16 @@ class Pair:
     def same_run(self) -> bool:
         return self.other.run_id == self.base.run_id
 
+    @property
+    def same_machine(self) -> bool:
+        return machine(self.other) == machine(self.base)
+
 
 def speedup_pairs(results: Iterable[Result]) -> list[Pair]:
     """Pair each ok non-python result with an ok python result of the same db and broker.
 
-    The python result of the same run is preferred; otherwise the newest one (by started_at).
+    A python result of the same machine is preferred (a speedup across machines is not the
+    servers' alone), then one of the same run, then the newest one (by started_at).
     """
     ok = display_order(r for r in results if r.status == "ok")
     refs = [r for r in ok if r.cell.server == REFERENCE_SERVER]
@@ -514,8 +525,9 @@ def speedup_pairs(results: Iterable[Result]) -> list[Pair]:
         ]
         if not same_cell:
             continue
-        same_run = [b for b in same_cell if b.run_id == other.run_id]
-        base = same_run[0] if same_run else max(same_cell, key=lambda b: (b.started_at, b.run_id))
+        here = [b for b in same_cell if machine(b) == machine(other)] or same_cell
+        same_run = [b for b in here if b.run_id == other.run_id]
+        base = same_run[0] if same_run else max(here, key=lambda b: (b.started_at, b.run_id))
         pairs.append(Pair(other, base))
     return pairs
 
@@ -533,7 +545,7 @@ def _distinct(results: Sequence[Result], what: str, key: Callable[[Result], str]
 def series_key(result: Result) -> tuple[str, str]:
     """(cell name, settings): results with equal keys are one series. The settings are what
     changes the figures: the workload and its load, the pinning, and the machine."""
-    c, env = result.config, result.environment
+    c = result.config
     load = f"{c.mode} {fmt_num(c.rate)}/s" if c.mode == "open" else c.mode
     settings = [
         c.workload,
@@ -552,7 +564,7 @@ def series_key(result: Result) -> tuple[str, str]:
     if c.preload:
         shape = f", {c.preload_shape}" if c.preload_shape else ""
         settings.append(f"preload {c.preload:,} flow runs{shape}")
-    settings.append(f"on {env.hostname or '?'} ({env.cpu_model}, {env.cpu_count} cpus)")
+    settings.append(f"on {machine(result)}")
     return result.cell.name, ", ".join(settings)
 
 
@@ -564,14 +576,7 @@ def comparability_warnings(results: Iterable[Result]) -> list[str]:
     """
     measured = [r for r in results if r.status == "ok" or r.endpoints]
     warnings: list[str] = []
-    machines = _distinct(
-        measured,
-        "machines",
-        lambda r: (
-            f"{r.environment.hostname or '?'} / {r.environment.cpu_model} "
-            f"/ {r.environment.cpu_count} cpus"
-        ),
-    )
+    machines = _distinct(measured, "machines", machine)
     if machines:
         warnings.append(
             f"Results come from different machines: {machines}. "

@@ -14,7 +14,7 @@ is the test that sees the noise between runs; it needs at least MIN_RUNS runs a 
 
 `ratio_value` shows a ratio (speedups, changes, the baseline; endpoints and scenarios alike):
 its bound marks, "~" within the noise, and its tone; `RatioFlags` collects the notes a table of
-them needs.
+them needs. `on_one_machine` keeps speedups to pairs measured on one machine, unless told not to.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from bench.report.aggregate import display_order, series_key
+from bench.report.aggregate import Pair, display_order, machine, series_key
 from bench.report.document import Tone, Value
 from bench.report.numbers import LOWER_BOUND, MISSING, SATURATED_MARK, UPPER_BOUND, fmt_ratio
 from bench.results import Measurement, Result, ScenarioMeasurement
@@ -232,3 +232,31 @@ def change_value(old: Sequence[Rated], new: Sequence[Rated], flags: RatioFlags) 
     flags.saturated |= old_sat or new_sat
     flags.noisy |= bool(change.within_noise)
     return ratio_value(change.ratio, 1.0, new_sat, old_sat, True, change.within_noise)
+
+
+ACROSS_MACHINES_OPTION = "--across-machines"  # the report's option (bench/cli.py)
+
+
+def on_one_machine(pairs: Sequence[Pair], across_machines: bool) -> tuple[list[Pair], list[str]]:
+    """The pairs a table of speedups shows and its notes on those measured on two machines.
+
+    Those are left out, each named with its machines: a ratio of a server on one machine over
+    another server on another is the machines' as much as the servers'. With `across_machines`
+    they are shown, and the note says so and names them all the same.
+    """
+    across = [p for p in pairs if not p.same_machine]
+    if not across:
+        return list(pairs), []
+    named = "; ".join(
+        f"{p.other.cell.name} on {machine(p.other)} vs {p.base.cell.name} on {machine(p.base)}"
+        for p in across
+    )
+    if across_machines:
+        return list(pairs), [
+            f"Compared across machines, as {ACROSS_MACHINES_OPTION} asked: {named}. These "
+            "ratios are the machines' as much as the servers'."
+        ]
+    return [p for p in pairs if p.same_machine], [
+        f"Left out, measured on different machines: {named}. A speedup across machines is the "
+        f"machines' as much as the servers' ({ACROSS_MACHINES_OPTION} computes it anyway)."
+    ]

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from bench.report import compare
-from bench.report.aggregate import REFERENCE_SERVER, display_order
+from bench.report.aggregate import REFERENCE_SERVER, Pair, display_order
 from bench.report.charts import scenario_charts
 from bench.report.document import Column, Section, Table, Value
 from bench.report.numbers import LOWER_BOUND, MISSING, fmt_errors, fmt_ms, fmt_num
@@ -247,11 +247,8 @@ def _server_side_table(
     return table
 
 
-def _speedup_table(
-    results: list[Result], keys: list[Key], flags: compare.RatioFlags
-) -> Table | None:
-    """Each other server's completed scenarios per second over python's, same db and broker,
-    same run when there is one; "~" where within the noise of their slices."""
+def _speedup_pairs(results: list[Result]) -> list[Pair]:
+    """Each other server's result with scenarios and python's of the same run, db and broker."""
     refs = {
         (r.run_id, r.cell.db, r.cell.broker): r
         for r in results
@@ -263,19 +260,27 @@ def _speedup_table(
             continue
         ref = refs.get((r.run_id, r.cell.db, r.cell.broker))
         if ref is not None:
-            pairs.append((ref, r))
+            pairs.append(Pair(other=r, base=ref))
+    return pairs
+
+
+def _speedup_table(
+    results: list[Result], pairs: list[Pair], keys: list[Key], flags: compare.RatioFlags
+) -> Table | None:
+    """Each other server's completed scenarios per second over python's, for `pairs`; "~"
+    where within the noise of their slices."""
     if not pairs:
         return None
     table = Table(
         f"Scenarios per second over {REFERENCE_SERVER}{_unit(results)}",
         [Column("scenario"), Column("c", numeric=True)]
-        + [Column(f"{o.cell.name} vs {REFERENCE_SERVER}", numeric=True) for _, o in pairs],
+        + [Column(f"{p.other.cell.name} vs {REFERENCE_SERVER}", numeric=True) for p in pairs],
         grouped=True,
     )
     for key in keys:
         row = [Value(key[0]), Value(str(key[1]))]
-        for ref, other in pairs:
-            b, o = _by_key(ref).get(key), _by_key(other).get(key)
+        for pair in pairs:
+            b, o = _by_key(pair.base).get(key), _by_key(pair.other).get(key)
             row.append(
                 Value(MISSING) if b is None or o is None else compare.change_value([b], [o], flags)
             )
@@ -283,8 +288,11 @@ def _speedup_table(
     return table
 
 
-def scenario_section(results: list[Result], multi_run: bool) -> Section | None:
-    """The Scenarios section, or None when no result has scenarios."""
+def scenario_section(
+    results: list[Result], multi_run: bool, across_machines: bool
+) -> Section | None:
+    """The Scenarios section, or None when no result has scenarios; its speedups only of
+    results of one machine unless `across_machines` (`compare.on_one_machine`)."""
     measured = display_order([r for r in results if r.scenarios], brokers_together=True)
     if not measured:
         return None
@@ -357,8 +365,10 @@ def scenario_section(results: list[Result], multi_run: bool) -> Section | None:
         section.notes.append(SERVER_SIDE_NOTE)
     section.charts += scenario_charts(measured, labels, _unit(measured).strip(" ()") or "per s")
     flags = compare.RatioFlags()
-    if (speedup := _speedup_table(measured, keys, flags)) is not None:
+    pairs, machine_notes = compare.on_one_machine(_speedup_pairs(measured), across_machines)
+    if (speedup := _speedup_table(measured, pairs, keys, flags)) is not None:
         section.tables.append(speedup)
+    section.notes += machine_notes
     if any(s.client_saturated for r in measured for s in r.scenarios):
         section.notes.append(
             f"{LOWER_BOUND}: the load generator was the limit in that measurement: a lower bound."

@@ -193,10 +193,16 @@ def _matrix_section(
 ) -> Section:
     ok = [r for r in results if r.status == "ok"]
     repeated = any(rep.repeated for rep in reps.values())
+    # Skipped cells are listed below the table, once per reason: their reasons are long.
+    skipped = [r for r in results if r.status == "skipped"]
+    shown = [r for r in results if r.status != "skipped"]
+    # Which machine each cell ran on, once they are not all one (a fan-out's are not).
+    machines = len({aggregate.machine(r) for r in shown}) > 1
     levels = aggregate.concurrency_levels(ok)
     # scenario workloads: completed scenarios per second, as total rps is for requests
     scenario_levels = sorted({s.concurrency for r in ok for s in r.scenarios})
     columns = [Column("run"), Column("server"), Column("db"), Column("broker"), Column("status")]
+    columns += [Column("machine")] if machines else []
     columns += [Column("n", numeric=True)] if repeated else []
     columns += [Column(f"total rps c={c}", numeric=True) for c in levels]
     columns += [Column(f"scenarios/s c={c}", numeric=True) for c in scenario_levels]
@@ -208,11 +214,11 @@ def _matrix_section(
     ]
     table = Table(None, columns)
     saturated = False
-    # Skipped cells are listed below the table, once per reason: their reasons are long.
-    skipped = [r for r in results if r.status == "skipped"]
-    for r in (r for r in results if r.status != "skipped"):
+    for r in shown:
         row = [Value(r.run_id), Value(r.cell.server), Value(r.cell.db), Value(r.cell.broker)]
         row.append(_status_value(r))
+        if machines:
+            row.append(Value(aggregate.machine(r)))
         if repeated:
             rep = reps.get((r.run_id, r.cell.name))
             row.append(Value(str(rep.counted if rep else 1)))
@@ -330,14 +336,16 @@ def _pair_header(pair: Pair, multi_run: bool) -> str:
     return header
 
 
-def _speedup_section(results: list[Result], multi_run: bool) -> Section:
+def _speedup_section(results: list[Result], multi_run: bool, across_machines: bool) -> Section:
     ref = aggregate.REFERENCE_SERVER
     section = Section(f"Speedup over {ref}")
-    pairs = aggregate.speedup_pairs(results)
+    pairs, machine_notes = compare.on_one_machine(aggregate.speedup_pairs(results), across_machines)
+    section.notes += machine_notes
     if not pairs:
         section.paragraphs.append(
             f"Nothing to compare: a speedup needs an ok {ref} result and an ok result of another "
-            "server with the same db and broker."
+            "server with the same db and broker"
+            + (", measured on the same machine." if machine_notes else ".")
         )
         return section
     section.paragraphs.append(
@@ -451,11 +459,15 @@ def build(
     results: list[Result],
     baseline: list[Result] | None = None,
     runs_over_time: list[Result] | None = None,
+    across_machines: bool = False,
 ) -> Report:
     """The whole report for `results` (any order; the repetitions of a cell in a run merged
     into one result, `aggregate.merge_repetitions`; shown in `aggregate.display_order`); if a
     baseline is given, how the results compare with it run for run; if `runs_over_time` are
-    given, their History section (change points over the runs, `bench.report.history`)."""
+    given, their History section (change points over the runs, `bench.report.history`).
+
+    Speedups between results of two machines are left out, naming the machines, unless
+    `across_machines` (`compare.on_one_machine`)."""
     over_time = None
     if runs_over_time is not None:
         over_time = history.history_section(aggregate.merge_repetitions(runs_over_time))
@@ -489,10 +501,10 @@ def build(
             for section in (
                 _matrix_section(ordered, multi_run, reps),
                 _endpoint_section(ordered, multi_run),
-                scenario_section(ordered, multi_run),
+                scenario_section(ordered, multi_run, across_machines),
                 capacity_section(ordered, [_label(r, multi_run) for r in ordered]),
                 scale_section(ordered),
-                _speedup_section(ordered, multi_run),
+                _speedup_section(ordered, multi_run, across_machines),
                 _changes_section(ordered),
                 None if merged_baseline is None else _baseline_section(merged_baseline, ordered),
                 over_time,
