@@ -46,6 +46,7 @@ class ManagedProcess:
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:
+            self.log_start = log.tell()  # where this process's output begins in the log
             self.popen = subprocess.Popen(
                 self.argv,
                 env=dict(env),

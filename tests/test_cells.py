@@ -130,13 +130,12 @@ def _docker_reason() -> str | None:
 
 
 # One cell per provider, the one that needs both its services: every cell on the external
-# provider is test_cell_really_uses_its_backends', each service on each provider is
-# test_services_*'s.
+# provider is test_cell_really_uses_its_backends', on the local one
+# tests/test_servers_scaled.py's, each service on each provider is test_services_*'s.
 @pytest.mark.parametrize(("db", "broker"), [("postgres", "redis")])
 @pytest.mark.parametrize(
     "provider",
     [
-        "local",
         pytest.param(
             "docker",
             marks=pytest.mark.skipif(

@@ -1,10 +1,11 @@
 """python-scaled: Prefect as deployed at scale, API processes without services beside one
-services process, on real PostgreSQL and Redis (the local provider); the cells it cannot run;
-one of its processes dying mid-run."""
+services process, on real PostgreSQL and Redis (the local provider: this is also the test of a
+whole cell on that provider); the cells it cannot run; one of its processes dying mid-run."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psutil
@@ -52,7 +53,7 @@ def _api_workers() -> list[psutil.Process]:
     reason="no local PostgreSQL and Redis here",
 )
 def test_a_scaled_cell_runs_flows_across_its_processes_and_fails_when_one_dies(
-    cell_run: MakeRun, progress: MakeProgress
+    cell_run: MakeRun, progress: MakeProgress, tmp_path: Path
 ) -> None:
     """2 API processes and the services process: flow runs made through the API are recorded
     (task runs by the services process, through Redis). Then one API worker is killed after
@@ -89,4 +90,12 @@ def test_a_scaled_cell_runs_flows_across_its_processes_and_fails_when_one_dies(
     assert result.status == "failed" and killed, result.error
     assert result.error is not None
     assert f"API worker process {killed[0]} (one of 2) died" in result.error, result.error
-    assert "before flow run, 2 tasks at c=4" in result.error
+    # found before the next level or during it, as soon as the process is gone
+    assert "flow run, 2 tasks at c=4:" in result.error, result.error
+    # the local provider ran a whole cell: both services, their versions, their logs
+    assert {k: (i.provider, bool(i.version)) for k, i in result.services.items()} == {
+        "postgres": ("local", True),
+        "redis": ("local", True),
+    }
+    logs = {p.name for p in (tmp_path / result.run_id / result.cell.name).iterdir()}
+    assert {"server.log", "services.log", "init.log", "postgres.log", "redis.log"} <= logs

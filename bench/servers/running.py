@@ -121,6 +121,13 @@ def _start_on(port: int, adapter: ServerAdapter, setup: ServerSetup) -> RunningS
         )
     except OSError as exc:
         raise ServerError(f"cannot start the {adapter.name} server: {exc}") from exc
+    # its services start beside it (the schema is ready: they need nothing of the API)
+    try:
+        services = _launch_services(adapter, port, setup, env)
+    except BaseException:
+        process.stop()
+        raise
+    started_here = [process] + ([services] if services else [])
     health = f"http://127.0.0.1:{port}{adapter.health_path}"
     try:
         wait_until(
@@ -130,7 +137,8 @@ def _start_on(port: int, adapter: ServerAdapter, setup: ServerSetup) -> RunningS
             abort=lambda: None if process.exit_code() is None else "exited",
         )
     except (TimeoutError, RuntimeError) as exc:
-        process.stop()
+        for proc in started_here:
+            proc.stop()
         tail = process.log_tail()
         if lost_port_race(tail):
             raise PortTaken(f"port {port}") from None
@@ -143,16 +151,18 @@ def _start_on(port: int, adapter: ServerAdapter, setup: ServerSetup) -> RunningS
             f"the {adapter.name} server {what}; last lines of {log_path}:\n{tail}"
         ) from exc
     except BaseException:
-        process.stop()
+        for proc in started_here:
+            proc.stop()
         raise
     server = RunningServer(port, adapter.api_path, process, time.monotonic() - started)
+    server.services = services
     try:
         if adapter.spec.uses("server_workers"):
             server.workers = _await_workers(adapter, process, port, setup.server_workers)
-        if (argv := adapter.services_command(port, setup)) is not None:
-            server.services = _start_services(adapter, argv, env, setup)
+        if services is not None:
+            _await_services(adapter, services)
     except BaseException:
-        for proc in server.processes():
+        for proc in started_here:
             proc.stop()
         raise
     server.startup_s = time.monotonic() - started
@@ -211,37 +221,51 @@ def _listens(process: psutil.Process, port: int) -> bool:
     return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in connections)
 
 
-def _start_services(
-    adapter: ServerAdapter, argv: list[str], env: dict[str, str], setup: ServerSetup
-) -> ManagedProcess:
-    """The services process, once it says it has started them (SERVICES_STARTED)."""
-    log_path = setup.logdir / "services.log"
+def _launch_services(
+    adapter: ServerAdapter, port: int, setup: ServerSetup, env: dict[str, str]
+) -> ManagedProcess | None:
+    """The services process, started (not yet ready), when the server has one."""
+    argv = adapter.services_command(port, setup)
+    if argv is None:
+        return None
     try:
-        services = ManagedProcess(argv, env=env, cwd=setup.datadir, log_path=log_path)
+        return ManagedProcess(
+            argv, env=env, cwd=setup.datadir, log_path=setup.logdir / "services.log"
+        )
     except OSError as exc:
         raise ServerError(f"cannot start the {adapter.name} server's services: {exc}") from exc
+
+
+def _written_since_start(process: ManagedProcess) -> str:
+    """What `process` wrote to its log (appended to: an earlier attempt's lines come first)."""
+    try:
+        with open(process.log_path, "rb") as log:
+            log.seek(process.log_start)
+            return log.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _await_services(adapter: ServerAdapter, services: ManagedProcess) -> None:
+    """Return once the services process says it has started them (SERVICES_STARTED);
+    ServerError with its log's tail if it exits or does not within the startup timeout."""
     try:
         wait_until(
-            lambda: SERVICES_STARTED in services.log_tail(),
+            lambda: SERVICES_STARTED in _written_since_start(services),
             timeout_s=adapter.startup_timeout_s,
             interval_s=0.1,
             abort=lambda: None if services.exit_code() is None else "exited",
         )
     except (TimeoutError, RuntimeError) as exc:
-        services.stop()
         what = (
             f"did not say {SERVICES_STARTED!r} within {adapter.startup_timeout_s:g} s"
             if isinstance(exc, TimeoutError)
             else f"exited with code {services.exit_code()}"
         )
         raise ServerError(
-            f"the {adapter.name} server's services {what}; last lines of {log_path}:\n"
-            f"{services.log_tail()}"
+            f"the {adapter.name} server's services {what}; last lines of "
+            f"{services.log_path}:\n{services.log_tail()}"
         ) from exc
-    except BaseException:
-        services.stop()
-        raise
-    return services
 
 
 # What `prefect server services start` prints once it runs them (prefect/cli/server.py).
