@@ -141,6 +141,7 @@ CONFIG_OPTIONS: tuple[tuple[str, str, Callable[[str], Any] | None, str | None], 
     ("--server-cpus", "server_cpus", _cpu_list, "LIST"),
     ("--client-cpus", "client_cpus", _cpu_list, "LIST"),
     ("--url", "url", str, "URL"),
+    ("--allow-remote", "allow_remote", None, None),
     ("--provider", "provider", _Choice(tuple(PROVIDERS), "provider"), "NAME"),
     ("--tasks", "tasks", int, "N"),
     ("--deployments", "deployments", int, "D"),
@@ -378,7 +379,7 @@ def _config(args: argparse.Namespace, **fixed: Any) -> RunConfig:
             raise ConfigError(message) from None
         raise ConfigError(f"{flag}: {message[0].lower()}{message[1:]}") from None
     if config.url:
-        parse_url(config.url)  # bad input: before anything is written
+        parse_url(config.url, config.allow_remote)  # bad input: before anything is written
     if config.rate_sweep and isinstance(WORKLOADS[config.workload], ScenarioWorkload):
         raise ConfigError(
             f"--rate-sweep measures endpoints (the {', '.join(_ENDPOINT_WORKLOADS)} workloads), "

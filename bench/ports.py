@@ -13,6 +13,9 @@ from collections.abc import Callable
 from typing import TypeVar
 
 LOOPBACK = "127.0.0.1"
+# The only spellings of this machine: any other host, 127.0.0.2 and this machine's own LAN
+# address included, is another host (decided on the text, never by a DNS answer).
+THIS_MACHINE = frozenset({LOOPBACK, "localhost", "::1"})
 
 # How many ports a start may lose to another program before it gives up.
 PORT_ATTEMPTS = 5

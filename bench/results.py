@@ -6,7 +6,8 @@ adding an optional key is not a bump):
 - 2 (2026-12-01): `scenarios` (DESIGN.md section 7), for scenario workloads such as
   flow-runs; a version 1 result reads as one without scenarios. Added since (optional):
   a scenario's `lag_ms`, `lag_hdr`, `lag_probes`, `lag_unresolved` (the events workload);
-  a scenario's `timings` and `server_side` (the workers workload).
+  a scenario's `timings` and `server_side` (the workers workload); `server_host` and a
+  service's `host` (a server or service on another host than the load).
 """
 
 from __future__ import annotations
@@ -362,6 +363,11 @@ class ServiceInfo(BaseModel):
     version: str | None = None
     image: str | None = None
     binary: str | None = None
+    host: str | None = Field(
+        default=None,
+        description="the address it ran at when that is not this machine (a remote docker "
+        "daemon's host); None: this machine",
+    )
 
 
 PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -410,6 +416,12 @@ class RunConfig(BaseModel):
     url: str | None = Field(
         default=None,
         description="measure a server that is already running, e.g. http://127.0.0.1:4200/api",
+    )
+    allow_remote: bool = Field(
+        default=False,
+        description="let --url name another host than this machine (127.0.0.1, localhost, "
+        "::1). Load-testing a host you do not own is an attack: prefect-bench sends as fast "
+        "as the server answers",
     )
     rate_sweep: str | None = Field(
         default=None,
@@ -569,6 +581,11 @@ class Result(BaseModel):
     started_at: str
     finished_at: str | None = None
     server: ServerInfo | None = None
+    server_host: str | None = Field(
+        default=None,
+        description="the host the measured server ran on, as --url names it, when that is "
+        "not this machine (the load ran on environment.hostname); None: this machine",
+    )
     services: dict[str, ServiceInfo] = Field(default_factory=dict)
     config: RunConfig
     environment: Environment

@@ -30,6 +30,7 @@ from bench.machine import (
     window_reason,
 )
 from bench.machine import reasons as machine_reasons
+from bench.ports import LOOPBACK, THIS_MACHINE
 from bench.preload.prepare import preload_database, verify_preloaded
 from bench.process import wait_until
 from bench.progress import Progress
@@ -96,21 +97,37 @@ class _Target:
     telemetry: BackendTelemetry = field(default_factory=BackendTelemetry.for_cell)
     # the processes of the cell (ours, and the containers' we started), not others' CPU
     ours: OurProcesses = field(default_factory=OurProcesses)
+    # a --url on another host than this machine (bench.ports.THIS_MACHINE)
+    remote: bool = False
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}{self.api_path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 address
+        return f"http://{host}:{self.port}{self.api_path}"
 
 
-def parse_url(url: str) -> _Target:
-    """host, port and API path of a --url; ConfigError unless it is http:// on loopback."""
+def parse_url(url: str, allow_remote: bool = False) -> _Target:
+    """The server a --url names; ConfigError unless it is http:// on this machine (or, with
+    `allow_remote`, on any host).
+
+    On this machine, the processes listening on its port are the cell's (their CPU is not
+    another's); on another host, no process here is the server's, whatever listens on that
+    port here.
+    """
     parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
         raise ConfigError(f"--url must be an http:// URL, got {url!r}")
-    if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
-        raise ConfigError(f"--url must point to this machine (127.0.0.1), got {parts.hostname}")
-    host = "127.0.0.1" if parts.hostname == "localhost" else parts.hostname
-    return _Target(host, parts.port or 80, parts.path.rstrip("/"))
+    remote = parts.hostname not in THIS_MACHINE
+    if remote and not allow_remote:
+        raise ConfigError(
+            f"--url must point to this machine ({', '.join(sorted(THIS_MACHINE))}), got "
+            f"{parts.hostname}: a load test of a host you do not own is an attack; "
+            "give --allow-remote to measure one you own"
+        )
+    host = LOOPBACK if parts.hostname == "localhost" else parts.hostname
+    port = parts.port or 80
+    ours = OurProcesses() if remote else OurProcesses(extra=listening_on(port, host))
+    return _Target(host, port, parts.path.rstrip("/"), ours=ours, remote=remote)
 
 
 def _new_result(run: CellRun) -> Result:
@@ -170,9 +187,8 @@ def _run(run: CellRun, progress: Progress, result: Result) -> None:
         if run.server is None:
             if run.config.url is None:
                 raise ConfigError("a cell needs a server to start or a --url")
-            target = parse_url(run.config.url)
-            # the server behind the URL is the cell's too: its CPU is not another's
-            target.ours = OurProcesses(extra=listening_on(target.port))
+            target = parse_url(run.config.url, run.config.allow_remote)
+            result.server_host = target.host if target.remote else None
         else:
             target = _start(run, run.server, progress, result, stack)
         client = stack.enter_context(api_client(target.base_url))
@@ -585,16 +601,23 @@ def _readers(
     return reads(target.api_path, beside.endpoints, fixtures)
 
 
-def listening_on(port: int) -> Callable[[], frozenset[int]]:
-    """The processes listening on `port` (looked for once, on the first call): a --url server's,
-    found by its socket, counted as the cell's and never touched."""
+def listening_on(port: int, host: str | None = None) -> Callable[[], frozenset[int]]:
+    """The processes listening on `port` (of `host`, or of every address: given, a listener on
+    another address is another's), looked for once, on the first call: a --url server's on
+    this machine, found by its socket, counted as the cell's and never touched."""
+    # a listener on every address (IPv4's, or IPv6's with IPv4 mapped) serves `host` too
+    addresses = None if host is None else {host, f"::ffff:{host}", "0.0.0.0", "::"}
 
     @functools.cache
     def pids() -> frozenset[int]:
         return frozenset(
             c.pid
             for c in psutil.net_connections(kind="tcp")
-            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid
+            if c.status == psutil.CONN_LISTEN
+            and c.laddr
+            and c.laddr.port == port
+            and (addresses is None or c.laddr.ip in addresses)
+            and c.pid
         )
 
     return pids

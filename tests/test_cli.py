@@ -74,6 +74,12 @@ def bench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         (["--provider", "podman"], "unknown provider 'podman' (known: external, docker, local)"),
         (["--url", "ftp://127.0.0.1/api"], "--url must be an http:// URL"),
         (["--url", "http://192.0.2.1:4200/api"], "--url must point to this machine"),
+        (
+            ["--url", "http://127.0.0.2:4200/api"],
+            "got 127.0.0.2: a load test of a host you do not own is an attack; give --allow-remote",
+        ),
+        (["--url", "http://bench-server.example/api"], "got bench-server.example: a load test"),
+        (["--allow-remote", "--url", "ftp://127.0.0.2/api"], "--url must be an http:// URL"),
         (["--preload", "0"], "--preload: input should be greater than or equal to 1"),
         (["--preload", "-5"], "--preload: input should be greater than or equal to 1"),
         (["--preload", "lots"], "invalid int value: 'lots'"),

@@ -165,6 +165,20 @@ def _skipped_notes(skipped: Sequence[Result], multi_run: bool) -> list[str]:
     return [f"Skipped {', '.join(names)}: {reason}" for reason, names in cells.items()]
 
 
+def _hosts_apart_notes(results: Sequence[Result], multi_run: bool) -> list[str]:
+    """One line per cell whose server or services ran on another host than its load."""
+    notes = []
+    for r in results:
+        apart = [f"the server on {r.server_host}"] if r.server_host else []
+        apart += [f"{kind} on {s.host}" for kind, s in r.services.items() if s.host]
+        if apart:
+            load = f"the load on {r.environment.hostname or '?'}"
+            notes.append(
+                f"{_label(r, multi_run)} ran on more than one host: {load}, {', '.join(apart)}."
+            )
+    return notes
+
+
 def _scenarios_value(result: Result, concurrency: int) -> Value:
     measured = [s for s in result.scenarios if s.concurrency == concurrency]
     if not measured:
@@ -273,6 +287,7 @@ def _matrix_section(
     if (left_out := _left_out_note(reps, multi_run)) is not None:
         section.notes.append(left_out)
     section.notes += _skipped_notes(skipped, multi_run)
+    section.notes += _hosts_apart_notes(shown, multi_run)
     if saturated:
         section.notes.append(SATURATED_NOTE)
     return section

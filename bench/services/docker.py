@@ -1,11 +1,12 @@
 """The `docker` provider: PostgreSQL and Redis containers through the docker SDK.
 
 Images, environment, command and healthcheck come from docker-compose.yml (the file `docker
-compose up` users run too); this module only moves the service to a free port on 127.0.0.1,
-gives PostgreSQL a random password, and labels the container with its run, cell and owning
-process. Containers use the host's network, are waited on through their healthcheck, leave
-their log in the cell's folder, and are removed with their volumes at the end; a crashed run's
-containers are removed by `remove_leftover_containers` once their owner is gone.
+compose up` users run too); this module only moves the service to a free port on the daemon's
+address (`daemon_address`: 127.0.0.1, or the host of a DOCKER_HOST on another host), gives
+PostgreSQL a random password, and labels the container with its run, cell and owning process.
+Containers use the host's network, are waited on through their healthcheck, leave their log in
+the cell's folder, and are removed with their volumes at the end; a crashed run's containers
+are removed by `remove_leftover_containers` once their owner is gone.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import itertools
 import re
 import secrets
 import shlex
+import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import docker
 import docker.errors
@@ -30,7 +33,7 @@ from requests.exceptions import RequestException
 
 from bench.errors import ProvisionError
 from bench.ownership import RUN_LABEL, Labels, owner_is_gone, owner_labels
-from bench.ports import LOOPBACK, PortTaken, lost_port_race, on_free_port
+from bench.ports import LOOPBACK, THIS_MACHINE, PortTaken, lost_port_race, on_free_port
 from bench.results import ServiceInfo
 from bench.services._common import (
     Teardown,
@@ -152,15 +155,64 @@ def _docker_host(env: Mapping[str, str]) -> str:
     return env.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
 
 
+def _remote_host(env: Mapping[str, str]) -> str | None:
+    """The host of a DOCKER_HOST on another host than this machine (bench.ports.THIS_MACHINE),
+    as it names it; None for a local daemon (a unix socket, or tcp:// to this machine)."""
+    value = _docker_host(env)
+    # the SDK reads a DOCKER_HOST without a scheme as tcp://
+    parts = urlsplit(value if "://" in value else f"tcp://{value}")
+    if parts.scheme not in ("tcp", "http", "https", "ssh") or not parts.hostname:
+        return None
+    return None if parts.hostname in THIS_MACHINE else parts.hostname
+
+
+def daemon_address(env: Mapping[str, str] | None = None) -> str:
+    """Where the daemon's containers listen and are reached from here: 127.0.0.1 for a local
+    daemon, the IPv4 address of DOCKER_HOST's host for one on another host (with the host's
+    network, a container's address is its host's). ProvisionError if that name has none."""
+    host = _remote_host(env_or_os(env))
+    if host is None:
+        return LOOPBACK
+    try:
+        return str(socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
+    except OSError as exc:
+        raise ProvisionError(
+            f"DOCKER_HOST {_docker_host(env_or_os(env))}: no IPv4 address for {host} "
+            f"({exc.strerror or exc}), where its containers would listen"
+        ) from None
+
+
+def _cause(exc: BaseException) -> str:
+    """What a docker SDK error comes down to, e.g. `Connection refused` (the SDK wraps the
+    socket's error in three layers of connection-pool text)."""
+    seen: list[BaseException] = []
+    found: BaseException | None = exc
+    while found is not None and found not in seen:
+        seen.append(found)
+        found = found.__cause__ or found.__context__ or getattr(found, "reason", None)
+        if not isinstance(found, BaseException):
+            found = None
+    errors = [e for e in seen if isinstance(e, OSError) and e.strerror]
+    return str(errors[-1].strerror) if errors else str(exc)
+
+
 def connect(env: Mapping[str, str] | None = None, timeout: int = API_TIMEOUT_S) -> Any:
-    """A docker client that answered a ping; ProvisionError saying how to start a daemon."""
+    """A docker client that answered a ping; ProvisionError in one line saying how to start a
+    daemon (or, for one on another host, what to check there)."""
     env = env_or_os(env)
     try:
         client = docker.from_env(environment=dict(env), timeout=timeout)
         client.ping()
     except _DOCKER_ERRORS as exc:
+        if (host := _remote_host(env)) is not None:
+            raise ProvisionError(
+                f"the docker daemon at {_docker_host(env)} (DOCKER_HOST, on {host}) cannot be "
+                f"reached: {_cause(exc)}; check that it runs and listens there and that this "
+                "machine may connect"
+            ) from None
         raise ProvisionError(
-            f"docker SDK cannot reach a daemon at {_docker_host(env)}: {exc}; {START_DAEMON}"
+            f"docker SDK cannot reach a daemon at {_docker_host(env)}: {_cause(exc)}; "
+            f"{START_DAEMON}"
         ) from None
     return client
 
@@ -201,7 +253,8 @@ def remove_leftover_containers(env: Mapping[str, str] | None = None) -> list[str
 
 
 class DockerProvider(ServiceProvider):
-    """Containers from docker-compose.yml's images, on the host network and a free port."""
+    """Containers from docker-compose.yml's images, on the host network and a free port of the
+    daemon's address (`daemon_address`)."""
 
     name: ClassVar[str] = "docker"
 
@@ -221,6 +274,7 @@ class DockerProvider(ServiceProvider):
     ) -> str | None:
         try:
             spec = load_compose_service(compose_file(env), KINDS[kind].compose_service)
+            daemon_address(env)  # another host's containers need its address to listen on
             client = connect(env, timeout=PING_TIMEOUT_S)
         except ProvisionError as exc:
             return str(exc)
@@ -237,6 +291,7 @@ class DockerProvider(ServiceProvider):
     def postgres(self, workdir: Path, labels: Labels) -> Iterator[PostgresService]:
         started = time.monotonic()
         spec = load_compose_service(self.compose, POSTGRES.compose_service)
+        address = daemon_address(self.env)
         user = spec.environment.get("POSTGRES_USER", "postgres")
         database = spec.environment.get("POSTGRES_DB", user)
         password = new_password()  # never the file's well-known one on a shared machine
@@ -246,41 +301,48 @@ class DockerProvider(ServiceProvider):
             return {"POSTGRES_PASSWORD": password, "PGPORT": str(port)}
 
         def verify(port: int) -> str | None:
-            with POSTGRES.connect(PostgresLogin(LOOPBACK, port, user, password, database)) as conn:
+            login = PostgresLogin(address, port, user, password, database)
+            with POSTGRES.connect(login) as conn:
                 return POSTGRES.version(conn)
 
         with Teardown() as teardown:
             port, version, container = self._run(
-                teardown, POSTGRES, spec, workdir, labels, environment, verify
+                teardown, POSTGRES, spec, workdir, labels, address, environment, verify
             )
-            info = self._info(spec, container, version, started)
-            yield PostgresService(LOOPBACK, port, user, password, database, info)
+            info = self._info(spec, container, version, started, address)
+            yield PostgresService(address, port, user, password, database, info)
 
     @contextlib.contextmanager
     def redis(self, workdir: Path, labels: Labels) -> Iterator[RedisService]:
         started = time.monotonic()
         spec = load_compose_service(self.compose, REDIS.compose_service)
+        address = daemon_address(self.env)
 
         def environment(port: int) -> dict[str, str]:
             return {"REDIS_PORT": str(port)}  # for the compose file's healthcheck
 
         def verify(port: int) -> str | None:
-            client = REDIS.client(LOOPBACK, port)
+            client = REDIS.client(address, port)
             with contextlib.closing(client):
                 client.flushall()  # our own fresh server: db 0 starts empty
                 return REDIS.version(client)
 
         with Teardown() as teardown:
             port, version, container = self._run(
-                teardown, REDIS, spec, workdir, labels, environment, verify
+                teardown, REDIS, spec, workdir, labels, address, environment, verify
             )
-            info = self._info(spec, container, version, started)
-            yield RedisService(LOOPBACK, port, 0, info)
+            info = self._info(spec, container, version, started, address)
+            yield RedisService(address, port, 0, info)
 
     # -- steps --------------------------------------------------------------------------
 
     def _info(
-        self, spec: ComposeService, container: Container, version: str | None, started: float
+        self,
+        spec: ComposeService,
+        container: Container,
+        version: str | None,
+        started: float,
+        address: str,
     ) -> ServiceInfo:
         return service_info(
             self.name,
@@ -291,6 +353,7 @@ class DockerProvider(ServiceProvider):
             container=container.name,
             container_id=container.id,
             healthcheck_interval_s=_interval_s(container),
+            host=None if address == LOOPBACK else address,
         )
 
     def _run(
@@ -300,12 +363,16 @@ class DockerProvider(ServiceProvider):
         spec: ComposeService,
         workdir: Path,
         labels: Labels,
+        address: str,
         environment: Callable[[int], dict[str, str]],
         verify: Callable[[int], str | None],
     ) -> tuple[int, str | None, Container]:
-        """Start the container on a free port, a new one when the port is taken; wait healthy.
+        """Start the container listening on a free port of `address`, a new one when the port
+        is taken; wait healthy.
 
         `environment(port)` is added to the compose file's; `verify(port)` gives the version.
+        The port is one free here: on a daemon's other host, where none can be asked for, a
+        taken one is a lost race like any other.
         """
         try:
             client = connect(self.env)
@@ -320,9 +387,12 @@ class DockerProvider(ServiceProvider):
             raise ProvisionError(f"docker cannot inspect image {spec.image}: {exc}") from None
         log = workdir / f"{kind.name}.log"
         attempts = itertools.count(1)
+        # the compose file's healthcheck asks 127.0.0.1 of the daemon's host: the container
+        # listens there too, where only that host's processes reach it
+        hosts = [LOOPBACK] if address == LOOPBACK else [LOOPBACK, address]
 
         def attempt(port: int) -> tuple[int, str | None, Container]:
-            command = [*(spec.command or [kind.server]), *kind.listen_args(port)]
+            command = [*(spec.command or [kind.server]), *kind.listen_args(port, hosts)]
             name = f"prefect-bench-{safe_name(labels.cell)}-{kind.name}-{secrets.token_hex(3)}"
             remove = _Remover(client, self.env, name, log, next(attempts))
             with interrupts_deferred():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -59,8 +59,9 @@ class Kind(ABC):
     default_port: ClassVar[int]
 
     @abstractmethod
-    def listen_args(self, port: int) -> list[str]:
-        """The server's command-line arguments that make it listen on 127.0.0.1:`port` only."""
+    def listen_args(self, port: int, hosts: Sequence[str] = (LOOPBACK,)) -> list[str]:
+        """The server's command-line arguments that make it listen on `port` of `hosts` only
+        (default 127.0.0.1)."""
 
 
 class PostgresKind(Kind):
@@ -80,8 +81,8 @@ class PostgresKind(Kind):
     )
     default_port = 5432
 
-    def listen_args(self, port: int) -> list[str]:
-        return ["-c", f"port={port}", "-c", f"listen_addresses={LOOPBACK}"]
+    def listen_args(self, port: int, hosts: Sequence[str] = (LOOPBACK,)) -> list[str]:
+        return ["-c", f"port={port}", "-c", f"listen_addresses={','.join(hosts)}"]
 
     def connect(
         self, login: PostgresLogin, timeout_s: int = CONNECT_TIMEOUT_S
@@ -132,8 +133,8 @@ class RedisKind(Kind):
     url_help = f"redis://[:password@]host:port[/db] (and {db_env} to pick an empty db)"
     default_port = 6379
 
-    def listen_args(self, port: int) -> list[str]:
-        return ["--port", str(port), "--bind", LOOPBACK]
+    def listen_args(self, port: int, hosts: Sequence[str] = (LOOPBACK,)) -> list[str]:
+        return ["--port", str(port), "--bind", *hosts]
 
     def client(
         self,
