@@ -13,7 +13,7 @@ import hashlib
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -214,11 +214,11 @@ class ServerAdapter:
     def command(self, port: int, setup: ServerSetup) -> list[str]:
         """The argv that starts the server on 127.0.0.1:port."""
         values = self._values(port, setup)
-        cell = _cell_words(setup)
-        argv = [render(a, values, f"{self._where()} command", cell) for a in self.spec.command]
+        argv = self._render(self.spec.command, values, "command", setup)
         if setup.no_services:
-            where = f"{self._where()} no_services_args"
-            argv += [render(a, values, where, cell) for a in self.spec.no_services_args or ()]
+            argv += self._render(
+                self.spec.no_services_args or (), values, "no_services_args", setup
+            )
         return argv
 
     def init_command(self, setup: ServerSetup) -> list[str] | None:
@@ -228,8 +228,7 @@ class ServerAdapter:
             return None
         values = self._values(0, setup)
         del values["port"]
-        where = f"{self._where()} init_command"
-        return [render(a, values, where, _cell_words(setup)) for a in self.spec.init_command]
+        return self._render(self.spec.init_command, values, "init_command", setup)
 
     def services_command(self, port: int, setup: ServerSetup) -> list[str] | None:
         """The argv of the process beside the server that runs its services, if it has one
@@ -237,8 +236,7 @@ class ServerAdapter:
         if self.spec.services_command is None or setup.no_services:
             return None
         values = self._values(port, setup)
-        where = f"{self._where()} services_command"
-        return [render(a, values, where, _cell_words(setup)) for a in self.spec.services_command]
+        return self._render(self.spec.services_command, values, "services_command", setup)
 
     def environment(self, port: int, setup: ServerSetup) -> dict[str, str]:
         """The variables the server needs, on top of `clean_environ()`."""
@@ -266,6 +264,13 @@ class ServerAdapter:
                 f"give it no_services_args or [env.{NO_SERVICES_SECTION}] ({self._where()})"
             )
         return None
+
+    def _render(
+        self, templates: Sequence[str], values: Mapping[str, str], key: str, setup: ServerSetup
+    ) -> list[str]:
+        """The spec's `key` (a list of templates) rendered for the cell."""
+        where, cell = f"{self._where()} {key}", _cell_words(setup)
+        return [render(t, values, where, cell) for t in templates]
 
     def _source(self) -> str:
         return str(self.spec.user_file) if self.spec.user_file else "built-in servers"
