@@ -500,8 +500,6 @@ def _measure_scenarios(
 ) -> None:
     config = run.config
     sampler = ResourceSampler(target.server.tree) if target.server else None
-    progress.stage(f"verifying the {workload.name} scenario once")
-
     def fresh() -> engine.Scenario:
         """The scenario of one measurement: a tag of its own, its objects not yet made."""
         made = workload.scenario(config, secrets.token_hex(4))
@@ -509,6 +507,7 @@ def _measure_scenarios(
 
     # the reads' answers are read before anything is written (the verification's flow run too)
     readers = _readers(workload.beside, client, target, progress) if workload.beside else None
+    progress.stage(f"verifying the {workload.name} scenario once")
     name = _verify_scenario(workload, fresh, client, target)
     if workload.real_client_check:
         _real_client_check(run, target, progress, result)
