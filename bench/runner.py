@@ -500,6 +500,7 @@ def _measure_scenarios(
 ) -> None:
     config = run.config
     sampler = ResourceSampler(target.server.tree) if target.server else None
+
     def fresh() -> engine.Scenario:
         """The scenario of one measurement: a tag of its own, its objects not yet made."""
         made = workload.scenario(config, secrets.token_hex(4))
