@@ -5,6 +5,7 @@ nox -s "bench(server='zig', db='postgres')" -- --duration 2
 nox -s "bench(server='python', db='sqlite', broker='redis')"
 nox -s matrix -- --repeat 4                         every cell 4 times, in interleaved rounds
 nox -s compare -- results/before results/after --fail-on 'rps<-5%'
+PREFECT_VERSION=3.8.0,3.9.1 nox -s matrix          the python servers' cells once per version
 nox -s report | tests | lint
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -22,10 +24,26 @@ import nox
 ROOT = Path(__file__).parent
 sys.path.insert(0, str(ROOT))
 from bench.errors import ConfigError  # noqa: E402  (standard library only)
-from bench.matrix import cells, session_params  # noqa: E402
-from bench.servers.specs import builtin_server_names  # noqa: E402
+from bench.matrix import cells, session_params, versioned_cells  # noqa: E402
+from bench.servers.specs import (  # noqa: E402
+    builtin_server_names,
+    builtin_versioned_server_names,
+    versioned_server_names,
+)
+from bench.versions import (  # noqa: E402
+    DEFAULT_VERSION,
+    VERSION_ENV,
+    exclude_newer,
+    index_url,
+    installer_error_line,
+    parse_versions,
+    read_resolution,
+    release_files,
+    released_at,
+    version_key,
+    write_resolution,
+)
 
-PREFECT_VERSION = os.environ.get("PREFECT_VERSION", "3.9.1")
 RESULTS = Path(os.environ.get("BENCH_RESULTS_DIR", ROOT / "results")).resolve()
 RUN_ID_ENV = "BENCH_RUN_ID"
 EXIT_SKIPPED = 3  # bench.cli.EXIT_SKIPPED
@@ -35,16 +53,28 @@ nox.options.sessions = ["matrix"]
 nox.options.reuse_venv = "yes"
 
 
-def _cells() -> tuple[list[tuple[str, str, str]], str | None]:
-    """The cells, and the error of a servers.toml that cannot be read (then only the built-in
-    servers' cells): a broken servers.toml must not break `nox -l` or `nox -s lint`."""
+def _versions() -> tuple[list[str], str | None]:
+    """PREFECT_VERSION's versions, and its error (then the default version alone)."""
     try:
-        return cells(), None
+        return parse_versions(os.environ.get(VERSION_ENV)), None
     except ConfigError as exc:
-        return cells(builtin_server_names()), str(exc)
+        return [DEFAULT_VERSION], str(exc)
 
 
-CELLS, CELLS_ERROR = _cells()
+def _cells(versions: list[str]) -> tuple[list[tuple[str, str, str, str]], str | None]:
+    """The cells with their Prefect versions, and the error of a servers.toml that cannot be
+    read (then only the built-in servers' cells): a broken servers.toml must not break
+    `nox -l` or `nox -s lint`."""
+    try:
+        return versioned_cells(cells(), versions, versioned_server_names()), None
+    except ConfigError as exc:
+        builtin = cells(builtin_server_names())
+        return versioned_cells(builtin, versions, builtin_versioned_server_names()), str(exc)
+
+
+VERSIONS, VERSIONS_ERROR = _versions()
+CELLS, CELLS_ERROR = _cells(VERSIONS)
+CELLS_ERROR = VERSIONS_ERROR or CELLS_ERROR
 
 
 def _new_run_id() -> str:
@@ -52,22 +82,87 @@ def _new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
 
 
-def _install(session: nox.Session, extras: str = "") -> None:
-    """prefect-bench and the pinned Prefect server, bytecode compiled.
+def _install(
+    session: nox.Session, version: str, extras: str = "", venv: Path | None = None
+) -> str | None:
+    """prefect-bench and Prefect `version` into `venv` (default the session's), everything
+    resolved as it stood when that version was released (bench.versions), bytecode compiled;
+    the installer's line saying why when it cannot be installed (a version not on the index).
 
-    Without .pyc files every Prefect server start pays 5-6 s more.
+    The resolution is compiled, then synced: a reused venv ends up exactly the version's,
+    whatever it held before. Without .pyc files every Prefect server start pays 5-6 s more.
     """
     session.env["UV_COMPILE_BYTECODE"] = "1"
-    session.install(f"prefect=={PREFECT_VERSION}", "prefect-redis", "-e", f".{extras}")
+    uv = shutil.which("uv")
+    if session.venv_backend != "uv" or uv is None:
+        if session.venv_backend != "none":  # --no-venv: the caller's environment, as it is
+            session.warn(f"no uv: prefect {version} is installed with today's dependencies")
+        session.install(f"prefect=={version}", "prefect-redis", "-e", f".{extras}")
+        return None
+    venv = venv or Path(session.virtualenv.location)
+    python = str(venv / "bin" / "python")
+    wanted = {"prefect": version, "extras": extras, "index": index_url()}
+    known = read_resolution(venv) or {}
+    if all(known.get(key) == value for key, value in wanted.items()) and "exclude_newer" in known:
+        cutoff = known["exclude_newer"]  # the index was asked already
+    else:
+        try:
+            released = released_at(release_files(wanted["index"]), version)
+        except ConfigError as exc:
+            session.error(str(exc))
+        cutoff = exclude_newer(released) if released else None
+    requirements = venv / "prefect-bench-requirements.in"
+    requirements.write_text(f"prefect=={version}\nprefect-redis\n-e {ROOT}{extras}\n")
+    locked = venv / "prefect-bench-requirements.txt"
+    locked.unlink(missing_ok=True)
+    output = session.run_install(
+        *(uv, "pip", "compile", "--quiet", "--python", python),
+        *(["--exclude-newer", cutoff] if cutoff else []),
+        *(str(requirements), "-o", str(locked)),
+        external=True,
+        silent=True,
+        success_codes=[0, 1, 2],  # uv's failures: their line is the answer
+    )
+    if output is None:
+        return None  # --no-install in a reused venv: as it is
+    if not locked.exists():
+        return f"prefect {version}: {installer_error_line(str(output))}"
+    session.run_install(
+        uv, "pip", "sync", "--quiet", "--python", python, str(locked), external=True
+    )
+    write_resolution(venv, wanted | {"exclude_newer": cutoff})
+    return None
+
+
+def _install_newest(session: nox.Session, extras: str = "") -> tuple[str | None, str | None]:
+    """_install the newest of PREFECT_VERSION's versions that can be installed into the
+    session's venv, for what runs no version of its own (zig, the tests, the matrix itself):
+    that version, or None and why none could be."""
+    errors = []
+    for version in sorted(VERSIONS, key=version_key, reverse=True):
+        if not (error := _install(session, version, extras)):
+            for skipped in errors:
+                session.warn(f"{skipped}: left out")
+            return version, None
+        errors.append(error)
+    return None, "; ".join(errors)
 
 
 @nox.session(default=False)
-@nox.parametrize("server,db,broker", [nox.param(*cell, id=session_params(*cell)) for cell in CELLS])
-def bench(session: nox.Session, server: str, db: str, broker: str) -> None:
-    """One cell: server × db × broker. Arguments after -- go to `python -m bench run`."""
+@nox.parametrize(
+    "server,db,broker,prefect", [nox.param(*cell, id=session_params(*cell)) for cell in CELLS]
+)
+def bench(session: nox.Session, server: str, db: str, broker: str, prefect: str) -> None:
+    """One cell: server × db × broker [× prefect]. Arguments after -- go to `bench run`.
+
+    PREFECT_VERSION=a,b: a cell per version of each server running the environment's Prefect.
+    """
     if CELLS_ERROR:
         session.error(CELLS_ERROR)
-    _install(session, "[zig]" if server == "zig" else "")
+    extras = "[zig]" if server == "zig" else ""
+    error = _install(session, prefect, extras) if prefect else _install_newest(session, extras)[1]
+    if error:
+        session.skip(error)
     run_id = os.environ.get(RUN_ID_ENV) or _new_run_id()
     status_file = Path(session.create_tmp()) / f"{server}-{db}-{broker}-{run_id}.json"
     session.run(
@@ -87,6 +182,7 @@ def bench(session: nox.Session, server: str, db: str, broker: str) -> None:
         str(RESULTS),
         "--json",
         str(status_file),
+        *(["--prefect-version", prefect] if prefect else []),
         *session.posargs,
         success_codes=[0, EXIT_SKIPPED],
         # the runner stops the server and writes a partial result on Ctrl-C: let it finish
@@ -109,7 +205,15 @@ def matrix(session: nox.Session) -> None:
     """
     if CELLS_ERROR:
         session.error(CELLS_ERROR)
-    _install(session, "[zig]")
+    own, error = _install_newest(session, "[zig]")
+    if own is None:
+        session.error(error)
+    pythons = []
+    for version in VERSIONS if len(VERSIONS) > 1 else []:
+        if version_key(version) > version_key(own):
+            continue  # it could not be installed: _install_newest said so
+        if venv := _version_venv(session, version, own):
+            pythons += ["--prefect-python", f"{version}={venv / 'bin' / 'python'}"]
     session.run(
         "python",
         "-m",
@@ -117,10 +221,28 @@ def matrix(session: nox.Session) -> None:
         "matrix",
         "--out",
         str(RESULTS),
+        *pythons,
         *session.posargs,
         interrupt_timeout=60,
         terminate_timeout=15,
     )
+
+
+def _version_venv(session: nox.Session, version: str, installed: str) -> Path | None:
+    """The matrix's venv of Prefect `version`: its own, which has `installed`; one beside it,
+    made when missing, for each other. None, saying why, for a version that cannot be
+    installed: its cells are left out."""
+    own = Path(session.virtualenv.location)
+    if version == installed:
+        return own
+    venv = own.with_name(f"{own.name}-prefect-{version}")
+    if not (venv / "bin" / "python").exists():
+        python = str(own / "bin" / "python")
+        session.run_install("uv", "venv", "--quiet", "--python", python, str(venv), external=True)
+    if error := _install(session, version, venv=venv):
+        session.warn(f"{error}: left out")
+        return None
+    return venv
 
 
 @nox.session
@@ -144,7 +266,8 @@ def compare(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite, with the real Prefect server, PostgreSQL, Redis and docker."""
-    _install(session, "[test]")
+    if error := _install_newest(session, "[test]")[1]:
+        session.error(error)
     session.run("pytest", *session.posargs)
 
 

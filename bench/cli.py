@@ -39,7 +39,7 @@ from bench.conformance import (
     traffic_rows,
 )
 from bench.errors import BenchError, ConfigError
-from bench.matrix import BROKERS, DBS
+from bench.matrix import BROKERS, DBS, versioned_cells
 from bench.matrix import cells as matrix_cells
 from bench.progress import Progress, progress_for
 from bench.repeat import (
@@ -50,11 +50,19 @@ from bench.repeat import (
     earlier_repetitions,
     repetition_path,
 )
-from bench.results import Cell, Result, RunConfig, new_run_id, result_path, write_result
+from bench.results import (
+    Cell,
+    Result,
+    RunConfig,
+    new_run_id,
+    resolution,
+    result_path,
+    write_result,
+)
 from bench.rounds import run_matrix
 from bench.runner import EXTERNAL_SERVER, INTERRUPTED, CellRun, parse_url, run_cell, serving
 from bench.servers.registry import make_server, server_options
-from bench.servers.specs import server_names
+from bench.servers.specs import server_names, versioned_server_names
 from bench.services import PROVIDERS
 from bench.workloads import WORKLOADS, ScenarioWorkload
 
@@ -232,6 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
     # The matrix's rounds: one repetition at a time, the budget counted from the matrix's start.
     run.add_argument("--one-repetition", action="store_true", help=argparse.SUPPRESS)
     run.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
+    run.add_argument(
+        "--prefect-version",
+        metavar="VERSION",
+        help="one of several Prefect versions compared in a run (PREFECT_VERSION=a,b): the "
+        "cell is named by it, and this environment must have it installed",
+    )
     _add_cell_options(run)
 
     matrix = commands.add_parser(
@@ -260,6 +274,16 @@ def build_parser() -> argparse.ArgumentParser:
         )
     matrix.add_argument(
         "--servers", type=Path, help="custom servers (default: servers.toml if present)"
+    )
+    matrix.add_argument(
+        "--prefect-python",
+        dest="prefect_pythons",
+        action="append",
+        type=_version_python,
+        metavar="VERSION=PYTHON",
+        help="compare Prefect versions: each cell of a server running the environment's "
+        "Prefect once per VERSION, with the interpreter of its venv (given again for each; "
+        "`PREFECT_VERSION=a,b nox -s matrix` gives them)",
     )
 
     report = commands.add_parser("report", help="aggregate results into a report")
@@ -413,11 +437,38 @@ def _cell_run(args: argparse.Namespace, config: RunConfig | None = None) -> Cell
     known = server_names(args.servers)
     if args.server not in known:
         raise ConfigError(f"unknown server {args.server!r} (known: {', '.join(known)})")
+    version = getattr(args, "prefect_version", None) or ""
+    if version:
+        _check_prefect_version(args.server, version, args.servers)
     prefix = _SERVER_OPTION.format(server=args.server, dest="")
     options = {k[len(prefix) :]: v for k, v in vars(args).items() if k.startswith(prefix)}
     server = make_server(args.server, options, servers_file=args.servers)
-    cell = Cell(server=args.server, db=args.db, broker=args.broker)
+    cell = Cell(server=args.server, db=args.db, broker=args.broker, version=version)
     return CellRun(cell, run_id, args.out, config, server)
+
+
+def _check_prefect_version(server: str, version: str, servers: Path | None) -> None:
+    """--prefect-version names the cell: the server must run this environment's Prefect,
+    and it must be that version."""
+    if server not in versioned_server_names(servers):
+        raise ConfigError(
+            f"--prefect-version: the {server} server does not run this environment's Prefect"
+        )
+    installed = resolution().prefect
+    if installed != version:
+        raise ConfigError(
+            f"--prefect-version {version}: this environment ({sys.prefix}) has prefect "
+            f"{installed or 'not installed'}"
+        )
+
+
+def _version_python(text: str) -> tuple[str, str]:
+    version, sep, python = text.partition("=")
+    if not (sep and version and python):
+        raise argparse.ArgumentTypeError(f"{text!r} is not VERSION=PYTHON")
+    if not os.access(python, os.X_OK):
+        raise argparse.ArgumentTypeError(f"{python} is not an interpreter one can run")
+    return version, python
 
 
 def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -545,16 +596,21 @@ def _matrix(args: argparse.Namespace, run_args: list[str], console: Console) -> 
     if unknown := sorted(set(args.only_servers or ()) - set(known)):
         raise ConfigError(f"unknown server {unknown[0]!r} (known: {', '.join(known)})")
     servers = [s for s in known if not args.only_servers or s in args.only_servers]
+    pythons = dict(args.prefect_pythons or ())
+    if len(pythons) == 1 or len(pythons) < len(args.prefect_pythons or ()):
+        raise ConfigError("--prefect-python compares versions: give two or more, each once")
     cells = [
-        Cell(server=s, db=d, broker=b)
-        for s, d, b in matrix_cells(servers)
+        Cell(server=s, db=d, broker=b, version=v)
+        for s, d, b, v in versioned_cells(
+            matrix_cells(servers), list(pythons), versioned_server_names(args.servers)
+        )
         if d in (args.only_dbs or DBS) and b in (args.only_brokers or BROKERS)
     ]
     run_id = args.run_id or new_run_id()
     if args.servers:
         run_args = [*run_args, "--servers", str(args.servers)]
     console.print(f"run {run_id}: results in {args.out / run_id}", markup=False)
-    states, interrupted = run_matrix(cells, run_args, run_id, args.out, config, console)
+    states, interrupted = run_matrix(cells, run_args, run_id, args.out, config, console, pythons)
     table = Table(title=f"run {run_id}", title_justify="left")
     for header in ("cell", "status", "repetitions", "total ±95%", "widest ±95%", "stopped"):
         table.add_column(header)

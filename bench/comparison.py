@@ -277,8 +277,8 @@ def pair_cells(
     same = [(c, c) for c in before if c in after]
     if same:
         return same
-    servers_before = {rs[0].cell.server for rs in before.values()}
-    servers_after = {rs[0].cell.server for rs in after.values()}
+    servers_before = {rs[0].cell.label for rs in before.values()}
+    servers_after = {rs[0].cell.label for rs in after.values()}
     if len(servers_before) == 1 and len(servers_after) == 1:
         key = {(rs[0].cell.db, rs[0].cell.broker): c for c, rs in after.items()}
         pairs = [

@@ -6,28 +6,38 @@ at a counting proxy in front of the server. Then it reads back through the serve
 check polled until one shared deadline: the flow run is COMPLETED, its N task runs are recorded
 and COMPLETED (the server's task-run recorder writes them from events, asynchronously), and the
 events of the flow run and of each task run are queryable. The report says which checks failed
-and why, and what the client sent (`TrafficCounts`, counted by `counting_proxy`).
+and why, and what the client sent (`TrafficCounts`, counted by `counting_proxy`). Last, the
+flow-runs workload's emulation of the same client runs the same flow once through a proxy of
+its own: it must send the same requests, websockets, text frames and messages.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel, Field
 
 from bench.conformance_flow import RESULT_PREFIX
+from bench.engine import Target
+from bench.engine.scenario import StepFailed, run_once
 from bench.errors import ConfigError, ServerError
 from bench.process import ManagedProcess, wait_until
 from bench.proxy import TrafficCounts, counting_proxy
+from bench.results import RunConfig
 from bench.servers.adapter import clean_environ
+from bench.workloads import flow_runs
 from bench.workloads.base import api_client
 
 DEFAULT_TASKS = 10
@@ -56,6 +66,7 @@ _TASK_RUNS_LIMIT = 200
 # (httpx and websockets both honour them); compared in lower case.
 _PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "ws_proxy", "wss_proxy")
 _LOG_LINES = 15
+_LOGS = "POST /api/logs/"  # a flow run's last request
 
 
 # -- the real client -------------------------------------------------------------------------
@@ -194,6 +205,8 @@ def check(
         checks = [_client_check(client, tasks, client_timeout)]
         if client.flow_run_id is not None:
             checks += _read_back(api, client, timeout_s)
+        if checks[0].ok:
+            checks.append(_emulation_check(base_url, tasks, counter.snapshot()))
     return ConformanceReport(
         url=base_url,
         tasks=tasks,
@@ -204,6 +217,46 @@ def check(
         checks=checks,
         traffic=counter.snapshot(),
     )
+
+
+def _emulation_check(base_url: str, tasks: int, real: TrafficCounts) -> CheckResult:
+    """The flow-runs emulation of this interpreter's Prefect client (flow_runs.client_shape)
+    runs the flow once through a proxy of its own: what it sent against what the real
+    client sent (`real`)."""
+    shape = flow_runs.client_shape()
+    who = f"the emulated {shape.version} client"
+    scenario = flow_runs.scenario(RunConfig(tasks=tasks), f"conformance-{uuid.uuid4().hex[:8]}")
+    with counting_proxy(base_url) as (proxy_url, counter):
+        proxy = urlsplit(proxy_url)
+        assert proxy.hostname and proxy.port
+        try:
+            emulated = replace(scenario, api_path=proxy.path)
+            asyncio.run(run_once(Target(proxy.hostname, proxy.port), emulated))
+        except StepFailed as exc:
+            return CheckResult(name="emulation", ok=False, detail=f"{who}'s flow run: {exc}")
+        # the proxy counts a request when it has relayed its answer
+        wait_until(lambda: counter.snapshot().requests.get(_LOGS), timeout_s=10, interval_s=0.05)
+        sent = counter.snapshot()
+    differences = [
+        f"{what} {key}: {sent_n} sent, the real client {real_n}"
+        for what, mine, theirs in (
+            ("request", sent.requests, real.requests),
+            ("websocket", sent.websockets, real.websockets),
+            ("message", sent.messages, real.messages),
+            (
+                "frames",
+                {k: n for k, n in sent.frames.items() if k.endswith(" text")},
+                {k: n for k, n in real.frames.items() if k.endswith(" text")},
+            ),
+        )
+        for key in sorted(set(mine) | set(theirs))
+        if (sent_n := mine.get(key, 0)) != (real_n := theirs.get(key, 0))
+    ]
+    if differences:
+        detail = f"{who} does not send what the real one sent: {'; '.join(differences)}"
+        return CheckResult(name="emulation", ok=False, detail=detail)
+    detail = f"{who} sent what the real one sent ({sum(sent.requests.values())} requests)"
+    return CheckResult(name="emulation", ok=True, detail=detail)
 
 
 def _require_health(api: httpx.Client, base_url: str) -> None:

@@ -27,9 +27,25 @@ def cells(servers: Sequence[str] | None = None) -> list[tuple[str, str, str]]:
     return list(itertools.product(servers, DBS, BROKERS))
 
 
-def session_params(server: str, db: str, broker: str) -> str:
+def session_params(server: str, db: str, broker: str, version: str = "") -> str:
     """The parameters of a cell's nox session as DESIGN.md section 9 spells them:
-    `server='zig', db='postgres'` (memory broker), `server='zig', db='postgres', broker='redis'`.
+    `server='zig', db='postgres'` (memory broker), `server='zig', db='postgres', broker='redis'`,
+    and `prefect='3.8.0'` last where a run compares Prefect versions.
     """
     words = f"server={server!r}, db={db!r}"
-    return words if broker == DEFAULT_BROKER else f"{words}, broker={broker!r}"
+    if broker != DEFAULT_BROKER:
+        words += f", broker={broker!r}"
+    return f"{words}, prefect={version!r}" if version else words
+
+
+def versioned_cells(
+    cells: Sequence[tuple[str, str, str]], versions: Sequence[str], versioned: Sequence[str]
+) -> list[tuple[str, str, str, str]]:
+    """Each cell with the Prefect version it runs: one cell per version for the servers in
+    `versioned` (those running the environment's Prefect) when several versions are compared;
+    otherwise "" (the one installed)."""
+    return [
+        (server, db, broker, version)
+        for server, db, broker in cells
+        for version in (versions if len(versions) > 1 and server in versioned else [""])
+    ]

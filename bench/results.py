@@ -7,12 +7,14 @@ adding an optional key is not a bump):
   flow-runs; a version 1 result reads as one without scenarios. Added since (optional):
   a scenario's `lag_ms`, `lag_hdr`, `lag_probes`, `lag_unresolved` (the events workload);
   a scenario's `timings` and `server_side` (the workers workload); `server_host` and a
-  service's `host` (a server or service on another host than the load).
+  service's `host` (a server or service on another host than the load); a cell's `version`
+  and the environment's `resolution` (Prefect versions as a dimension).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import importlib.metadata
 import json
 import os
 import platform
@@ -37,6 +39,7 @@ from bench.errors import ResultsError
 from bench.machine import MachineState
 from bench.preload.shape import DEFAULT_SHAPE, parse_shape
 from bench.sweep import DEFAULT_SLO, parse_slo, sweep_rates
+from bench.versions import read_resolution
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -45,18 +48,29 @@ Status = Literal["ok", "failed", "skipped"]
 
 
 class Cell(BaseModel):
-    """One (server, db, broker) combination."""
+    """One (server, db, broker) combination, and the Prefect version where a run compared
+    several."""
 
     model_config = ConfigDict(frozen=True)
 
     server: str
     db: str = ""
     broker: str = ""
+    version: str = Field(
+        default="",
+        description="the Prefect version of a run comparing several (PREFECT_VERSION=3.8.0,"
+        "3.9.1): each is a cell of its own; empty: the one installed",
+    )
+
+    @property
+    def label(self) -> str:
+        """The server as reports name it: `python`, or `python@3.8.0` of one version."""
+        return f"{self.server}@{self.version}" if self.version else self.server
 
     @property
     def name(self) -> str:
-        """server-db-broker; just the server's name where db and broker are unknown."""
-        return "-".join(part for part in (self.server, self.db, self.broker) if part)
+        """server[@version]-db-broker; just the server's where db and broker are unknown."""
+        return "-".join(part for part in (self.label, self.db, self.broker) if part)
 
 
 class LatencyMs(BaseModel):
@@ -556,6 +570,24 @@ class RunConfig(BaseModel):
         return sweep_rates(self.rate_sweep) if self.rate_sweep else []
 
 
+class Resolution(BaseModel):
+    """What the environment's packages were resolved with, and what they are."""
+
+    model_config = ConfigDict(extra="allow")
+
+    prefect: str | None = Field(default=None, description="the Prefect version installed")
+    exclude_newer: str | None = Field(
+        default=None,
+        description="uv's --exclude-newer the venv was resolved with: the minute after the "
+        "Prefect version's release (bench.versions); None: not resolved by prefect-bench's "
+        "nox sessions, or without uv (today's packages)",
+    )
+    index: str | None = None
+    packages: dict[str, str] = Field(
+        default_factory=dict, description="every distribution in the environment: its version"
+    )
+
+
 class Environment(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -566,6 +598,7 @@ class Environment(BaseModel):
     bench_version: str
     git_sha: str | None = None
     hostname: str | None = None
+    resolution: Resolution | None = None
 
 
 class Result(BaseModel):
@@ -715,6 +748,23 @@ def _git_sha() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def resolution(venv: Path | None = None) -> Resolution:
+    """This environment's packages, and what its venv (or `venv`) was resolved with
+    (bench.versions)."""
+    packages = {
+        dist.metadata["Name"].lower(): dist.version
+        for dist in importlib.metadata.distributions()
+        if dist.metadata["Name"]
+    }
+    made = read_resolution(venv) or {}
+    return Resolution(
+        prefect=packages.get("prefect"),
+        exclude_newer=made.get("exclude_newer"),
+        index=made.get("index"),
+        packages=dict(sorted(packages.items())),
+    )
+
+
 def environment(**extra: str | None) -> Environment:
     """Describe this machine and this tool, so results can be compared later."""
     return Environment(
@@ -725,5 +775,6 @@ def environment(**extra: str | None) -> Environment:
         bench_version=__version__,
         git_sha=_git_sha(),
         hostname=platform.node(),
+        resolution=resolution(),
         **extra,
     )

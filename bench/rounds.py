@@ -13,7 +13,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,10 +50,15 @@ def run_matrix(
     out_dir: Path,
     config: RunConfig,
     console: Console,
+    pythons: Mapping[str, str] | None = None,
 ) -> tuple[list[CellRounds], bool]:
     """Run every cell (`python -m bench run` with `run_args`, which `config` was built from)
     in rounds; returns the cells' rounds and whether the matrix was interrupted (Ctrl-C or
-    SIGTERM: the cell running then writes its partial result, and no other starts)."""
+    SIGTERM: the cell running then writes its partial result, and no other starts).
+
+    A cell of a Prefect version runs with the interpreter `pythons` gives for it, others with
+    this one."""
+    pythons = pythons or {}
     states = [CellRounds(cell) for cell in cells]
     repeat = config.repeat
     rounds = 1 if repeat is None else (MAX_AUTO if repeat == "auto" else int(repeat))
@@ -67,10 +72,12 @@ def run_matrix(
         if repeat is not None:
             console.print(f"[bold]round {round_no}[/bold]: {', '.join(s.cell.name for s in todo)}")
         for state in todo:
+            version = state.cell.version
             command = [
-                *(sys.executable, "-m", "bench", "run"),
+                *(pythons.get(version, sys.executable), "-m", "bench", "run"),
                 *("--server", state.cell.server, "--db", state.cell.db),
                 *("--broker", state.cell.broker, "--run-id", run_id, "--out", str(out_dir)),
+                *(("--prefect-version", version) if version else ()),
                 *run_args,
             ]
             if repeat is not None:

@@ -80,6 +80,11 @@ def bench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         ),
         (["--url", "http://bench-server.example/api"], "got bench-server.example: a load test"),
         (["--allow-remote", "--url", "ftp://127.0.0.2/api"], "--url must be an http:// URL"),
+        (["--prefect-version", "3.4.25"], "--prefect-version 3.4.25: this environment ("),
+        (
+            ["--server", "zig", "--prefect-version", "3.9.1"],
+            "--prefect-version: the zig server does not run this environment's Prefect",
+        ),
         (["--preload", "0"], "--preload: input should be greater than or equal to 1"),
         (["--preload", "-5"], "--preload: input should be greater than or equal to 1"),
         (["--preload", "lots"], "invalid int value: 'lots'"),
@@ -94,11 +99,35 @@ def bench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_bad_input_is_one_clear_line(
     tmp_path: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    _one_clear_line(["run", "--out", str(tmp_path), *args], message, capsys)
+    assert list(tmp_path.iterdir()) == []  # nothing started, nothing written
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--prefect-python", "3.9.1=/bin/sh"], "give two or more, each once"),
+        (
+            ["--prefect-python", "3.9.1=/bin/sh", "--prefect-python", "3.9.1=/bin/sh"],
+            "give two or more, each once",
+        ),
+        (["--prefect-python", "3.9.1"], "'3.9.1' is not VERSION=PYTHON"),
+        (["--prefect-python", "3.9.1=/no/such/python"], "is not an interpreter one can run"),
+    ],
+)
+def test_bad_matrix_input_is_one_clear_line(
+    tmp_path: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _one_clear_line(["matrix", "--out", str(tmp_path), *args], message, capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _one_clear_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     # in this process (a new interpreter per case would cost a second each): main() as the
     # entry point calls it, with its SIGTERM handler put back afterwards
     handler = signal.getsignal(signal.SIGTERM)
     try:
-        code = main(["run", "--out", str(tmp_path), *args])
+        code = main(argv)
     except SystemExit as exc:  # argparse's own errors
         code = exc.code
     finally:
@@ -107,7 +136,6 @@ def test_bad_input_is_one_clear_line(
     assert code == EXIT_USAGE
     assert message in err
     assert len(err.strip().splitlines()) == 1, err
-    assert list(tmp_path.iterdir()) == []  # nothing started, nothing written
 
 
 def test_help_lists_every_workload_and_provider(tmp_path: Path) -> None:

@@ -63,7 +63,6 @@ def test_one_cell_through_nox(repo_root: Path, tmp_path: Path) -> None:
         tmp_path,
         "-s",
         "bench(server='python', db='sqlite')",
-        "bench(server='zig', db='sqlite')",
         "--",
         "--duration",
         "0.5",
@@ -81,5 +80,95 @@ def test_one_cell_through_nox(repo_root: Path, tmp_path: Path) -> None:
         assert ep.requests > 0 and ep.rps > 0 and ep.hdr
         lat = ep.latency_ms
         assert lat and lat.min <= lat.p50 <= lat.p90 <= lat.p99 <= lat.p999 <= lat.max
-    assert "BENCH_ZIG_BINARY" in out.stderr and "--zig-src" in out.stderr
-    assert "skipped" in out.stderr
+    assert result.environment.resolution and result.environment.resolution.prefect == "3.9.1"
+    # the pinned version, resolved as of its release: the minute after its last file
+    assert result.environment.resolution.exclude_newer == "2026-10-30T19:30:00Z"
+
+
+def test_versions_make_sessions_of_their_own(repo_root: Path, tmp_path: Path) -> None:
+    env = {"PREFECT_VERSION": "3.4.25,3.9.1"}
+    out = nox(repo_root, tmp_path, "-l", "--json", "-s", "bench", env=env)
+    assert out.returncode == 0, out.stderr
+    sessions = [s["session"] for s in json.loads(out.stdout)]
+    assert sessions[:3] == [
+        "bench(server='python', db='sqlite', prefect='3.4.25')",
+        "bench(server='python', db='sqlite', prefect='3.9.1')",
+        "bench(server='python', db='sqlite', broker='redis', prefect='3.4.25')",
+    ]
+    # zig runs no Prefect of its own: one cell each
+    assert "bench(server='zig', db='postgres')" in sessions
+    assert len(sessions) == 20  # (python, python-scaled) × 4 × 2 versions + zig × 4
+    bad = nox(
+        repo_root,
+        tmp_path,
+        "-s",
+        "bench(server='python', db='sqlite')",
+        env={"PREFECT_VERSION": "3.9.1,,3.4.25"},
+    )
+    assert bad.returncode != 0
+    assert "PREFECT_VERSION='3.9.1,,3.4.25': '' is not a version" in bad.stderr
+
+
+@pytest.mark.slow
+def test_a_version_not_on_the_index_is_skipped_with_the_installers_line(
+    repo_root: Path, tmp_path: Path
+) -> None:
+    out = nox(
+        repo_root,
+        tmp_path,
+        "-s",
+        "bench(server='python', db='sqlite')",
+        env={"PREFECT_VERSION": "3.99.0"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (
+        "skipped: prefect 3.99.0: Because there is no version of prefect==3.99.0" in out.stderr
+    ), out.stderr[-3000:]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_two_versions_a_year_apart_through_the_matrix(repo_root: Path, tmp_path: Path) -> None:
+    """3.4.25 (October 2025) and 3.9.1 (October 2026), each in its own venv resolved as of its
+    release, through `nox -s matrix`: both flow-runs cells ok, each emulating its own client
+    (checked against the real one in the cell), and the report comparing them like servers.
+    A version that does not exist is left out, saying why; zig (no binary here) is skipped."""
+    out = nox(
+        repo_root,
+        tmp_path,
+        "-s",
+        "matrix",
+        "--",
+        *("--server", "python", "--server", "zig", "--db", "sqlite", "--broker", "memory"),
+        *("--workload", "flow-runs", "--tasks", "2", "--concurrency", "1"),
+        *("--duration", "1", "--warmup", "0.5"),
+        env={"PREFECT_VERSION": "3.4.25,3.99.0,3.9.1"},
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "prefect 3.99.0: Because there is no version of prefect==3.99.0" in out.stderr
+    (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    results = {
+        p.name: load_result(p) for p in run.glob("*.json") if not p.name.startswith("report")
+    }
+    assert sorted(results) == [
+        "python@3.4.25-sqlite-memory.json",
+        "python@3.9.1-sqlite-memory.json",
+        "zig-sqlite-memory.json",
+    ]
+    assert results["zig-sqlite-memory.json"].status == "skipped"
+    for version, cutoff in (("3.4.25", "2025-10-23T20:48:00Z"), ("3.9.1", "2026-10-30T19:30:00Z")):
+        result = results[f"python@{version}-sqlite-memory.json"]
+        assert result.status == "ok", result.error
+        assert result.cell.version == result.server.version == version
+        resolved = result.environment.resolution
+        assert resolved and resolved.prefect == version and resolved.exclude_newer == cutoff
+        (scenario,) = result.scenarios
+        assert scenario.completed > 0
+        assert result.conformance and result.conformance["client_version"] == version
+        emulation = next(c for c in result.conformance["checks"] if c["name"] == "emulation")
+        assert emulation["ok"], emulation["detail"]
+    old = results["python@3.4.25-sqlite-memory.json"].environment.resolution
+    new = results["python@3.9.1-sqlite-memory.json"].environment.resolution
+    assert old and new and old.packages["fastapi"] != new.packages["fastapi"]
+    report = (tmp_path / "report.md").read_text()
+    assert "python@3.9.1-sqlite-memory vs python@3.4.25" in report

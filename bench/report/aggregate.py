@@ -30,8 +30,24 @@ from bench.results import (
     Timing,
     load_result,
 )
+from bench.versions import version_key
 
 REFERENCE_SERVER = "python"
+
+
+def reference_version(results: Iterable[Result]) -> str:
+    """The Prefect version of the results others are compared with: the oldest of a run
+    comparing versions (did the newer one regress?), "" where any python result has none."""
+    versions = {r.cell.version for r in results if r.cell.server == REFERENCE_SERVER}
+    if not versions or "" in versions:
+        return ""
+    return min(versions, key=version_key)
+
+
+def is_reference(result: Result, version: str) -> bool:
+    """Whether `result` is of the reference server, python (of `version`: reference_version)."""
+    return result.cell.server == REFERENCE_SERVER and result.cell.version == version
+
 
 # report.json, report.md.json, …: written next to results by reports, never results themselves.
 REPORT_STEM = "report"
@@ -427,7 +443,7 @@ def display_order(results: Iterable[Result], brokers_together: bool = False) -> 
     `brokers_together`: by run, db, server, then broker (one server's brokers side by side)."""
 
     def key(r: Result) -> tuple[object, ...]:
-        server = (r.cell.server != REFERENCE_SERVER, r.cell.server)
+        server = (r.cell.server != REFERENCE_SERVER, r.cell.server, version_key(r.cell.version))
         if brokers_together:
             return (r.run_id, r.cell.db, *server, r.cell.broker)
         return (r.run_id, r.cell.db, r.cell.broker, *server)
@@ -509,16 +525,18 @@ class Pair:
 
 
 def speedup_pairs(results: Iterable[Result]) -> list[Pair]:
-    """Pair each ok non-python result with an ok python result of the same db and broker.
+    """Pair each ok result of another server (or of a newer Prefect version: reference_version)
+    with an ok python result of the same db and broker.
 
     A python result of the same machine is preferred (a speedup across machines is not the
     servers' alone), then one of the same run, then the newest one (by started_at).
     """
     ok = display_order(r for r in results if r.status == "ok")
-    refs = [r for r in ok if r.cell.server == REFERENCE_SERVER]
+    version = reference_version(ok)
+    refs = [r for r in ok if is_reference(r, version)]
     pairs: list[Pair] = []
     for other in ok:
-        if other.cell.server == REFERENCE_SERVER:
+        if is_reference(other, version):
             continue
         same_cell = [
             b for b in refs if (b.cell.db, b.cell.broker) == (other.cell.db, other.cell.broker)

@@ -96,8 +96,9 @@ def _series(results: Iterable[Result]) -> list[_Series]:
     for r in aggregate.display_order(preloaded):
         assert r.preload is not None
         cells.setdefault(r.cell.name, {}).setdefault(r.preload.flow_runs, []).append(r)
+    version = aggregate.reference_version(preloaded)
     order = {
-        r.cell.name: (r.cell.db, r.cell.broker, r.cell.server != aggregate.REFERENCE_SERVER)
+        r.cell.name: (r.cell.db, r.cell.broker, not aggregate.is_reference(r, version))
         for r in preloaded
     }
     return [

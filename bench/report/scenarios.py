@@ -14,7 +14,12 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from bench.report import compare
-from bench.report.aggregate import REFERENCE_SERVER, Pair, display_order
+from bench.report.aggregate import (
+    Pair,
+    display_order,
+    is_reference,
+    reference_version,
+)
 from bench.report.charts import scenario_charts
 from bench.report.document import Column, Section, Table, Value
 from bench.report.numbers import LOWER_BOUND, MISSING, fmt_errors, fmt_ms, fmt_num
@@ -248,15 +253,17 @@ def _server_side_table(
 
 
 def _speedup_pairs(results: list[Result]) -> list[Pair]:
-    """Each other server's result with scenarios and python's of the same run, db and broker."""
+    """Each other server's (or newer Prefect version's) result with scenarios and python's of
+    the same run, db and broker."""
+    version = reference_version(results)
     refs = {
         (r.run_id, r.cell.db, r.cell.broker): r
         for r in results
-        if r.cell.server == REFERENCE_SERVER and r.scenarios
+        if is_reference(r, version) and r.scenarios
     }
     pairs = []
     for r in results:
-        if r.cell.server == REFERENCE_SERVER or not r.scenarios:
+        if is_reference(r, version) or not r.scenarios:
             continue
         ref = refs.get((r.run_id, r.cell.db, r.cell.broker))
         if ref is not None:
@@ -271,10 +278,11 @@ def _speedup_table(
     where within the noise of their slices."""
     if not pairs:
         return None
+    base = pairs[0].base.cell.label
     table = Table(
-        f"Scenarios per second over {REFERENCE_SERVER}{_unit(results)}",
+        f"Scenarios per second over {base}{_unit(results)}",
         [Column("scenario"), Column("c", numeric=True)]
-        + [Column(f"{p.other.cell.name} vs {REFERENCE_SERVER}", numeric=True) for p in pairs],
+        + [Column(f"{p.other.cell.name} vs {p.base.cell.label}", numeric=True) for p in pairs],
         grouped=True,
     )
     for key in keys:

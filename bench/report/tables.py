@@ -22,7 +22,7 @@ from bench.report.numbers import (
 )
 from bench.report.scale import scale_section
 from bench.report.scenarios import scenario_section
-from bench.results import EndpointResult, Result
+from bench.results import Cell, EndpointResult, Result
 
 TITLE = "prefect-bench report"
 NO_RESULTS = "No results found."
@@ -229,7 +229,7 @@ def _matrix_section(
     table = Table(None, columns)
     saturated = False
     for r in shown:
-        row = [Value(r.run_id), Value(r.cell.server), Value(r.cell.db), Value(r.cell.broker)]
+        row = [Value(r.run_id), Value(r.cell.label), Value(r.cell.db), Value(r.cell.broker)]
         row.append(_status_value(r))
         if machines:
             row.append(Value(aggregate.machine(r)))
@@ -343,7 +343,7 @@ def _endpoint_section(results: list[Result], multi_run: bool) -> Section:
 
 
 def _pair_header(pair: Pair, multi_run: bool) -> str:
-    header = f"{pair.other.cell.name} vs {pair.base.cell.server}"
+    header = f"{pair.other.cell.name} vs {pair.base.cell.label}"
     if not pair.same_run:
         header += f" (run {pair.other.run_id} vs {pair.base.run_id})"
     elif multi_run:
@@ -352,7 +352,8 @@ def _pair_header(pair: Pair, multi_run: bool) -> str:
 
 
 def _speedup_section(results: list[Result], multi_run: bool, across_machines: bool) -> Section:
-    ref = aggregate.REFERENCE_SERVER
+    version = aggregate.reference_version(r for r in results if r.status == "ok")
+    ref = Cell(server=aggregate.REFERENCE_SERVER, version=version).label
     section = Section(f"Speedup over {ref}")
     pairs, machine_notes = compare.on_one_machine(aggregate.speedup_pairs(results), across_machines)
     section.notes += machine_notes
@@ -368,6 +369,11 @@ def _speedup_section(results: list[Result], multi_run: bool, across_machines: bo
         f"same run when there is one, else the newest {ref} result): above 1× is faster. Totals "
         "sum the endpoints both measured at that concurrency. The rss peak ratio is the server's "
         f"peak memory divided by {ref}'s: below 1× uses less memory."
+        + (
+            f" Prefect versions were compared: each newer version over the oldest, {version}."
+            if version
+            else ""
+        )
     )
     flags = compare.RatioFlags()
     table = _ratio_table(

@@ -202,6 +202,17 @@ def server_names(path: Path | None = None) -> tuple[str, ...]:
     return tuple(load_servers(path))
 
 
+def versioned_server_names(path: Path | None = None) -> tuple[str, ...]:
+    """The servers whose start runs this environment's interpreter ({python}), and so the
+    Prefect installed in it: those a run comparing Prefect versions runs once per version."""
+    return tuple(name for name, spec in load_servers(path).items() if spec.uses("python"))
+
+
+def builtin_versioned_server_names() -> tuple[str, ...]:
+    """versioned_server_names of the built-in servers alone, whatever servers.toml says."""
+    return tuple(name for name in builtin_server_names() if load_builtin(name).uses("python"))
+
+
 def fields(template: str) -> list[str]:
     """The placeholder names a template uses ("{port}" → ["port"]); "{{" is a literal brace."""
     try:

@@ -1,7 +1,8 @@
 """flow-runs: flow runs of N tasks, sent as the real Prefect 3 client sends them.
 
 What one flow run of the real client (prefect 3.9.1, a flow calling N tasks, run as its own
-process) sends, captured here from its HTTP client and its websocket, in this order:
+process) sends, captured here from its HTTP client and its websocket, in this order (older
+clients send less: ClientShape):
 - its sync client: `GET /admin/version`, `GET /csrf-token?client=…`, `POST /flows/`,
   `POST /flow_runs/` (PENDING), `POST /flow_runs/{id}/set_state` (RUNNING),
   `GET /flow_runs/{id}`, 2 × `GET /admin/storage`, `POST /flow_runs/{id}/set_state` (COMPLETED);
@@ -22,9 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import importlib.metadata
 import json
 import uuid
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from time import monotonic_ns
 from typing import Any
 
@@ -33,12 +36,46 @@ from websockets.asyncio.client import ClientConnection
 
 from bench.engine.scenario import Scenario, VirtualUser
 from bench.results import RunConfig
+from bench.versions import version_key
 from bench.workloads.base import ScenarioWorkload, post_json
 
-PREFECT_VERSION = "3.9.1"  # what the emulated client says it is, in its events
+PREFECT_VERSION = "3.9.1"  # the client emulated where no Prefect is installed
 TASK_NAME = "bench-task"
 AUTH_FRAME = json.dumps({"type": "auth", "token": None})
 TASK_STATES = (("PENDING", "Pending"), ("RUNNING", "Running"), ("COMPLETED", "Completed"))
+
+
+@dataclass(frozen=True)
+class ClientShape:
+    """What one flow run sends that differs between Prefect clients. The emulation is the
+    client of the Prefect installed beside prefect-bench: in a run comparing versions, its
+    server's (docs/design-notes.md, "Prefect versions as a dimension")."""
+
+    version: str
+    # the auth frame (answered auth_success) opening the events socket
+    events_auth: bool
+    # one prefect.flow-run.heartbeat event, and the events worker's GET /admin/version
+    heartbeat: bool
+    # 2 × GET /admin/storage once the run is running
+    storage_reads: bool
+
+
+# The first version whose client sends each, found through bench.proxy (`bench conformance`
+# with each release from 3.4.25 to 3.9.1 installed as of its day).
+CLIENT_CHANGES = {"events_auth": "3.6.14", "heartbeat": "3.6.22", "storage_reads": "3.7.0"}
+
+
+def client_shape(version: str | None = None) -> ClientShape:
+    """The shape of `version`'s client (default: the installed Prefect's, else 3.9.1's)."""
+    if version is None:
+        try:
+            version = importlib.metadata.version("prefect")
+        except importlib.metadata.PackageNotFoundError:
+            version = PREFECT_VERSION
+    given = version_key(version)
+    return ClientShape(
+        version, **{change: given >= version_key(since) for change, since in CLIENT_CHANGES.items()}
+    )
 
 
 async def authenticate(user: VirtualUser, step: str, ws: ClientConnection) -> None:
@@ -209,15 +246,15 @@ def task_run_events(
         previous, follows = state, event_id
 
 
-def heartbeat(flow_id: str, flow_name: str, run_id: str, run_name: str) -> str:
-    """The flow run's heartbeat event, as the client emits it once per run."""
+def heartbeat(flow_id: str, flow_name: str, run_id: str, run_name: str, version: str) -> str:
+    """The flow run's heartbeat event, as the client (of `version`) emits it once per run."""
     event = {
         "occurred": zulu(_now()),
         "event": "prefect.flow-run.heartbeat",
         "resource": {
             "prefect.resource.id": f"prefect.flow-run.{run_id}",
             "prefect.resource.name": run_name,
-            "prefect.version": PREFECT_VERSION,
+            "prefect.version": version,
         },
         "related": [
             {
@@ -324,7 +361,7 @@ async def flow_run(user: VirtualUser, params: Mapping[str, Any]) -> None:
     run = await user.http_json("create flow_run", "POST", "/flow_runs/", body, expect=(201,))
     run_id, run_name = _created(user, "create flow_run", run, "id", "name")
     await start_run(user, run_id)
-    await run_tasks(user, flow_id, flow_name, run_id, run_name, tasks)
+    await run_tasks(user, params["client"], flow_id, flow_name, run_id, run_name, tasks)
 
 
 async def start_run(user: VirtualUser, run_id: str) -> None:
@@ -334,6 +371,7 @@ async def start_run(user: VirtualUser, run_id: str) -> None:
 
 async def run_tasks(
     user: VirtualUser,
+    client: ClientShape,
     flow_id: str,
     flow_name: str,
     run_id: str,
@@ -341,16 +379,21 @@ async def run_tasks(
     tasks: int,
     counted: str = "flow_runs",
 ) -> None:
-    """What a running flow run of `tasks` tasks sends, from reading itself back to its logs;
-    its completion is counted as `counted`."""
+    """What a running flow run of `tasks` tasks sends from `client`, from reading itself back
+    to its logs; its completion is counted as `counted`."""
     await user.http("read flow_run", "GET", f"/flow_runs/{run_id}")
-    for _ in range(2):
-        await user.http("GET admin/storage", "GET", "/admin/storage")
-    await user.http("GET admin/version", "GET", "/admin/version")
+    if client.storage_reads:
+        for _ in range(2):
+            await user.http("GET admin/storage", "GET", "/admin/storage")
+    if client.heartbeat:
+        await user.http("GET admin/version", "GET", "/admin/version")
     async with user.websocket("open events socket", "/events/in", ("prefect",)) as ws:
-        await authenticate(user, "events auth", ws)
+        if client.events_auth:
+            await authenticate(user, "events auth", ws)
         await user.http("read flow", "GET", f"/flows/{flow_id}")
-        frames = [heartbeat(flow_id, flow_name, run_id, run_name)]
+        frames = []
+        if client.heartbeat:
+            frames.append(heartbeat(flow_id, flow_name, run_id, run_name, client.version))
         traced: tuple[str, str] | None = None
         for i in range(tasks):
             pending_id, task_run_id, made = task_events(flow_id, flow_name, run_id, run_name, i)
@@ -388,7 +431,7 @@ def scenario(config: RunConfig, tag: str) -> Scenario:
     return Scenario(
         f"flow run, {config.tasks} tasks",
         flow_run,
-        {"tasks": config.tasks, "flow_name": f"bench-flow-{tag}"},
+        {"tasks": config.tasks, "flow_name": f"bench-flow-{tag}", "client": client_shape()},
         probe=find_task_run_events,
     )
 

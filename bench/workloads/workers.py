@@ -133,7 +133,7 @@ def _worker_event(
         "resource": {
             "prefect.resource.id": f"prefect.worker.{WORKER_TYPE}.{name}",
             "prefect.resource.name": name,
-            "prefect.version": flow_runs.PREFECT_VERSION,
+            "prefect.version": params["client"].version,
             "prefect.worker-type": WORKER_TYPE,
         },
         "related": [*related, pool],
@@ -356,6 +356,7 @@ async def _flow_run_process(
     user.observe(RUNNING, _micros_since(scheduled))
     await flow_runs.run_tasks(
         user,
+        params["client"],
         run["flow_id"],
         params["flow_name"],
         run_id,
@@ -380,6 +381,7 @@ def scenario(config: RunConfig, tag: str) -> Scenario:
             "schedule_s": SCHEDULE_S / speedup,
             "prefetch_s": PREFETCH_S / speedup,
             "heartbeat_s": max(1, round(HEARTBEAT_S / speedup)),
+            "client": flow_runs.client_shape(),
         },
         interval_s=POLL_S / speedup,
         retry_statuses=CLIENT_RETRY_STATUSES,
