@@ -84,11 +84,14 @@ class Cell:
     server: str
     db: str
     broker: str
+    prefect: str = ""  # the Prefect version, where PREFECT_VERSION names several
 
     @property
     def name(self) -> str:
-        """server-db-broker: its results folder here, its artifact's name in the workflow."""
-        return f"{self.server}-{self.db}-{self.broker}"
+        """server[@version]-db-broker: its results folder here, its artifact's name in the
+        workflow."""
+        server = f"{self.server}@{self.prefect}" if self.prefect else self.server
+        return f"{server}-{self.db}-{self.broker}"
 
 
 class FanOutError(Exception):
@@ -123,6 +126,7 @@ def parse_cells(listing: str) -> list[Cell]:
                 s["call_spec"]["server"],
                 s["call_spec"]["db"],
                 s["call_spec"]["broker"],
+                s["call_spec"].get("prefect", ""),
             )
             for s in sessions
         ]

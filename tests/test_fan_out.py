@@ -108,6 +108,37 @@ def test_the_workflow_runs_the_commands_the_script_runs() -> None:
     assert 'cat "$BENCH_RESULTS_DIR/report.md" >> "$GITHUB_STEP_SUMMARY"' in _runs(report)
 
 
+def test_a_cell_of_a_prefect_version_has_a_folder_and_an_artifact_of_its_own() -> None:
+    """PREFECT_VERSION=a,b: the listing's call_spec holds the version; each version's cell
+    has its own folder here and its own artifact there (the names the results have)."""
+    listing = json.dumps(
+        [
+            {
+                "session": f"bench(server='python', db='sqlite', prefect='{v}')",
+                "call_spec": {"server": "python", "db": "sqlite", "broker": "memory", "prefect": v},
+            }
+            for v in ("3.4.25", "3.9.1")
+        ]
+        + [
+            {
+                "session": "bench(server='zig', db='sqlite')",
+                "call_spec": {"server": "zig", "db": "sqlite", "broker": "memory", "prefect": ""},
+            }
+        ]
+    )
+    assert [c.name for c in fan_out.parse_cells(listing)] == [
+        "python@3.4.25-sqlite-memory",
+        "python@3.9.1-sqlite-memory",
+        "zig-sqlite-memory",
+    ]
+    workflow = _workflow()
+    assert workflow["env"]["PREFECT_VERSION"] == "${{ inputs.prefect_version }}"
+    upload = next(
+        s for s in workflow["jobs"]["cell"]["steps"] if s.get("uses", "").startswith("actions/up")
+    )
+    assert "format('@{0}', matrix.cell.call_spec.prefect)" in upload["with"]["name"]
+
+
 # -- the script's steps, with a stand-in for nox -----------------------------------------------
 
 LISTED = [
