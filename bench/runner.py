@@ -465,11 +465,15 @@ def _drained(
     sent: Mapping[str, int],
 ) -> dict[str, int]:
     """What the server recorded of `scenario`, once it holds all that was sent or after
-    DRAIN_TIMEOUT_S: task runs reach the database through the broker, seconds later."""
+    DRAIN_TIMEOUT_S: task runs reach the database through the broker, seconds later. A read
+    that times out is asked again: a server still writing a backlog may answer it late."""
     found: dict[str, int] = {}
 
     def complete() -> bool:
-        found.update(workload.recorded(client, scenario))
+        try:
+            found.update(workload.recorded(client, scenario))
+        except httpx.TimeoutException:
+            return False
         return all(found[kind] >= sent.get(kind, 0) for kind in found)
 
     with contextlib.suppress(TimeoutError):

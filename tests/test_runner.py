@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,10 +17,13 @@ import psutil
 import pytest
 from hdrh.histogram import HdrHistogram
 
+from bench.engine import Scenario
 from bench.process import wait_until
-from bench.results import EndpointResult
-from bench.runner import INTERRUPTED, CellRun, run_cell
+from bench.results import EndpointResult, RunConfig
+from bench.runner import INTERRUPTED, CellRun, _drained, run_cell
 from bench.servers.running import RunningServer
+from bench.workloads.flow_runs import FLOW_RUNS
+from bench.workloads.flow_runs import scenario as flow_runs_scenario
 
 if TYPE_CHECKING:
     from tests.conftest import RecordingProgress
@@ -245,3 +249,22 @@ def test_open_model_holds_the_rate(
     health = result.endpoints[0]
     assert health.offered_rps == 50.0 and health.late_sends is not None
     assert 35 <= health.rps <= 60  # the engine holds the rate: it does not run flat out
+
+
+def test_a_count_that_times_out_under_a_backlog_is_asked_again() -> None:
+    """The server answers the read-back late while it writes a backlog (seen: Prefect 3.4.25
+    on SQLite, over 30 s for a count): the drain asks again instead of failing the cell. The
+    workload's `recorded` stands in for that server: it times out once, then answers."""
+    counts = {"flow_runs": 3, "task_runs": 30}
+    replies: list[Exception | dict[str, int]] = [httpx.ReadTimeout("timed out"), counts]
+
+    def recorded(client: httpx.Client, measured: Scenario) -> dict[str, int]:
+        reply = replies.pop(0) if len(replies) > 1 else replies[0]
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    workload = replace(FLOW_RUNS, recorded=recorded)
+    with httpx.Client() as client:
+        found = _drained(workload, flow_runs_scenario(RunConfig(tasks=10), "late"), client, counts)
+    assert found == counts and replies == [counts]  # the timeout was met, and asked again
