@@ -585,12 +585,11 @@ def _level_parts(
     if readers is None or workload.beside is None:
         return [(scenario, concurrency)]
     beside = workload.beside.name
+    reading = f"{reader_users} {beside} reader{'s' if reader_users > 1 else ''}"
+    writing = f"{concurrency} writer{'s' if concurrency > 1 else ''}"
     return [
-        (
-            replace(scenario, name=f"{scenario.name}, beside {reader_users} {beside} readers"),
-            concurrency,
-        ),
-        (replace(readers, name=f"{beside} reads, beside {concurrency} writers"), reader_users),
+        (replace(scenario, name=f"{scenario.name}, beside {reading}"), concurrency),
+        (replace(readers, name=f"{beside} reads, beside {writing}"), reader_users),
     ]
 
 

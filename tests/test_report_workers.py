@@ -271,7 +271,7 @@ def test_merged_server_side_is_none_only_when_no_repetition_read_it() -> None:
 
 
 def test_a_mixed_runs_writers_and_readers_are_rows_of_their_own_with_a_note() -> None:
-    writers, readers = "flow run, 2 tasks, beside 2 ui readers", "ui reads, beside 1 writers"
+    writers, readers = "flow run, 2 tasks, beside 2 ui readers", "ui reads, beside 1 writer"
     mixed = result(
         "python-sqlite-memory",
         [scenario(1, [], None, name=writers), scenario(2, [], None, name=readers)],

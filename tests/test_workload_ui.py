@@ -301,7 +301,7 @@ def test_mixed_reads_the_ui_beside_flow_runs_and_reports_them_apart(
     assert result.status == "ok", result.error
     writer, reader = result.scenarios
     assert writer.name == "flow run, 2 tasks, beside 2 ui readers" and writer.concurrency == 1
-    assert reader.name == "ui reads, beside 1 writers" and reader.concurrency == 2
+    assert reader.name == "ui reads, beside 1 writer" and reader.concurrency == 2
     # SQLite answers a write 503 ("database is locked") while others write: counted, no more
     assert writer.completed > 0, writer.problems
     assert all(set(step.errors) <= {"503"} for step in writer.steps), writer.problems
