@@ -72,11 +72,11 @@ def invalid_every_fourth(user: VirtualUser, params: Mapping[str, Any]) -> Any:
     sent = user.state["sent"] = user.state.get("sent", 0) + 1
     if sent % 4:
         return events.send_event(user, params)
-    return _send_invalid(user)
+    return _send_invalid(user, params)
 
 
-async def _send_invalid(user: VirtualUser) -> None:
-    ws = await events._events_socket(user)
+async def _send_invalid(user: VirtualUser, params: Mapping[str, Any]) -> None:
+    ws = await events._events_socket(user, params["client"])
     await user.ws_exchange("send event", ws, ['{"event": "not a whole event"}'])
 
 

@@ -32,7 +32,9 @@ from bench.results import RunConfig
 from bench.workloads.base import ScenarioWorkload, post_json
 from bench.workloads.flow_runs import (
     TASK_NAME,
+    ClientShape,
     authenticate,
+    client_shape,
     find_task_run_events,
     task_run_events,
 )
@@ -45,21 +47,23 @@ def _measurement_resource(tag: str) -> str:
     return f"prefect-bench.measurement.{tag}"
 
 
-async def _events_socket(user: VirtualUser) -> ClientConnection:
-    """The user's open websocket to /events/in, opened and authenticated when it has none."""
+async def _events_socket(user: VirtualUser, client: ClientShape) -> ClientConnection:
+    """The user's open websocket to /events/in, opened (and authenticated, as `client` does)
+    when it has none."""
     kept: ClientConnection | None = user.state.get("ws")
     if kept is not None and kept.state is State.OPEN:
         return kept
     user.state.pop("ws", None)
     ws = await user.open_websocket("open events socket", "/events/in", ("prefect",))
-    await authenticate(user, "events auth", ws)
+    if client.events_auth:
+        await authenticate(user, "events auth", ws)
     user.state["ws"] = ws
     return ws
 
 
 async def send_event(user: VirtualUser, params: Mapping[str, Any]) -> None:
     """Send the next event of the user's current task run (a new task run after Completed)."""
-    ws = await _events_socket(user)
+    ws = await _events_socket(user, params["client"])
     following = user.state.get("events")
     upcoming = next(following, None) if following is not None else None
     first = upcoming is None
@@ -91,7 +95,7 @@ def scenario(config: RunConfig, tag: str) -> Scenario:
     return Scenario(
         "task-run event",
         send_event,
-        {"tag": tag, "task_tag": f"prefect-bench-{tag}"},
+        {"tag": tag, "task_tag": f"prefect-bench-{tag}", "client": client_shape()},
         probe=find_task_run_events,
     )
 

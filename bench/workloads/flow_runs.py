@@ -61,7 +61,7 @@ class ClientShape:
 
 
 # The first version whose client sends each, found through bench.proxy (`bench conformance`
-# with each release from 3.4.25 to 3.9.1 installed as of its day).
+# with releases from 3.4.25 to 3.9.1 installed as of their day, the 3.6 line bisected).
 CLIENT_CHANGES = {"events_auth": "3.6.14", "heartbeat": "3.6.22", "storage_reads": "3.7.0"}
 
 
