@@ -444,6 +444,10 @@ def test_request_bytes() -> None:
     assert b"Content-Type: application/json\r\n" in first
     empty = request_factory(EngineRequest("POST", "/x"), target, b"p-")()
     assert empty.endswith(b"Content-Length: 0\r\n\r\n")
+    # an IPv6 address is bracketed, as RFC 9110 writes a Host header
+    ipv6 = request_factory(EngineRequest("GET", "/a"), Target("::1", 8080), b"p-")()
+    assert b"\r\nHost: [::1]:8080\r\n" in ipv6
+    assert Target("::1", 8080).authority == "[::1]:8080"
 
 
 # Open model

@@ -26,10 +26,16 @@ def new_histogram() -> HdrHistogram:
 
 @dataclass(frozen=True)
 class Target:
-    """Where the server listens (loopback only)."""
+    """Where the server listens."""
 
     host: str
     port: int
+
+    @property
+    def authority(self) -> str:
+        """host:port as a URL and a Host header write it: an IPv6 address in brackets."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
 
 @dataclass(frozen=True)

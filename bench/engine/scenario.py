@@ -380,7 +380,7 @@ class VirtualUser:
     ) -> ClientConnection:
         run = self.run
         target = run.job.target
-        uri = f"ws://{target.host}:{target.port}{run.api_path}{path}"
+        uri = f"ws://{target.authority}{run.api_path}{path}"
         started = monotonic_ns()
         try:
             ws = await asyncio.wait_for(

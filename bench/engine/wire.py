@@ -15,7 +15,7 @@ def _head(method: str, path: str, target: Target) -> bytes:
         raise ValueError(f"request path must start with '/': {path!r}")
     return (
         f"{method.upper()} {path} HTTP/1.1\r\n"
-        f"Host: {target.host}:{target.port}\r\n"
+        f"Host: {target.authority}\r\n"
         "User-Agent: prefect-bench\r\n"
         "Accept: application/json\r\n"
         "Connection: keep-alive\r\n"
