@@ -383,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="also write the report to exactly this path (never overwritten)",
     )
-    _add_config_options(conformance, only=("provider",))
+    _add_config_options(conformance, only=("provider", "allow_remote"))
     _add_cell_options(conformance)
     return parser
 
@@ -745,7 +745,7 @@ def _write_new(path: Path, text: str) -> None:
 
 def _conformance(args: argparse.Namespace, console: Console) -> int:
     if args.url:
-        parse_url(args.url)  # bad input: before anything is started
+        parse_url(args.url, args.allow_remote)  # bad input: before anything is started
     check_inputs(args.tasks, args.timeout_s)
     if args.json and args.json.exists():
         raise ConfigError(f"{args.json} exists: reports are never overwritten")

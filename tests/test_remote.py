@@ -32,7 +32,7 @@ import pytest
 import redis
 
 from bench import services
-from bench.cli import EXIT_OK, EXIT_SKIPPED, main
+from bench.cli import EXIT_OK, EXIT_SKIPPED, EXIT_USAGE, main
 from bench.errors import CellSkipped, ConfigError, ProvisionError
 from bench.ownership import CELL_LABEL, RUN_LABEL, Labels
 from bench.ports import LOOPBACK, free_port
@@ -219,6 +219,30 @@ def test_a_cell_against_a_server_on_another_host_records_both_hosts(
     notes = [n for s in build([result]).sections for n in s.notes]
     load = f"the load on {platform.node()}"
     assert f"external ran on more than one host: {load}, the server on {REMOTE}." in notes
+
+
+@pytest.mark.slow
+def test_conformance_of_a_server_on_another_host_needs_allow_remote(
+    server_on_127_0_0_2: ManagedProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = int(server_on_127_0_0_2.argv[server_on_127_0_0_2.argv.index("--port") + 1])
+    url = f"http://{REMOTE}:{port}/api"
+    report = tmp_path / "conformance.json"
+    assert run_main("conformance", "--url", url, "--tasks", "2") == EXIT_USAGE
+    assert "give --allow-remote to measure one you own" in capsys.readouterr().err
+    code = run_main(
+        "conformance", "--url", url, "--allow-remote", "--tasks", "2", "--json", str(report)
+    )
+    assert code == EXIT_OK, capsys.readouterr().out[-3000:]
+    checked = json.loads(report.read_text())
+    assert checked["url"] == url
+    assert [c["name"] for c in checked["checks"] if c["ok"]] == [
+        "client",
+        "flow run",
+        "task runs",
+        "events",
+        "emulation",
+    ]
 
 
 # -- services on a docker daemon of another host ------------------------------------------
