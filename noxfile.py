@@ -208,12 +208,16 @@ def matrix(session: nox.Session) -> None:
     own, error = _install_newest(session, "[zig]")
     if own is None:
         session.error(error)
-    pythons = []
+    venvs = {}
     for version in VERSIONS if len(VERSIONS) > 1 else []:
         if version_key(version) > version_key(own):
             continue  # it could not be installed: _install_newest said so
         if venv := _version_venv(session, version, own):
-            pythons += ["--prefect-python", f"{version}={venv / 'bin' / 'python'}"]
+            venvs[version] = venv / "bin" / "python"
+    # fewer than two left: the cells of the one installed, named as any run names them
+    pythons = [f"--prefect-python={v}={python}" for v, python in venvs.items()]
+    if len(pythons) < 2:
+        pythons = []
     session.run(
         "python",
         "-m",
@@ -235,10 +239,14 @@ def _version_venv(session: nox.Session, version: str, installed: str) -> Path | 
     own = Path(session.virtualenv.location)
     if version == installed:
         return own
+    uv = shutil.which("uv")
     venv = own.with_name(f"{own.name}-prefect-{version}")
-    if not (venv / "bin" / "python").exists():
+    if session.venv_backend == "uv" and uv and not (venv / "bin" / "python").exists():
         python = str(own / "bin" / "python")
-        session.run_install("uv", "venv", "--quiet", "--python", python, str(venv), external=True)
+        session.run_install(uv, "venv", "--quiet", "--python", python, str(venv), external=True)
+    if not (venv / "bin" / "python").exists():  # no uv, or --no-install
+        session.warn(f"prefect {version}: no venv of its own (that needs uv): left out")
+        return None
     if error := _install(session, version, venv=venv):
         session.warn(f"{error}: left out")
         return None
