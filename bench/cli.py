@@ -745,7 +745,7 @@ def _write_new(path: Path, text: str) -> None:
 
 def _conformance(args: argparse.Namespace, console: Console) -> int:
     if args.url:
-        parse_url(args.url, args.allow_remote)  # bad input: before anything is started
+        parse_url(args.url, getattr(args, "allow_remote", False))  # bad input: first
     check_inputs(args.tasks, args.timeout_s)
     if args.json and args.json.exists():
         raise ConfigError(f"{args.json} exists: reports are never overwritten")
