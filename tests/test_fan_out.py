@@ -497,3 +497,16 @@ def test_the_report_command_takes_across_machines(tmp_path: Path) -> None:
     assert "zig-sqlite-memory vs python" not in refused_md
     assert "zig-sqlite-memory vs python" in asked_md
     assert f"as {ACROSS_MACHINES_OPTION} asked" in asked_md
+
+
+def test_cells_of_two_schema_versions_merge_into_one_report(tmp_path: Path) -> None:
+    """A fan-out whose cells ran different prefect-bench versions: a schema 1 run (endpoints)
+    and a schema 2 run (scenarios) merged by the report command, as the report job does."""
+    old = ROOT / "tests" / "resources" / "report" / "20261126T164000Z-3f2a"
+    new = ROOT / "tests" / "resources" / "report_scenarios"
+    found, warnings = collect([old, new])
+    assert warnings == [] and {r.schema_version for r in found} == {1, 2}
+    assert main(["report", str(old), str(new), "--out", str(tmp_path)]) == 0
+    merged = (tmp_path / "report.md").read_text()
+    assert "zig-sqlite-memory vs python" in merged  # the schema 1 run's endpoints
+    assert "Completed scenarios per second" in merged  # the schema 2 run's scenarios

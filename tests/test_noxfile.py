@@ -56,35 +56,6 @@ def test_a_broken_servers_file_breaks_neither_listing_nor_lint(
     assert "not valid TOML" in cell.stderr
 
 
-@pytest.mark.slow
-def test_one_cell_through_nox(repo_root: Path, tmp_path: Path) -> None:
-    out = nox(
-        repo_root,
-        tmp_path,
-        "-s",
-        "bench(server='python', db='sqlite')",
-        "--",
-        "--duration",
-        "0.5",
-        "--warmup",
-        "0.2",
-        "--concurrency",
-        "1",
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    (path,) = tmp_path.glob("*/python-sqlite-memory.json")
-    result = load_result(path)
-    assert result.status == "ok", result.error
-    assert len(result.endpoints) == 6
-    for ep in result.endpoints:
-        assert ep.requests > 0 and ep.rps > 0 and ep.hdr
-        lat = ep.latency_ms
-        assert lat and lat.min <= lat.p50 <= lat.p90 <= lat.p99 <= lat.p999 <= lat.max
-    assert result.environment.resolution and result.environment.resolution.prefect == "3.9.1"
-    # the pinned version, resolved as of its release: the minute after its last file
-    assert result.environment.resolution.exclude_newer == "2026-10-30T19:30:00Z"
-
-
 def test_versions_make_sessions_of_their_own(repo_root: Path, tmp_path: Path) -> None:
     env = {"PREFECT_VERSION": "3.4.25,3.9.1"}
     out = nox(repo_root, tmp_path, "-l", "--json", "-s", "bench", env=env)
