@@ -408,8 +408,14 @@ def test_interrupt_stops_the_client_and_removes_its_folder(
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     folders = f"{ownership.FOLDER_PREFIX}conformance-*"
 
+    def client_said_something() -> bool:
+        return any(log.stat().st_size for log in tmp_path.glob(f"{folders}/client.log"))
+
     def interrupt_once_the_client_runs() -> None:
-        wait_until(lambda: any(tmp_path.glob(f"{folders}/client.log")), timeout_s=60)
+        # once it writes, not once its log exists: the log is opened before the client is
+        # forked, and a signal landing in the fork's handlers is ignored (logging's at-fork
+        # lock release swallowed the KeyboardInterrupt once in CI)
+        wait_until(client_said_something, timeout_s=60, interval_s=0.05)
         os.kill(os.getpid(), signal.SIGTERM)  # what main turns into Ctrl-C
 
     interrupter = threading.Thread(target=interrupt_once_the_client_runs, daemon=True)
