@@ -274,6 +274,8 @@ def compare(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite, with the real Prefect server, PostgreSQL, Redis and docker."""
+    if VERSIONS_ERROR:
+        session.error(VERSIONS_ERROR)
     if error := _install_newest(session, "[test]")[1]:
         session.error(error)
     session.run("pytest", *session.posargs)

@@ -78,6 +78,8 @@ def test_versions_make_sessions_of_their_own(repo_root: Path, tmp_path: Path) ->
     )
     assert bad.returncode != 0
     assert "PREFECT_VERSION='3.9.1,,3.4.25': '' is not a version" in bad.stderr
+    tests = nox(repo_root, tmp_path, "-s", "tests", env={"PREFECT_VERSION": "latest"})
+    assert tests.returncode != 0 and "'latest' is not a version" in tests.stderr
 
 
 @pytest.mark.slow
