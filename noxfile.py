@@ -200,7 +200,8 @@ def matrix(session: nox.Session) -> None:
     """Every cell in turn under one run id, then the report (`python -m bench matrix`).
 
     With `-- --repeat N|auto` the cells run in rounds, each round in the reverse order of the
-    last. Each cell runs in a process of its own, all from this session's venv: nox runs a
+    last. Each cell runs in a process of its own, from this session's venv (with
+    PREFECT_VERSION=a,b, each version's cells from that version's venv beside it): nox runs a
     session once per invocation, so the cells' own sessions cannot take turns.
     """
     if CELLS_ERROR:
