@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.metadata
 import os
 import re
 import signal
@@ -55,7 +56,6 @@ from bench.results import (
     Result,
     RunConfig,
     new_run_id,
-    resolution,
     result_path,
     write_result,
 )
@@ -454,7 +454,10 @@ def _check_prefect_version(server: str, version: str, servers: Path | None) -> N
         raise ConfigError(
             f"--prefect-version: the {server} server does not run this environment's Prefect"
         )
-    installed = resolution().prefect
+    try:
+        installed: str | None = importlib.metadata.version("prefect")
+    except importlib.metadata.PackageNotFoundError:
+        installed = None
     if installed != version:
         raise ConfigError(
             f"--prefect-version {version}: this environment ({sys.prefix}) has prefect "

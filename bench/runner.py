@@ -102,8 +102,7 @@ class _Target:
 
     @property
     def base_url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 address
-        return f"http://{host}:{self.port}{self.api_path}"
+        return f"http://{engine.Target(self.host, self.port).authority}{self.api_path}"
 
 
 def parse_url(url: str, allow_remote: bool = False) -> _Target:

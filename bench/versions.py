@@ -69,10 +69,10 @@ def index_url() -> str:
 def release_files(index: str, package: str = "prefect") -> list[dict[str, Any]]:
     """Every file of `package` on `index`, from its simple API in JSON (PEP 691), each with
     its upload time (PEP 700). ConfigError when the index cannot be read."""
-    request = urllib.request.Request(
-        f"{index}/{package}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
-    )
     page_url = f"{index}/{package}/"
+    request = urllib.request.Request(
+        page_url, headers={"Accept": "application/vnd.pypi.simple.v1+json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=_INDEX_TIMEOUT_S) as answer:
             body = answer.read()
