@@ -23,14 +23,8 @@ import nox
 
 ROOT = Path(__file__).parent
 sys.path.insert(0, str(ROOT))
-from bench.errors import ConfigError  # noqa: E402  (standard library only)
-from bench.matrix import cells, session_params, versioned_cells  # noqa: E402
-from bench.servers.specs import (  # noqa: E402
-    builtin_server_names,
-    builtin_versioned_server_names,
-    versioned_server_names,
-)
-from bench.versions import (  # noqa: E402
+from bench.cells.matrix import cells, session_params, versioned_cells  # noqa: E402
+from bench.config.versions import (  # noqa: E402
     DEFAULT_VERSION,
     VERSION_ENV,
     exclude_newer,
@@ -42,6 +36,12 @@ from bench.versions import (  # noqa: E402
     released_at,
     version_key,
     write_resolution,
+)
+from bench.core.errors import ConfigError  # noqa: E402  (standard library only)
+from bench.servers.specs import (  # noqa: E402
+    builtin_server_names,
+    builtin_versioned_server_names,
+    versioned_server_names,
 )
 
 RESULTS = Path(os.environ.get("BENCH_RESULTS_DIR", ROOT / "results")).resolve()
@@ -86,7 +86,7 @@ def _install(
     session: nox.Session, version: str, extras: str = "", venv: Path | None = None
 ) -> str | None:
     """prefect-bench and Prefect `version` into `venv` (default the session's), everything
-    resolved as it stood when that version was released (bench.versions), bytecode compiled;
+    resolved as it stood when that version was released (bench.config.versions), bytecode compiled;
     the installer's line saying why when it cannot be installed (a version not on the index).
 
     The resolution is compiled, then synced: a reused venv ends up exactly the version's,

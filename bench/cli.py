@@ -30,20 +30,10 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from bench import __version__, ownership
-from bench.conformance import (
-    DEFAULT_TASKS,
-    DEFAULT_TIMEOUT_S,
-    check,
-    check_inputs,
-    report_lines,
-    traffic_rows,
-)
-from bench.errors import BenchError, ConfigError
-from bench.matrix import BROKERS, DBS, versioned_cells
-from bench.matrix import cells as matrix_cells
-from bench.progress import Progress, progress_for
-from bench.repeat import (
+from bench import __version__
+from bench.cells.matrix import cells as matrix_cells
+from bench.cells.matrix import versioned_cells
+from bench.cells.repeat import (
     MAX_AUTO,
     MIN_REPETITIONS,
     WARMUP_REPETITION,
@@ -51,16 +41,22 @@ from bench.repeat import (
     earlier_repetitions,
     repetition_path,
 )
-from bench.results import (
-    Cell,
-    Result,
-    RunConfig,
-    new_run_id,
-    result_path,
-    write_result,
+from bench.cells.rounds import run_matrix
+from bench.cells.runner import EXTERNAL_SERVER, INTERRUPTED, CellRun, parse_url, run_cell, serving
+from bench.config.dimensions import BROKERS, DBS
+from bench.config.run import RunConfig
+from bench.conformance.real_client import (
+    DEFAULT_TASKS,
+    DEFAULT_TIMEOUT_S,
+    check,
+    check_inputs,
+    report_lines,
+    traffic_rows,
 )
-from bench.rounds import run_matrix
-from bench.runner import EXTERNAL_SERVER, INTERRUPTED, CellRun, parse_url, run_cell, serving
+from bench.core import ownership
+from bench.core.errors import BenchError, ConfigError
+from bench.observe.progress import Progress, progress_for
+from bench.results import Cell, Result, new_run_id, result_path, write_result
 from bench.servers.registry import make_server, server_options
 from bench.servers.specs import server_names, versioned_server_names
 from bench.services import PROVIDERS
@@ -673,7 +669,7 @@ def _report(args: argparse.Namespace, console: Console) -> int:
 
 
 def _compare(args: argparse.Namespace, console: Console) -> int:
-    from bench import comparison
+    from bench.compare import gate as comparison
     from bench.report import collect
 
     rules = [comparison.parse_rule(text) for text in args.rules]
@@ -713,7 +709,7 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
 def _calibrate(
     args: argparse.Namespace, results: list[Result], rules: list[Any], console: Console
 ) -> int:
-    from bench import comparison
+    from bench.compare import gate as comparison
 
     if args.size < 2:
         raise ConfigError(f"--size {args.size}: at least 2 repetitions a side")

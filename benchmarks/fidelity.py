@@ -29,11 +29,11 @@ from pathlib import Path
 
 from _wrk import INSTALL_HINT, WrkRun, have_wrk, run_wrk, split_cpus, verdict
 
+from bench.compare.stats import bootstrap_interval
 from bench.engine import EngineRequest, LoadSpec, Target, measure, shutdown
 from bench.results import Measurement
 from bench.servers.registry import make_server
 from bench.servers.running import RunningServer, ServerSetup, start_server
-from bench.stats import bootstrap_interval
 
 HEALTH = "/health"
 

@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _wrk import split_cpus
 
 from bench import engine
-from bench.conformance import client_environ
-from bench.results import RunConfig
-from bench.sampling import ResourceSampler
+from bench.config.run import RunConfig
+from bench.conformance.real_client import client_environ
+from bench.observe.sampling import ResourceSampler
 from bench.servers.registry import make_server
 from bench.servers.running import RunningServer, ServerSetup, start_server
 from bench.workloads import flow_runs

@@ -56,7 +56,7 @@ CELL_ENV = (RESULTS_ENV, RUN_ID_ENV)
 REPORT_ENV = (RESULTS_ENV,)
 # After passing on an interrupt: nox's interrupt and terminate timeouts (noxfile.py), and a margin.
 STOP_WAIT_S = 90.0
-# Temporary folders of prefect-bench start so (bench.ownership.FOLDER_PREFIX).
+# Temporary folders of prefect-bench start so (bench.core.ownership.FOLDER_PREFIX).
 CLONES_PREFIX = "prefect-bench-fan-out-"
 SAY = "fan-out"
 

@@ -15,9 +15,10 @@ import pytest
 from rich.console import Console
 
 from bench import engine
-from bench.progress import Progress
-from bench.results import Cell, EndpointResult, RunConfig, ScenarioResult, new_run_id
-from bench.runner import EXTERNAL_SERVER, CellRun
+from bench.cells.runner import EXTERNAL_SERVER, CellRun
+from bench.config.run import RunConfig
+from bench.observe.progress import Progress
+from bench.results import Cell, EndpointResult, ScenarioResult, new_run_id
 from bench.servers.registry import make_server
 from bench.servers.running import SCHEMA_CACHE_ENV, RunningServer, ServerSetup, start_server
 

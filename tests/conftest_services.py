@@ -20,7 +20,7 @@ from typing import TypeVar
 import psutil
 import pytest
 
-from bench.ownership import Labels
+from bench.core.ownership import Labels
 from bench.results import new_run_id
 
 REPO = Path(__file__).resolve().parent.parent

@@ -14,10 +14,10 @@ import psycopg
 import pytest
 import redis
 
-from bench.ownership import Labels
-from bench.process import wait_until
+from bench.cells.runner import CellRun, run_cell
+from bench.core.ownership import Labels
+from bench.core.process import wait_until
 from bench.results import Result
-from bench.runner import CellRun, run_cell
 from bench.services.base import PostgresService, RedisService
 from bench.services.docker import DockerProvider
 from bench.services.external import DB_PREFIX, POSTGRES_ENV, REDIS_ENV

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from bench.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SKIPPED, EXIT_USAGE, main
-from bench.process import wait_until
+from bench.core.process import wait_until
 from bench.report import collect
 from bench.results import write_result
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from bench import comparison, repeat
+from bench.cells import repeat
 from bench.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
-from bench.errors import ConfigError
+from bench.compare import gate as comparison
+from bench.core.errors import ConfigError
 from bench.results import Result, load_result, write_result
 
 RESOURCE = (

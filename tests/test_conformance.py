@@ -25,18 +25,18 @@ from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from bench import ownership
 from bench.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, main
-from bench.conformance import (
+from bench.conformance.proxy import counting_proxy, path_template
+from bench.conformance.real_client import (
     DEFAULT_TASKS,
     TASK_RUN_EVENTS,
     ConformanceReport,
     check,
 )
-from bench.errors import ConfigError
-from bench.ports import LOOPBACK, free_port
-from bench.process import wait_until
-from bench.proxy import counting_proxy, path_template
+from bench.core import ownership
+from bench.core.errors import ConfigError
+from bench.core.ports import LOOPBACK, free_port
+from bench.core.process import wait_until
 from bench.servers.running import RunningServer
 
 # What the real Prefect 3.9.1 client sent for one flow run, measured here through the proxy

@@ -20,6 +20,7 @@ import psutil
 import pytest
 from hdrh.histogram import HdrHistogram
 
+from bench.core.errors import ConfigError
 from bench.engine import (
     UNIQUE_TOKEN,
     EngineRequest,
@@ -33,7 +34,6 @@ from bench.engine import (
 )
 from bench.engine.pool import get_pool
 from bench.engine.wire import request_factory
-from bench.errors import ConfigError
 from bench.results import Measurement
 
 ROOT = Path(__file__).resolve().parents[1]

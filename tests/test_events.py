@@ -16,12 +16,13 @@ import psutil
 import pytest
 from rich.console import Console
 
-from bench import runner
+from bench.cells import runner
+from bench.cells.runner import CellRun, run_cell
+from bench.config.run import RunConfig
 from bench.engine import LoadSpec, Scenario, Target, VirtualUser, measure_scenario
 from bench.engine.scenario import MAX_PENDING_PROBES, PROBE_SPACING_S, ScenarioJob, ScenarioRun
-from bench.progress import Progress
-from bench.results import RunConfig, ScenarioResult
-from bench.runner import CellRun, run_cell
+from bench.observe.progress import Progress
+from bench.results import ScenarioResult
 from bench.servers.running import RunningServer
 from bench.services.local import LocalProvider
 from bench.workloads import events

@@ -26,11 +26,12 @@ import pytest
 import yaml
 
 from bench.cli import build_parser, main
+from bench.config.run import RunConfig
 from bench.report import build, collect
 from bench.report.aggregate import machine, speedup_pairs
 from bench.report.compare import ACROSS_MACHINES_OPTION
 from bench.report.document import Report, Section
-from bench.results import Cell, Environment, Result, RunConfig, ScenarioResult, load_result
+from bench.results import Cell, Environment, Result, ScenarioResult, load_result
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "fan_out.py"

@@ -1,4 +1,4 @@
-"""bench.machine against real processes: a CPU hog that is not ours, busy children that are,
+"""bench.observe.machine against real processes: a CPU hog that is not ours, busy children that are,
 the state of this machine, and (where a daemon answers) the processes of docker containers.
 
 The machine is shared: CPU figures are compared with what the processes themselves report,
@@ -20,8 +20,11 @@ from typing import Any
 import psutil
 import pytest
 
-from bench import machine
-from bench.machine import (
+from bench.cells.runner import CellRun, run_cell
+from bench.core.ownership import Labels, owner_labels
+from bench.core.process import wait_until
+from bench.observe import machine
+from bench.observe.machine import (
     OTHERS_MAX_CORES,
     ContainerProcesses,
     MachineState,
@@ -32,10 +35,7 @@ from bench.machine import (
     reasons,
     window_reason,
 )
-from bench.ownership import Labels, owner_labels
-from bench.process import wait_until
 from bench.results import new_run_id
-from bench.runner import CellRun, run_cell
 from bench.servers.running import RunningServer
 
 # Busy for at most `limit` seconds, so that nothing outlives a test that crashed.
@@ -74,7 +74,7 @@ def running_busy(proc: psutil.Process, at_least_s: float = 0.05) -> None:
 
 def strangers_cpu_s() -> dict[tuple[int, float], float]:
     """CPU so far of each process not ours (keyed by pid and start), with the children each
-    waited for: by psutil, independently of bench.machine, and rather more than less."""
+    waited for: by psutil, independently of bench.observe.machine, and rather more than less."""
     me = psutil.Process()
     ours = {me.pid, *(p.pid for p in me.children(recursive=True))}
     found = {}

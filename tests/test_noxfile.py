@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.matrix import cells
+from bench.cells.matrix import cells
 from bench.results import load_result
 
 pytestmark = pytest.mark.skipif(shutil.which("nox") is None, reason="nox is not installed")

@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 import pytest
 
-from bench import ownership
-from bench.errors import ConfigError
+from bench.cells.runner import CellRun, run_cell
+from bench.config.preload_shape import DEFAULT_SHAPE, Shape, parse_shape
+from bench.core import ownership
+from bench.core.errors import ConfigError
 from bench.preload import cache
 from bench.preload.prepare import check_disk
 from bench.preload.seed import SeedError, seed
-from bench.preload.shape import DEFAULT_SHAPE, Shape, parse_shape
 from bench.results import Result
-from bench.runner import CellRun, run_cell
 from bench.servers.registry import make_server
 from bench.servers.running import ServerSetup
 from bench.services.base import PostgresService
@@ -162,7 +162,7 @@ def test_a_killed_writer_s_folder_is_removed_by_the_next_one(tmp_path: Path) -> 
     """A run killed (SIGKILL) while writing an entry leaves its marked folder; the next run
     that writes one removes it, since its owner is gone."""
     code = (
-        "import os, sys; from pathlib import Path; from bench import ownership; "
+        "import os, sys; from pathlib import Path; from bench.core import ownership; "
         "from bench.preload import cache; "
         "cm = cache.making(Path(sys.argv[1]), ownership.Labels('r', 'c')); "
         "folder = cm.__enter__(); (folder / 'database.sqlite').write_bytes(b'half'); "

@@ -6,7 +6,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bench.process import ManagedProcess, wait_until
+from bench.core.process import ManagedProcess, wait_until
 
 # A parent that starts a grandchild, reports both pids, and lives until signalled.
 PARENT = """

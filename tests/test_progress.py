@@ -2,7 +2,7 @@ import io
 
 from rich.console import Console
 
-from bench.progress import LiveProgress, Progress, progress_for
+from bench.observe.progress import LiveProgress, Progress, progress_for
 from bench.results import EndpointResult, LatencyMs
 
 

@@ -32,14 +32,14 @@ import pytest
 import redis
 
 from bench import services
+from bench.cells.runner import parse_url
 from bench.cli import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED, EXIT_USAGE, main
-from bench.errors import CellSkipped, ConfigError, ProvisionError
-from bench.ownership import CELL_LABEL, RUN_LABEL, Labels
-from bench.ports import LOOPBACK, free_port
-from bench.process import ManagedProcess, wait_until
+from bench.core.errors import CellSkipped, ConfigError, ProvisionError
+from bench.core.ownership import CELL_LABEL, RUN_LABEL, Labels
+from bench.core.ports import LOOPBACK, free_port
+from bench.core.process import ManagedProcess, wait_until
 from bench.report import build, collect
 from bench.results import Cell, Result, ServiceInfo
-from bench.runner import parse_url
 from bench.servers import running
 from bench.servers.adapter import clean_environ
 from bench.servers.registry import make_server

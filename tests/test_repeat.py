@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.repeat import WARMUP_REPETITION, earlier_repetitions
+from bench.cells.repeat import WARMUP_REPETITION, earlier_repetitions
+from bench.cells.rounds import CellRounds, order
+from bench.cells.runner import listening_on
 from bench.report import collect
 from bench.results import Cell
-from bench.rounds import CellRounds, order
-from bench.runner import listening_on
 from bench.servers.running import RunningServer
 
 SHORT = ["--workload", "health", "--duration", "0.3", "--warmup", "0.1", "--concurrency", "1"]

@@ -9,20 +9,13 @@ from pathlib import Path
 import pytest
 from hdrh.histogram import HdrHistogram
 
+from bench.config.run import RunConfig
 from bench.engine.model import latency_summary, new_histogram
 from bench.report import build, collect, render_markdown
 from bench.report.aggregate import merge_repetitions
 from bench.report.document import Section, Table
 from bench.report.scenarios import DELAYS_NOTE, MIXED_NOTE, SERVER_SIDE_NOTE
-from bench.results import (
-    Cell,
-    Environment,
-    Result,
-    RunConfig,
-    ScenarioResult,
-    StepResult,
-    Timing,
-)
+from bench.results import Cell, Environment, Result, ScenarioResult, StepResult, Timing
 
 RUN = "20261202T100000Z-w0rk"
 SCENARIO = "worker"

@@ -3,12 +3,12 @@ from pathlib import Path
 
 import pytest
 
-from bench.errors import ResultsError
+from bench.config.run import RunConfig
+from bench.core.errors import ResultsError
 from bench.results import (
     SCHEMA_VERSION,
     Cell,
     Result,
-    RunConfig,
     ServiceInfo,
     environment,
     load_result,

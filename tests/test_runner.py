@@ -17,10 +17,11 @@ import psutil
 import pytest
 from hdrh.histogram import HdrHistogram
 
+from bench.cells.runner import INTERRUPTED, CellRun, _drained, run_cell
+from bench.config.run import RunConfig
+from bench.core.process import wait_until
 from bench.engine import Scenario
-from bench.process import wait_until
-from bench.results import EndpointResult, RunConfig
-from bench.runner import INTERRUPTED, CellRun, _drained, run_cell
+from bench.results import EndpointResult
 from bench.servers.running import RunningServer
 from bench.workloads.flow_runs import FLOW_RUNS
 from bench.workloads.flow_runs import scenario as flow_runs_scenario
@@ -203,7 +204,8 @@ def _holding_a_server_folder() -> tuple[subprocess.Popen[str], Path]:
     """A child process standing for a run: it makes a server folder as the runner does, then
     waits; (the child, its folder)."""
     code = (
-        "import time; from bench import ownership; from bench.runner import _server_folder; "
+        "import time; from bench.core import ownership; "
+        "from bench.cells.runner import _server_folder; "
         "held = _server_folder(ownership.Labels('other', 'python-sqlite-memory')); "
         "print(held.__enter__(), flush=True); time.sleep(600)"
     )

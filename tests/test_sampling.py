@@ -3,7 +3,7 @@ import sys
 
 import psutil
 
-from bench.sampling import ResourceSampler
+from bench.observe.sampling import ResourceSampler
 
 BUSY = (
     "import time\nx = bytearray(64 << 20)\nend = time.time() + 600\nwhile time.time() < end: pass"

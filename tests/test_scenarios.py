@@ -12,7 +12,10 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from bench import runner
+from bench.cells import runner
+from bench.cells.runner import CellRun, run_cell
+from bench.config.run import RunConfig
+from bench.core.errors import ConfigError
 from bench.engine import (
     LoadSpec,
     Scenario,
@@ -23,9 +26,7 @@ from bench.engine import (
     measure_together,
     run_once,
 )
-from bench.errors import ConfigError
-from bench.results import RunConfig, ScenarioMeasurement
-from bench.runner import CellRun, run_cell
+from bench.results import ScenarioMeasurement
 from bench.servers.running import RunningServer
 from bench.workloads import flow_runs
 

@@ -6,7 +6,7 @@ import httpx
 import psutil
 import pytest
 
-from bench.errors import ServerError
+from bench.core.errors import ServerError
 from bench.servers.python import PythonServer
 from bench.servers.registry import make_server
 from bench.servers.running import SCHEMA_CACHE_ENV, ServerSetup, start_server

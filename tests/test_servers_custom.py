@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from bench.errors import ConfigError, ServerError
+from bench.cells.runner import CellRun, run_cell
+from bench.core.errors import ConfigError, ServerError
 from bench.results import ServiceInfo
-from bench.runner import CellRun, run_cell
 from bench.servers.adapter import ServerAdapter
 from bench.servers.python import PythonServer
 from bench.servers.registry import make_server

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import psutil
 import pytest
 
-from bench.runner import CellRun, run_cell
+from bench.cells.runner import CellRun, run_cell
 from bench.servers.registry import make_server
 from bench.services.local import LocalProvider
 

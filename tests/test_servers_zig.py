@@ -22,11 +22,11 @@ import psycopg
 import pytest
 import redis
 
-from bench.errors import ConfigError, ServerError
-from bench.ownership import Labels
-from bench.process import wait_until
+from bench.cells.runner import CellRun, run_cell
+from bench.core.errors import ConfigError, ServerError
+from bench.core.ownership import Labels
+from bench.core.process import wait_until
 from bench.results import new_run_id
-from bench.runner import CellRun, run_cell
 from bench.servers.registry import make_server
 from bench.servers.running import ServerSetup, start_server
 from bench.servers.zig import ZigServer, zig_command

@@ -21,9 +21,10 @@ import pytest
 import redis
 import yaml
 
-from bench import ports, services
-from bench.errors import CellSkipped, ProvisionError
-from bench.ownership import (
+from bench import services
+from bench.core import ports
+from bench.core.errors import CellSkipped, ProvisionError
+from bench.core.ownership import (
     CELL_LABEL,
     HOST_LABEL,
     PID_LABEL,
@@ -224,7 +225,7 @@ def test_ctrl_c_while_the_container_starts_removes_it(
     child = children.start(
         f"""
         from pathlib import Path
-        from bench.ownership import Labels
+        from bench.core.ownership import Labels
         from bench.services.docker import DockerProvider
         provider = DockerProvider(compose=Path({str(compose)!r}))
         with provider.{kind}(Path({str(tmp_path)!r}), Labels({labels.run_id!r}, "cell")):
@@ -273,7 +274,7 @@ def test_leftovers_of_dead_runs_are_removed_and_live_or_foreign_ones_kept(
     child = children.start(
         f"""
         from pathlib import Path
-        from bench.ownership import Labels
+        from bench.core.ownership import Labels
         from bench.services.docker import DockerProvider
         with DockerProvider().redis(Path({str(tmp_path)!r}), Labels({labels.run_id!r}, "c")):
             print("READY", flush=True)

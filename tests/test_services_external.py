@@ -13,9 +13,9 @@ import pytest
 import redis
 
 from bench import services
-from bench.errors import CellSkipped, ProvisionError
-from bench.ownership import Labels
-from bench.ports import free_port
+from bench.core.errors import CellSkipped, ProvisionError
+from bench.core.ownership import Labels
+from bench.core.ports import free_port
 from bench.services.base import PostgresService, RedisService
 from bench.services.external import (
     DB_PREFIX,
@@ -152,7 +152,7 @@ def test_leftover_database_of_a_killed_run_is_dropped_and_a_live_ones_kept(
     child = children.start(
         f"""
         from pathlib import Path
-        from bench.ownership import Labels
+        from bench.core.ownership import Labels
         from bench.services.external import ExternalProvider
         with ExternalProvider().postgres(Path({str(tmp_path)!r}), Labels("crashed", "c")) as pg:
             print("DB", pg.database, flush=True)

@@ -17,9 +17,10 @@ import psycopg
 import pytest
 import redis
 
-from bench import ownership, ports, services
-from bench.errors import CellSkipped, ProvisionError
-from bench.ownership import Labels
+from bench import services
+from bench.core import ownership, ports
+from bench.core.errors import CellSkipped, ProvisionError
+from bench.core.ownership import Labels
 from bench.services import local
 from bench.services.local import LocalProvider
 
@@ -142,7 +143,7 @@ def test_ctrl_c_while_local_postgres_starts_leaves_nothing(
     child = children.start(
         f"""
         from pathlib import Path
-        from bench.ownership import Labels
+        from bench.core.ownership import Labels
         from bench.services.local import LocalProvider
         provider = LocalProvider(tmp_root=Path({str(tmp_root)!r}))
         with provider.postgres(Path({str(tmp_path)!r}), Labels("ctrl-c", "cell")):
@@ -163,7 +164,7 @@ def test_leftover_folder_of_a_killed_run_is_removed_and_a_live_ones_kept(
     child = children.start(
         f"""
         from pathlib import Path
-        from bench.ownership import Labels
+        from bench.core.ownership import Labels
         from bench.services.local import LocalProvider
         provider = LocalProvider(tmp_root=Path({str(tmp_root)!r}))
         with provider.redis(Path({str(tmp_path)!r}), Labels("crashed", "cell")) as rs:

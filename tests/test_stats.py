@@ -1,10 +1,11 @@
-"""bench.stats: the bootstrap interval and the permutation test, on values with known answers."""
+"""bench.compare.stats: the bootstrap interval and the permutation test, on values with known
+answers."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.stats import bootstrap_interval, permutation_p_value
+from bench.compare.stats import bootstrap_interval, permutation_p_value
 
 
 def mean_of_first(groups: list[list[float]]) -> float:

@@ -7,12 +7,13 @@ from typing import Any
 
 import pytest
 
+from bench.cells.runner import CellRun, run_cell
 from bench.cli import EXIT_USAGE, main
+from bench.compare.capacity import knee
+from bench.config.objectives import parse_slo, sweep_rates
 from bench.report import build, render_html
 from bench.results import LatencyMs, SweepPoint
-from bench.runner import CellRun, run_cell
 from bench.servers.running import RunningServer
-from bench.sweep import knee, parse_slo, sweep_rates
 
 
 def test_rates_of_a_sweep() -> None:
@@ -77,7 +78,7 @@ def test_a_sweep_finds_the_knee_and_the_report_draws_it(
     (swept,) = loose.sweeps
     # Whether a rate is held depends on this machine's timers too (<= 1% of sends > 2 ms
     # late), so which rate is the knee is not asserted: that the sweep went up the rates and
-    # the knee is the one its points say (bench.sweep.knee, tested above).
+    # the knee is the one its points say (bench.config.objectives.knee, tested above).
     offered = [p.offered_rps for p in swept.points]
     assert offered == [100, 200, 300][: len(offered)] and len(offered) >= 2
     assert all(p.latency_ms and p.rps > 0.9 * p.offered_rps for p in swept.points)

@@ -14,14 +14,14 @@ import psycopg
 import pytest
 import redis
 
-from bench import telemetry as telemetry_module
-from bench.ownership import Labels
-from bench.ports import free_port
-from bench.process import wait_until
+from bench.core.ownership import Labels
+from bench.core.ports import free_port
+from bench.core.process import wait_until
+from bench.observe import telemetry as telemetry_module
+from bench.observe.telemetry import MAX_STREAMS, BackendTelemetry, per_item
 from bench.results import ServiceInfo
 from bench.services.base import PostgresService, RedisService
 from bench.services.local import LocalProvider
-from bench.telemetry import MAX_STREAMS, BackendTelemetry, per_item
 
 K = 250
 STATS_TIMEOUT_S = 15.0  # an idle backend adds its pending counts within 10 s (PostgreSQL 15+)

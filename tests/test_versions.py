@@ -1,7 +1,7 @@
-"""Prefect versions as a dimension (bench.versions): PREFECT_VERSION's versions, a release's date
-from the package index, the installer's line when a version cannot be installed, the cells and
-session ids per version, each version's client in the emulation, the resolution a result
-records, and the report comparing versions like servers. The matrix's bad --prefect-python is
+"""Prefect versions as a dimension (bench.config.versions): PREFECT_VERSION's versions, a
+release's date from the package index, the installer's line when a version cannot be installed,
+the cells and session ids per version, each version's client in the emulation, the resolution a
+result records, and the report comparing versions like servers. The matrix's bad --prefect-python is
 in tests/test_cli.py.
 
 The whole path, two versions a year apart and one that does not exist through nox, is in
@@ -19,13 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.errors import ConfigError
-from bench.matrix import session_params, versioned_cells
-from bench.ports import LOOPBACK, free_port
-from bench.report import build, collect
-from bench.report.aggregate import speedup_pairs
-from bench.results import Cell, Result, resolution
-from bench.versions import (
+from bench.cells.matrix import session_params, versioned_cells
+from bench.config.versions import (
     DEFAULT_VERSION,
     exclude_newer,
     installer_error_line,
@@ -36,6 +31,11 @@ from bench.versions import (
     version_key,
     write_resolution,
 )
+from bench.core.errors import ConfigError
+from bench.core.ports import LOOPBACK, free_port
+from bench.report import build, collect
+from bench.report.aggregate import speedup_pairs
+from bench.results import Cell, Result, resolution
 from bench.workloads import flow_runs
 
 REPORT_RUN = Path(__file__).parent / "resources" / "report" / "20261126T164000Z-3f2a"

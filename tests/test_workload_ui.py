@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from bench.errors import VerificationError
-from bench.process import wait_until
-from bench.runner import CellRun, run_cell
+from bench.cells.runner import CellRun, run_cell
+from bench.core.errors import VerificationError
+from bench.core.process import wait_until
 from bench.servers.registry import make_server
 from bench.servers.running import RunningServer, ServerSetup, start_server
 from bench.workloads import get_workload, ui

@@ -16,13 +16,13 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from bench.conformance import client_environ
+from bench.cells.runner import CellRun, run_cell
+from bench.config.run import RunConfig
+from bench.conformance.proxy import TrafficCounts, counting_proxy
+from bench.conformance.real_client import client_environ
+from bench.core.errors import VerificationError
+from bench.core.process import ManagedProcess, wait_until
 from bench.engine import Target, run_once
-from bench.errors import VerificationError
-from bench.process import ManagedProcess, wait_until
-from bench.proxy import TrafficCounts, counting_proxy
-from bench.results import RunConfig
-from bench.runner import CellRun, run_cell
 from bench.servers.running import RunningServer
 from bench.workloads import workers
 from bench.workloads.base import api_client, created_id

@@ -17,11 +17,11 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
+from bench.core.errors import ConfigError
 from bench.engine.model import EngineRequest, LoadSpec, Target, latency_summary, new_histogram
 from bench.engine.pool import EngineJob, get_pool
 from bench.engine.scenario import Scenario, ScenarioJob, ScenarioShare, TogetherJob
 from bench.engine.worker import Job, ShareResult
-from bench.errors import ConfigError
 from bench.results import Measurement, ScenarioMeasurement, StepResult, Timing
 
 # Time between handing out the jobs and the first send: the workers connect meanwhile.

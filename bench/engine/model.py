@@ -9,7 +9,8 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-from bench.results import LatencyMs, Measurement, RunConfig
+from bench.config.run import RunConfig
+from bench.results import LatencyMs, Measurement
 
 # Bytes in a request body replaced by a token unique to each request (e.g. flow run names).
 UNIQUE_TOKEN = b"{{unique}}"

@@ -27,9 +27,9 @@ from pathlib import Path
 from time import monotonic
 
 import bench
+from bench.core.errors import BenchError
 from bench.engine.scenario import ScenarioJob, ScenarioShare, TogetherJob
 from bench.engine.worker import Job, ShareResult
-from bench.errors import BenchError
 
 # What a worker runs (a share of a measurement) and what it sends back.
 EngineJob = Job | ScenarioJob | TogetherJob

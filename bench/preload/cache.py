@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import sqlite3
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -23,9 +22,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import ownership
-from bench.cache import default_cache_dir
-from bench.errors import BenchError
+from bench.core import ownership
+from bench.core.cache_folder import default_cache_dir
+from bench.core.errors import BenchError
 from bench.services.base import PostgresService
 from bench.services.local import find_binary
 
@@ -135,15 +134,6 @@ def commit(root: Path, folder: Path, key: Key, data: Path, **facts: Any) -> Entr
 
 
 # -- SQLite ---------------------------------------------------------------------------------
-
-
-def snapshot_sqlite(database: Path, into: Path) -> None:
-    """A consistent copy of a SQLite database (its WAL included) through SQLite's backup."""
-    with (
-        contextlib.closing(sqlite3.connect(database)) as src,
-        contextlib.closing(sqlite3.connect(into)) as dst,
-    ):
-        src.backup(dst)
 
 
 def restore_sqlite(entry: Entry, database: Path) -> None:

@@ -15,13 +15,14 @@ from typing import Any
 import httpx
 import redis
 
-from bench import ownership
-from bench.errors import ConfigError, VerificationError
+from bench.config.preload_shape import Shape, parse_shape
+from bench.config.run import RunConfig
+from bench.core import ownership
+from bench.core.errors import ConfigError, VerificationError
+from bench.observe.progress import Progress
 from bench.preload import cache
 from bench.preload.seed import Seeded, seed
-from bench.preload.shape import Shape, parse_shape
-from bench.progress import Progress
-from bench.results import Preload, RunConfig
+from bench.results import Preload
 from bench.servers.adapter import ServerAdapter
 from bench.servers.running import ServerSetup, start_server
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import httpx
 
-from bench.errors import BenchError, VerificationError
-from bench.preload.shape import Shape
-from bench.process import wait_until
+from bench.config.preload_shape import Shape
+from bench.core.errors import BenchError, VerificationError
+from bench.core.process import wait_until
 from bench.workloads.base import post_json
 
 # Requests in flight. More do not seed faster (measured: 300 runs took 59 s on SQLite at 1 or

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from hdrh.histogram import HdrHistogram
 
+from bench.config.versions import version_key
+from bench.core.errors import ResultsError
 from bench.engine.model import latency_summary
-from bench.errors import ResultsError
 from bench.report.numbers import first_line, fmt_num
 from bench.results import (
     Delivery,
@@ -30,7 +31,6 @@ from bench.results import (
     Timing,
     load_result,
 )
-from bench.versions import version_key
 
 REFERENCE_SERVER = "python"
 

@@ -1,5 +1,5 @@
-"""The Capacity section: each cell's knee from `--rate-sweep` (bench.sweep), per endpoint and
-level, and latency against the offered rate with the objective and the knees drawn."""
+"""The Capacity section: each cell's knee from `--rate-sweep` (bench.compare.capacity), per
+endpoint and level, and latency against the offered rate with the objective and the knees drawn."""
 
 from __future__ import annotations
 

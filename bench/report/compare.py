@@ -23,11 +23,11 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from bench.compare.stats import bootstrap_interval, permutation_p_value
 from bench.report.aggregate import Pair, display_order, machine, series_key
 from bench.report.document import Tone, Value
 from bench.report.numbers import LOWER_BOUND, MISSING, SATURATED_MARK, UPPER_BOUND, fmt_ratio
 from bench.results import Measurement, Result, ScenarioMeasurement
-from bench.stats import bootstrap_interval, permutation_p_value
 
 # A measurement with a rate: an endpoint's (rps) or a scenario's (completed per second).
 Rated = Measurement | ScenarioMeasurement

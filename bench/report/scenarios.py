@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from bench.config.run import MIXED_WORKLOAD
 from bench.report import compare
 from bench.report.aggregate import (
     Pair,
@@ -23,7 +24,7 @@ from bench.report.aggregate import (
 from bench.report.charts import scenario_charts
 from bench.report.document import Column, Section, Table, Value
 from bench.report.numbers import LOWER_BOUND, MISSING, fmt_errors, fmt_ms, fmt_num
-from bench.results import MIXED_WORKLOAD, Result, ScenarioResult, StepResult, Timing
+from bench.results import Result, ScenarioResult, StepResult, Timing
 
 Key = tuple[str, int]  # (scenario name, concurrency)
 # What a scenario has several of by name, each given a row per level: its steps, its timings.

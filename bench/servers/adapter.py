@@ -16,18 +16,38 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
-from bench.errors import ConfigError, ServerError
-from bench.matrix import DBS
-from bench.ports import LOOPBACK
-from bench.process import ManagedProcess, wait_until
+from bench.config.dimensions import DBS
+from bench.core.errors import ConfigError, ServerError
+from bench.core.ports import LOOPBACK
+from bench.core.process import ManagedProcess, wait_until
 from bench.servers.specs import NO_SERVICES_SECTION, SEEDING_SECTION, ServerSpec, render
-
-if TYPE_CHECKING:
-    from bench.servers.running import ServerSetup
+from bench.services.base import PostgresService, RedisService
 
 VERSION_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class ServerSetup:
+    """Everything an adapter needs to describe one server start."""
+
+    db: str
+    broker: str
+    logdir: Path
+    datadir: Path
+    postgres: PostgresService | None = None
+    redis: RedisService | None = None
+    no_services: bool = False
+    # started to seed a --preload, with the spec's [env.seeding] (not measured)
+    seeding: bool = False
+    # {server_workers}: the API processes of a server that runs several (python-scaled)
+    server_workers: int = 2
+
+    @property
+    def sqlite_path(self) -> Path:
+        """Where a sqlite cell's database is (the server's own folder)."""
+        return self.datadir / "prefect.db"
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bench.errors import ConfigError
+from bench.core.errors import ConfigError
 from bench.servers.adapter import ServerAdapter, ServerOption
 from bench.servers.python import PythonServer
 from bench.servers.specs import load_servers

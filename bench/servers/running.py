@@ -3,9 +3,11 @@ comes from its adapter (bench.servers.adapter)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import shutil
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,35 +17,11 @@ from pathlib import Path
 import httpx
 import psutil
 
-from bench.cache import default_cache_dir
-from bench.errors import ServerError
-from bench.ports import PortTaken, lost_port_race, on_free_port
-from bench.preload.cache import snapshot_sqlite
-from bench.process import ManagedProcess, wait_until
-from bench.servers.adapter import ServerAdapter, clean_environ, run_logged
-from bench.services.base import PostgresService, RedisService
-
-
-@dataclass(frozen=True)
-class ServerSetup:
-    """Everything an adapter needs to describe one server start."""
-
-    db: str
-    broker: str
-    logdir: Path
-    datadir: Path
-    postgres: PostgresService | None = None
-    redis: RedisService | None = None
-    no_services: bool = False
-    # started to seed a --preload, with the spec's [env.seeding] (not measured)
-    seeding: bool = False
-    # {server_workers}: the API processes of a server that runs several (python-scaled)
-    server_workers: int = 2
-
-    @property
-    def sqlite_path(self) -> Path:
-        """Where a sqlite cell's database is (the server's own folder)."""
-        return self.datadir / "prefect.db"
+from bench.core.cache_folder import default_cache_dir
+from bench.core.errors import ServerError
+from bench.core.ports import PortTaken, lost_port_race, on_free_port
+from bench.core.process import ManagedProcess, wait_until
+from bench.servers.adapter import ServerAdapter, ServerSetup, clean_environ, run_logged
 
 
 @dataclass
@@ -321,3 +299,12 @@ def start_server(adapter: ServerAdapter, setup: ServerSetup) -> Iterator[Running
         if server.services is not None:
             server.services.stop()
         server.exit_code = server.process.stop()
+
+
+def snapshot_sqlite(database: Path, into: Path) -> None:
+    """A consistent copy of a SQLite database (its WAL included) through SQLite's backup."""
+    with (
+        contextlib.closing(sqlite3.connect(database)) as src,
+        contextlib.closing(sqlite3.connect(into)) as dst,
+    ):
+        src.backup(dst)

@@ -6,7 +6,7 @@ a version command. The built-in ones are `bench/servers/builtin.toml`; a user's 
 adds servers and overrides any built-in key or variable. `servers.toml.example` at the
 repository's root documents every key and placeholder.
 
-Standard library only: `bench.matrix` (and through it noxfile.py) reads the server names here.
+Standard library only: `bench.cells.matrix` (and through it noxfile.py) reads the server names here.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.errors import ConfigError
-from bench.matrix import BROKERS, DBS
+from bench.config.dimensions import BROKERS, DBS
+from bench.core.errors import ConfigError
 
 SERVERS_FILE_ENV = "BENCH_SERVERS_FILE"
 DEFAULT_SERVERS_FILE = "servers.toml"

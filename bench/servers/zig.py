@@ -26,8 +26,8 @@ from pathlib import Path
 
 import psutil
 
-from bench.cache import default_cache_dir
-from bench.errors import ConfigError, ServerError
+from bench.core.cache_folder import default_cache_dir
+from bench.core.errors import ConfigError, ServerError
 from bench.servers.adapter import ServerAdapter, ServerOption, executable_problem, run_logged
 from bench.servers.specs import ServerSpec, load_builtin
 

@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping
 from typing import Protocol
 
-from bench.errors import CellSkipped, ConfigError
+from bench.core.errors import CellSkipped, ConfigError
 from bench.services.base import PostgresService, RedisService, ServiceKind, ServiceProvider
 from bench.services.docker import DockerProvider, remove_leftover_containers
 from bench.services.external import ExternalProvider, remove_leftover_databases
@@ -71,7 +71,7 @@ def remove_leftovers(env: Mapping[str, str] | None = None) -> list[str]:
     """Remove what crashed runs left with the providers: containers, external databases.
 
     Only things marked as prefect-bench's whose owning process is gone; call once per run.
-    (Temporary folders, the local services' among them: bench.ownership.remove_dead_folders.)
+    (Temporary folders, the local services' among them: bench.core.ownership.remove_dead_folders.)
     Returns a description of each thing removed.
     """
     removed = [f"container {name}" for name in remove_leftover_containers(env)]

@@ -1,6 +1,6 @@
 """What the providers share: interrupt-safe teardown, health polling, logs and names.
 
-Who owns what a provider starts is marked with bench.ownership; what a service kind is lives in
+Who owns what a provider starts is marked with bench.core.ownership; what a service kind is lives in
 kinds.py.
 """
 
@@ -19,8 +19,8 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import TypeVar
 
-from bench.errors import ProvisionError
-from bench.process import wait_until
+from bench.core.errors import ProvisionError
+from bench.core.process import wait_until
 from bench.results import ServiceInfo, redact
 
 # Poll interval of every health wait: short next to any service's start time.
@@ -84,7 +84,7 @@ def wait_for(
     what: str,
     abort: Callable[[], str | None] | None = None,
 ) -> T:
-    """bench.process.wait_until, failing with ProvisionError (abort's reason, or a timeout)."""
+    """bench.core.process.wait_until, failing with ProvisionError (abort's reason, or a timeout)."""
     try:
         return wait_until(check, timeout_s=timeout_s, interval_s=POLL_S, abort=abort)
     except RuntimeError as exc:

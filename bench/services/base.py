@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from bench.ownership import Labels
+from bench.core.ownership import Labels
 from bench.results import ServiceInfo
 
 ServiceKind = Literal["postgres", "redis"]

@@ -31,9 +31,9 @@ import redis
 from docker.models.containers import Container
 from requests.exceptions import RequestException
 
-from bench.errors import ProvisionError
-from bench.ownership import RUN_LABEL, Labels, owner_is_gone, owner_labels
-from bench.ports import LOOPBACK, THIS_MACHINE, PortTaken, lost_port_race, on_free_port
+from bench.core.errors import ProvisionError
+from bench.core.ownership import RUN_LABEL, Labels, owner_is_gone, owner_labels
+from bench.core.ports import LOOPBACK, THIS_MACHINE, PortTaken, lost_port_race, on_free_port
 from bench.results import ServiceInfo
 from bench.services._common import (
     Teardown,
@@ -156,7 +156,7 @@ def _docker_host(env: Mapping[str, str]) -> str:
 
 
 def _remote_host(env: Mapping[str, str]) -> str | None:
-    """The host of a DOCKER_HOST on another host than this machine (bench.ports.THIS_MACHINE),
+    """The host of a DOCKER_HOST on another host than this machine (bench.core.ports.THIS_MACHINE),
     as it names it; None for a local daemon (a unix socket, or tcp:// to this machine)."""
     value = _docker_host(env)
     # the SDK reads a DOCKER_HOST without a scheme as tcp://

@@ -27,8 +27,8 @@ import psycopg
 import redis
 from psycopg import sql
 
-from bench.errors import ProvisionError
-from bench.ownership import Labels, owner_is_gone, owner_labels
+from bench.core.errors import ProvisionError
+from bench.core.ownership import Labels, owner_is_gone, owner_labels
 from bench.results import redact
 from bench.services._common import Teardown, env_or_os, service_info
 from bench.services.base import PostgresService, RedisService, ServiceKind, ServiceProvider

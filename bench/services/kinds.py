@@ -20,7 +20,7 @@ from psycopg.conninfo import make_conninfo
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from bench.ports import LOOPBACK
+from bench.core.ports import LOOPBACK
 from bench.services.base import ServiceKind
 
 CONNECT_TIMEOUT_S = 5

@@ -4,7 +4,7 @@ PostgreSQL binaries not on PATH are also looked for in /usr/lib/postgresql/<newe
 Debian installs them.
 
 Each service gets its own temporary folder (its data; deleted at the end, or by a later run
-once this one is gone: bench.ownership marks it), a free port on 127.0.0.1 (a new one if
+once this one is gone: bench.core.ownership marks it), a free port on 127.0.0.1 (a new one if
 another process takes it first), and its log in the cell's folder.
 
 PostgreSQL refuses to run as root. When prefect-bench runs as root, both services run as the
@@ -32,10 +32,10 @@ from typing import ClassVar, TypeVar
 import psycopg
 import redis
 
-from bench.errors import ProvisionError
-from bench.ownership import FOLDER_PREFIX, Labels, mark_folder, record_process
-from bench.ports import LOOPBACK, PortTaken, lost_port_race, on_free_port
-from bench.process import ManagedProcess
+from bench.core.errors import ProvisionError
+from bench.core.ownership import FOLDER_PREFIX, Labels, mark_folder, record_process
+from bench.core.ports import LOOPBACK, PortTaken, lost_port_race, on_free_port
+from bench.core.process import ManagedProcess
 from bench.results import ServiceInfo
 from bench.services._common import (
     Teardown,

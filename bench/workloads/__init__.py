@@ -2,7 +2,7 @@
 
 from dataclasses import replace
 
-from bench.errors import ConfigError
+from bench.core.errors import ConfigError
 from bench.workloads.base import Endpoint, ScenarioWorkload, Workload
 from bench.workloads.events import EVENTS
 from bench.workloads.flow_runs import FLOW_RUNS

@@ -13,10 +13,10 @@ from typing import Any
 
 import httpx
 
+from bench.config.run import RunConfig
+from bench.core.errors import VerificationError
 from bench.engine.model import UNIQUE_TOKEN, EngineRequest
 from bench.engine.scenario import Scenario, VirtualUser
-from bench.errors import VerificationError
-from bench.results import RunConfig
 
 Fixtures = Mapping[str, str]
 # check(body, fixtures) -> what is wrong, or None. Module-level functions only: engine

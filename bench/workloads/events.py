@@ -27,8 +27,8 @@ import httpx
 from websockets.asyncio.client import ClientConnection
 from websockets.protocol import State
 
+from bench.config.run import RunConfig
 from bench.engine.scenario import Scenario, VirtualUser
-from bench.results import RunConfig
 from bench.workloads.base import ScenarioWorkload, post_json
 from bench.workloads.flow_runs import (
     TASK_NAME,

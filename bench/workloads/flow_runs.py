@@ -34,9 +34,9 @@ from typing import Any
 import httpx
 from websockets.asyncio.client import ClientConnection
 
+from bench.config.run import RunConfig
+from bench.config.versions import version_key
 from bench.engine.scenario import Scenario, VirtualUser
-from bench.results import RunConfig
-from bench.versions import version_key
 from bench.workloads.base import ScenarioWorkload, post_json
 
 PREFECT_VERSION = "3.9.1"  # the client emulated where no Prefect is installed
@@ -60,8 +60,9 @@ class ClientShape:
     storage_reads: bool
 
 
-# The first version whose client sends each, found through bench.proxy (`bench conformance`
-# with releases from 3.4.25 to 3.9.1 installed as of their day, the 3.6 line bisected).
+# The first version whose client sends each, found through bench.conformance.proxy
+# (`bench conformance` with releases from 3.4.25 to 3.9.1 installed as of their day, the 3.6
+# line bisected).
 CLIENT_CHANGES = {"events_auth": "3.6.14", "heartbeat": "3.6.22", "storage_reads": "3.7.0"}
 
 

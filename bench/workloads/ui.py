@@ -57,7 +57,7 @@ from typing import Any
 
 import httpx
 
-from bench.errors import VerificationError
+from bench.core.errors import VerificationError
 from bench.workloads.base import (
     WRITES_BESIDE,
     Endpoint,

@@ -1,7 +1,7 @@
 """workers: W Prefect workers polling a work pool that D scheduled deployments feed.
 
 What one process worker of the real client (prefect 3.9.1, `prefect worker start --pool P
---type process`) sends, captured here through bench.proxy with its intervals shortened:
+--type process`) sends, captured here through bench.conformance.proxy with its intervals shortened:
 - starting: `GET /work_pools/{pool}`, `POST /work_pools/{pool}/queues/filter`, the worker
   channel (a websocket to `/work_pools/{pool}/workers/connect`, subprotocol `prefect`: an auth
   frame answered `auth_success`, `worker.hello.v1` answered `worker.ready.v1`), and its events
@@ -46,9 +46,9 @@ from typing import Any
 import httpx
 import websockets
 
+from bench.config.run import RunConfig
+from bench.core.errors import VerificationError
 from bench.engine.scenario import Scenario, StepFailed, VirtualUser
-from bench.errors import VerificationError
-from bench.results import RunConfig
 from bench.workloads import flow_runs
 from bench.workloads.base import ScenarioWorkload, created_id, post_json
 

@@ -19,9 +19,16 @@ from urllib.parse import urlsplit
 import httpx
 import psutil
 
-from bench import conformance, engine, ownership
-from bench.errors import BenchError, CellSkipped, ConfigError, ServerError, VerificationError
-from bench.machine import (
+from bench import engine
+from bench.compare.capacity import STOP_AFTER_MISSES, knee
+from bench.config.objectives import DEFAULT_SLO, parse_slo
+from bench.config.run import RunConfig
+from bench.conformance import real_client as conformance
+from bench.core import ownership
+from bench.core.errors import BenchError, CellSkipped, ConfigError, ServerError, VerificationError
+from bench.core.ports import LOOPBACK, THIS_MACHINE
+from bench.core.process import wait_until
+from bench.observe.machine import (
     ContainerProcesses,
     OtherCpu,
     OtherUsage,
@@ -29,17 +36,16 @@ from bench.machine import (
     machine_state,
     window_reason,
 )
-from bench.machine import reasons as machine_reasons
-from bench.ports import LOOPBACK, THIS_MACHINE
+from bench.observe.machine import reasons as machine_reasons
+from bench.observe.progress import Progress
+from bench.observe.sampling import ResourceSampler, tree_cpu_s, tree_rss_mb
+from bench.observe.telemetry import BackendTelemetry, per_item
 from bench.preload.prepare import preload_database, verify_preloaded
-from bench.process import wait_until
-from bench.progress import Progress
 from bench.results import (
     Cell,
     Delivery,
     EndpointResult,
     Result,
-    RunConfig,
     ScenarioResult,
     ServerInfo,
     SweepPoint,
@@ -47,11 +53,8 @@ from bench.results import (
     environment,
     utc_now,
 )
-from bench.sampling import ResourceSampler, tree_cpu_s, tree_rss_mb
 from bench.servers.adapter import ServerAdapter
 from bench.servers.running import RunningServer, ServerSetup, start_server
-from bench.sweep import DEFAULT_SLO, STOP_AFTER_MISSES, knee, parse_slo
-from bench.telemetry import BackendTelemetry, per_item
 from bench.workloads import ScenarioWorkload, Workload, get_workload
 from bench.workloads.base import (
     UNAVAILABLE_ATTEMPTS,
@@ -97,7 +100,7 @@ class _Target:
     telemetry: BackendTelemetry = field(default_factory=BackendTelemetry.for_cell)
     # the processes of the cell (ours, and the containers' we started), not others' CPU
     ours: OurProcesses = field(default_factory=OurProcesses)
-    # a --url on another host than this machine (bench.ports.THIS_MACHINE)
+    # a --url on another host than this machine (bench.core.ports.THIS_MACHINE)
     remote: bool = False
 
     @property
@@ -387,7 +390,8 @@ class _Window:
 
 def _sweep(window: _Window, result: Result) -> None:
     """The window's endpoint at each rate of the sweep, lowest first, until it misses the
-    objective STOP_AFTER_MISSES times in a row (bench.sweep); kept in `result` as it goes."""
+    objective STOP_AFTER_MISSES times in a row (bench.compare.capacity); kept in `result` as it
+    goes."""
     objective = parse_slo(window.config.slo or DEFAULT_SLO)
     endpoint = window.endpoint
     swept = SweepResult(
@@ -482,7 +486,7 @@ def _drained(
 
 def _real_client_check(run: CellRun, target: _Target, progress: Progress, result: Result) -> None:
     """One flow run of the real Prefect client against the server, read back: the proof that
-    the server serves the client the workload emulates (bench.conformance)."""
+    the server serves the client the workload emulates (bench.conformance.real_client)."""
     progress.stage("running one flow with the real Prefect client (conformance)")
     report = conformance.check(
         target.base_url, tasks=run.config.tasks, workdir=run.cell_dir / "real-client"

@@ -1,6 +1,6 @@
 """The flow that `bench.conformance` runs with the real Prefect client: one flow run, N tasks.
 
-Run as a script (`python conformance_flow.py --tasks N`) in a child process whose environment
+Run as a script (`python flow.py --tasks N`) in a child process whose environment
 points PREFECT_API_URL at the server under test. It imports only prefect and the standard
 library, so it runs in any interpreter that has prefect, and it prints one line, RESULT_PREFIX
 followed by JSON: the client's version, the flow run's id and final state, and the ids of the

@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.errors import ConfigError
+from bench.core.errors import ConfigError
 
 VERSION_ENV = "PREFECT_VERSION"
 DEFAULT_VERSION = "3.9.1"

@@ -1,7 +1,7 @@
 """A counting reverse proxy on 127.0.0.1: it forwards every HTTP request and websocket byte
 to a server unchanged and counts them (requests by method and path template, websocket
 connections, text frames, events by name), so that what a client sends can be counted from
-outside the client: the real Prefect client (bench.conformance) and the emulation alike.
+outside the client: the real Prefect client (bench.conformance.real_client) and the emulation alike.
 
 HTTP is parsed with h11; after a websocket upgrade the stream is relayed byte for byte and a
 copy of what the client sends is parsed by websockets' sans-IO protocol, with the compression
@@ -34,7 +34,7 @@ from websockets.frames import Opcode
 from websockets.headers import parse_extension
 from websockets.protocol import Protocol, Side
 
-from bench.ports import LOOPBACK
+from bench.core.ports import LOOPBACK
 
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 _CHUNK = 65536

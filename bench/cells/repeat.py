@@ -17,8 +17,8 @@ from pathlib import Path
 
 from scipy import stats
 
-from bench.comparison import cell_figures
-from bench.errors import ResultsError
+from bench.compare.gate import cell_figures
+from bench.core.errors import ResultsError
 from bench.results import Cell, RepeatState, Result, load_result, result_path
 
 CONFIDENCE = 0.95
@@ -65,7 +65,7 @@ WATCHED = ("rps", "p50")
 
 
 def figures(result: Result) -> dict[str, float]:
-    """The figures of a repetition `auto` watches (bench.comparison's, rates and medians):
+    """The figures of a repetition `auto` watches (bench.compare.gate's, rates and medians):
     the total, each endpoint's rps and p50 at each level, each scenario's rate and its steps'
     p50, by name."""
     return {

@@ -1,4 +1,4 @@
-"""The result of one cell of one run: its schema, atomic writing, loading, and provenance.
+"""The result of one cell of one run: its schema (the JSON document a cell writes).
 
 Schema history (bump SCHEMA_VERSION when a key is renamed or its meaning changes;
 adding an optional key is not a bump):
@@ -13,33 +13,12 @@ adding an optional key is not a bump):
 
 from __future__ import annotations
 
-import datetime as dt
-import importlib.metadata
-import json
-import os
-import platform
-import re
-import secrets
-import subprocess
-import tempfile
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PlainSerializer,
-    ValidationError,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
-from bench import __version__
-from bench.errors import ResultsError
-from bench.machine import MachineState
-from bench.preload.shape import DEFAULT_SHAPE, parse_shape
-from bench.sweep import DEFAULT_SLO, parse_slo, sweep_rates
-from bench.versions import read_resolution
+from bench.config.run import RunConfig
+from bench.results.machine_state import MachineState
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -272,8 +251,8 @@ class ScenarioResult(ScenarioMeasurement):
 
 
 class RepeatState(BaseModel):
-    """Where a repeated cell stood after a repetition (bench.repeat): the intervals its counted
-    repetitions reached and, in the last one, why it stopped."""
+    """Where a repeated cell stood after a repetition (bench.cells.repeat): the intervals its
+    counted repetitions reached and, in the last one, why it stopped."""
 
     counted: int = Field(description="ok repetitions counted so far (discarded ones not)")
     interval_pct: float | None = Field(
@@ -384,192 +363,6 @@ class ServiceInfo(BaseModel):
     )
 
 
-PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-DEFAULT_WORKLOAD = "seed"
-URL_WORKLOAD = "health"
-WORKERS_WORKLOAD = "workers"
-MIXED_WORKLOAD = "mixed"
-DEFAULT_WORKERS = [10]  # workers: the workload's virtual users are its workers
-
-
-class RunConfig(BaseModel):
-    """What a run was asked to do. The command line builds it once (these are its defaults,
-    checks and help texts), every result stores it as it is, and the engine's load spec for
-    each level is derived from it (`bench.engine.LoadSpec.for_level`)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    workload: str = Field(
-        description=f"what to send (default {DEFAULT_WORKLOAD}, {URL_WORKLOAD} with --url)"
-    )
-    mode: Literal["closed", "open"] = Field(
-        default="closed", description="open when a rate is given"
-    )
-    duration_s: PositiveSeconds = Field(default=5.0, description="seconds measured")
-    warmup_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = Field(
-        default=1.0, description="seconds not counted before each measurement"
-    )
-    concurrency: list[Annotated[int, Field(ge=1)]] = Field(
-        default=[1, 4, 16, 64],
-        min_length=1,
-        description="connections (virtual users; events: websockets; workers: workers, "
-        f"{DEFAULT_WORKERS[0]} unless given) per level, comma-separated",
-    )
-    rate: PositiveSeconds | None = Field(
-        default=None,
-        description="open model: requests/s per endpoint (flow-runs: flow runs started/s; "
-        "events: events/s), latency from each intended send time (default: closed model)",
-    )
-    engine_procs: Annotated[int, Field(ge=1)] | None = Field(
-        default=None, description="load generator processes (default: automatic)"
-    )
-    server_cpus: list[int] | None = Field(default=None, description="pin the server, e.g. 0")
-    client_cpus: list[int] | None = Field(
-        default=None, description="pin the load generator, e.g. 1"
-    )
-    url: str | None = Field(
-        default=None,
-        description="measure a server that is already running, e.g. http://127.0.0.1:4200/api",
-    )
-    allow_remote: bool = Field(
-        default=False,
-        description="let --url name another host than this machine (127.0.0.1, localhost, "
-        "::1). Load-testing a host you do not own is an attack: prefect-bench sends as fast "
-        "as the server answers",
-    )
-    rate_sweep: str | None = Field(
-        default=None,
-        description="capacity: each endpoint at every rate START:STOP:STEP (requests/s, open "
-        "model) until it misses --slo; the knee is the highest rate kept",
-    )
-    slo: str | None = Field(
-        default=None,
-        description=f"--rate-sweep's latency objective, e.g. p99<50ms (default {DEFAULT_SLO})",
-    )
-    tasks: Annotated[int, Field(ge=1)] = Field(
-        default=10, description="flow-runs, workers: tasks per flow run"
-    )
-    deployments: Annotated[int, Field(ge=1)] = Field(
-        default=10,
-        description="workers: deployments feeding the work pool, each on a schedule of every "
-        "60 s / --speedup",
-    )
-    speedup: Annotated[float, Field(gt=0, allow_inf_nan=False)] = Field(
-        default=10.0,
-        description="workers: the real worker's intervals (poll 10 s, prefetch 10 s, heartbeat "
-        "30 s) and the deployments' schedule divided by this, so a short window sees many polls",
-    )
-    readers: Annotated[int, Field(ge=1)] = Field(
-        default=2,
-        description="mixed: users sending the ui workload's reads, beside each level's "
-        "--concurrency flow-run users",
-    )
-    server_workers: Annotated[int, Field(ge=1)] = Field(
-        default=2,
-        description="python-scaled: its API processes (prefect server start --workers N), "
-        "beside its one services process",
-    )
-    no_services: bool = Field(default=False, description="the server's API alone")
-    provider: str | None = Field(
-        default=None,
-        description="how PostgreSQL/Redis are provided (default: the first that works)",
-    )
-    no_pin: bool = Field(
-        default=False,
-        description="leave the server and the load generator unpinned (default: on 2 or more "
-        "cores each gets its own: --server-cpus and --client-cpus as recorded)",
-    )
-    repeat: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
-        default=None,
-        description="repetitions of the cell, each a fresh server and database, or auto: "
-        "until every figure's 95% interval is within --target or --budget is spent",
-    )
-    preload: Annotated[int, Field(ge=1)] | None = Field(
-        default=None,
-        description="flow runs (with their flows, deployments, task runs, logs and events) the "
-        "cell's fresh database holds before it is measured; seeded once, then restored from a "
-        "cache",
-    )
-    preload_shape: str | None = Field(
-        default=None,
-        description=f"--preload: what besides the flow runs, e.g. {DEFAULT_SHAPE.text()} "
-        "(keys left out keep these defaults)",
-    )
-    keep_first: bool = Field(
-        default=False,
-        description="--repeat: count the first repetition too (default: it runs as a warm-up, "
-        "kept in the results, left out of every figure)",
-    )
-    target_pct: Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)] = Field(
-        default=3.0, description="--repeat auto: the interval to reach, % of the mean"
-    )
-    budget_min: PositiveSeconds = Field(
-        default=30.0, description="--repeat auto: minutes to spend at most"
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _derived_defaults(cls, data: Any) -> Any:
-        """The workload defaults by target and the mode follows the rate, unless stored."""
-        if isinstance(data, dict):
-            data = dict(data)
-            if data.get("workload") is None:
-                data["workload"] = URL_WORKLOAD if data.get("url") else DEFAULT_WORKLOAD
-            if data["workload"] == WORKERS_WORKLOAD:
-                data.setdefault("concurrency", DEFAULT_WORKERS)
-            open_model = data.get("rate") or data.get("rate_sweep")
-            data.setdefault("mode", "open" if open_model else "closed")
-            if data.get("rate_sweep") and data.get("slo") is None:
-                data["slo"] = DEFAULT_SLO
-        return data
-
-    @model_validator(mode="after")
-    def _sweep(self) -> RunConfig:
-        try:
-            if self.rate_sweep is not None:
-                sweep_rates(self.rate_sweep)
-        except ValueError as exc:
-            raise ValueError(f"--rate-sweep: {exc}") from None
-        if self.rate_sweep is not None and self.rate is not None:
-            raise ValueError("--rate-sweep sweeps the rate: give it without --rate")
-        if self.slo is not None:
-            if self.rate_sweep is None:
-                raise ValueError("--slo is the objective of a --rate-sweep: give one")
-            try:
-                parse_slo(self.slo)
-            except ValueError as exc:
-                raise ValueError(f"--slo: {exc}") from None
-        return self
-
-    @model_validator(mode="after")
-    def _preload(self) -> RunConfig:
-        if self.preload_shape is not None:
-            if self.preload is None:
-                raise ValueError("--preload-shape is the shape of a --preload: give one")
-            try:
-                parse_shape(self.preload_shape)
-            except ValueError as exc:
-                raise ValueError(f"--preload-shape: {exc}") from None
-        if self.workload == WORKERS_WORKLOAD and self.no_services:
-            raise ValueError(
-                "--workload workers needs the server's scheduler, which --no-services turns off"
-            )
-        if self.workload == WORKERS_WORKLOAD and self.rate is not None:
-            raise ValueError("--rate: workers poll at their own pace (see --speedup)")
-        if self.workload == MIXED_WORKLOAD and self.rate is not None:
-            raise ValueError("--rate: mixed runs its writers and readers in the closed model")
-        if self.preload is not None and self.url is not None:
-            raise ValueError(
-                "--preload seeds the database of a server the tool starts, not a --url"
-            )
-        return self
-
-    @property
-    def sweep(self) -> list[float]:
-        """The rates of --rate-sweep, lowest first (empty without one)."""
-        return sweep_rates(self.rate_sweep) if self.rate_sweep else []
-
-
 class Resolution(BaseModel):
     """What the environment's packages were resolved with, and what they are."""
 
@@ -579,7 +372,7 @@ class Resolution(BaseModel):
     exclude_newer: str | None = Field(
         default=None,
         description="uv's --exclude-newer the venv was resolved with: the minute after the "
-        "Prefect version's release (bench.versions); None: not resolved by prefect-bench's "
+        "Prefect version's release (bench.config.versions); None: not resolved by prefect-bench's "
         "nox sessions, or without uv (today's packages)",
     )
     index: str | None = None
@@ -654,127 +447,4 @@ class Result(BaseModel):
     discarded: str | None = Field(
         default=None,
         description="why this repetition is left out of every figure (kept for the record)",
-    )
-
-
-def utc_now() -> str:
-    """The current time as an ISO 8601 UTC string with a Z suffix, to the second."""
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def new_run_id() -> str:
-    """A run id that sorts by time and does not collide: 20261126T164000Z-3f2a."""
-    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
-
-
-_URL_PASSWORD = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s\"']*):[^@\s\"'/]*@")
-
-
-def redact(text: str) -> str:
-    """Replace the password of every URL in `text` with ***."""
-    return _URL_PASSWORD.sub(r"\1:***@", text)
-
-
-def result_path(out_dir: Path, run_id: str, cell: Cell) -> Path:
-    return out_dir / run_id / f"{cell.name}.json"
-
-
-def write_result(result: BaseModel, path: Path) -> Path:
-    """Write `result` (a Result, or any report kept as JSON) to `path` atomically, secrets
-    redacted; refuse to overwrite a file."""
-    text = redact(result.model_dump_json(indent=2)) + "\n"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise ResultsError(f"cannot write results into {path.parent}: {exc.strerror}") from exc
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        # link() fails if the name exists: atomic and never overwrites a kept result.
-        os.link(tmp, path)
-    except FileExistsError as exc:
-        raise ResultsError(f"refusing to overwrite the existing result {path}") from exc
-    except OSError as exc:
-        raise ResultsError(f"cannot write {path}: {exc.strerror}") from exc
-    finally:
-        os.unlink(tmp)
-    return path
-
-
-def load_result(path: Path) -> Result:
-    """Read one result file; raise ResultsError if it is unreadable or of an unknown version."""
-    try:
-        data: Any = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ResultsError(f"{path}: not a readable JSON file ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ResultsError(f"{path}: not a prefect-bench result")
-    version = data.get("schema_version")
-    if version not in READABLE_VERSIONS:
-        readable = ", ".join(map(str, READABLE_VERSIONS))
-        raise ResultsError(
-            f"{path}: schema_version {version!r} is not one this version reads ({readable})"
-        )
-    try:
-        return Result.model_validate(data)
-    except ValidationError as exc:
-        raise ResultsError(f"{path}: not a valid result: {exc.error_count()} problem(s)") from exc
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _git_sha() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def resolution(venv: Path | None = None) -> Resolution:
-    """This environment's packages, and what its venv (or `venv`) was resolved with
-    (bench.versions)."""
-    packages = {
-        dist.metadata["Name"].lower(): dist.version
-        for dist in importlib.metadata.distributions()
-        if dist.metadata["Name"]
-    }
-    made = read_resolution(venv) or {}
-    return Resolution(
-        prefect=packages.get("prefect"),
-        exclude_newer=made.get("exclude_newer"),
-        index=made.get("index"),
-        packages=dict(sorted(packages.items())),
-    )
-
-
-def environment(**extra: str | None) -> Environment:
-    """Describe this machine and this tool, so results can be compared later."""
-    return Environment(
-        cpu_model=_cpu_model(),
-        cpu_count=os.cpu_count() or 1,
-        kernel=platform.release(),
-        python=platform.python_version(),
-        bench_version=__version__,
-        git_sha=_git_sha(),
-        hostname=platform.node(),
-        resolution=resolution(),
-        **extra,
     )

@@ -4,7 +4,7 @@ With `--repeat N|auto` each round runs one repetition of every cell that still n
 each round goes through the cells in the reverse order of the round before (1 2 3, 3 2 1,
 1 2 3, ...): a machine that drifts (warms up, throttles, gets a neighbour) then moves every
 cell alike, where running each cell's repetitions back to back would lay the drift on the
-cells measured last. Which cell is done is decided by its own `run` (bench.repeat.decide) and
+cells measured last. Which cell is done is decided by its own `run` (bench.cells.repeat.decide) and
 read back from the result it wrote.
 """
 
@@ -19,8 +19,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench.repeat import MAX_AUTO, earlier_repetitions
-from bench.results import Cell, Result, RunConfig
+from bench.cells.repeat import MAX_AUTO, earlier_repetitions
+from bench.config.run import RunConfig
+from bench.results import Cell, Result
 
 EXIT_INTERRUPTED = 130  # bench.cli.EXIT_INTERRUPTED (cli imports this module)
 

@@ -1,23 +1,16 @@
-"""Capacity: `--rate-sweep START:STOP:STEP` with `--slo 'p99<50ms'`.
+"""The options of a capacity sweep: `--rate-sweep START:STOP:STEP` with `--slo 'p99<50ms'`.
 
 Each endpoint is measured in the open model at each rate of the sweep, lowest first; its knee
 is the highest offered rate at which the server still held the rate (achieved >= 95% of it,
 <= 1% of sends late) and kept the latency objective, every lower rate having kept it too. The
-sweep of an endpoint stops after STOP_AFTER_MISSES rates in a row miss, as past the knee
-latency only grows (an open model queues what the server cannot take) and each further rate
-costs a whole window.
+sweep of an endpoint stops after a few misses in a row (bench.compare.capacity).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # results imports this module to check its options
-    from bench.results import LatencyMs, SweepPoint
-
-STOP_AFTER_MISSES = 2
 MAX_RATES = 100
 DEFAULT_SLO = "p99<100ms"
 
@@ -50,7 +43,8 @@ class Objective:
     def text(self) -> str:
         return f"{self.percentile}<{self.limit_ms:g}ms"
 
-    def kept_by(self, latency: LatencyMs | None) -> bool:
+    def kept_by(self, latency: object | None) -> bool:
+        """Whether `latency` (a LatencyMs) is under the limit at the percentile."""
         return latency is not None and getattr(latency, self.percentile) < self.limit_ms
 
 
@@ -64,14 +58,3 @@ def parse_slo(text: str) -> Objective:
         )
     percentile, limit, unit = match.groups()
     return Objective(percentile, float(limit) * (1000 if unit == "s" else 1))
-
-
-def knee(points: list[SweepPoint]) -> float | None:
-    """The highest offered rate of the unbroken run of points, from the lowest, that kept the
-    objective and held their rate; None when the lowest did not."""
-    best = None
-    for point in sorted(points, key=lambda p: p.offered_rps):
-        if not point.kept:
-            break
-        best = point.offered_rps
-    return best

@@ -1,6 +1,6 @@
 """Does a server serve the real Prefect client? Run a flow with it and read everything back.
 
-`check(base_url, tasks=N, workdir=…, timeout_s=…)` runs `conformance_flow.py` (one flow run
+`check(base_url, tasks=N, workdir=…, timeout_s=…)` runs `flow.py` (one flow run
 with N tasks) with the real `prefect` package of this interpreter in a child process, pointed
 at a counting proxy in front of the server. Then it reads back through the server's API, each
 check polled until one shared deadline: the flow run is COMPLETED, its N task runs are recorded
@@ -29,13 +29,13 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, Field
 
-from bench.conformance_flow import RESULT_PREFIX
+from bench.config.run import RunConfig
+from bench.conformance.flow import RESULT_PREFIX
+from bench.conformance.proxy import TrafficCounts, counting_proxy
+from bench.core.errors import ConfigError, ServerError
+from bench.core.process import ManagedProcess, wait_until
 from bench.engine import Target
 from bench.engine.scenario import StepFailed, run_once
-from bench.errors import ConfigError, ServerError
-from bench.process import ManagedProcess, wait_until
-from bench.proxy import TrafficCounts, counting_proxy
-from bench.results import RunConfig
 from bench.servers.adapter import clean_environ
 from bench.workloads import flow_runs
 from bench.workloads.base import api_client
@@ -46,7 +46,7 @@ DEFAULT_TIMEOUT_S = 30.0
 # many times that; a read-back timeout is no bound for it (a short one would kill the client).
 CLIENT_TIMEOUT_S = 120.0
 CLIENT_TIMEOUT_PER_TASK_S = 0.1
-FLOW_SCRIPT = Path(__file__).with_name("conformance_flow.py")
+FLOW_SCRIPT = Path(__file__).with_name("flow.py")
 # What must read back besides the task runs: the event the server emits when the flow run
 # completes, and the three events each task run's engine emits (task_engine.py), from which
 # the task-run recorder writes the task run.

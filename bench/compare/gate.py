@@ -29,7 +29,7 @@ import numpy as np
 from pydantic import BaseModel
 from scipy import stats
 
-from bench.errors import ConfigError
+from bench.core.errors import ConfigError
 from bench.results import Result
 
 SIGNIFICANCE = 0.05

@@ -1,4 +1,4 @@
-"""The matrix: which databases and brokers exist, the cells, and their nox session ids.
+"""The matrix: the cells, and their nox session ids.
 
 Standard library only: noxfile.py imports it to parametrize its sessions.
 """
@@ -8,10 +8,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
-DBS = ("sqlite", "postgres")
-BROKERS = ("memory", "redis")
-# The in-process broker: a session id names the broker only where it is another.
-DEFAULT_BROKER = "memory"
+from bench.config.dimensions import BROKERS, DBS, DEFAULT_BROKER
+from bench.servers.specs import server_names
 
 
 def cells(servers: Sequence[str] | None = None) -> list[tuple[str, str, str]]:
@@ -21,8 +19,6 @@ def cells(servers: Sequence[str] | None = None) -> list[tuple[str, str, str]]:
     The embedded default (python, sqlite, memory) comes first.
     """
     if servers is None:
-        from bench.servers.specs import server_names  # it reads DBS and BROKERS from here
-
         servers = server_names()
     return list(itertools.product(servers, DBS, BROKERS))
 

@@ -1,0 +1,85 @@
+"""Result files: run ids, where a cell's result goes, atomic writing with secrets redacted, and
+reading any schema version this version knows."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import secrets
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from bench.core.errors import ResultsError
+from bench.results.schema import READABLE_VERSIONS, Cell, Result
+
+
+def utc_now() -> str:
+    """The current time as an ISO 8601 UTC string with a Z suffix, to the second."""
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def new_run_id() -> str:
+    """A run id that sorts by time and does not collide: 20261126T164000Z-3f2a."""
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
+
+
+_URL_PASSWORD = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s\"']*):[^@\s\"'/]*@")
+
+
+def redact(text: str) -> str:
+    """Replace the password of every URL in `text` with ***."""
+    return _URL_PASSWORD.sub(r"\1:***@", text)
+
+
+def result_path(out_dir: Path, run_id: str, cell: Cell) -> Path:
+    return out_dir / run_id / f"{cell.name}.json"
+
+
+def write_result(result: BaseModel, path: Path) -> Path:
+    """Write `result` (a Result, or any report kept as JSON) to `path` atomically, secrets
+    redacted; refuse to overwrite a file."""
+    text = redact(result.model_dump_json(indent=2)) + "\n"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise ResultsError(f"cannot write results into {path.parent}: {exc.strerror}") from exc
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        # link() fails if the name exists: atomic and never overwrites a kept result.
+        os.link(tmp, path)
+    except FileExistsError as exc:
+        raise ResultsError(f"refusing to overwrite the existing result {path}") from exc
+    except OSError as exc:
+        raise ResultsError(f"cannot write {path}: {exc.strerror}") from exc
+    finally:
+        os.unlink(tmp)
+    return path
+
+
+def load_result(path: Path) -> Result:
+    """Read one result file; raise ResultsError if it is unreadable or of an unknown version."""
+    try:
+        data: Any = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ResultsError(f"{path}: not a readable JSON file ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ResultsError(f"{path}: not a prefect-bench result")
+    version = data.get("schema_version")
+    if version not in READABLE_VERSIONS:
+        readable = ", ".join(map(str, READABLE_VERSIONS))
+        raise ResultsError(
+            f"{path}: schema_version {version!r} is not one this version reads ({readable})"
+        )
+    try:
+        return Result.model_validate(data)
+    except ValidationError as exc:
+        raise ResultsError(f"{path}: not a valid result: {exc.error_count()} problem(s)") from exc
