@@ -1,5 +1,6 @@
-"""Shared fixtures: a real Prefect server, a check that tests leave no process behind, and
-the runner's inputs (a quiet progress, a cell run)."""
+"""Shared fixtures: a real Prefect server, a check that tests leave no process behind, a
+PostgreSQL and a Redis of the local provider per test module, and the runner's inputs (a quiet
+progress, a cell run)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,13 @@ from rich.console import Console
 from bench import engine
 from bench.cells.runner import EXTERNAL_SERVER, CellRun
 from bench.config.run import RunConfig
+from bench.core.ownership import Labels
 from bench.observe.progress import Progress
 from bench.results import Cell, EndpointResult, ScenarioResult, new_run_id
 from bench.servers.registry import make_server
 from bench.servers.running import SCHEMA_CACHE_ENV, RunningServer, ServerSetup, start_server
+from bench.services.base import PostgresService, RedisService
+from bench.services.local import LocalProvider
 
 # Every SQLite server of the tests (and of the tools they run) starts on a copy of the schema
 # the first one migrated: Prefect's migrations are most of a start (bench.servers.running).
@@ -64,6 +68,36 @@ def prefect_api_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runni
     """A real Python Prefect server without its services (--no-services): it takes events and
     task-run events but records none, shared by the tests of a server that records nothing."""
     yield from _shared_server(tmp_path_factory, "prefect-api-only", no_services=True)
+
+
+def _module_labels(request: pytest.FixtureRequest, what: str) -> Labels:
+    return Labels(request.module.__name__.rpartition(".")[2], what)
+
+
+@pytest.fixture(scope="module")
+def postgres(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PostgresService]:
+    """A PostgreSQL of the local provider shared by one test module (skipped, saying why, on a
+    machine without its binaries)."""
+    if reason := LocalProvider.unavailable_reason("postgres"):
+        pytest.skip(f"local postgres: {reason}")
+    with LocalProvider().postgres(
+        tmp_path_factory.mktemp("pg"), _module_labels(request, "pg")
+    ) as pg:
+        yield pg
+
+
+@pytest.fixture(scope="module")
+def redis_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RedisService]:
+    """A Redis of the local provider shared by one test module (skipped, saying why, on a
+    machine without redis-server)."""
+    if reason := LocalProvider.unavailable_reason("redis"):
+        pytest.skip(f"local redis: {reason}")
+    with LocalProvider().redis(tmp_path_factory.mktemp("redis"), _module_labels(request, "r")) as r:
+        yield r
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 the state of this machine, and (where a daemon answers) the processes of docker containers.
 
 The machine is shared: CPU figures are compared with what the processes themselves report,
-with slack, rather than with fixed expectations.
+with slack, rather than with fixed expectations, and each window stays open until the load it
+checks for has run (`window_until`), so a busy machine makes a test slower, not failed.
 """
 
 from __future__ import annotations
@@ -36,10 +37,16 @@ from bench.observe.machine import (
     window_reason,
 )
 from bench.results import new_run_id
+from bench.results.machine_state import TOP_PROCESSES
 from bench.servers.running import RunningServer
 
 # Busy for at most `limit` seconds, so that nothing outlives a test that crashed.
 BUSY = "import time\nend = time.monotonic() + {limit}\nwhile time.monotonic() < end: pass\n"
+# Busy until it has used `cpu_s` of CPU, however long a busy machine makes that take.
+SPIN = (
+    "import time\nend = time.monotonic() + {limit}\n"
+    "while time.process_time() < {cpu_s} and time.monotonic() < end: pass\n"
+)
 # Forks twice and leaves the grandchild, which runs argv[1], in its own session, adopted by
 # init (or a subreaper above us): a process that is not our descendant, as another user's job.
 STRANGER = """
@@ -70,6 +77,23 @@ def cpu_s(proc: psutil.Process) -> float:
 def running_busy(proc: psutil.Process, at_least_s: float = 0.05) -> None:
     """Return once `proc` has used `at_least_s` of CPU: it is scheduled and spinning."""
     wait_until(lambda: cpu_s(proc) >= at_least_s or None, timeout_s=30, interval_s=0.01)
+
+
+def window_until(used: Callable[[], float], at_least_s: float) -> tuple[OtherUsage, float]:
+    """An OtherCpu window held open until `used()` (CPU-seconds) has grown by `at_least_s`, and
+    that growth: however busy the machine, the window holds the load the test checks for."""
+    start = used()
+    with OtherCpu(OurProcesses()) as usage:
+        wait_until(lambda: used() - start >= at_least_s or None, timeout_s=120, interval_s=0.05)
+    return usage, used() - start
+
+
+def named_or_outranked(pid: int, usage: OtherUsage, cores: float) -> bool:
+    """`pid` (which used `cores`) is among the busiest others named, or as many others as are
+    named each used at least as much (the machine is shared: it was rightly left out)."""
+    named = {p.pid for p in usage.by_process}
+    full = len(usage.by_process) == TOP_PROCESSES
+    return pid in named or (full and all(p.cores >= 0.8 * cores for p in usage.by_process))
 
 
 def strangers_cpu_s() -> dict[tuple[int, float], float]:
@@ -128,18 +152,16 @@ def stranger() -> Iterator[psutil.Process]:
 
 
 def test_a_stranger_hog_is_counted_and_named(stranger: psutil.Process) -> None:
-    ours = OurProcesses()
-    assert stranger.pid not in ours.pids() and stranger.ppid() != os.getpid()
-    before = cpu_s(stranger)
-    with OtherCpu(ours) as usage:
-        time.sleep(1.0)
-    truth = (cpu_s(stranger) - before) / usage.wall_s
-    assert truth >= 0.4, f"the hog got only {truth:.2f} of a core: the machine is overloaded"
-    assert usage.cores >= 0.8 * truth, usage
+    assert stranger.pid not in OurProcesses().pids() and stranger.ppid() != os.getpid()
+    usage, used_s = window_until(lambda: cpu_s(stranger), at_least_s=0.4)
+    truth = used_s / usage.wall_s
+    assert usage.cores >= 0.8 * truth, (usage, truth)
+    assert named_or_outranked(stranger.pid, usage, truth), (usage, truth)
     named = {p.pid: p for p in usage.by_process}
-    assert stranger.pid in named and named[stranger.pid].cores >= 0.8 * truth, usage
-    assert named[stranger.pid].name == stranger.name()[:15]
-    assert usage.ours_cores < 0.2, usage  # we slept
+    if stranger.pid in named:
+        assert named[stranger.pid].cores >= 0.8 * truth, (usage, truth)
+        assert named[stranger.pid].name == stranger.name()[:15]
+    assert usage.ours_cores < 0.2, usage  # we polled, every 50 ms
 
 
 def test_a_stranger_s_short_lived_children_are_counted() -> None:
@@ -150,11 +172,8 @@ def test_a_stranger_s_short_lived_children_are_counted() -> None:
             return t.user + t.system + t.children_user + t.children_system
 
         wait_until(lambda: spent() >= 0.1 or None, timeout_s=30, interval_s=0.01)
-        before = spent()
-        with OtherCpu(OurProcesses()) as usage:
-            time.sleep(1.0)
-        truth = (spent() - before) / usage.wall_s
-    assert truth >= 0.4, f"the spawner got only {truth:.2f} of a core: the machine is overloaded"
+        usage, used_s = window_until(spent, at_least_s=0.4)
+    truth = used_s / usage.wall_s
     assert usage.cores >= 0.8 * truth, (usage, truth)
 
 
@@ -183,24 +202,37 @@ except ConnectionError:
 def test_a_stranger_is_counted_beside_our_loopback_traffic(stranger: psutil.Process) -> None:
     traffic = subprocess.Popen([sys.executable, "-c", PING_PONG])
     try:
-        running_busy(psutil.Process(traffic.pid), at_least_s=0.1)
-        before = cpu_s(stranger)
-        with OtherCpu(OurProcesses()) as usage:
-            time.sleep(1.0)
-        truth = (cpu_s(stranger) - before) / usage.wall_s
+        pair = psutil.Process(traffic.pid)
+        running_busy(pair, at_least_s=0.1)
+
+        def pair_cpu_s() -> float:
+            return cpu_s(pair) + sum(cpu_s(child) for child in pair.children())
+
+        start = pair_cpu_s()
+        usage, used_s = window_until(lambda: cpu_s(stranger), at_least_s=0.3)
+        ours_s = pair_cpu_s() - start
     finally:
         traffic.kill()  # its client sees the connection close and exits
         traffic.wait()
-    assert truth >= 0.3, f"the hog got only {truth:.2f} of a core: the machine is overloaded"
+    truth = used_s / usage.wall_s
     assert usage.cores >= 0.8 * truth, (usage, truth)
-    assert usage.ours_cores >= 0.3, usage
+    assert usage.ours_cores >= 0.8 * ours_s / usage.wall_s > 0, (usage, ours_s)
 
 
-def test_the_reasons_name_the_hog(stranger: psutil.Process) -> None:
-    state = machine_state(OurProcesses(), seconds=1.0)
+def test_the_reasons_name_the_hog(
+    stranger: psutil.Process, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sentence says how much others used and names the busiest. The threshold is put
+    under what the hog got: on a shared machine it may get less than the real one."""
+    usage, used_s = window_until(lambda: cpu_s(stranger), at_least_s=0.3)
+    monkeypatch.setattr(machine, "OTHERS_MAX_CORES", 0.5 * used_s / usage.wall_s)
+    state = machine_state(OurProcesses(), seconds=0.1).model_copy(update={"others": usage})
     found = [r for r in reasons(state) if r.startswith("other processes used")]
-    assert len(found) == 1 and f"pid {stranger.pid}" in found[0], reasons(state)
-    assert "in the 1" in found[0] and "s before the cell" in found[0]
+    assert len(found) == 1, reasons(state)
+    assert f"pid {usage.by_process[0].pid}" in found[0], found
+    if stranger.pid in {p.pid for p in usage.by_process}:
+        assert f"pid {stranger.pid}" in found[0], found
+    assert f"in the {usage.wall_s:g} s before the cell" in found[0], found
 
 
 def test_a_busy_child_of_ours_is_ours() -> None:
@@ -208,15 +240,13 @@ def test_a_busy_child_of_ours_is_ours() -> None:
     try:
         proc = psutil.Process(child.pid)
         running_busy(proc)
-        before, strangers = cpu_s(proc), strangers_cpu_s()
-        with OtherCpu(OurProcesses()) as usage:
-            time.sleep(1.0)
+        strangers = strangers_cpu_s()
+        usage, used_s = window_until(lambda: cpu_s(proc), at_least_s=0.4)
         others = strangers_cores(strangers, usage.wall_s)
-        truth = (cpu_s(proc) - before) / usage.wall_s
+        truth = used_s / usage.wall_s
     finally:
         child.kill()
         child.wait()
-    assert truth >= 0.4, f"the child got only {truth:.2f} of a core: the machine is overloaded"
     assert child.pid not in {p.pid for p in usage.by_process}
     assert usage.ours_cores >= 0.8 * truth, usage
     # the machine is shared: others are what strangers used, not the child's core on top
@@ -234,11 +264,12 @@ def test_children_that_end_in_the_window_are_ours() -> None:
         reaped, strangers = resource.getrusage(resource.RUSAGE_CHILDREN), strangers_cpu_s()
         with OtherCpu(OurProcesses()) as usage:
             old_before = cpu_s(old_proc)
-            time.sleep(0.4)
+            wait_until(lambda: cpu_s(old_proc) - old_before >= 0.2 or None, timeout_s=120)
             old.kill()
             old.wait()
-            young = busy_child(limit_s=0.4)
-            wait_until(lambda: psutil.Process(young.pid).status() == "zombie" or None, timeout_s=30)
+            young = subprocess.Popen([sys.executable, "-c", SPIN.format(cpu_s=0.2, limit=120)])
+            young_proc = psutil.Process(young.pid)
+            wait_until(lambda: young_proc.status() == "zombie" or None, timeout_s=120)
             time.sleep(0.1)
         others = strangers_cores(strangers, usage.wall_s)
         young.wait()
@@ -250,7 +281,6 @@ def test_children_that_end_in_the_window_are_ours() -> None:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     lives = after.ru_utime + after.ru_stime - reaped.ru_utime - reaped.ru_stime
     truth = (lives - old_before) / usage.wall_s
-    assert truth >= 0.4, f"the children got only {truth:.2f} of a core"
     assert abs(usage.ours_cores - truth) <= 0.15, (usage, truth)
     assert usage.cores <= others + 0.2, (usage, others)
 
@@ -278,10 +308,12 @@ def test_an_orphaned_descendant_stays_ours() -> None:
         orphan = psutil.Process(int(parent.stdout.readline()))
         running_busy(orphan)
         strangers = strangers_cpu_s()
+        start = cpu_s(orphan)
         with OtherCpu(OurProcesses()) as usage:
             parent.stdin.close()
             parent.wait(timeout=30)
-            time.sleep(0.8)
+            wait_until(lambda: cpu_s(orphan) - start >= 0.4 or None, timeout_s=120)
+        used_s = cpu_s(orphan) - start
         assert orphan.ppid() != parent.pid  # adopted while the window ran
         others = strangers_cores(strangers, usage.wall_s, leave_out=orphan.pid)
     finally:
@@ -293,7 +325,7 @@ def test_an_orphaned_descendant_stays_ours() -> None:
                 orphan.wait(timeout=10)
     assert orphan.pid not in {p.pid for p in usage.by_process}, usage
     assert usage.cores <= others + 0.2, (usage, others)
-    assert usage.ours_cores >= 0.4, usage
+    assert usage.ours_cores >= 0.8 * used_s / usage.wall_s, (usage, used_s)
 
 
 def test_the_state_of_this_machine_is_sane() -> None:

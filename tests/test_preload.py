@@ -10,7 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,6 @@ from bench.servers.registry import make_server
 from bench.servers.running import ServerSetup
 from bench.services.base import PostgresService
 from bench.services.external import POSTGRES_ENV
-from bench.services.local import LocalProvider
 
 if TYPE_CHECKING:
     from tests.conftest import RecordingProgress
@@ -245,16 +244,6 @@ def test_ctrl_c_while_seeding_leaves_nothing_in_the_cache(
     assert result.preload is None
     entries = list((cache_dir / "preload").iterdir()) if (cache_dir / "preload").exists() else []
     assert entries == []
-
-
-@pytest.fixture(scope="module")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresService]:
-    reason = LocalProvider.unavailable_reason("postgres")
-    if reason:
-        pytest.skip(f"local postgres: {reason}")
-    labels = ownership.Labels("preload", "pg")
-    with LocalProvider().postgres(tmp_path_factory.mktemp("pg"), labels) as pg:
-        yield pg
 
 
 @pytest.mark.slow

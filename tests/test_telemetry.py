@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,6 @@ import psycopg
 import pytest
 import redis
 
-from bench.core.ownership import Labels
 from bench.core.ports import free_port
 from bench.core.process import wait_until
 from bench.observe import telemetry as telemetry_module
@@ -34,18 +32,6 @@ needs_redis = pytest.mark.skipif(
     bool(LocalProvider.unavailable_reason("redis")),
     reason=str(LocalProvider.unavailable_reason("redis")),
 )
-
-
-@pytest.fixture(scope="module")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresService]:
-    with LocalProvider().postgres(tmp_path_factory.mktemp("pg"), Labels("telemetry", "pg")) as pg:
-        yield pg
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisService]:
-    with LocalProvider().redis(tmp_path_factory.mktemp("redis"), Labels("telemetry", "r")) as r:
-        yield r
 
 
 def admin(pg: PostgresService) -> psycopg.Connection:
