@@ -1,9 +1,12 @@
 """Tests of the report on the workers workload: the delays its scenarios observed (timings) and
 what the server's own services did (server_side), as tables of the Scenarios section and merged
-over repetitions. The results are made here, their histograms as the engine makes them."""
+over repetitions; and of the tables, units and notes a workload declares beside it
+(bench.workloads.reported), drawn by a report that names no workload. The results are made
+here, their histograms as the engine makes them."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,13 +17,17 @@ from bench.engine.model import latency_summary, new_histogram
 from bench.report import build, collect, render_markdown
 from bench.report.aggregate import merge_repetitions
 from bench.report.document import Section, Table
-from bench.report.scenarios import DELAYS_NOTE, MIXED_NOTE, SERVER_SIDE_NOTE
 from bench.results import Cell, Environment, Result, ScenarioResult, StepResult, Timing
+from bench.workloads import WORKLOADS
+from bench.workloads.mixed import MIXED_NOTE
+from bench.workloads.reported import LevelTable, Reading, ScenarioReport
+from bench.workloads.workers import DELAYS, SERVER_SIDE, WORKERS
 
 RUN = "20261202T100000Z-w0rk"
 SCENARIO = "worker"
 CLAIMED = "scheduled → claimed"
 RUNNING = "scheduled → running"
+DELAYS_NOTE, SERVER_SIDE_NOTE = DELAYS.note, SERVER_SIDE.note
 DELAYS_TITLE = f"{SCENARIO}: delays p50 / p99 (ms)"
 SERVER_TITLE = "What the server's services did"
 # Real flow-runs results: no timings, no server_side.
@@ -275,3 +282,64 @@ def test_a_mixed_runs_writers_and_readers_are_rows_of_their_own_with_a_note() ->
     assert [row[:2] for row in completed] == [[writers, "1"], [readers, "2"]]
     assert MIXED_NOTE in section.notes
     assert MIXED_NOTE not in scenarios_section(workers_results()).notes
+
+
+def claims_lost(measured: ScenarioResult) -> Reading | None:
+    lost = measured.counts.get("claims_lost")
+    return None if lost is None else Reading(amounts=((lost, "lost"),), bad=lost > 0)
+
+
+CLAIMS = LevelTable("Claims lost", claims_lost, note="Claims lost: ...", bad_note="Lost: ...")
+
+
+def test_a_new_workload_brings_its_tables_unit_and_notes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A workload declared outside the report, with a table of a count its scenarios make:
+    the report draws it, its unit and its notes, knowing nothing of it."""
+    claims = replace(
+        WORKERS,
+        name="claims",
+        report=ScenarioReport(unit="claims/s", tables=(CLAIMS,), notes=("claims: ...",)),
+    )
+    monkeypatch.setitem(WORKLOADS, claims.name, claims)
+    measured = scenario(1, [], None).model_copy(update={"counts": {"claims_lost": 3}})
+    mine = result("python-postgres-memory", [measured], workload="claims")
+    section = scenarios_section([mine])
+    titles = [t.title for t in section.tables]
+    assert "Completed scenarios per second (claims/s)" in titles
+    cell = table(section, "Claims lost").rows[0][2]
+    assert (cell.text, cell.tone, cell.number) == ("3.00 lost", "bad", None)
+    declared = ["Claims lost: ...", "Lost: ...", "claims: ..."]
+    assert [n for n in section.notes if n.endswith(": ...")] == declared
+    # only what it declares: not the tables of the workload it was copied from
+    assert DELAYS_TITLE not in titles and SERVER_TITLE not in titles
+
+    # beside workers results: their cells show "-" in its table, its unit is not theirs
+    both = scenarios_section([mine, *workers_results()])
+    claims_table = table(both, "Claims lost")
+    shown = {
+        column.header: value.text
+        for column, value in zip(claims_table.columns[2:], claims_table.rows[0][2:], strict=True)
+    }
+    assert shown == {
+        "python-postgres-memory": "3.00 lost",
+        "python-sqlite-memory": "-",
+        "zig-sqlite-memory": "-",
+    }
+    assert "Completed scenarios per second" in [t.title for t in both.tables]
+    assert DELAYS_TITLE in [t.title for t in both.tables]
+
+
+def test_a_result_of_a_workload_no_longer_known_shows_what_its_data_holds() -> None:
+    """A result written by a version whose workload is gone: every table its data fills, as
+    before the workloads declared them, and no workload's note."""
+    gone = [
+        r.model_copy(update={"config": r.config.model_copy(update={"workload": "gone"})})
+        for r in workers_results()
+    ]
+    section = scenarios_section(gone)
+    titles = [t.title for t in section.tables]
+    assert DELAYS_TITLE in titles and SERVER_TITLE in titles
+    assert rows(table(section, SERVER_TITLE)) == rows(
+        table(scenarios_section(workers_results()), SERVER_TITLE)
+    )
+    assert MIXED_NOTE not in section.notes

@@ -56,14 +56,7 @@ from bench.results import (
 from bench.servers.adapter import ServerAdapter
 from bench.servers.running import RunningServer, ServerSetup, start_server
 from bench.workloads import ScenarioWorkload, Workload, get_workload
-from bench.workloads.base import (
-    UNAVAILABLE_ATTEMPTS,
-    WRITES_BESIDE,
-    Endpoint,
-    api_client,
-    back_off_unavailable,
-    reads,
-)
+from bench.workloads.base import UNAVAILABLE_ATTEMPTS, Endpoint, api_client, back_off_unavailable
 
 EXTERNAL_SERVER = "external"
 INTERRUPTED = "interrupted"
@@ -446,9 +439,8 @@ def _verify_scenario(
             if exc.kind != "503" or attempt == UNAVAILABLE_ATTEMPTS:
                 raise VerificationError(f"{scenario.name}: {exc}") from None
             back_off_unavailable(attempt)
-        finally:
-            if workload.finish is not None:
-                workload.finish(client, scenario, dt.datetime.now(dt.UTC))
+        finally:  # what preparing it set going is stopped, whether it failed or not
+            workload.finished(client, scenario, dt.datetime.now(dt.UTC))
     if not any(sent.values()):
         raise VerificationError(f"{scenario.name}: one run of it sent nothing: {sent}")
     found = _drained(workload, scenario, client, sent)
@@ -505,6 +497,8 @@ def _measure_scenarios(
     progress: Progress,
     result: Result,
 ) -> None:
+    """The workload's scenario verified once (and the real client, where the workload emulates
+    it), then measured at each level, with what the workload measures beside it."""
     config = run.config
     sampler = ResourceSampler(target.server.tree) if target.server else None
 
@@ -514,7 +508,7 @@ def _measure_scenarios(
         return replace(made, api_path=target.api_path)
 
     # the reads' answers are read before anything is written (the verification's flow run too)
-    readers = _readers(workload.beside, client, target, progress) if workload.beside else None
+    readers = workload.readers(client, target.api_path, progress.stage)
     progress.stage(f"verifying the {workload.name} scenario once")
     name = _verify_scenario(workload, fresh, client, target)
     if workload.real_client_check:
@@ -522,89 +516,72 @@ def _measure_scenarios(
     progress.stage(f"measuring {name}" + (f" with {config.readers} readers" if readers else ""))
     for concurrency in config.concurrency:
         scenario = fresh()
-        spec = engine.LoadSpec.for_level(config, concurrency)
         _ensure_alive(target, f"before {scenario.name} at c={concurrency}")
         if workload.prepare is not None:
             progress.stage(f"preparing {scenario.name} at c={concurrency}")
             scenario = workload.prepared(client, scenario, verify=False)
-        parts = _level_parts(workload, scenario, concurrency, readers, config.readers)
-        scenario = parts[0][0]
-        callback = progress.measuring(scenario.name, concurrency)
-        # the backends' window includes the drain: the recorder's writes belong to these runs
-        with target.telemetry.window() as backends:
-            with ExitStack() as window:
-                others = window.enter_context(OtherCpu(target.ours))
-                usage = window.enter_context(sampler.window()) if sampler else None
-                where = engine.Target(target.host, target.port)
-                if len(parts) == 1:
-                    measurements = [engine.measure_scenario(where, scenario, spec, callback)]
-                else:
-                    measurements = engine.measure_together(where, parts, spec, callback)
-            ended = dt.datetime.now(dt.UTC)
-            _noisy_window(result, others, f"{scenario.name} at c={concurrency}", progress)
-            _ensure_alive(target, f"during {scenario.name} at c={concurrency}")
-            progress.stage(f"waiting for the server to record what {scenario.name} sent")
-            m = measurements[0]
-            found = _drained(workload, scenario, client, m.counts)
-            server_side = workload.finish(client, scenario, ended) if workload.finish else None
-        for (part, _), measured_part in zip(parts, measurements, strict=True):
-            # the window's server figures are each part's: they shared it
-            measured = ScenarioResult(
-                name=part.name,
-                **measured_part.model_dump(),
-                server_cpu_cores=round(usage.cores, 3) if usage else None,
-                server_rss_peak_mb=usage.rss_peak_mb if usage else None,
-                other_cpu_cores=others.cores,
-                telemetry=backends or None,
-            )
-            if part is scenario:
-                measured.delivery = {
-                    kind: Delivery(
-                        sent=m.counts.get(kind, 0),
-                        recorded=n,
-                        lost=max(m.counts.get(kind, 0) - n, 0),
-                    )
-                    for kind, n in found.items()
-                }
-                measured.backend_per_flow_run = (
-                    per_item(backends, m.counts.get("flow_runs", 0)) or None
-                )
-                measured.server_side = server_side
-            result.scenarios.append(measured)
-            progress.measured_scenario(measured)
-        if result.server and usage:
-            result.server.rss_peak_mb = max(result.server.rss_peak_mb or 0, usage.rss_peak_mb)
+        parts = workload.parts(scenario, concurrency, readers, config.readers)
+        _measure_level(config, workload, parts, client, target, sampler, progress, result)
 
 
-def _level_parts(
+def _measure_level(
+    config: RunConfig,
     workload: ScenarioWorkload,
-    scenario: engine.Scenario,
-    concurrency: int,
-    readers: engine.Scenario | None,
-    reader_users: int,
-) -> list[tuple[engine.Scenario, int]]:
-    """A level's scenarios and their users: the workload's, and its readers beside it, each
-    named by the other's users (so that every level's readers are a row of their own)."""
-    if readers is None or workload.beside is None:
-        return [(scenario, concurrency)]
-    beside = workload.beside.name
-    reading = f"{reader_users} {beside} reader{'s' if reader_users > 1 else ''}"
-    writing = f"{concurrency} writer{'s' if concurrency > 1 else ''}"
-    return [
-        (replace(scenario, name=f"{scenario.name}, beside {reading}"), concurrency),
-        (replace(readers, name=f"{beside} reads, beside {writing}"), reader_users),
-    ]
-
-
-def _readers(
-    beside: Workload, client: httpx.Client, target: _Target, progress: Progress
-) -> engine.Scenario:
-    """The reads of `beside` as one scenario, their answers read from the server and each
-    request verified once: written beside, the counts of what is written may only grow."""
-    progress.stage(f"creating the {beside.name} fixtures and verifying every request")
-    fixtures = beside.create_fixtures(client) | {WRITES_BESIDE: "yes"}
-    beside.verify(client, fixtures)
-    return reads(target.api_path, beside.endpoints, fixtures)
+    parts: list[tuple[engine.Scenario, int]],
+    client: httpx.Client,
+    target: _Target,
+    sampler: ResourceSampler | None,
+    progress: Progress,
+    result: Result,
+) -> None:
+    """One level: each (scenario, users) of `parts` in one window (the workload's scenario
+    first, alone in either model or with what runs beside it), then what the server recorded
+    of the workload's scenario and what its services did for it, read back; a ScenarioResult
+    per part kept in `result`."""
+    scenario, concurrency = parts[0]
+    spec = engine.LoadSpec.for_level(config, concurrency)
+    callback = progress.measuring(scenario.name, concurrency)
+    # the backends' window includes the drain: the recorder's writes belong to these runs
+    with target.telemetry.window() as backends:
+        with ExitStack() as window:
+            others = window.enter_context(OtherCpu(target.ours))
+            usage = window.enter_context(sampler.window()) if sampler else None
+            where = engine.Target(target.host, target.port)
+            if len(parts) == 1:  # the one way that also runs the open model
+                measurements = [engine.measure_scenario(where, scenario, spec, callback)]
+            else:
+                measurements = engine.measure_together(where, parts, spec, callback)
+        ended = dt.datetime.now(dt.UTC)
+        _noisy_window(result, others, f"{scenario.name} at c={concurrency}", progress)
+        _ensure_alive(target, f"during {scenario.name} at c={concurrency}")
+        progress.stage(f"waiting for the server to record what {scenario.name} sent")
+        sent = measurements[0].counts
+        found = _drained(workload, scenario, client, sent)
+        server_side = workload.finished(client, scenario, ended)
+    for (part, _), measured_part in zip(parts, measurements, strict=True):
+        # the window's server figures are each part's: they shared it
+        measured = ScenarioResult(
+            name=part.name,
+            **measured_part.model_dump(),
+            server_cpu_cores=round(usage.cores, 3) if usage else None,
+            server_rss_peak_mb=usage.rss_peak_mb if usage else None,
+            other_cpu_cores=others.cores,
+            telemetry=backends or None,
+        )
+        if part is scenario:
+            measured.delivery = {
+                kind: Delivery(
+                    sent=sent.get(kind, 0), recorded=n, lost=max(sent.get(kind, 0) - n, 0)
+                )
+                for kind, n in found.items()
+            }
+            # per flow run: of every scenario that counts them (flow-runs', workers')
+            measured.backend_per_flow_run = per_item(backends, sent.get("flow_runs", 0)) or None
+            measured.server_side = server_side
+        result.scenarios.append(measured)
+        progress.measured_scenario(measured)
+    if result.server and usage:
+        result.server.rss_peak_mb = max(result.server.rss_peak_mb or 0, usage.rss_peak_mb)
 
 
 def listening_on(port: int, host: str | None = None) -> Callable[[], frozenset[int]]:

@@ -1,8 +1,10 @@
 """The report's section on scenario workloads (flow-runs, events, workers, …): for each
 scenario and level, the completed scenarios per second of every cell side by side, their
-durations, failures by step, what the server lost of what was sent, the lag of what it made
-queryable (events), each step's latency, the delays the scenarios observed and what the server's
-own services did (workers), and the speedup over python.
+durations, failures by step, what the server lost of what was sent, each step's latency and the
+speedup over python; and the tables and notes each workload adds, declared beside it
+(`ScenarioWorkload.report`, bench.workloads.reported: e.g. the lag of what the server made
+queryable, the delays the scenarios observed, what the server's own services did), drawn here
+without naming any workload.
 
 Its columns put the brokers of one server and database next to each other (then the servers,
 reference first): these workloads go through the broker, and the servers have the speedup
@@ -10,10 +12,8 @@ table."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Mapping
 
-from bench.config.run import MIXED_WORKLOAD
 from bench.report import compare
 from bench.report.aggregate import (
     Pair,
@@ -24,48 +24,46 @@ from bench.report.aggregate import (
 from bench.report.charts import scenario_charts
 from bench.report.document import Column, Section, Table, Value
 from bench.report.numbers import LOWER_BOUND, MISSING, fmt_errors, fmt_ms, fmt_num
-from bench.results import Result, ScenarioResult, StepResult, Timing
+from bench.results import Result, ScenarioResult, StepResult
+from bench.workloads import WORKLOADS, ScenarioWorkload
+from bench.workloads.reported import (
+    CountsTable,
+    LevelTable,
+    PartsTable,
+    Reading,
+    ScenarioTable,
+    by_name,
+)
 
 Key = tuple[str, int]  # (scenario name, concurrency)
-# What a scenario has several of by name, each given a row per level: its steps, its timings.
-Part = TypeVar("Part", StepResult, Timing)
 
-# Workloads whose scenario is one item of a kind: the unit of their completed scenarios/s.
-RATE_UNITS = {"events": "events/s"}
-LAG_NOTE = (
-    "Event lag: of a sample of the events sent, the time from sending one until the server "
-    "returned it from POST /events/filter and its task run from POST /task_runs/filter (the "
-    "broker, the event persister and the task-run recorder all passed it); probes: the sampled "
-    "events found in the window."
-)
-UNRESOLVED_NOTE = (
-    "unresolved: sampled events not found when the window ended though they had waited longer "
-    "than the longest lag found: their lag is longer still, or they were lost. The p50 / p99 "
-    "leave them out: where there are unresolved events they are lower bounds."
-)
-DELAYS_NOTE = (
-    "Delays: scheduled → claimed: from a flow run's scheduled start to the worker's Pending "
-    "proposal being accepted (0 when claimed ahead through the prefetch); scheduled → running: "
-    "to its Running state being accepted (the server holds early runs until their time)."
-)
-SERVER_SIDE_NOTE = (
-    "What the server's services did: due: runs of the level's deployments scheduled to start "
-    "before it ended; unclaimed: of those due more than a poll interval and a second before the "
-    "end, those still Scheduled at the end; late: those the server's late-runs service marked "
-    "Late."
-)
 
-MIXED_NOTE = (
-    "mixed: a level's writers (flow runs, beside its readers) and readers (the ui workload's "
-    "reads one after another; each is a step) shared one window and one server: each has its "
-    "own users and counts, the server's CPU is the window's."
-)
+def _workloads(results: list[Result] | None = None) -> list[ScenarioWorkload]:
+    """The scenario workloads of `results` (of every result: all), in the order of WORKLOADS."""
+    names = None if results is None else {r.config.workload for r in results}
+    return [
+        w
+        for w in WORKLOADS.values()
+        if isinstance(w, ScenarioWorkload) and (names is None or w.name in names)
+    ]
+
+
+def _tables(results: list[Result]) -> list[ScenarioTable]:
+    """The tables the workloads of `results` add, each once, in their workloads' order. A
+    result of a workload no longer known may hold what any of them shows: then every one's
+    (each is drawn only where some scenario has a value for it)."""
+    known = all(r.config.workload in WORKLOADS for r in results)
+    workloads = _workloads(results if known else None)
+    return list(dict.fromkeys(t for w in workloads for t in w.report.tables))
 
 
 def _unit(results: list[Result]) -> str:
     """The rate's unit as a title's suffix, " (events/s)", when every result's workload says
     what one scenario is, and the same; else nothing."""
-    units = {RATE_UNITS.get(r.config.workload) for r in results}
+    units = {
+        w.report.unit if isinstance(w := WORKLOADS.get(r.config.workload), ScenarioWorkload) else ""
+        for r in results
+    }
     return f" ({unit})" if len(units) == 1 and (unit := units.pop()) else ""
 
 
@@ -114,57 +112,32 @@ def _lost(s: ScenarioResult | None) -> Value:
     return Value(", ".join(parts), tone="bad" if lost else "muted")
 
 
-def _probed(s: ScenarioResult) -> bool:
-    """Whether the scenario measured lag (its probe counts are then given, 0 included)."""
-    return s.lag_ms is not None or s.lag_probes is not None or s.lag_unresolved is not None
-
-
-def _lag(s: ScenarioResult | None) -> Value:
-    """Lag p50 / p99 with its probe count: "812.00 / 1900.00 (48 probes, 2 unresolved)"."""
-    if s is None or not _probed(s):
+def _shown(reading: Reading | None) -> Value:
+    """A workload's reading as a table's value: "812.00 / 1900.00 (48 probes, 2 unresolved)",
+    "1.50 pg xact, 3.00 redis cmd"."""
+    if reading is None:
         return Value(MISSING)
-    lag = s.lag_ms
-    text = MISSING if lag is None else f"{fmt_ms(lag.p50)} / {fmt_ms(lag.p99)}"
-    counts = []
-    if s.lag_probes is not None:
-        counts.append(f"{s.lag_probes} probe{'' if s.lag_probes == 1 else 's'}")
-    if s.lag_unresolved:
-        counts.append(f"{s.lag_unresolved} unresolved")
-    if counts:
-        text += f" ({', '.join(counts)})"
-    return Value(
-        text, number=None if lag is None else lag.p50, tone="bad" if s.lag_unresolved else ""
+    timed = reading.latency
+    parts = [f"{fmt_ms(timed.p50)} / {fmt_ms(timed.p99)}"] if timed is not None else []
+    parts += [f"{fmt_num(amount)} {unit}" for amount, unit in reading.amounts]
+    text = ", ".join(parts) or MISSING
+    if reading.remarks:
+        text += f" ({', '.join(reading.remarks)})"
+    number = None if timed is None else timed.p50
+    return Value(text, number=number, tone="bad" if reading.bad else "")
+
+
+def _step(step: StepResult) -> Reading | None:
+    if step.latency_ms is None:
+        return None
+    errors = sum(step.errors.values())
+    return Reading(
+        step.latency_ms, remarks=(f"{errors} failed",) if errors else (), bad=bool(errors)
     )
 
 
-def _backends(s: ScenarioResult | None) -> Value:
-    """Database transactions and Redis commands per completed flow run, where measured."""
-    figures = (s.backend_per_flow_run or {}) if s is not None else {}
-    parts = []
-    if (xact := figures.get("postgres_xact_per_item")) is not None:
-        parts.append(f"{fmt_num(xact)} pg xact")
-    if (commands := figures.get("redis_commands_per_item")) is not None:
-        parts.append(f"{fmt_num(commands)} redis cmd")
-    return Value(", ".join(parts) or MISSING)
-
-
-def _step(step: StepResult | None) -> Value:
-    if step is None or step.latency_ms is None:
-        return Value(MISSING)
-    text = f"{fmt_ms(step.latency_ms.p50)} / {fmt_ms(step.latency_ms.p99)}"
-    if errors := sum(step.errors.values()):
-        text += f" ({errors} failed)"
-    return Value(text, number=step.latency_ms.p50, tone="bad" if errors else "")
-
-
-def _timing(timing: Timing | None) -> Value:
-    """A delay's p50 / p99, as a step's latency is shown."""
-    if timing is None or timing.latency_ms is None:
-        return Value(MISSING)
-    return Value(
-        f"{fmt_ms(timing.latency_ms.p50)} / {fmt_ms(timing.latency_ms.p99)}",
-        number=timing.latency_ms.p50,
-    )
+def _steps(s: ScenarioResult) -> dict[str, Reading | None]:
+    return by_name(s.steps, _step)
 
 
 def _label(result: Result, multi_run: bool) -> str:
@@ -195,8 +168,7 @@ def _parts_table(
     found: list[dict[Key, ScenarioResult]],
     labels: list[str],
     keys: list[Key],
-    parts: Callable[[ScenarioResult], Sequence[Part]],
-    value: Callable[[Part | None], Value],
+    read: Callable[[ScenarioResult], Mapping[str, Reading | None]],
 ) -> Table:
     """One row per part (by name, as first seen) and level of the scenarios `keys` name."""
     table = Table(
@@ -209,47 +181,38 @@ def _parts_table(
     for f in found:
         for key, s in f.items():
             if key in wanted:
-                names.update(dict.fromkeys(p.name for p in parts(s)))
+                names.update(dict.fromkeys(read(s)))
     for part in names:
         for key in keys:
             row = [Value(part), Value(str(key[1]))]
             for f in found:
                 s = f.get(key)
-                row.append(
-                    value(next((p for p in parts(s) if p.name == part), None) if s else None)
-                )
+                row.append(_shown(read(s).get(part)) if s else Value(MISSING))
             table.rows.append(row)
     return table
 
 
-def _server_side(s: ScenarioResult | None, figure: str) -> Value:
-    if s is None or s.server_side is None or (count := s.server_side.get(figure)) is None:
-        return Value(MISSING)
-    return Value(str(count), number=count)
-
-
-def _server_side_table(
-    found: list[dict[Key, ScenarioResult]], labels: list[str], keys: list[Key]
+def _counts_table(
+    counts: CountsTable, found: list[dict[Key, ScenarioResult]], labels: list[str], keys: list[Key]
 ) -> Table:
-    """What the server's services did: a row per scenario, level and figure read back (a level
-    no result read anything back for has no rows)."""
+    """A row per scenario, level and count read back (a level no result read anything back for
+    has no rows)."""
     table = Table(
-        "What the server's services did",
+        counts.title,
         [Column("scenario"), Column("c", numeric=True), Column("what")]
         + [Column(x, numeric=True) for x in labels],
         grouped=True,
     )
     for key in keys:
-        read = [
-            s.server_side
-            for f in found
-            if (s := f.get(key)) is not None and s.server_side is not None
-        ]
-        for figure in dict.fromkeys(k for side in read for k in side):
-            table.rows.append(
-                [Value(key[0]), Value(str(key[1])), Value(figure)]
-                + [_server_side(f.get(key), figure) for f in found]
-            )
+        cells = [None if (s := f.get(key)) is None else counts.read(s) for f in found]
+        for name in dict.fromkeys(k for read in cells if read is not None for k in read):
+            row = [Value(key[0]), Value(str(key[1])), Value(name)]
+            for read in cells:
+                if read is None or (count := read.get(name)) is None:
+                    row.append(Value(MISSING))
+                else:
+                    row.append(Value(str(count), number=count))
+            table.rows.append(row)
     return table
 
 
@@ -297,6 +260,46 @@ def _speedup_table(
     return table
 
 
+def _values(
+    read: Callable[[ScenarioResult], Reading | None],
+) -> Callable[[ScenarioResult | None], Value]:
+    return lambda s: _shown(None if s is None else read(s))
+
+
+def _add_workload_tables(
+    section: Section, measured: list[Result], labels: list[str], keys: list[Key]
+) -> None:
+    """The tables and notes the workloads of `measured` add, each table where some scenario
+    has a value for it, and each scenario's step latencies among them."""
+    found = [_by_key(r) for r in measured]
+    scenarios = [s for r in measured for s in r.scenarios]
+    tables = _tables(measured)
+    for level in (t for t in tables if isinstance(t, LevelTable)):
+        read = [x for s in scenarios if (x := level.read(s)) is not None]
+        if read:
+            section.tables.append(_table(level.title, measured, labels, keys, _values(level.read)))
+            section.notes += [level.note] if level.note else []
+            if level.bad_note and any(x.bad for x in read):
+                section.notes.append(level.bad_note)
+    parts = [t for t in tables if isinstance(t, PartsTable)]
+    for name in dict.fromkeys(n for n, _ in keys):
+        named = [k for k in keys if k[0] == name]
+        title = f"{name}: step latency p50 / p99 (ms)"
+        section.tables.append(_parts_table(title, "step", found, labels, named, _steps))
+        for table in parts:
+            if any(table.read(f[k]) for f in found for k in named if k in f):
+                title = f"{name}: {table.title}"
+                section.tables.append(
+                    _parts_table(title, table.header, found, labels, named, table.read)
+                )
+    section.notes += [t.note for t in parts if t.note and any(t.read(s) for s in scenarios)]
+    section.notes += list(dict.fromkeys(n for w in _workloads(measured) for n in w.report.notes))
+    for counts in (t for t in tables if isinstance(t, CountsTable)):
+        if any(counts.read(s) is not None for s in scenarios):
+            section.tables.append(_counts_table(counts, found, labels, keys))
+            section.notes += [counts.note] if counts.note else []
+
+
 def scenario_section(
     results: list[Result], multi_run: bool, across_machines: bool
 ) -> Section | None:
@@ -321,57 +324,7 @@ def scenario_section(
         _table("Failed scenarios, by the step that failed", measured, labels, keys, _failed),
         _table("Lost / sent", measured, labels, keys, _lost),
     ]
-    probed = [s for r in measured for s in r.scenarios if _probed(s)]
-    if probed:
-        section.tables.append(
-            _table("Event lag p50 / p99 (ms), sent to queryable", measured, labels, keys, _lag)
-        )
-        section.notes.append(LAG_NOTE)
-        if any(s.lag_unresolved for s in probed):
-            section.notes.append(UNRESOLVED_NOTE)
-    if any(s.backend_per_flow_run for r in measured for s in r.scenarios):
-        section.tables.append(
-            _table("Backend work per flow run", measured, labels, keys, _backends)
-        )
-        section.notes.append(
-            "Backend work per flow run: PostgreSQL transactions (pg_stat_database, up to ~1 s "
-            "late per busy connection) and Redis commands (INFO commandstats) over the "
-            "measurement and the wait for the server to record it, divided by the flow runs "
-            "completed; the server's background work is included."
-        )
-    found = [_by_key(r) for r in measured]
-    for name in dict.fromkeys(n for n, _ in keys):
-        named = [k for k in keys if k[0] == name]
-        section.tables.append(
-            _parts_table(
-                f"{name}: step latency p50 / p99 (ms)",
-                "step",
-                found,
-                labels,
-                named,
-                lambda s: s.steps,
-                _step,
-            )
-        )
-        if any(f[k].timings for f in found for k in named if k in f):
-            section.tables.append(
-                _parts_table(
-                    f"{name}: delays p50 / p99 (ms)",
-                    "delay",
-                    found,
-                    labels,
-                    named,
-                    lambda s: s.timings,
-                    _timing,
-                )
-            )
-    if any(s.timings for r in measured for s in r.scenarios):
-        section.notes.append(DELAYS_NOTE)
-    if any(r.config.workload == MIXED_WORKLOAD for r in measured):
-        section.notes.append(MIXED_NOTE)
-    if any(s.server_side is not None for r in measured for s in r.scenarios):
-        section.tables.append(_server_side_table(found, labels, keys))
-        section.notes.append(SERVER_SIDE_NOTE)
+    _add_workload_tables(section, measured, labels, keys)
     section.charts += scenario_charts(measured, labels, _unit(measured).strip(" ()") or "per s")
     flags = compare.RatioFlags()
     pairs, machine_notes = compare.on_one_machine(_speedup_pairs(measured), across_machines)

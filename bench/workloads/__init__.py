@@ -1,24 +1,17 @@
 """Workloads by name."""
 
-from dataclasses import replace
-
 from bench.core.errors import ConfigError
 from bench.workloads.base import Endpoint, ScenarioWorkload, Workload
 from bench.workloads.events import EVENTS
 from bench.workloads.flow_runs import FLOW_RUNS
 from bench.workloads.lifecycle import LIFECYCLE
+from bench.workloads.mixed import MIXED
 from bench.workloads.seed import HEALTH, SEED
 from bench.workloads.ui import UI
 from bench.workloads.workers import WORKERS
 
-# writes under reads: the flow-runs scenario's users and --readers users sending the UI's reads
-MIXED = replace(
-    FLOW_RUNS,
-    name="mixed",
-    description="flow-runs and ui at once, each with its own users (--readers read)",
-    beside=UI,
-)
-
+# In this order as --workload's choices; the report draws the tables the workloads' results add
+# (ScenarioWorkload.report) in this order too.
 WORKLOADS: dict[str, Workload | ScenarioWorkload] = {
     w.name: w for w in (SEED, LIFECYCLE, FLOW_RUNS, EVENTS, WORKERS, UI, MIXED, HEALTH)
 }

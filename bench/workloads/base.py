@@ -8,7 +8,7 @@ import functools
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
@@ -17,6 +17,7 @@ from bench.config.run import RunConfig
 from bench.core.errors import VerificationError
 from bench.engine.model import UNIQUE_TOKEN, EngineRequest
 from bench.engine.scenario import Scenario, VirtualUser
+from bench.workloads.reported import ScenarioReport
 
 Fixtures = Mapping[str, str]
 # check(body, fixtures) -> what is wrong, or None. Module-level functions only: engine
@@ -194,7 +195,10 @@ def post_json(client: httpx.Client, path: str, body: Any) -> Any:
 class ScenarioWorkload:
     """A workload of chains of steps: each measurement runs `scenario(config, tag)` (a
     scenario whose objects carry the unique `tag`), then reads back what the server recorded of
-    it (`recorded(client, scenario)`: counts by kind, the kinds of the scenario's counts)."""
+    it (`recorded(client, scenario)`: counts by kind, the kinds of the scenario's counts).
+
+    The runner (bench.cells.runner) calls these hooks, and the report draws `report`, without
+    knowing which workload it is."""
 
     name: str
     description: str
@@ -210,6 +214,8 @@ class ScenarioWorkload:
     # an endpoint workload whose requests --readers users send, as one scenario (`reads`),
     # in the same windows as the scenario's users (writes under reads: --workload mixed)
     beside: Workload | None = None
+    # what its results add to the report's Scenarios section
+    report: ScenarioReport = field(default_factory=ScenarioReport)
 
     def prepared(self, client: httpx.Client, scenario: Scenario, verify: bool) -> Scenario:
         """`scenario` with what it needs made on the server (as it is, for most workloads)."""
@@ -219,3 +225,38 @@ class ScenarioWorkload:
             return self.prepare(client, scenario, verify)
         except httpx.HTTPError as exc:
             raise VerificationError(f"preparing the {self.name} scenario failed: {exc}") from exc
+
+    def finished(
+        self, client: httpx.Client, scenario: Scenario, ended: dt.datetime
+    ) -> dict[str, int] | None:
+        """What the server's services did for `scenario`, measured until `ended` (None for a
+        workload that reads nothing of them back); what `prepared` set going is stopped."""
+        return None if self.finish is None else self.finish(client, scenario, ended)
+
+    def readers(
+        self, client: httpx.Client, api_path: str, stage: Callable[[str], None]
+    ) -> Scenario | None:
+        """The reads of `beside` as one scenario (None: the workload is measured alone), their
+        answers read from the server and each request verified once (`stage` says so): written
+        beside, the counts of what is written may only grow. Before anything is written."""
+        if self.beside is None:
+            return None
+        stage(f"creating the {self.beside.name} fixtures and verifying every request")
+        fixtures = self.beside.create_fixtures(client) | {WRITES_BESIDE: "yes"}
+        self.beside.verify(client, fixtures)
+        return reads(api_path, self.beside.endpoints, fixtures)
+
+    def parts(
+        self, scenario: Scenario, users: int, readers: Scenario | None, reader_users: int
+    ) -> list[tuple[Scenario, int]]:
+        """A level's scenarios and their users: `scenario`'s, and `readers` beside it, each
+        named by the other's users (so that every level's readers are a row of their own)."""
+        if readers is None or self.beside is None:
+            return [(scenario, users)]
+        beside = self.beside.name
+        reading = f"{reader_users} {beside} reader{'s' if reader_users > 1 else ''}"
+        writing = f"{users} writer{'s' if users > 1 else ''}"
+        return [
+            (replace(scenario, name=f"{scenario.name}, beside {reading}"), users),
+            (replace(readers, name=f"{beside} reads, beside {writing}"), reader_users),
+        ]

@@ -31,6 +31,7 @@ from bench.config.run import RunConfig
 from bench.engine.scenario import Scenario, VirtualUser
 from bench.workloads.base import ScenarioWorkload, post_json
 from bench.workloads.flow_runs import (
+    LAG,
     TASK_NAME,
     ClientShape,
     authenticate,
@@ -38,6 +39,7 @@ from bench.workloads.flow_runs import (
     find_task_run_events,
     task_run_events,
 )
+from bench.workloads.reported import ScenarioReport
 
 # The related resource that marks one measurement's events, to count them apart.
 MEASUREMENT_ROLE = "prefect-bench-measurement"
@@ -116,4 +118,6 @@ EVENTS = ScenarioWorkload(
     description="task-run events over --concurrency websockets (--rate events/s), with lag",
     scenario=scenario,
     recorded=recorded,
+    # one scenario is one event
+    report=ScenarioReport(unit="events/s", tables=(LAG,)),
 )

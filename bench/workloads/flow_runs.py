@@ -37,7 +37,9 @@ from websockets.asyncio.client import ClientConnection
 from bench.config.run import RunConfig
 from bench.config.versions import version_key
 from bench.engine.scenario import Scenario, VirtualUser
+from bench.results import ScenarioResult
 from bench.workloads.base import ScenarioWorkload, post_json
+from bench.workloads.reported import LevelTable, Reading, ScenarioReport
 
 PREFECT_VERSION = "3.9.1"  # the client emulated where no Prefect is installed
 TASK_NAME = "bench-task"
@@ -441,10 +443,59 @@ def recorded_of(client: httpx.Client, measured: Scenario) -> dict[str, int]:
     return recorded(client, measured.params["flow_name"])
 
 
+def lag(measured: ScenarioResult) -> Reading | None:
+    """The lag `find_task_run_events` measured, with its probes and the unresolved ones (None
+    for a scenario without the probe)."""
+    probes, unresolved = measured.lag_probes, measured.lag_unresolved
+    if measured.lag_ms is None and probes is None and unresolved is None:
+        return None
+    remarks = [] if probes is None else [f"{probes} probe{'' if probes == 1 else 's'}"]
+    remarks += [f"{unresolved} unresolved"] if unresolved else []
+    return Reading(latency=measured.lag_ms, remarks=tuple(remarks), bad=bool(unresolved))
+
+
+# The lag table of the scenarios that sample it with `find_task_run_events` (events too).
+LAG = LevelTable(
+    "Event lag p50 / p99 (ms), sent to queryable",
+    lag,
+    note="Event lag: of a sample of the events sent, the time from sending one until the server "
+    "returned it from POST /events/filter and its task run from POST /task_runs/filter (the "
+    "broker, the event persister and the task-run recorder all passed it); probes: the sampled "
+    "events found in the window.",
+    bad_note="unresolved: sampled events not found when the window ended though they had waited "
+    "longer than the longest lag found: their lag is longer still, or they were lost. The p50 / "
+    "p99 leave them out: where there are unresolved events they are lower bounds.",
+)
+# The backends' figures per flow run shown, and how: of those the runner gives every scenario
+# that counts `flow_runs` (workers' too, bench.observe.telemetry.per_item).
+BACKEND_SHOWN = {"postgres_xact_per_item": "pg xact", "redis_commands_per_item": "redis cmd"}
+
+
+def backend_work(measured: ScenarioResult) -> Reading | None:
+    """Database transactions and Redis commands per completed flow run, where measured."""
+    figures = measured.backend_per_flow_run
+    if not figures:
+        return None
+    shown = [
+        (value, unit) for k, unit in BACKEND_SHOWN.items() if (value := figures.get(k)) is not None
+    ]
+    return Reading(amounts=tuple(shown))
+
+
+BACKEND_PER_FLOW_RUN = LevelTable(
+    "Backend work per flow run",
+    backend_work,
+    note="Backend work per flow run: PostgreSQL transactions (pg_stat_database, up to ~1 s late "
+    "per busy connection) and Redis commands (INFO commandstats) over the measurement and the "
+    "wait for the server to record it, divided by the flow runs completed; the server's "
+    "background work is included.",
+)
+
 FLOW_RUNS = ScenarioWorkload(
     name="flow-runs",
     description="flow runs of --tasks tasks, as the real Prefect client sends them",
     scenario=scenario,
     recorded=recorded_of,
     real_client_check=True,
+    report=ScenarioReport(tables=(LAG, BACKEND_PER_FLOW_RUN)),
 )

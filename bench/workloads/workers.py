@@ -49,8 +49,10 @@ import websockets
 from bench.config.run import RunConfig
 from bench.core.errors import VerificationError
 from bench.engine.scenario import Scenario, StepFailed, VirtualUser
+from bench.results import ScenarioResult
 from bench.workloads import flow_runs
 from bench.workloads.base import ScenarioWorkload, created_id, post_json
+from bench.workloads.reported import CountsTable, PartsTable, Reading, ScenarioReport, by_name
 
 WORKER_TYPE = "process"
 # Prefect's defaults: PREFECT_WORKER_QUERY_SECONDS, _PREFETCH_SECONDS, _HEARTBEAT_SECONDS;
@@ -488,6 +490,31 @@ def recorded(client: httpx.Client, measured: Scenario) -> dict[str, int]:
     }
 
 
+def delays(measured: ScenarioResult) -> dict[str, Reading | None]:
+    """The delays the scenario observed (CLAIMED, RUNNING) by name, each its p50 / p99."""
+    return by_name(
+        measured.timings, lambda t: None if t.latency_ms is None else Reading(latency=t.latency_ms)
+    )
+
+
+DELAYS = PartsTable(
+    "delays p50 / p99 (ms)",
+    "delay",
+    delays,
+    note="Delays: scheduled → claimed: from a flow run's scheduled start to the worker's Pending "
+    "proposal being accepted (0 when claimed ahead through the prefetch); scheduled → running: "
+    "to its Running state being accepted (the server holds early runs until their time).",
+)
+# what `finish` read back
+SERVER_SIDE = CountsTable(
+    "What the server's services did",
+    lambda measured: measured.server_side,
+    note="What the server's services did: due: runs of the level's deployments scheduled to "
+    "start before it ended; unclaimed: of those due more than a poll interval and a second "
+    "before the end, those still Scheduled at the end; late: those the server's late-runs "
+    "service marked Late.",
+)
+
 WORKERS = ScenarioWorkload(
     name="workers",
     description="--concurrency Prefect workers polling a work pool that --deployments "
@@ -496,4 +523,5 @@ WORKERS = ScenarioWorkload(
     recorded=recorded,
     prepare=prepare,
     finish=finish,
+    report=ScenarioReport(tables=(flow_runs.BACKEND_PER_FLOW_RUN, DELAYS, SERVER_SIDE)),
 )
