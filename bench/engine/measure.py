@@ -9,20 +9,21 @@ import os
 import pickle
 import secrets
 import warnings
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from time import monotonic_ns
-from typing import Any
+from typing import Any, TypeVar
 
 from hdrh.histogram import HdrHistogram
 
 from bench.core.errors import ConfigError
-from bench.engine.model import EngineRequest, LoadSpec, Target, latency_summary, new_histogram
+from bench.engine.model import EngineRequest, LoadSpec, Target
 from bench.engine.pool import EngineJob, get_pool
 from bench.engine.scenario import Scenario, ScenarioJob, ScenarioShare, TogetherJob
 from bench.engine.worker import Job, ShareResult
 from bench.results import Measurement, ScenarioMeasurement, StepResult, Timing
+from bench.results.combine import PROBLEMS_KEPT
+from bench.results.merge import merge as merge_parts
 
 # Time between handing out the jobs and the first send: the workers connect meanwhile.
 START_DELAY_S = 0.1
@@ -263,7 +264,6 @@ class _OpenModel:
     achieved RATE_SHORTFALL of the rate, and at most LATE_SHARE of the scheduled sends (or
     starts) were late; and whether the engine itself fell behind (late with capacity free)."""
 
-    late: int
     lagging: int
     intended: int
     rate_held: bool
@@ -272,174 +272,153 @@ class _OpenModel:
     @classmethod
     def of(
         cls, spec: LoadSpec, *, waited: int, lagging: int, intended: int, achieved: int
-    ) -> _OpenModel:
-        assert spec.rate is not None
+    ) -> _OpenModel | None:
+        """The verdict on the processes' totals; None in the closed model."""
+        if spec.rate is None:
+            return None
         late = waited + lagging
         intended = max(intended, 1)
         held = (
             achieved >= RATE_SHORTFALL * spec.rate * spec.duration_s
             and late <= LATE_SHARE * intended
         )
-        return cls(late, lagging, intended, held, lagging > LATE_SHARE * intended)
+        return cls(lagging, intended, held, lagging > LATE_SHARE * intended)
 
 
-def merge(results: Sequence[ShareResult], spec: LoadSpec) -> Measurement:
-    """Add up the processes' counts and histograms (losslessly) into the result's shape."""
-    hist = new_histogram()
-    errors: dict[str, int] = {}
-    problems: list[str] = []
-    for r in results:
-        if r.hdr is not None:
-            hist.add(HdrHistogram.decode(r.hdr))
-        for kind, count in r.errors.items():
-            errors[kind] = errors.get(kind, 0) + count
-        problems.extend(p for p in r.problems if p not in problems)
-    requests = sum(r.requests for r in results)
-    cpu_s = sum(r.cpu_s for r in results)
-    saturated = any(r.wall_s > 0 and r.cpu_s / r.wall_s >= SATURATED_CPU for r in results)
-    late: int | None = None
-    rate_held: bool | None = None
-    if spec.rate is not None:
-        verdict = _OpenModel.of(
-            spec,
-            waited=sum(r.late_sends for r in results),
-            lagging=sum(r.lagging_sends for r in results),
-            intended=sum(r.intended_sends for r in results),
-            achieved=requests,
-        )
-        late, rate_held = verdict.late, verdict.rate_held
-        if verdict.engine_lagged:
-            saturated = True
-            problems.insert(
-                0,
-                f"the engine sent {verdict.lagging} of {verdict.intended} requests late with a "
-                "connection free: it could not hold the rate (more --engine-procs or another "
-                "--client-cpus)",
-            )
-    return Measurement(
-        concurrency=spec.concurrency,
-        requests=requests,
-        errors=dict(sorted(errors.items())),
-        duration_s=spec.duration_s,
-        rps=(requests - sum(errors.values())) / spec.duration_s,
-        rps_slices=_slice_rates([r.slices for r in results], spec.duration_s),
-        latency_ms=latency_summary(hist),
-        client_saturated=saturated,
-        hdr=_encoded(hist),
-        problems=problems[:10],
-        client_cpu_s_per_request=cpu_s / requests if requests else None,
-        engine_procs=len(results),
-        offered_rps=spec.rate,
-        late_sends=late,
-        rate_held=rate_held,
+_Measured = TypeVar("_Measured", Measurement, ScenarioMeasurement)
+
+
+def _merged(parts: Sequence[_Measured], verdict: _OpenModel | None, lagged: str) -> _Measured:
+    """The processes' shares, each in the result's shape, merged by the rules the schema
+    declares across processes (losslessly: counts and histograms add), with the engine's
+    verdict on the open model's rate, judged from counts the result does not keep. `lagged`
+    says what the engine let slip (formatted with the late and the scheduled count)."""
+    held = None if verdict is None else verdict.rate_held
+    merged = merge_parts(parts, "processes", given={"rate_held": held})
+    if verdict is None or not verdict.engine_lagged:
+        return merged
+    problem = lagged.format(verdict.lagging, verdict.intended)
+    # The engine itself was the limit: the client saturated, said first.
+    return merged.model_copy(
+        update={"client_saturated": True, "problems": [problem, *merged.problems][:PROBLEMS_KEPT]}
     )
 
 
-def _slice_rates(per_process: Sequence[list[int] | None], duration_s: float) -> list[float] | None:
-    """The processes' slice counts added up, as rates (every process cuts the same window)."""
-    if not per_process or any(
-        slices is None or len(slices) != len(per_process[0] or ()) for slices in per_process
-    ):
-        return None
-    totals = [sum(column) for column in zip(*per_process, strict=True)]
-    return [n * len(totals) / duration_s for n in totals]
+def merge(results: Sequence[ShareResult], spec: LoadSpec) -> Measurement:
+    """The processes' shares of an endpoint as one measurement (`_merged`)."""
+    verdict = _OpenModel.of(
+        spec,
+        waited=sum(r.late_sends for r in results),
+        lagging=sum(r.lagging_sends for r in results),
+        intended=sum(r.intended_sends for r in results),
+        achieved=sum(r.requests for r in results),
+    )
+    return _merged(
+        [_share(r, spec) for r in results],
+        verdict,
+        "the engine sent {} of {} requests late with a connection free: it could not hold the "
+        "rate (more --engine-procs or another --client-cpus)",
+    )
+
+
+def _share(r: ShareResult, spec: LoadSpec) -> Measurement:
+    """One process's share in the result's shape; its level, window and rate are the whole
+    measurement's (the schema merges them as FIRST across processes). Its latency summary is
+    left to the merge, which re-reads it from the histograms added up: one of a share's own
+    would be thrown away."""
+    return Measurement(
+        concurrency=spec.concurrency,
+        requests=r.requests,
+        errors=r.errors,
+        duration_s=spec.duration_s,
+        rps=(r.requests - sum(r.errors.values())) / spec.duration_s,
+        rps_slices=_slice_rates(r.slices, spec.duration_s),
+        latency_ms=None,
+        client_saturated=_saturated(r.cpu_s, r.wall_s),
+        hdr=_text(r.hdr),
+        problems=r.problems,
+        client_cpu_s_per_request=r.cpu_s / r.requests if r.requests else None,
+        engine_procs=1,
+        offered_rps=spec.rate,
+        late_sends=None if spec.rate is None else r.late_sends + r.lagging_sends,
+    )
 
 
 def merge_scenarios(
     results: Sequence[ScenarioShare], spec: LoadSpec, probed: bool = False
 ) -> ScenarioMeasurement:
-    """Add up the processes' scenario counts and histograms (losslessly) into the result's
-    shape; `probed`: the scenario measured lag (its counts are then given, 0 included)."""
-    durations = new_histogram()
-    lags = new_histogram()
-    step_hists: dict[str, HdrHistogram] = {}
-    step_requests: Counter[str] = Counter()
-    step_errors: dict[str, Counter[str]] = {}
-    failed: Counter[str] = Counter()
-    counts: Counter[str] = Counter()
-    problems: list[str] = []
-    timings: dict[str, HdrHistogram] = {}
-    for r in results:
-        for name, encoded in r.timings.items():
-            hist = timings.setdefault(name, new_histogram())
-            if encoded is not None:
-                hist.add(HdrHistogram.decode(encoded))
-        if r.hdr is not None:
-            durations.add(HdrHistogram.decode(r.hdr))
-        if r.lag_hdr is not None:
-            lags.add(HdrHistogram.decode(r.lag_hdr))
-        for name, step in r.steps.items():
-            step_requests[name] += step.requests
-            step_errors.setdefault(name, Counter()).update(step.errors)
-            hist = step_hists.setdefault(name, new_histogram())
-            if step.hdr is not None:
-                hist.add(HdrHistogram.decode(step.hdr))
-        failed.update(r.failed)
-        counts.update(r.counts)
-        problems.extend(p for p in r.problems if p not in problems)
-    completed = sum(r.completed for r in results)
-    step_count = sum(r.step_count for r in results)
-    cpu_s = sum(r.cpu_s for r in results)
-    saturated = any(r.wall_s > 0 and r.cpu_s / r.wall_s >= SATURATED_CPU for r in results)
-    late: int | None = None
-    rate_held: bool | None = None
-    if spec.rate is not None:
-        verdict = _OpenModel.of(
-            spec,
-            waited=sum(r.late_starts for r in results),
-            lagging=sum(r.lagging_starts for r in results),
-            intended=sum(r.intended_starts for r in results),
-            achieved=completed + sum(failed.values()),
-        )
-        late, rate_held = verdict.late, verdict.rate_held
-        if verdict.engine_lagged:
-            saturated = True
-            problems.insert(
-                0, f"the engine started {verdict.lagging} of {verdict.intended} scenarios late"
-            )
+    """The processes' shares of a scenario as one measurement (`_merged`); `probed`: the
+    scenario measured lag (its counts are then given, 0 included)."""
+    verdict = _OpenModel.of(
+        spec,
+        waited=sum(r.late_starts for r in results),
+        lagging=sum(r.lagging_starts for r in results),
+        intended=sum(r.intended_starts for r in results),
+        achieved=sum(r.completed + sum(r.failed.values()) for r in results),
+    )
+    return _merged(
+        [_scenario_share(r, spec, probed) for r in results],
+        verdict,
+        "the engine started {} of {} scenarios late",
+    )
+
+
+def _scenario_share(r: ScenarioShare, spec: LoadSpec, probed: bool) -> ScenarioMeasurement:
+    """One process's share of a scenario in the result's shape, as `_share` (the summaries
+    left to the merge)."""
     steps = [
         StepResult(
             name=name,
-            requests=step_requests[name],
-            errors=dict(sorted(step_errors[name].items())),
-            latency_ms=latency_summary(step_hists[name]),
-            hdr=_encoded(step_hists[name]),
+            requests=step.requests,
+            errors=step.errors,
+            latency_ms=None,
+            hdr=_text(step.hdr),
         )
-        for name in step_hists
+        for name, step in r.steps.items()
+    ]
+    timings = [
+        Timing(
+            name=name,
+            count=0 if hdr is None else HdrHistogram.decode(hdr).get_total_count(),
+            latency_ms=None,
+            hdr=_text(hdr),
+        )
+        for name, hdr in r.timings.items()
     ]
     return ScenarioMeasurement(
         concurrency=spec.concurrency,
         duration_s=spec.duration_s,
-        completed=completed,
-        failed=dict(sorted(failed.items())),
-        per_s=completed / spec.duration_s,
-        per_s_slices=_slice_rates([r.slices for r in results], spec.duration_s),
-        duration_ms=latency_summary(durations),
-        hdr=_encoded(durations),
+        completed=r.completed,
+        failed=r.failed,
+        per_s=r.completed / spec.duration_s,
+        per_s_slices=_slice_rates(r.slices, spec.duration_s),
+        duration_ms=None,
+        hdr=_text(r.hdr),
         steps=steps,
-        client_saturated=saturated,
-        client_cpu_s_per_step=cpu_s / step_count if step_count else None,
-        engine_procs=len(results),
+        client_saturated=_saturated(r.cpu_s, r.wall_s),
+        client_cpu_s_per_step=r.cpu_s / r.step_count if r.step_count else None,
+        engine_procs=1,
         offered_rps=spec.rate,
-        late_starts=late,
-        rate_held=rate_held,
-        problems=problems[:10],
-        counts=dict(sorted(counts.items())),
-        lag_ms=latency_summary(lags),
-        lag_hdr=_encoded(lags),
-        lag_probes=sum(r.lag_probes for r in results) if probed else None,
-        lag_unresolved=sum(r.lag_unresolved for r in results) if probed else None,
-        timings=[
-            Timing(
-                name=name,
-                count=hist.get_total_count(),
-                latency_ms=latency_summary(hist),
-                hdr=_encoded(hist),
-            )
-            for name, hist in timings.items()
-        ],
+        late_starts=None if spec.rate is None else r.late_starts + r.lagging_starts,
+        problems=r.problems,
+        counts=r.counts,
+        lag_ms=None,
+        lag_hdr=_text(r.lag_hdr),
+        lag_probes=r.lag_probes if probed else None,
+        lag_unresolved=r.lag_unresolved if probed else None,
+        timings=timings,
     )
 
 
-def _encoded(hist: HdrHistogram) -> str | None:
-    return hist.encode().decode("ascii") if hist.get_total_count() else None
+def _saturated(cpu_s: float, wall_s: float) -> bool:
+    return wall_s > 0 and cpu_s / wall_s >= SATURATED_CPU
+
+
+def _slice_rates(slices: list[int] | None, duration_s: float) -> list[float] | None:
+    """A process's successes in each equal slice of the window, as rates."""
+    return None if slices is None else [n * len(slices) / duration_s for n in slices]
+
+
+def _text(hdr: bytes | None) -> str | None:
+    """A process's encoded histogram (never an empty one) as the result stores it."""
+    return None if hdr is None else hdr.decode("ascii")

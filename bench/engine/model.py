@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 from hdrh.histogram import HdrHistogram
 
 from bench.config.run import RunConfig
-from bench.results import LatencyMs, Measurement
+from bench.results import Measurement
 
 # Bytes in a request body replaced by a token unique to each request (e.g. flow run names).
 UNIQUE_TOKEN = b"{{unique}}"
@@ -59,7 +58,7 @@ class EngineRequest:
 class LoadSpec:
     """How hard and how long: closed model (concurrency) unless `rate` (requests/s) is set.
 
-    The names are RunConfig's: a run's spec for each level is `for_level(config, c)`.
+    A run's spec for each level is `for_level(config, c)`.
     """
 
     concurrency: int
@@ -72,14 +71,15 @@ class LoadSpec:
 
     @classmethod
     def for_level(cls, config: RunConfig, concurrency: int) -> LoadSpec:
-        """The spec of one concurrency level of a run: every field named as in RunConfig
-        comes from it, so an engine option declared in both needs no copying."""
-        values: dict[str, Any] = {"concurrency": concurrency}
-        for spec_field in fields(cls):
-            if spec_field.name in RunConfig.model_fields and spec_field.name != "concurrency":
-                value = getattr(config, spec_field.name)
-                values[spec_field.name] = tuple(value) if isinstance(value, list) else value
-        return cls(**values)
+        """The spec of one concurrency level of a run."""
+        return cls(
+            concurrency=concurrency,
+            duration_s=config.duration_s,
+            warmup_s=config.warmup_s,
+            rate=config.rate,
+            engine_procs=config.engine_procs,
+            client_cpus=tuple(config.client_cpus) if config.client_cpus else None,
+        )
 
 
 def decode_histogram(measurement: Measurement) -> HdrHistogram:
@@ -87,22 +87,3 @@ def decode_histogram(measurement: Measurement) -> HdrHistogram:
     if measurement.hdr is None:
         return new_histogram()
     return HdrHistogram.decode(measurement.hdr)
-
-
-def latency_summary(hist: HdrHistogram) -> LatencyMs | None:
-    """min, mean and percentiles in ms of a µs histogram; None when it is empty."""
-    if hist.get_total_count() == 0:
-        return None
-
-    def ms(us: float) -> float:
-        return round(us / 1000, 3)
-
-    return LatencyMs(
-        min=ms(hist.get_min_value()),
-        mean=ms(hist.get_mean_value()),
-        p50=ms(hist.get_value_at_percentile(50)),
-        p90=ms(hist.get_value_at_percentile(90)),
-        p99=ms(hist.get_value_at_percentile(99)),
-        p999=ms(hist.get_value_at_percentile(99.9)),
-        max=ms(hist.get_max_value()),
-    )

@@ -1,6 +1,8 @@
 """The result of one cell of one run: its schema (`schema`, with the machine's state in
-`machine_state`), its files (`files`: run ids, atomic writes with secrets redacted, reading
-every schema version this version knows) and its provenance (`provenance`).
+`machine_state`; each measurement field declares beside itself how parts of it combine,
+`combine`, and `merge` is the one merge the engine and the report use), its files (`files`:
+atomic writes with secrets redacted, reading every schema version this version knows) and its
+provenance (`provenance`).
 
 Everything is re-exported here: `from bench.results import Result, write_result`."""
 

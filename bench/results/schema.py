@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
 from bench.config.run import RunConfig
+from bench.results.combine import Across, ByKey, Combine, Filled, Latency, Weighted
 from bench.results.machine_state import MachineState
 
 SCHEMA_VERSION = 2
@@ -53,15 +54,18 @@ class Cell(BaseModel):
 
 
 class LatencyMs(BaseModel):
-    """Latency summary in milliseconds, from the endpoint's HDR histogram."""
+    """Latency summary in milliseconds, from the endpoint's HDR histogram.
 
-    min: float
-    mean: float
-    p50: float
-    p90: float
-    p99: float
-    p999: float
-    max: float
+    Merged, it is re-read from the merged histogram (`Latency`); these rules are for parts
+    without one, weighted by their sizes."""
+
+    min: Annotated[float, Combine.MIN]
+    mean: Annotated[float, Weighted()]
+    p50: Annotated[float, Weighted()]
+    p90: Annotated[float, Weighted()]
+    p99: Annotated[float, Weighted()]
+    p999: Annotated[float, Weighted()]
+    max: Annotated[float, Combine.MAX]
 
 
 def _rounded(digits: int) -> PlainSerializer:
@@ -70,50 +74,73 @@ def _rounded(digits: int) -> PlainSerializer:
 
 
 _Rate = Annotated[float, _rounded(1)]
+_CpuS = Annotated[float, _rounded(9)]
+
+# Rules that differ across processes (shares of one window, side by side) and across
+# repetitions (windows one after another), used by several fields below.
+_WINDOW = Across(processes=Combine.FIRST, repetitions=Combine.SUM)  # one window; their total
+_RATE = Across(processes=Combine.SUM, repetitions=Combine.MEAN)  # shares add up; runs average
+_SLICES = Across(processes=Combine.SLICES, repetitions=Combine.CONCAT)  # the noise in each run
+_PROCS = Across(processes=Combine.COUNT, repetitions=Combine.FIRST)
+# The engine judges the open model's rate from counts a result does not keep (sends due and
+# sends it let slip): it gives the verdict to the merge of its processes.
+_RATE_HELD = Across(processes=Combine.GIVEN, repetitions=Combine.ALL)
+_TALLY = ByKey(Combine.SUM, sorted=True)
 
 
 class EndpointKey(BaseModel):
     """Which request of the workload a measurement is of."""
 
-    name: str
-    method: str
-    path: str
+    name: Annotated[str, Combine.FIRST]
+    method: Annotated[str, Combine.FIRST]
+    path: Annotated[str, Combine.FIRST]
 
 
 class Measurement(BaseModel):
     """What the engine measured in one window at one concurrency level: the part of an
-    endpoint's result that `bench.engine.measure` fills, in the shape the result stores."""
+    endpoint's result that `bench.engine.measure` fills, in the shape the result stores.
+
+    How each field merges (across the engine's processes, across repetitions) is declared
+    beside it (`bench.results.combine`)."""
 
     model_config = ConfigDict(extra="allow")
 
-    concurrency: int
-    requests: int = Field(description="responses in the window, successes and errors alike")
-    errors: dict[str, int] = Field(
+    concurrency: Annotated[int, Combine.FIRST]
+    requests: Annotated[int, Combine.SUM] = Field(
+        description="responses in the window, successes and errors alike"
+    )
+    errors: Annotated[dict[str, int], _TALLY] = Field(
         default_factory=dict, description="by HTTP status or failure kind"
     )
-    duration_s: Annotated[float, _rounded(3)]
-    rps: _Rate = Field(description="successful responses per second")
-    rps_slices: list[_Rate] | None = Field(
+    duration_s: Annotated[float, _rounded(3), _WINDOW]
+    rps: Annotated[_Rate, _RATE] = Field(description="successful responses per second")
+    rps_slices: Annotated[list[_Rate] | None, _SLICES] = Field(
         default=None,
         description="rps of each equal slice (~0.5 s) of the window: the noise within it",
     )
-    latency_ms: LatencyMs | None = Field(description="of successful responses; None if none")
-    client_saturated: bool = Field(
+    latency_ms: Annotated[LatencyMs | None, Latency(hdr="hdr", weight="successes")] = Field(
+        description="of successful responses; None if none"
+    )
+    client_saturated: Annotated[bool, Combine.ANY] = Field(
         default=False,
         description="the load generator was the limit (CPU-bound, or late with free connections)",
     )
-    hdr: str | None = Field(default=None, description="HdrHistogram (µs), base64 compressed")
-    problems: list[str] = Field(
+    hdr: Annotated[str | None, Filled("latency_ms")] = Field(
+        default=None, description="HdrHistogram (µs), base64 compressed"
+    )
+    problems: Annotated[list[str], Combine.UNION] = Field(
         default_factory=list, description="the first few distinct errors, as the engine saw them"
     )
-    client_cpu_s_per_request: Annotated[float, _rounded(9)] | None = None
-    engine_procs: int | None = None
-    offered_rps: float | None = Field(default=None, description="open model: the rate asked")
-    late_sends: int | None = Field(
+    client_cpu_s_per_request: Annotated[_CpuS | None, Weighted("requests")] = None
+    engine_procs: Annotated[int | None, _PROCS] = None
+    offered_rps: Annotated[float | None, Combine.FIRST] = Field(
+        default=None, description="open model: the rate asked"
+    )
+    late_sends: Annotated[int | None, Combine.SUM] = Field(
         default=None,
         description="open model: sends that waited for a free connection or left > 2 ms late",
     )
-    rate_held: bool | None = Field(
+    rate_held: Annotated[bool | None, _RATE_HELD] = Field(
         default=None, description="open model: achieved >= 95% of offered, <= 1% sends late"
     )
 
@@ -124,16 +151,18 @@ class Measurement(BaseModel):
 
 class EndpointResult(Measurement, EndpointKey):
     """One endpoint measured at one concurrency level: which request, what the engine measured,
-    and what the server used meanwhile."""
+    and what the server used meanwhile. Only repetitions merge the fields it adds."""
 
-    server_cpu_cores: float | None = Field(
+    server_cpu_cores: Annotated[float | None, Combine.MEAN] = Field(
         default=None, description="mean cores the server used under this load, warmup included"
     )
-    server_rss_peak_mb: float | None = None
-    other_cpu_cores: float | None = Field(
+    server_rss_peak_mb: Annotated[float | None, Combine.MAX] = None
+    other_cpu_cores: Annotated[float | None, Combine.MEAN] = Field(
         default=None, description="cores used by processes not of this cell in the window"
     )
-    telemetry: dict[str, Any] | None = Field(
+    # Deltas of one window each: the report shows none, and a sum over the windows of
+    # different server processes would say little.
+    telemetry: Annotated[dict[str, Any] | None, Combine.DROP] = Field(
         default=None, description="what the database and broker did in the window (deltas)"
     )
 
@@ -143,111 +172,145 @@ class StepResult(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    name: str
-    requests: int = Field(description="steps finished in the window, failed ones included")
-    errors: dict[str, int] = Field(
+    name: Annotated[str, Combine.FIRST]
+    requests: Annotated[int, Combine.SUM] = Field(
+        description="steps finished in the window, failed ones included"
+    )
+    errors: Annotated[dict[str, int], _TALLY] = Field(
         default_factory=dict, description="by HTTP status or failure kind"
     )
-    latency_ms: LatencyMs | None = Field(description="of successful steps; None if none")
-    hdr: str | None = Field(default=None, description="HdrHistogram (µs), base64 compressed")
+    latency_ms: Annotated[LatencyMs | None, Latency(hdr="hdr", weight="successes")] = Field(
+        description="of successful steps; None if none"
+    )
+    hdr: Annotated[str | None, Filled("latency_ms")] = Field(
+        default=None, description="HdrHistogram (µs), base64 compressed"
+    )
+
+    @property
+    def successes(self) -> int:
+        return self.requests - sum(self.errors.values())
 
 
 class Timing(BaseModel):
     """A span the scenarios observed that is not one request, e.g. a flow run's time from its
     scheduled start to being claimed by a worker, over a measurement window."""
 
-    name: str
-    count: int = Field(description="spans observed in the window")
-    latency_ms: LatencyMs | None = Field(description="None if none was observed")
-    hdr: str | None = Field(default=None, description="HdrHistogram (µs), base64 compressed")
+    name: Annotated[str, Combine.FIRST]
+    count: Annotated[int, Combine.SUM] = Field(description="spans observed in the window")
+    latency_ms: Annotated[LatencyMs | None, Latency(hdr="hdr", weight="count")] = Field(
+        description="None if none was observed"
+    )
+    hdr: Annotated[str | None, Filled("latency_ms")] = Field(
+        default=None, description="HdrHistogram (µs), base64 compressed"
+    )
 
 
 class Delivery(BaseModel):
     """What the scenarios sent over the whole measurement (warmup included) and what the
     server recorded of it, read back through its API after a bounded wait."""
 
-    sent: int
-    recorded: int
-    lost: int
+    sent: Annotated[int, Combine.SUM]
+    recorded: Annotated[int, Combine.SUM]
+    lost: Annotated[int, Combine.SUM]
 
 
 class ScenarioMeasurement(BaseModel):
     """What the engine measured of one scenario in one window at one concurrency level (virtual
-    users): the part of a scenario's result that `bench.engine.measure_scenario` fills."""
+    users): the part of a scenario's result that `bench.engine.measure_scenario` fills.
+    How each field merges is declared beside it, as `Measurement`'s."""
 
     model_config = ConfigDict(extra="allow")
 
-    concurrency: int
-    duration_s: Annotated[float, _rounded(3)]
-    completed: int = Field(description="scenarios finished in the window")
-    failed: dict[str, int] = Field(
+    concurrency: Annotated[int, Combine.FIRST]
+    duration_s: Annotated[float, _rounded(3), _WINDOW]
+    completed: Annotated[int, Combine.SUM] = Field(description="scenarios finished in the window")
+    failed: Annotated[dict[str, int], _TALLY] = Field(
         default_factory=dict,
         description="scenarios that failed in the window, by the step that failed",
     )
-    per_s: _Rate = Field(description="completed scenarios per second")
-    per_s_slices: list[_Rate] | None = Field(
+    per_s: Annotated[_Rate, _RATE] = Field(description="completed scenarios per second")
+    per_s_slices: Annotated[list[_Rate] | None, _SLICES] = Field(
         default=None, description="per_s of each equal slice (~0.5 s) of the window"
     )
-    duration_ms: LatencyMs | None = Field(description="of completed scenarios, start to end")
-    hdr: str | None = Field(default=None, description="HdrHistogram (µs) of their durations")
-    steps: list[StepResult] = Field(default_factory=list)
-    client_saturated: bool = False
-    client_cpu_s_per_step: Annotated[float, _rounded(9)] | None = None
-    engine_procs: int | None = None
-    offered_rps: float | None = Field(default=None, description="open model: starts/s asked")
-    late_starts: int | None = Field(
+    duration_ms: Annotated[LatencyMs | None, Latency(hdr="hdr", weight="completed")] = Field(
+        description="of completed scenarios, start to end"
+    )
+    hdr: Annotated[str | None, Filled("duration_ms")] = Field(
+        default=None, description="HdrHistogram (µs) of their durations"
+    )
+    steps: Annotated[list[StepResult], Combine.BY_NAME] = Field(default_factory=list)
+    client_saturated: Annotated[bool, Combine.ANY] = False
+    client_cpu_s_per_step: Annotated[_CpuS | None, Weighted("step_count")] = None
+    engine_procs: Annotated[int | None, _PROCS] = None
+    offered_rps: Annotated[float | None, Combine.FIRST] = Field(
+        default=None, description="open model: starts/s asked"
+    )
+    late_starts: Annotated[int | None, Combine.SUM] = Field(
         default=None, description="open model: starts that waited for a free virtual user"
     )
-    rate_held: bool | None = None
-    problems: list[str] = Field(default_factory=list)
-    counts: dict[str, int] = Field(
+    rate_held: Annotated[bool | None, _RATE_HELD] = None
+    problems: Annotated[list[str], Combine.UNION] = Field(default_factory=list)
+    counts: Annotated[dict[str, int], _TALLY] = Field(
         default_factory=dict,
         description="what the scenarios sent over the whole measurement, by kind",
     )
-    lag_ms: LatencyMs | None = Field(
+    lag_ms: Annotated[LatencyMs | None, Latency(hdr="lag_hdr", weight="lag_probes")] = Field(
         default=None,
         description="of the sampled items (events) the server made queryable in the window: "
         "time from sending to being found through its API",
     )
-    lag_hdr: str | None = Field(default=None, description="HdrHistogram (µs) of the lags")
-    lag_probes: int | None = Field(
+    lag_hdr: Annotated[str | None, Filled("lag_ms")] = Field(
+        default=None, description="HdrHistogram (µs) of the lags"
+    )
+    lag_probes: Annotated[int | None, Combine.SUM] = Field(
         default=None, description="sampled items found in the window (the lag's count)"
     )
-    lag_unresolved: int | None = Field(
+    lag_unresolved: Annotated[int | None, Combine.SUM] = Field(
         default=None,
         description="sampled items not yet found when the window ended: their lag is longer "
         "than what was left of it, or they were lost",
     )
-    timings: list[Timing] = Field(
+    timings: Annotated[list[Timing], Combine.BY_NAME] = Field(
         default_factory=list, description="spans the scenario observed (workers: delays)"
     )
+
+    @property
+    def step_count(self) -> int:
+        """Steps finished in the window, failed ones included: what client CPU is per."""
+        return sum(step.requests for step in self.steps)
 
 
 class ScenarioResult(ScenarioMeasurement):
     """One scenario at one concurrency level: its measurement, what the server recorded of it,
-    and what the server used meanwhile."""
+    and what the server used meanwhile. Only repetitions merge the fields it adds."""
 
-    name: str
-    delivery: dict[str, Delivery] = Field(
+    name: Annotated[str, Combine.FIRST]
+    delivery: Annotated[dict[str, Delivery], ByKey(Combine.MODEL)] = Field(
         default_factory=dict, description="by kind: flow_runs, task_runs, ..."
     )
-    server_cpu_cores: float | None = None
-    server_rss_peak_mb: float | None = None
-    other_cpu_cores: float | None = Field(
+    server_cpu_cores: Annotated[float | None, Combine.MEAN] = None
+    server_rss_peak_mb: Annotated[float | None, Combine.MAX] = None
+    other_cpu_cores: Annotated[float | None, Combine.MEAN] = Field(
         default=None, description="cores used by processes not of this cell in the window"
     )
-    telemetry: dict[str, Any] | None = Field(
+    # As an endpoint's: what it says is in backend_per_flow_run.
+    telemetry: Annotated[dict[str, Any] | None, Combine.DROP] = Field(
         default=None,
         description="what the database and broker did over the measurement and the drain",
     )
-    backend_per_flow_run: dict[str, float] | None = Field(
-        default=None, description="database transactions and Redis commands per flow run"
+    backend_per_flow_run: Annotated[dict[str, float] | None, ByKey(Weighted("flow_runs_sent"))] = (
+        Field(default=None, description="database transactions and Redis commands per flow run")
     )
-    server_side: dict[str, int] | None = Field(
+    server_side: Annotated[dict[str, int] | None, ByKey(Combine.SUM)] = Field(
         default=None,
         description="what the server's own services did for the scenario, read back after it "
         "(workers: the runs its scheduler made due, those left unclaimed, those marked Late)",
     )
+
+    @property
+    def flow_runs_sent(self) -> int:
+        """Flow runs the scenario sent over the measurement: what backend_per_flow_run is per."""
+        return self.counts.get("flow_runs", 0)
 
 
 class RepeatState(BaseModel):
@@ -329,24 +392,27 @@ class SweepResult(EndpointKey):
 
 
 class ServerInfo(BaseModel):
+    """The server of a cell; merged over repetitions, its figures are their mean (the peak
+    memory their highest)."""
+
     model_config = ConfigDict(extra="allow")
 
-    name: str
-    version: str | None = None
-    startup_s: float | None = None
-    schema_cached: bool | None = Field(
+    name: Annotated[str, Combine.FIRST]
+    version: Annotated[str | None, Combine.FIRST] = None
+    startup_s: Annotated[float | None, Combine.MEAN] = None
+    schema_cached: Annotated[bool | None, Combine.FIRST] = Field(
         default=None,
         description="started on a copy of its migrated SQLite schema (BENCH_SCHEMA_CACHE, as "
         "the tests run): startup_s leaves Prefect's migrations out",
     )
-    processes: dict[str, int] | None = Field(
+    processes: Annotated[dict[str, int] | None, Combine.FIRST] = Field(
         default=None,
         description="a server of several processes (python-scaled): its api_workers and "
         "services processes; CPU and memory are over all of them",
     )
-    rss_peak_mb: float | None = None
-    rss_idle_mb: float | None = None
-    cpu_s: float | None = None
+    rss_peak_mb: Annotated[float | None, Combine.MAX] = None
+    rss_idle_mb: Annotated[float | None, Combine.MEAN] = None
+    cpu_s: Annotated[float | None, Combine.MEAN] = None
 
 
 class ServiceInfo(BaseModel):
