@@ -13,16 +13,22 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import nox
 
 ROOT = Path(__file__).parent
 sys.path.insert(0, str(ROOT))
+from bench.cells.commands import (  # noqa: E402
+    EXIT_OK,
+    EXIT_SKIPPED,
+    RESULTS_ENV,
+    RUN_ID_ENV,
+    cell_argv,
+    new_run_id,
+)
 from bench.cells.matrix import cells, session_params, versioned_cells  # noqa: E402
 from bench.config.versions import (  # noqa: E402
     DEFAULT_VERSION,
@@ -44,9 +50,7 @@ from bench.servers.specs import (  # noqa: E402
     versioned_server_names,
 )
 
-RESULTS = Path(os.environ.get("BENCH_RESULTS_DIR", ROOT / "results")).resolve()
-RUN_ID_ENV = "BENCH_RUN_ID"
-EXIT_SKIPPED = 3  # bench.cli.EXIT_SKIPPED
+RESULTS = Path(os.environ.get(RESULTS_ENV, ROOT / "results")).resolve()
 
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.sessions = ["matrix"]
@@ -75,11 +79,6 @@ def _cells(versions: list[str]) -> tuple[list[tuple[str, str, str, str]], str | 
 VERSIONS, VERSIONS_ERROR = _versions()
 CELLS, CELLS_ERROR = _cells(VERSIONS)
 CELLS_ERROR = VERSIONS_ERROR or CELLS_ERROR
-
-
-def _new_run_id() -> str:
-    """bench.results.new_run_id's format; this file cannot import it (no pydantic here)."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
 
 
 def _install(
@@ -163,28 +162,21 @@ def bench(session: nox.Session, server: str, db: str, broker: str, prefect: str)
     error = _install(session, prefect, extras) if prefect else _install_newest(session, extras)[1]
     if error:
         session.skip(error)
-    run_id = os.environ.get(RUN_ID_ENV) or _new_run_id()
+    run_id = os.environ.get(RUN_ID_ENV) or new_run_id()
     status_file = Path(session.create_tmp()) / f"{server}-{db}-{broker}-{run_id}.json"
     session.run(
-        "python",
-        "-m",
-        "bench",
-        "run",
-        "--server",
-        server,
-        "--db",
-        db,
-        "--broker",
-        broker,
-        "--run-id",
-        run_id,
-        "--out",
-        str(RESULTS),
-        "--json",
-        str(status_file),
-        *(["--prefect-version", prefect] if prefect else []),
-        *session.posargs,
-        success_codes=[0, EXIT_SKIPPED],
+        *cell_argv(
+            "python",  # the session's venv's
+            server,
+            db,
+            broker,
+            run_id=run_id,
+            out=RESULTS,
+            version=prefect,
+            json_path=status_file,
+            args=session.posargs,
+        ),
+        success_codes=[EXIT_OK, EXIT_SKIPPED],
         # the runner stops the server and writes a partial result on Ctrl-C: let it finish
         interrupt_timeout=60,
         terminate_timeout=15,

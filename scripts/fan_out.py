@@ -18,7 +18,9 @@ running then is passed one interrupt (nox gives it 60 s to write its partial res
 results written so far are kept. Uncommitted changes are not in the clones: say so, and commit
 first to measure them.
 
-Standard library only: it runs with any Python >= 3.11 that can run nox.
+Standard library only: it runs with any Python >= 3.11 that can run nox (of the project it
+imports only bench.cells.commands, which is standard library only too, for the run id, the
+variables nox's sessions read and the exit codes).
 
 Exit codes: 0 every cell ran or was skipped and the report is written; 1 a cell failed or the
 report could not be made; 2 bad input (no cell chosen, no git checkout, nox could not list the
@@ -30,28 +32,32 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+# The repository: run as a file, the script has scripts/ on its path, not the project above.
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.cells.commands import (  # noqa: E402
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    RESULTS_ENV,
+    RUN_ID_ENV,
+    new_run_id,
+)
 
 # What each step sets for nox, as the workflow's `env:` does.
-RESULTS_ENV = "BENCH_RESULTS_DIR"
-RUN_ID_ENV = "BENCH_RUN_ID"
 CELL_ENV = (RESULTS_ENV, RUN_ID_ENV)
 REPORT_ENV = (RESULTS_ENV,)
 # After passing on an interrupt: nox's interrupt and terminate timeouts (noxfile.py), and a margin.
@@ -168,11 +174,6 @@ def run(command: Sequence[str], cwd: Path, env: dict[str, str]) -> int:
         raise
 
 
-def new_run_id() -> str:
-    """bench.results.new_run_id's format (this script imports nothing of the project)."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
-
-
 def _remove(folder: Path) -> bool:
     """Remove `folder` whole, holding interrupts until it is gone (a Ctrl-C must not leave
     half a clone); whether one came meanwhile."""
@@ -270,14 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, fan out in a temporary folder of clones, always remove it."""
     args = build_parser().parse_args(argv)
-    repo = Path(__file__).resolve().parent.parent
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     clones = Path(tempfile.mkdtemp(prefix=CLONES_PREFIX))
     # nox makes a cell's TMPDIR in its clone, and a local PostgreSQL or Redis run as root runs
     # as the user prefect-bench there: it must be able to enter (mkdtemp makes 0700).
     clones.chmod(0o755)
     try:
-        return fan_out(args, shlex.split(args.nox), repo, clones)
+        return fan_out(args, shlex.split(args.nox), ROOT, clones)
     except FanOutError as exc:
         print(f"{SAY}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,4 +1,5 @@
-"""Whole cells of the python server on every db × broker, through each service provider.
+"""Whole cells of the python server on every db × broker, through each service provider; and
+what starts a cell: which cells the matrix chooses, their command line and run id.
 
 The backends must really be used: a postgres cell stores its rows in the provisioned database,
 a redis cell moves messages through Redis, and a memory cell leaves Redis alone.
@@ -6,6 +7,8 @@ a redis cell moves messages through Redis, and a memory cell leaves Redis alone.
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,7 +17,11 @@ import psycopg
 import pytest
 import redis
 
+from bench.cells.commands import RUN_ID, cell_argv, new_run_id
+from bench.cells.matrix import chosen
 from bench.cells.runner import CellRun, run_cell
+from bench.cli import build_parser
+from bench.core.errors import ConfigError
 from bench.core.ownership import Labels
 from bench.core.process import wait_until
 from bench.results import Result
@@ -25,8 +32,6 @@ from bench.services.local import LocalProvider
 
 if TYPE_CHECKING:
     from tests.conftest import RecordingProgress
-
-pytestmark = pytest.mark.slow
 
 # sqlite × memory, which touches neither, is every other test's cell; sqlite × redis shows
 # that sqlite leaves PostgreSQL alone, postgres × memory that memory leaves Redis alone.
@@ -74,6 +79,7 @@ def stream_writes(client: redis.Redis) -> int:
     return int(stats.get("cmdstat_xadd", {}).get("calls", 0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("db", "broker"), CELLS)
 def test_cell_really_uses_its_backends(
     cell_run: Callable[..., CellRun],
@@ -132,6 +138,7 @@ def _docker_reason() -> str | None:
 # One cell per provider, the one that needs both its services: every cell on the external
 # provider is test_cell_really_uses_its_backends', on the local one
 # tests/test_servers_scaled.py's, each service on each provider is test_services_*'s.
+@pytest.mark.slow
 @pytest.mark.parametrize(("db", "broker"), [("postgres", "redis")])
 @pytest.mark.parametrize(
     "provider",
@@ -163,3 +170,69 @@ def test_every_cell_runs_on_each_provider(
     logs = {p.name for p in (tmp_path / result.run_id / result.cell.name).iterdir()}
     assert "server.log" in logs
     assert ("postgres.log" in logs) == (db == "postgres")
+
+
+# -- what starts a cell ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("round_deadline", [None, 1767225600.5])
+def test_a_cells_command_line_is_what_run_reads(
+    tmp_path: Path, round_deadline: float | None
+) -> None:
+    """The command the matrix's rounds and nox's cell sessions start (bench.cells.commands),
+    read by `run`'s own parser: the cell, where its result goes, and the options for every
+    cell after the cell's own."""
+    argv = cell_argv(
+        "/venv/bin/python",
+        "zig",
+        "postgres",
+        "redis",
+        run_id="20261126T164000Z-3f2a",
+        out=tmp_path,
+        version="3.9.1",
+        json_path=tmp_path / "status.json",
+        args=["--duration", "2"],
+        round_deadline=round_deadline,
+    )
+    assert argv[:4] == ["/venv/bin/python", "-m", "bench", "run"]
+    args = build_parser().parse_args(argv[3:])
+    assert (args.command, args.server, args.db, args.broker) == ("run", "zig", "postgres", "redis")
+    assert (args.run_id, args.out, args.json) == (
+        "20261126T164000Z-3f2a",
+        tmp_path,
+        tmp_path / "status.json",
+    )
+    assert (args.prefect_version, args.duration_s) == ("3.9.1", 2.0)
+    assert (args.one_repetition, args.deadline) == (round_deadline is not None, round_deadline)
+
+
+def test_a_cell_of_the_installed_prefect_and_no_copy_says_neither(tmp_path: Path) -> None:
+    argv = cell_argv("python", "python", "sqlite", "memory", run_id="r", out=tmp_path)
+    assert "--prefect-version" not in argv and "--json" not in argv
+    args = build_parser().parse_args(argv[3:])
+    assert args.prefect_version is None and args.json is None and not args.one_repetition
+
+
+def test_a_new_run_id_starts_with_its_time_and_is_one_run_accepts() -> None:
+    run_id = new_run_id()
+    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{4}", run_id), run_id
+    made = dt.datetime.strptime(run_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+    assert abs((dt.datetime.now(dt.UTC) - made).total_seconds()) < 60
+    assert RUN_ID.match(run_id)
+    assert build_parser().parse_args(["run", "--run-id", run_id]).run_id == run_id
+
+
+def test_the_matrix_chooses_cells_by_server_db_and_broker() -> None:
+    assert chosen(None, servers=["zig"], dbs=["postgres"]) == [
+        ("zig", "postgres", "memory", ""),
+        ("zig", "postgres", "redis", ""),
+    ]
+    # versions: a cell per version for the servers that run the environment's Prefect
+    assert chosen(None, ["3.4.25", "3.9.1"], ["python", "zig"], ["sqlite"], ["memory"]) == [
+        ("python", "sqlite", "memory", "3.4.25"),
+        ("python", "sqlite", "memory", "3.9.1"),
+        ("zig", "sqlite", "memory", ""),
+    ]
+    assert len(chosen(None)) == 12
+    with pytest.raises(ConfigError, match=r"unknown server 'nginx' \(known: python, "):
+        chosen(None, servers=["python", "nginx"])

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,41 @@ def nox(
     return subprocess.run(
         ["nox", *args], cwd=repo_root, env=env, capture_output=True, text=True, timeout=600
     )
+
+
+# Imports, in a fresh interpreter, every module of bench the file given imports, refusing any
+# module beyond the standard library (and bench itself) on the way; prints each module.
+STANDARD_LIBRARY_ONLY = """
+import ast, importlib, sys
+
+class StandardLibraryOnly:
+    def find_spec(self, name, path=None, target=None):
+        top = name.partition(".")[0]
+        if top != "bench" and top not in sys.stdlib_module_names:
+            raise ImportError(f"{name} is not in the standard library")
+
+sys.meta_path.insert(0, StandardLibraryOnly())
+for node in ast.walk(ast.parse(open(sys.argv[1]).read())):
+    if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("bench"):
+        importlib.import_module(node.module)
+        print(node.module)
+"""
+
+
+@pytest.mark.parametrize("path", ["noxfile.py", "scripts/fan_out.py"])
+def test_what_runs_beside_nox_imports_only_the_standard_library(repo_root: Path, path: str) -> None:
+    """noxfile.py runs in nox's own environment and scripts/fan_out.py with any Python that runs
+    nox: the cell's command line, exit codes and run id they share with the CLI
+    (bench.cells.commands), and all else they import of bench, need nothing installed."""
+    out = subprocess.run(
+        [sys.executable, "-c", STANDARD_LIBRARY_ONLY, str(repo_root / path)],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "bench.cells.commands" in out.stdout.split()
 
 
 def test_every_cell_is_a_session_named_as_the_design_says(repo_root: Path, tmp_path: Path) -> None:

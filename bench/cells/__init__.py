@@ -1,5 +1,6 @@
-"""Cells and how they are run: the matrix (`matrix`: which cells, their nox ids), one cell's
-flow (`runner`: provision → start server → fixtures → load → sample → result), repetitions
-(`repeat`) and the matrix run in rounds (`rounds`).
+"""Cells and how they are run: the matrix (`matrix`: which cells, their nox ids), what a cell's
+process is told and tells back (`commands`: its command line, the exit codes), one cell's flow
+(`runner`: provision → start server → fixtures → load → sample → result), repetitions
+(`repeat`: the loop and when `auto` stops) and the matrix run in rounds (`rounds`).
 
-`matrix` is standard library only: noxfile.py imports it."""
+`matrix` and `commands` are standard library only: noxfile.py imports them."""

@@ -1,4 +1,5 @@
-"""Repeating a cell: where each repetition's result goes and when `--repeat auto` stops.
+"""Repeating a cell: where each repetition's result goes, when `--repeat auto` stops, and the
+loop that runs a cell as `run` does (once, or repetition after repetition).
 
 Each repetition is a fresh server and database, so its figures carry the noise between runs
 (another process, another database file), which a single run cannot show. `auto` repeats until
@@ -9,17 +10,22 @@ interval is too narrow (it cannot see beyond the values it has), the t interval 
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import statistics
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from scipy import stats
 
+from bench.cells.runner import CellRun, run_cell
 from bench.compare.gate import cell_figures
-from bench.core.errors import ResultsError
-from bench.results import Cell, RepeatState, Result, load_result, result_path
+from bench.config.run import RunConfig
+from bench.core.errors import ConfigError, ResultsError
+from bench.observe.progress import Progress
+from bench.results import Cell, RepeatState, Result, load_result, result_path, write_result
 
 CONFIDENCE = 0.95
 # An interval needs this many counted repetitions before it can say the target is met: with
@@ -143,3 +149,129 @@ def decide(
 
 def _finite(value: float) -> float | None:
     return round(value, 2) if math.isfinite(value) else None
+
+
+# Why a repeated cell stopped (RepeatState.stopped), as the command line says it.
+STOP_REASONS = {
+    "count": "the repetitions asked for",
+    "target": "every interval within the target",
+    "budget": "the budget would not fit another",
+    "limit": f"{MAX_AUTO} repetitions, the most auto runs",
+}
+
+
+def prepare(run: CellRun, copy: Path | None = None) -> list[Result]:
+    """Refuse, before anything runs or is written, what would overwrite a result (a cell run
+    once whose result is in the run already, an existing `copy` path) or cannot be written (the
+    run's folder): ConfigError naming the path. Returns the cell's repetitions already written
+    in this run, which a repeated cell goes on from (the matrix runs one per round)."""
+    cell, config = run.cell, run.config
+    repeating = config.repeat is not None
+    done = earlier_repetitions(run.out_dir, run.run_id, cell) if repeating else []
+    if not repeating and (path := result_path(run.out_dir, run.run_id, cell)).exists():
+        raise ConfigError(f"{path} exists: results are never overwritten (use another --run-id)")
+    if copy and copy.exists():
+        raise ConfigError(f"{copy} exists: results are never overwritten")
+    folder = run.out_dir / run.run_id
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".{cell.name}.writable"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"cannot write results into {folder}: {exc.strerror}") from exc
+    return done
+
+
+def run_repetitions(
+    run: CellRun,
+    progress: Progress,
+    done: list[Result],
+    deadline: float | None = None,
+    one: bool = False,
+) -> Iterator[tuple[Result, Path]]:
+    """Run the cell once, or (`--repeat`) repetition after repetition after those `done` until
+    `decide` stops it, a repetition fails, or after `one` (a turn of the matrix's rounds);
+    each result is written as soon as it is done and yielded with its path.
+
+    `deadline` (seconds since the epoch) ends the budget; default `--budget` from now.
+    """
+    config = run.config
+    repeating = config.repeat is not None
+    deadline = deadline or time.time() + config.budget_min * 60
+    while True:
+        if repeating:
+            result = _repetition(run, progress, done, deadline)
+            path = repetition_path(run.out_dir, run.run_id, run.cell, result.repetition or 1)
+        else:
+            result = run_cell(run, progress)
+            path = result_path(run.out_dir, run.run_id, run.cell)
+        write_result(result, path)
+        yield result, path
+        if not repeating or result.status != "ok" or one:
+            return
+        if result.repeat and result.repeat.stopped:
+            return
+
+
+def result_line(result: Result) -> str:
+    """The line saying how a cell (or one of its repetitions) ended."""
+    line = f"{result.cell.name}: {result.status}" + (f": {result.error}" if result.error else "")
+    if result.repeat:
+        line += f" (repetition {result.repetition}"
+        if result.discarded:
+            line += ", the warm-up, not counted"
+        if result.repeat.interval_pct is not None:
+            line += f", total ±{result.repeat.interval_pct:g}%"
+        if result.repeat.stopped:
+            line += f"; stopped: {STOP_REASONS[result.repeat.stopped]}"
+        line += ")"
+    return line
+
+
+def _repetition(run: CellRun, progress: Progress, done: list[Result], deadline: float) -> Result:
+    """The cell's next repetition, with where the repetitions stand after it (`done` grows)."""
+    config = run.config
+    warmup = not done and not config.keep_first
+    progress.stage(
+        f"repetition {len(done) + 1}"
+        + (" (the warm-up: run and kept, not counted)" if warmup else "")
+        + _standing(done[-1] if done else None, config)
+    )
+    result = run_cell(run, progress)
+    result.repetition = len(done) + 1
+    if result.repetition == 1 and not config.keep_first:
+        result.discarded = WARMUP_REPETITION
+    done.append(result)
+    counted = [r for r in done if r.status == "ok" and not r.discarded]
+    result.repeat = decide(
+        config.repeat or 1, config.target_pct, counted, deadline - time.time(), _repetition_s(done)
+    )
+    if result.repeat.over_budget:
+        progress.stage(
+            f"the budget ({config.budget_min:g} min) leaves no time for another repetition; "
+            f"running {MIN_REPETITIONS} anyway, the fewest that show any noise"
+        )
+    return result
+
+
+def _repetition_s(done: Sequence[Result]) -> float:
+    """What one more repetition is expected to take: the time between the last two (a whole
+    round of the matrix when repetitions interleave across cells), else the last one's own."""
+    if not done or done[-1].finished_at is None:
+        return 0.0
+    end = _epoch(done[-1].finished_at)
+    before = done[-2].finished_at if len(done) >= 2 else None
+    return end - _epoch(before or done[-1].started_at)
+
+
+def _epoch(stamp: str) -> float:
+    return dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
+
+
+def _standing(last: Result | None, config: RunConfig) -> str:
+    if last is None or last.repeat is None or last.repeat.widest_pct is None:
+        return ""
+    state = last.repeat
+    aim = f" > {config.target_pct:g}%" if config.repeat == "auto" else ""
+    return f" (widest interval so far ±{state.widest_pct:g}%{aim}: {state.widest})"

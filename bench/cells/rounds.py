@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
 
-from bench.cells.repeat import MAX_AUTO, earlier_repetitions
+from bench.cells.commands import EXIT_INTERRUPTED, cell_argv
+from bench.cells.repeat import MAX_AUTO, STOP_REASONS, earlier_repetitions
 from bench.config.run import RunConfig
 from bench.results import Cell, Result
-
-EXIT_INTERRUPTED = 130  # bench.cli.EXIT_INTERRUPTED (cli imports this module)
 
 
 @dataclass
@@ -73,16 +73,18 @@ def run_matrix(
         if repeat is not None:
             console.print(f"[bold]round {round_no}[/bold]: {', '.join(s.cell.name for s in todo)}")
         for state in todo:
-            version = state.cell.version
-            command = [
-                *(pythons.get(version, sys.executable), "-m", "bench", "run"),
-                *("--server", state.cell.server, "--db", state.cell.db),
-                *("--broker", state.cell.broker, "--run-id", run_id, "--out", str(out_dir)),
-                *(("--prefect-version", version) if version else ()),
-                *run_args,
-            ]
-            if repeat is not None:
-                command += ["--one-repetition", "--deadline", str(deadline)]
+            cell = state.cell
+            command = cell_argv(
+                pythons.get(cell.version, sys.executable),
+                cell.server,
+                cell.db,
+                cell.broker,
+                run_id=run_id,
+                out=out_dir,
+                version=cell.version,
+                args=run_args,
+                round_deadline=None if repeat is None else deadline,
+            )
             try:
                 code = subprocess.run(command, check=False).returncode
             except KeyboardInterrupt:
@@ -101,3 +103,23 @@ def run_matrix(
 def _new_results(out_dir: Path, run_id: str, state: CellRounds) -> list[Result]:
     """The results of the cell's repetitions written since the last look."""
     return earlier_repetitions(out_dir, run_id, state.cell)[len(state.results) :]
+
+
+def summary(run_id: str, states: Sequence[CellRounds]) -> Table:
+    """The matrix's closing table: each cell's status, repetitions, the intervals they reached
+    and why they stopped."""
+    table = Table(title=f"run {run_id}", title_justify="left")
+    for header in ("cell", "status", "repetitions", "total ±95%", "widest ±95%", "stopped"):
+        table.add_column(header)
+    for state in states:
+        last = state.last
+        rep = last.repeat if last else None
+        table.add_row(
+            state.cell.name,
+            last.status if last else "not run",
+            str(len(state.results)),
+            f"{rep.interval_pct:g}%" if rep and rep.interval_pct is not None else "",
+            f"{rep.widest_pct:g}% {rep.widest}" if rep and rep.widest_pct is not None else "",
+            STOP_REASONS[rep.stopped] if rep and rep.stopped else "",
+        )
+    return table

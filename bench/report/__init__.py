@@ -5,7 +5,8 @@ view, Markdown or HTML.
 one neutral `Report` (sections of tables, and charts only the HTML page draws) that every
 renderer draws, so the three formats carry the same content and the costly part (resampling for
 the noise intervals, change points over a history) runs once. Renderers return values and
-never print or write files: the caller decides where the output goes.
+never print or write files; `files` is the one module that reads results and writes the report's
+files, for the `report` command and the matrix alike.
 """
 
 from bench.report.aggregate import collect

@@ -7,7 +7,6 @@ import datetime as dt
 import json
 import os
 import re
-import secrets
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,17 +14,16 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from bench.core.errors import ResultsError
+
+# The run id is defined where noxfile.py and scripts/fan_out.py can import it without pydantic;
+# re-exported here, where the results it names are.
+from bench.core.run_ids import new_run_id as new_run_id
 from bench.results.schema import READABLE_VERSIONS, Cell, Result
 
 
 def utc_now() -> str:
     """The current time as an ISO 8601 UTC string with a Z suffix, to the second."""
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def new_run_id() -> str:
-    """A run id that sorts by time and does not collide: 20261126T164000Z-3f2a."""
-    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
 
 
 _URL_PASSWORD = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s\"']*):[^@\s\"'/]*@")
