@@ -7,42 +7,43 @@ Exit codes:
     2    bad input: an unknown name, a bad number, an unwritable results folder
     3    the cell was skipped: it cannot run on this machine (its result says why)
     130  interrupted (Ctrl-C or SIGTERM); the partial result is written
+(their constants: bench.cells.commands, which noxfile.py and the matrix's rounds read too)
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import importlib.metadata
 import os
-import re
 import signal
 import sys
 import tempfile
-import time
+import types
+import typing
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from bench import __version__
-from bench.cells.matrix import cells as matrix_cells
-from bench.cells.matrix import versioned_cells
-from bench.cells.repeat import (
-    MAX_AUTO,
-    MIN_REPETITIONS,
-    WARMUP_REPETITION,
-    decide,
-    earlier_repetitions,
-    repetition_path,
+from bench.cells import repeat, rounds
+from bench.cells.commands import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SKIPPED,
+    EXIT_USAGE,
+    RUN_ID,
+    new_run_id,
 )
-from bench.cells.rounds import run_matrix
-from bench.cells.runner import EXTERNAL_SERVER, INTERRUPTED, CellRun, parse_url, run_cell, serving
+from bench.cells.matrix import chosen, known_servers
+from bench.cells.runner import EXTERNAL_SERVER, INTERRUPTED, CellRun, parse_url, serving
+from bench.cells.settings import SETTINGS, Declared, pinned, run_config
+from bench.compare.metrics import METRICS
 from bench.config.dimensions import BROKERS, DBS
 from bench.config.run import RunConfig
 from bench.conformance.real_client import (
@@ -55,21 +56,14 @@ from bench.conformance.real_client import (
 )
 from bench.core import ownership
 from bench.core.errors import BenchError, ConfigError
-from bench.observe.progress import Progress, progress_for
-from bench.results import Cell, Result, new_run_id, result_path, write_result
+from bench.observe.progress import progress_for
+from bench.results import Cell, Result, write_result
 from bench.servers.registry import make_server, server_options
-from bench.servers.specs import server_names, versioned_server_names
+from bench.servers.specs import versioned_server_names
 from bench.services import PROVIDERS
-from bench.workloads import WORKLOADS, ScenarioWorkload
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_SKIPPED = 3
-EXIT_INTERRUPTED = 130
+from bench.workloads import WORKLOADS
 
 _EXIT_BY_STATUS = {"ok": EXIT_OK, "failed": EXIT_FAILED, "skipped": EXIT_SKIPPED}
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # argparse dest of a server adapter's own option: "<server>:<dest>"
 _SERVER_OPTION = "{server}:{dest}"
 
@@ -111,7 +105,7 @@ def _repeat(text: str) -> int | str:
 
 
 def _run_id(text: str) -> str:
-    if not _RUN_ID.match(text):
+    if not RUN_ID.match(text):
         raise argparse.ArgumentTypeError(f"letters, digits, '.', '_' and '-' only, got {text!r}")
     return text
 
@@ -130,43 +124,34 @@ class _Choice:
         return text
 
 
-# The options of `run` that fill RunConfig: flag, RunConfig field, how the text is read (None:
-# a switch), metavar. Their help and defaults are RunConfig's, and RunConfig checks their
-# values: each option is declared once.
-CONFIG_OPTIONS: tuple[tuple[str, str, Callable[[str], Any] | None, str | None], ...] = (
-    ("--workload", "workload", _Choice(tuple(WORKLOADS), "workload"), "NAME"),
-    ("--duration", "duration_s", float, "S"),
-    ("--warmup", "warmup_s", float, "S"),
-    ("--concurrency", "concurrency", _int_list, "LIST"),
-    ("--rate", "rate", float, "R"),
-    ("--rate-sweep", "rate_sweep", str, "START:STOP:STEP"),
-    ("--slo", "slo", str, "EXPR"),
-    ("--engine-procs", "engine_procs", int, "N"),
-    ("--server-cpus", "server_cpus", _cpu_list, "LIST"),
-    ("--client-cpus", "client_cpus", _cpu_list, "LIST"),
-    ("--url", "url", str, "URL"),
-    ("--allow-remote", "allow_remote", None, None),
-    ("--provider", "provider", _Choice(tuple(PROVIDERS), "provider"), "NAME"),
-    ("--tasks", "tasks", int, "N"),
-    ("--deployments", "deployments", int, "D"),
-    ("--speedup", "speedup", float, "K"),
-    ("--readers", "readers", int, "R"),
-    ("--server-workers", "server_workers", int, "N"),
-    ("--preload", "preload", int, "N"),
-    ("--preload-shape", "preload_shape", str, "SPEC"),
-    ("--no-services", "no_services", None, None),
-    ("--no-pin", "no_pin", None, None),
-    ("--repeat", "repeat", _repeat, "N|auto"),
-    ("--target", "target_pct", float, "P"),
-    ("--budget", "budget_min", float, "MIN"),
-    ("--keep-first", "keep_first", None, None),
-)
-_FLAG_OF = {field: flag for flag, field, _, _ in CONFIG_OPTIONS}
-_ENDPOINT_WORKLOADS = [n for n, w in WORKLOADS.items() if not isinstance(w, ScenarioWorkload)]
+# How the command line reads a setting's text, by the `text` its declaration names (or its type).
+_GRAMMARS: dict[str, Callable[[str], Any]] = {
+    "int": int,
+    "float": float,
+    "str": str,
+    "ints": _int_list,
+    "cpus": _cpu_list,
+    "repeat": _repeat,
+    "workload": _Choice(tuple(WORKLOADS), "workload"),
+    "provider": _Choice(tuple(PROVIDERS), "provider"),
+}
 
 
-def _config_help(field: str, parse: Callable[[str], Any] | None) -> str:
-    info = RunConfig.model_fields[field]
+def _grammar(setting: Declared) -> Callable[[str], Any] | None:
+    """How `setting`'s text is read; None for a switch."""
+    if setting.metavar is None:
+        return None
+    if setting.text is not None:
+        return _GRAMMARS[setting.text]
+    kind = setting.info.annotation
+    while typing.get_origin(kind) in (typing.Annotated, types.UnionType, typing.Union):
+        # int | None reads as int; Annotated[float, Field(gt=0)] as float
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    return _GRAMMARS[getattr(kind, "__name__", "str")]
+
+
+def _config_help(setting: Declared, parse: Callable[[str], Any] | None) -> str:
+    info = setting.info
     text = info.description or ""
     if isinstance(parse, _Choice):
         text = f"{', '.join(parse.known)}: {text}"
@@ -178,15 +163,23 @@ def _config_help(field: str, parse: Callable[[str], Any] | None) -> str:
 
 
 def _add_config_options(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
-    """RunConfig's options (or `only` those of these fields) on `parser`."""
-    for flag, field, parse, metavar in CONFIG_OPTIONS:
-        if only is not None and field not in only:
+    """The settings' options (or `only` those of these fields) on `parser`: RunConfig's and
+    those every workload and server adapter declares (bench.cells.settings)."""
+    for name, setting in SETTINGS.items():
+        if setting.flag is None or (only is not None and name not in only):
             continue
+        parse = _grammar(setting)
         how: dict[str, Any] = (
-            {"action": "store_true"} if parse is None else {"type": parse, "metavar": metavar}
+            {"action": "store_true"}
+            if parse is None
+            else {"type": parse, "metavar": setting.metavar}
         )
         parser.add_argument(
-            flag, dest=field, default=argparse.SUPPRESS, help=_config_help(field, parse), **how
+            setting.flag,
+            dest=name,
+            default=argparse.SUPPRESS,
+            help=_config_help(setting, parse),
+            **how,
         )
 
 
@@ -233,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=Path("results"), help="results folder")
     run.add_argument("--run-id", type=_run_id, help="join an existing run (default: a new id)")
     run.add_argument("--json", type=Path, help="also write the result to exactly this path")
-    # The matrix's rounds: one repetition at a time, the budget counted from the matrix's start.
+    # The matrix's rounds: one repetition at a time, the budget counted from the matrix's start
+    # (bench.cells.commands.cell_argv gives them).
     run.add_argument("--one-repetition", action="store_true", help=argparse.SUPPRESS)
     run.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
     run.add_argument(
@@ -322,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="EXPR",
-        help="fail (exit 1) on a significant change beyond this, e.g. 'rps<-5%%' or "
+        help="fail (exit 1) on a significant change beyond this, METRIC<CHANGE%% or "
+        f"METRIC>CHANGE%% with METRIC one of {', '.join(METRICS)}, e.g. 'rps<-5%%' or "
         "'p99>+10%%' (may be given again)",
     )
     compare.add_argument(
@@ -386,42 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config(args: argparse.Namespace, **fixed: Any) -> RunConfig:
     """The run's configuration from the options given, and `fixed` values for the fields the
-    command sets itself; ConfigError naming the bad option."""
-    given = {field: getattr(args, field) for field in _FLAG_OF if hasattr(args, field)}
-    given |= fixed
-    try:
-        config = RunConfig(**given)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        flag = _FLAG_OF.get(str(error["loc"][0]), str(error["loc"][0])) if error["loc"] else ""
-        message = error["msg"].removeprefix("Value error, ")
-        if not flag:  # a check across options names its option itself
-            raise ConfigError(message) from None
-        raise ConfigError(f"{flag}: {message[0].lower()}{message[1:]}") from None
-    if config.url:
-        parse_url(config.url, config.allow_remote)  # bad input: before anything is written
-    if config.rate_sweep and isinstance(WORKLOADS[config.workload], ScenarioWorkload):
-        raise ConfigError(
-            f"--rate-sweep measures endpoints (the {', '.join(_ENDPOINT_WORKLOADS)} workloads), "
-            f"not the {config.workload} scenario"
-        )
-    return _pinned(config)
-
-
-def _pinned(config: RunConfig) -> RunConfig:
-    """The server and the load generator each on cores of its own, where there are two or more:
-    the last quarter of the usable cores (at least one) for the load generator, the rest for
-    the server. Not with --no-pin, not when either is pinned by hand, not behind a --url (that
-    server is not ours to pin)."""
-    if config.no_pin or config.url or config.server_cpus or config.client_cpus:
-        return config
-    usable = sorted(os.sched_getaffinity(0))
-    if len(usable) < 2:
-        return config
-    client = max(1, len(usable) // 4)
-    return config.model_copy(
-        update={"server_cpus": usable[:-client], "client_cpus": usable[-client:]}
-    )
+    command sets itself, pinned (bench.cells.settings); ConfigError naming the bad option."""
+    given = {name: getattr(args, name) for name in SETTINGS if hasattr(args, name)}
+    return pinned(run_config(given | fixed))
 
 
 def _cell_run(args: argparse.Namespace, config: RunConfig | None = None) -> CellRun:
@@ -430,9 +392,7 @@ def _cell_run(args: argparse.Namespace, config: RunConfig | None = None) -> Cell
     run_id = getattr(args, "run_id", None) or new_run_id()
     if config.url:
         return CellRun(Cell(server=EXTERNAL_SERVER), run_id, args.out, config, server=None)
-    known = server_names(args.servers)
-    if args.server not in known:
-        raise ConfigError(f"unknown server {args.server!r} (known: {', '.join(known)})")
+    known_servers(args.servers, [args.server])
     version = getattr(args, "prefect_version", None) or ""
     if version:
         _check_prefect_version(args.server, version, args.servers)
@@ -476,113 +436,18 @@ def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def _run(args: argparse.Namespace, console: Console) -> int:
     run = _cell_run(args)
-    cell, config = run.cell, run.config
-    repeating = config.repeat is not None
-    done = earlier_repetitions(run.out_dir, run.run_id, cell) if repeating else []
-    if not repeating and (path := result_path(run.out_dir, run.run_id, cell)).exists():
-        raise ConfigError(f"{path} exists: results are never overwritten (use another --run-id)")
-    if args.json and args.json.exists():
-        raise ConfigError(f"{args.json} exists: results are never overwritten")
-    folder = run.out_dir / run.run_id
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".{cell.name}.writable"
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"cannot write results into {folder}: {exc.strerror}") from exc
-    deadline = args.deadline or time.time() + config.budget_min * 60
-
-    with progress_for(console, cell.name) as progress:
-        while True:
-            result = _repetition(run, progress, done, deadline) if repeating else None
-            if result is None:
-                result = run_cell(run, progress)
-                path = result_path(run.out_dir, run.run_id, cell)
-            else:
-                path = repetition_path(run.out_dir, run.run_id, cell, result.repetition or 1)
-            write_result(result, path)
-            console.print(_result_line(result), markup=False, highlight=False)
+    done = repeat.prepare(run, args.json)
+    with progress_for(console, run.cell.name) as progress:
+        for result, path in repeat.run_repetitions(
+            run, progress, done, args.deadline, args.one_repetition
+        ):
+            console.print(repeat.result_line(result), markup=False, highlight=False)
             console.print(f"result: {path}", markup=False, highlight=False)
-            if not repeating or result.status != "ok" or args.one_repetition:
-                break
-            if result.repeat and result.repeat.stopped:
-                break
     if args.json:
         write_result(result, args.json)
     if result.error == INTERRUPTED:
         return EXIT_INTERRUPTED
     return _EXIT_BY_STATUS[result.status]
-
-
-def _repetition(run: CellRun, progress: Progress, done: list[Result], deadline: float) -> Result:
-    """The cell's next repetition, with where the repetitions stand after it (`done` grows)."""
-    config = run.config
-    warmup = not done and not config.keep_first
-    progress.stage(
-        f"repetition {len(done) + 1}"
-        + (" (the warm-up: run and kept, not counted)" if warmup else "")
-        + _standing(done[-1] if done else None, config)
-    )
-    result = run_cell(run, progress)
-    result.repetition = len(done) + 1
-    if result.repetition == 1 and not config.keep_first:
-        result.discarded = WARMUP_REPETITION
-    done.append(result)
-    counted = [r for r in done if r.status == "ok" and not r.discarded]
-    result.repeat = decide(
-        config.repeat or 1, config.target_pct, counted, deadline - time.time(), _repetition_s(done)
-    )
-    if result.repeat.over_budget:
-        progress.stage(
-            f"the budget ({config.budget_min:g} min) leaves no time for another repetition; "
-            f"running {MIN_REPETITIONS} anyway, the fewest that show any noise"
-        )
-    return result
-
-
-def _repetition_s(done: Sequence[Result]) -> float:
-    """What one more repetition is expected to take: the time between the last two (a whole
-    round of the matrix when repetitions interleave across cells), else the last one's own."""
-    if not done or done[-1].finished_at is None:
-        return 0.0
-    end = _epoch(done[-1].finished_at)
-    before = done[-2].finished_at if len(done) >= 2 else None
-    return end - _epoch(before or done[-1].started_at)
-
-
-def _epoch(stamp: str) -> float:
-    return dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
-
-
-def _standing(last: Result | None, config: RunConfig) -> str:
-    if last is None or last.repeat is None or last.repeat.widest_pct is None:
-        return ""
-    state = last.repeat
-    aim = f" > {config.target_pct:g}%" if config.repeat == "auto" else ""
-    return f" (widest interval so far ±{state.widest_pct:g}%{aim}: {state.widest})"
-
-
-def _result_line(result: Result) -> str:
-    line = f"{result.cell.name}: {result.status}" + (f": {result.error}" if result.error else "")
-    if result.repeat:
-        line += f" (repetition {result.repetition}"
-        if result.discarded:
-            line += ", the warm-up, not counted"
-        if result.repeat.interval_pct is not None:
-            line += f", total ±{result.repeat.interval_pct:g}%"
-        if result.repeat.stopped:
-            line += f"; stopped: {STOP_REASONS[result.repeat.stopped]}"
-        line += ")"
-    return line
-
-
-STOP_REASONS = {
-    "count": "the repetitions asked for",
-    "target": "every interval within the target",
-    "budget": "the budget would not fit another",
-    "limit": f"{MAX_AUTO} repetitions, the most auto runs",
-}
 
 
 def _matrix(args: argparse.Namespace, run_args: list[str], console: Console) -> int:
@@ -591,81 +456,62 @@ def _matrix(args: argparse.Namespace, run_args: list[str], console: Console) -> 
     config = _config(given)
     if config.url:
         raise ConfigError("--url measures one server: use `run`, not `matrix`")
-    known = server_names(args.servers)
-    if unknown := sorted(set(args.only_servers or ()) - set(known)):
-        raise ConfigError(f"unknown server {unknown[0]!r} (known: {', '.join(known)})")
-    servers = [s for s in known if not args.only_servers or s in args.only_servers]
     pythons = dict(args.prefect_pythons or ())
-    if len(pythons) == 1 or len(pythons) < len(args.prefect_pythons or ()):
-        raise ConfigError("--prefect-python compares versions: give two or more, each once")
     cells = [
         Cell(server=s, db=d, broker=b, version=v)
-        for s, d, b, v in versioned_cells(
-            matrix_cells(servers), list(pythons), versioned_server_names(args.servers)
+        for s, d, b, v in chosen(
+            args.servers,
+            list(pythons),
+            args.only_servers or (),
+            args.only_dbs or (),
+            args.only_brokers or (),
         )
-        if d in (args.only_dbs or DBS) and b in (args.only_brokers or BROKERS)
     ]
+    if len(pythons) == 1 or len(pythons) < len(args.prefect_pythons or ()):
+        raise ConfigError("--prefect-python compares versions: give two or more, each once")
     run_id = args.run_id or new_run_id()
     if args.servers:
         run_args = [*run_args, "--servers", str(args.servers)]
     console.print(f"run {run_id}: results in {args.out / run_id}", markup=False)
-    states, interrupted = run_matrix(cells, run_args, run_id, args.out, config, console, pythons)
-    table = Table(title=f"run {run_id}", title_justify="left")
-    for header in ("cell", "status", "repetitions", "total ±95%", "widest ±95%", "stopped"):
-        table.add_column(header)
-    for state in states:
-        last = state.last
-        rep = last.repeat if last else None
-        table.add_row(
-            state.cell.name,
-            last.status if last else "not run",
-            str(len(state.results)),
-            f"{rep.interval_pct:g}%" if rep and rep.interval_pct is not None else "",
-            f"{rep.widest_pct:g}% {rep.widest}" if rep and rep.widest_pct is not None else "",
-            STOP_REASONS[rep.stopped] if rep and rep.stopped else "",
-        )
-    console.print(table)
+    states, interrupted = rounds.run_matrix(
+        cells, run_args, run_id, args.out, config, console, pythons
+    )
+    console.print(rounds.summary(run_id, states))
     if interrupted:
         return EXIT_INTERRUPTED
-    report_args = argparse.Namespace(
-        paths=[args.out / run_id], out=args.out, baseline=None, history=None
-    )
-    _report(report_args, console)
+    # one run of one machine's cells: no baseline, no history, no speedups across machines
+    _print_report(console, [args.out / run_id], args.out)
     failed = [s for s in states if any(r.status == "failed" for r in s.results)]
     return EXIT_FAILED if failed else EXIT_OK
 
 
 def _report(args: argparse.Namespace, console: Console) -> int:
-    from bench.report import build, collect, render_html, render_markdown, render_terminal
-
-    # Callers that build their own namespace (the matrix's closing report) may leave it out.
-    history_dir: Path | None = args.history
     # --history alone: the report is the history, not also a report over results/.
-    results, warnings = collect(args.paths or ([] if history_dir else [Path("results")]))
-    baseline = None
-    if args.baseline:
-        baseline, baseline_warnings = collect(args.baseline)
-        warnings += [f"baseline: {w}" for w in baseline_warnings]
-    history = None
-    if history_dir:
-        if not history_dir.is_dir():
-            raise ConfigError(f"--history: {history_dir} is not a folder")
-        history, history_warnings = collect([history_dir])
-        warnings += [f"history: {w}" for w in history_warnings]
+    paths = args.paths or ([] if args.history else [Path("results")])
+    _print_report(console, paths, args.out, args.baseline, args.history, args.across_machines)
+    return EXIT_OK
+
+
+def _print_report(
+    console: Console,
+    paths: Sequence[Path],
+    out: Path,
+    baseline: Sequence[Path] | None = None,
+    history: Path | None = None,
+    across_machines: bool = False,
+) -> None:
+    """The report over `paths` (bench.report.files.read_report's options), printed and
+    written into `out`."""
+    from bench.report import render_terminal
+    from bench.report.files import read_report, write_report
+
+    report, warnings = read_report(paths, baseline, history, across_machines)
     for warning in warnings:
         console.print(f"warning: {warning}", markup=False, highlight=False, style="yellow")
-    # The matrix's closing report (its own namespace) is of one machine.
-    report = build(results, baseline, history, getattr(args, "across_machines", False))
     for renderable in render_terminal(report):
         console.print(renderable)
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "report.md").write_text(render_markdown(report), encoding="utf-8")
-        (args.out / "report.html").write_text(render_html(report), encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot write the report into {args.out}: {exc.strerror}") from exc
-    console.print(f"report: {args.out / 'report.md'}, {args.out / 'report.html'}")
-    return EXIT_OK
+    written = write_report(report, out)
+    console.print(f"report: {', '.join(map(str, written))}")
 
 
 def _compare(args: argparse.Namespace, console: Console) -> int:

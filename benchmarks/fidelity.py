@@ -23,13 +23,13 @@ import argparse
 import statistics
 import sys
 import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from _wrk import INSTALL_HINT, WrkRun, have_wrk, run_wrk, split_cpus, verdict
 
-from bench.compare.stats import bootstrap_interval
+from bench.compare import change
 from bench.engine import EngineRequest, LoadSpec, Target, measure, shutdown
 from bench.results import Measurement
 from bench.servers.registry import make_server
@@ -50,19 +50,20 @@ class Row:
     engine_requests: int = 0
     saturated_rounds: int = 0
 
-    @staticmethod
-    def _ratio(rounds: Sequence[tuple[float, float]]) -> float:
-        wrk = sum(w for w, _ in rounds)
-        return sum(e for _, e in rounds) / wrk if wrk else 0.0
-
     @property
     def ratio(self) -> float:
         """Mean engine rate over mean wrk rate (rounds are of equal length)."""
-        return self._ratio(self.rounds)
+        wrk = sum(w for w, _ in self.rounds)
+        return sum(e for _, e in self.rounds) / wrk if wrk else 0.0
 
     def interval(self) -> tuple[float, float]:
         """95% bootstrap interval of the ratio, resampling whole rounds (pairs stay pairs)."""
-        return bootstrap_interval([self.rounds], lambda groups: self._ratio(groups[0]))
+        wrk, engine = zip(*self.rounds, strict=True)
+        return change.interval(
+            [wrk, engine],
+            lambda w, e, axis: np.sum(e, axis=axis) / np.sum(w, axis=axis),
+            paired=True,
+        )
 
     def line(self) -> str:
         wrk = statistics.mean(w for w, _ in self.rounds)

@@ -17,7 +17,7 @@ from rich.console import Console
 
 from bench import engine
 from bench.cells.runner import EXTERNAL_SERVER, CellRun
-from bench.config.run import RunConfig
+from bench.cells.settings import run_config as run_config_of
 from bench.core.ownership import Labels
 from bench.observe.progress import Progress
 from bench.results import Cell, EndpointResult, ScenarioResult, new_run_id
@@ -151,7 +151,7 @@ def cell_run(tmp_path: Path) -> Callable[..., CellRun]:
         servers_file: Path | None = None,
         **config: Any,
     ) -> CellRun:
-        run_config = RunConfig(**config)
+        run_config = run_config_of(config)
         if run_config.url:
             return CellRun(Cell(server=EXTERNAL_SERVER), new_run_id(), tmp_path, run_config, None)
         adapter = make_server(server, server_options, servers_file)

@@ -122,6 +122,24 @@ def test_bad_matrix_input_is_one_clear_line(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--history", "file"], "--history: {tmp}/file is not a folder"),
+        (["--out", "file/out"], "cannot write the report into {tmp}/file/out: Not a directory"),
+    ],
+)
+def test_bad_report_input_is_one_clear_line(
+    tmp_path: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "file").write_text("")
+    (tmp_path / "results").mkdir()
+    argv = ["report", str(tmp_path / "results"), "--out", str(tmp_path / "out")]
+    argv += [str(tmp_path / a) if "file" in a else a for a in args]
+    _one_clear_line(argv, message.format(tmp=tmp_path), capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "results"]  # nothing written
+
+
 def _one_clear_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     # in this process (a new interpreter per case would cost a second each): main() as the
     # entry point calls it, with its SIGTERM handler put back afterwards

@@ -1,5 +1,6 @@
 """compare and --repeat auto's arithmetic on repetitions made from a stored result: scaled copies
-with known noise, so what must and must not be found is known."""
+with known noise, so what must and must not be found is known; and the metric table that names
+the figures compare gates and the report's baseline shows."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import pytest
 from bench.cells import repeat
 from bench.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from bench.compare import gate as comparison
+from bench.compare import metrics
+from bench.compare.metrics import METRICS, Metric
 from bench.core.errors import ConfigError
+from bench.report.compare import baseline_section
 from bench.results import Result, load_result, write_result
 
 RESOURCE = (
@@ -75,8 +79,57 @@ def test_latency_rules_fail_on_latency_only() -> None:
 
 @pytest.mark.parametrize("text", ["rps<5", "latency>+10%", "p99 >> 10%", "", "rps<-5%%"])
 def test_a_malformed_rule_is_one_line_with_an_example(text: str) -> None:
-    with pytest.raises(ConfigError, match=r"e\.g\. --fail-on 'rps<-5%'"):
+    with pytest.raises(ConfigError, match=r"e\.g\. --fail-on 'rps<-5%'") as caught:
         comparison.parse_rule(text)
+    # the message names every metric of the table, its unit and which way is better
+    assert "\n" not in str(caught.value)
+    assert all(m.text in str(caught.value) for m in METRICS.values())
+    assert "p99 (ms, lower is better)" in str(caught.value)
+
+
+@pytest.mark.parametrize("name", list(METRICS))
+def test_every_metric_of_the_table_is_a_rule(name: str) -> None:
+    assert comparison.parse_rule(f"{name}<-5%") == comparison.Rule(name, True, -5.0)
+    assert comparison.parse_rule(f" {name} > +10.5 % ").text == f"{name}>+10.5%"
+
+
+def cpu_us(seconds: float | None) -> float | None:
+    return None if seconds is None else 1e6 * seconds
+
+
+# A gated figure the table does not have yet: the load generator's CPU per request.
+CPU = Metric(
+    "cpu",
+    "lower",
+    "µs",
+    lambda ep: cpu_us(ep.client_cpu_s_per_request),
+    lambda sc: cpu_us(sc.client_cpu_s_per_step),
+)
+
+
+def test_a_new_gated_figure_is_one_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(metrics.METRICS, CPU.name, CPU)
+    before, after = repetitions(6, seed=1), repetitions(6, seed=2)
+    for r in after:
+        for ep in r.endpoints:
+            ep.client_cpu_s_per_request = 1.5 * (ep.client_cpu_s_per_request or 0.0)
+    rule = comparison.parse_rule("cpu>+10%")  # the grammar
+    result = comparison.compare(before, after)  # the figures tested
+    failing = comparison.gate(result.figures, [rule])
+    assert {f.name for f in failing} == {
+        f"{ep.name} c={ep.concurrency}" for ep in after[0].endpoints
+    }
+    assert all(f.metric == "cpu" and f.change_pct == pytest.approx(50) for f in failing)
+    section = baseline_section(before, after)  # the report's change columns
+    [table] = section.tables
+    header = "python-sqlite-memory (6 vs 6 runs) cpu"
+    assert header in [c.header for c in table.columns]
+    index = [c.header for c in table.columns].index(header)
+    values = {(row[0].text, row[1].text): row[index] for row in table.rows}
+    assert values[("GET flow", "4")].text.startswith("1.50× p=")
+    assert values[("GET flow", "4")].tone == "bad"  # lower is better, and it rose
+    assert values[("total", "4")].text == "-"  # not summed: no total
+    assert "cpu (µs, lower is better)" in section.paragraphs[0]
 
 
 def test_settings_and_machines_that_differ_are_named() -> None:

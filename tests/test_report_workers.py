@@ -13,11 +13,12 @@ import pytest
 from hdrh.histogram import HdrHistogram
 
 from bench.config.run import RunConfig
-from bench.engine.model import latency_summary, new_histogram
+from bench.engine.model import new_histogram
 from bench.report import build, collect, render_markdown
 from bench.report.aggregate import merge_repetitions
 from bench.report.document import Section, Table
 from bench.results import Cell, Environment, Result, ScenarioResult, StepResult, Timing
+from bench.results.merge import latency_summary
 from bench.workloads import WORKLOADS
 from bench.workloads.mixed import MIXED_NOTE
 from bench.workloads.reported import LevelTable, Reading, ScenarioReport

@@ -53,7 +53,7 @@ from bench.results import (
     environment,
     utc_now,
 )
-from bench.servers.adapter import ServerAdapter
+from bench.servers.adapter import ServerAdapter, ServerSettings
 from bench.servers.running import RunningServer, ServerSetup, start_server
 from bench.workloads import ScenarioWorkload, Workload, get_workload
 from bench.workloads.base import UNAVAILABLE_ATTEMPTS, Endpoint, api_client, back_off_unavailable
@@ -237,7 +237,7 @@ def _start(
         logdir=run.cell_dir,
         datadir=datadir,
         no_services=run.config.no_services,
-        server_workers=run.config.server_workers,
+        server_workers=ServerSettings.of(run.config).server_workers,
         **_provision(run, labels, progress, result, stack),
     )
     if run.config.preload:
@@ -476,13 +476,14 @@ def _drained(
     return found
 
 
-def _real_client_check(run: CellRun, target: _Target, progress: Progress, result: Result) -> None:
-    """One flow run of the real Prefect client against the server, read back: the proof that
-    the server serves the client the workload emulates (bench.conformance.real_client)."""
+def _real_client_check(
+    run: CellRun, target: _Target, progress: Progress, result: Result, tasks: int
+) -> None:
+    """One flow run of `tasks` tasks of the real Prefect client against the server, read back:
+    the proof that the server serves the client the workload emulates
+    (bench.conformance.real_client)."""
     progress.stage("running one flow with the real Prefect client (conformance)")
-    report = conformance.check(
-        target.base_url, tasks=run.config.tasks, workdir=run.cell_dir / "real-client"
-    )
+    report = conformance.check(target.base_url, tasks=tasks, workdir=run.cell_dir / "real-client")
     result.conformance = report.model_dump(mode="json")
     if not report.ok:
         failed = "; ".join(f"{c.name}: {c.detail}" for c in report.failed)
@@ -511,16 +512,18 @@ def _measure_scenarios(
     readers = workload.readers(client, target.api_path, progress.stage)
     progress.stage(f"verifying the {workload.name} scenario once")
     name = _verify_scenario(workload, fresh, client, target)
-    if workload.real_client_check:
-        _real_client_check(run, target, progress, result)
-    progress.stage(f"measuring {name}" + (f" with {config.readers} readers" if readers else ""))
+    if workload.real_client_check is not None:
+        tasks = workload.real_client_check(config)
+        _real_client_check(run, target, progress, result, tasks)
+    users = workload.reader_users(config)
+    progress.stage(f"measuring {name}" + (f" with {users} readers" if readers else ""))
     for concurrency in config.concurrency:
         scenario = fresh()
         _ensure_alive(target, f"before {scenario.name} at c={concurrency}")
         if workload.prepare is not None:
             progress.stage(f"preparing {scenario.name} at c={concurrency}")
             scenario = workload.prepared(client, scenario, verify=False)
-        parts = workload.parts(scenario, concurrency, readers, config.readers)
+        parts = workload.parts(scenario, concurrency, readers, config)
         _measure_level(config, workload, parts, client, target, sampler, progress, result)
 
 

@@ -1,2 +1,4 @@
-"""Did it change? Figures read from results and the gate over repeated runs (`gate`), the
-statistics scipy does not give (`stats`), and a capacity sweep's knee (`capacity`)."""
+"""Did it change? The gated figures, one row each (`metrics`), the one test of a change that
+`compare` and the report's baseline share (`change`), `compare`'s pairing, gate and A/A
+calibration (`gate`), the limits scipy does not compute (`stats`), and a capacity sweep's knee
+(`capacity`)."""

@@ -1,18 +1,16 @@
 """`compare BEFORE AFTER`: is a difference between two sets of repeated runs real, and does it
 break a gate?
 
-Each counted repetition (an ok result, not discarded) gives one value per figure: an endpoint's
-rps, p50 and p99 at one level, a scenario's rate and its steps' p50 and p99, the cell's total
-rate. A figure's change is mean(after) / mean(before); its 95% interval comes from resampling
-the repetitions of each side (scipy.stats.bootstrap), its p-value from a permutation test on
-them (scipy.stats.permutation_test, exact for the few repetitions a side has). Repetitions, not
-requests, are resampled: requests of one run share its server process and database, and the
-noise between runs is larger than within one. Every p-value of the comparison is then corrected
-for the many tests made at once (Benjamini-Hochberg, scipy.stats.false_discovery_control), so
-that testing ~100 figures does not find ~5 changes in noise.
+Each counted repetition (an ok result, not discarded) gives one value per figure
+(`cell_figures`: every row of bench.compare.metrics.METRICS read from each endpoint, scenario
+and step at each level, and each summed row's total over the cell). Each figure is tested and
+the whole comparison corrected as bench.compare.change does it (the report's baseline tests the
+same way).
 
-A gate (`--fail-on 'rps<-5%'`) fails on a figure whose change is beyond its threshold and whose
-corrected p-value is below SIGNIFICANCE: both, so neither noise nor a tiny real change fails it.
+A gate (`--fail-on 'rps<-5%'`, any METRIC of the table) fails on a figure whose change is beyond
+its threshold and whose corrected p-value is below SIGNIFICANCE: both, so neither noise nor a
+tiny real change fails it. The sides must agree on every measurement setting
+(bench.compare.settings) and machine, or the differences are named.
 """
 
 from __future__ import annotations
@@ -23,48 +21,25 @@ import re
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 from pydantic import BaseModel
-from scipy import stats
 
+from bench.compare.change import SIGNIFICANCE, Figure, assess
+from bench.compare.metrics import METRICS, TOTAL, readings
+from bench.compare.settings import measurement_fields, measurement_settings
+from bench.compare.stats import detectable_pct, fewest_figures, smallest_p
 from bench.core.errors import ConfigError
 from bench.results import Result
 
-SIGNIFICANCE = 0.05
-CONFIDENCE = 0.95
-RESAMPLES = 2000
-# The settings of a measurement that must match for two sides to be compared: what the
-# servers are asked to do and how they are measured. The servers' own settings (servers.toml,
-# the Prefect version) are what is compared; how often a cell was repeated is not a setting.
-MEASUREMENT_SETTINGS = (
-    "workload",
-    "mode",
-    "duration_s",
-    "warmup_s",
-    "concurrency",
-    "rate",
-    "engine_procs",
-    "server_cpus",
-    "client_cpus",
-    "tasks",
-    "no_services",
-    "preload",
-    "preload_shape",
-)
 MACHINE_KEYS = ("hostname", "cpu_model", "cpu_count")
-
-Metric = Literal["rps", "p50", "p99"]
-# rps: higher is better; latencies: lower.
-HIGHER_IS_BETTER = {"rps": True, "p50": False, "p99": False}
 
 
 @dataclass(frozen=True)
 class Rule:
     """`rps<-5%`: fail when the rate fell by more than 5%; `p99>+10%`: when p99 rose by more."""
 
-    metric: Metric
+    metric: str  # a name of METRICS
     below: bool
     pct: float
 
@@ -76,130 +51,32 @@ class Rule:
         return change_pct < self.pct if self.below else change_pct > self.pct
 
 
-_RULE = re.compile(r"^\s*(rps|p50|p99)\s*([<>])\s*([+-]?\d+(?:\.\d+)?)\s*%\s*$")
-
-
 def parse_rule(text: str) -> Rule:
-    """A --fail-on expression; ConfigError with an example for anything else."""
-    match = _RULE.match(text)
+    """A --fail-on expression, METRIC<CHANGE% or METRIC>CHANGE% with METRIC a name of METRICS;
+    ConfigError with an example for anything else."""
+    names = "|".join(re.escape(name) for name in METRICS)
+    match = re.match(rf"^\s*({names})\s*([<>])\s*([+-]?\d+(?:\.\d+)?)\s*%\s*$", text)
     if not match:
         raise ConfigError(
             f"--fail-on {text!r}: expected METRIC<CHANGE% or METRIC>CHANGE% with METRIC one of "
-            "rps, p50, p99, e.g. --fail-on 'rps<-5%' --fail-on 'p99>+10%'"
+            + ", ".join(m.text for m in METRICS.values())
+            + ", e.g. --fail-on 'rps<-5%' --fail-on 'p99>+10%'"
         )
     metric, sign, pct = match.groups()
-    return Rule(metric, sign == "<", float(pct))  # type: ignore[arg-type]
+    return Rule(metric, sign == "<", float(pct))
 
 
-@dataclass
-class Figure:
-    """One figure of one cell on both sides, and what the comparison found."""
-
-    cell: str
-    name: str
-    metric: Metric
-    before: list[float]
-    after: list[float]
-    ratio: float = math.nan
-    low: float | None = None
-    high: float | None = None
-    p_value: float | None = None
-    p_adjusted: float | None = None
-    broken: list[str] = field(default_factory=list)
-
-    @property
-    def change_pct(self) -> float:
-        return 100 * (self.ratio - 1)
-
-    @property
-    def significant(self) -> bool:
-        return self.p_adjusted is not None and self.p_adjusted < SIGNIFICANCE
-
-    @property
-    def worse(self) -> bool:
-        return (self.ratio < 1) == HIGHER_IS_BETTER[self.metric]
-
-
-def cell_figures(result: Result) -> dict[tuple[str, Metric], float]:
-    """Every figure one repetition gives: (name, metric) → value."""
-    out: dict[tuple[str, Metric], float] = {}
-    total = 0.0
-    for ep in result.endpoints:
-        name = f"{ep.name} c={ep.concurrency}"
-        out[(name, "rps")] = ep.rps
-        total += ep.rps
-        if ep.latency_ms is not None:
-            out[(name, "p50")] = ep.latency_ms.p50
-            out[(name, "p99")] = ep.latency_ms.p99
-    for sc in result.scenarios:
-        name = f"{sc.name} c={sc.concurrency}"
-        out[(name, "rps")] = sc.per_s
-        total += sc.per_s
-        if sc.duration_ms is not None:
-            out[(name, "p50")] = sc.duration_ms.p50
-            out[(name, "p99")] = sc.duration_ms.p99
-        for step in sc.steps:
-            if step.latency_ms is not None:
-                out[(f"{name} {step.name}", "p50")] = step.latency_ms.p50
-                out[(f"{name} {step.name}", "p99")] = step.latency_ms.p99
-    if result.endpoints or result.scenarios:
-        out[("total", "rps")] = total
+def cell_figures(result: Result) -> dict[tuple[str, str], float]:
+    """Every figure one repetition gives, (name, metric) → value: each reading's, and for each
+    summed metric the total over the cell's endpoints and scenarios at every level."""
+    found = readings(result)
+    out = {(r.name, metric): value for r in found for metric, value in r.values.items()}
+    measured = [r for r in found if r.step is None]
+    if measured:
+        for m in METRICS.values():
+            if m.summed:
+                out[(TOTAL, m.name)] = sum(r.values.get(m.name, 0.0) for r in measured)
     return out
-
-
-def _mean_ratio(before: np.ndarray, after: np.ndarray, axis: int = -1) -> np.ndarray:
-    return np.mean(after, axis=axis) / np.mean(before, axis=axis)
-
-
-def _mean_difference(before: np.ndarray, after: np.ndarray, axis: int = -1) -> np.ndarray:
-    return np.mean(after, axis=axis) - np.mean(before, axis=axis)
-
-
-def measure_change(figure: Figure, seed: int = 0) -> None:
-    """Fill in the ratio, its interval and the raw p-value (at least 2 repetitions a side for
-    an interval and a p-value; the ratio alone with fewer)."""
-    before, after = np.asarray(figure.before), np.asarray(figure.after)
-    if before.mean() == 0:
-        return
-    figure.ratio = float(after.mean() / before.mean())
-    if min(len(before), len(after)) < 2:
-        return
-    if np.ptp(np.concatenate([before, after])) == 0:
-        figure.low = figure.high = figure.ratio
-        figure.p_value = 1.0
-        return
-    rng = np.random.default_rng(seed)
-    interval = stats.bootstrap(
-        (before, after),
-        _mean_ratio,
-        vectorized=True,
-        n_resamples=RESAMPLES,
-        confidence_level=CONFIDENCE,
-        method="percentile",
-        rng=rng,
-    ).confidence_interval
-    figure.low, figure.high = float(interval.low), float(interval.high)
-    figure.p_value = float(
-        stats.permutation_test(
-            (before, after),
-            _mean_difference,
-            permutation_type="independent",
-            vectorized=True,
-            n_resamples=20_000,
-            alternative="two-sided",
-            rng=rng,
-        ).pvalue
-    )
-
-
-def correct(figures: Sequence[Figure]) -> None:
-    """Benjamini-Hochberg over every figure tested."""
-    tested = [f for f in figures if f.p_value is not None]
-    if not tested:
-        return
-    adjusted = stats.false_discovery_control([f.p_value for f in tested], method="bh")
-    for f, p in zip(tested, adjusted, strict=True):
-        f.p_adjusted = float(p)
 
 
 def gate(figures: Iterable[Figure], rules: Sequence[Rule]) -> list[Figure]:
@@ -229,32 +106,32 @@ def by_cell(results: Iterable[Result]) -> dict[str, list[Result]]:
 
 
 def figures_of(cell: str, before: Sequence[Result], after: Sequence[Result]) -> list[Figure]:
-    """The figures both sides of a cell have, tested (not yet corrected)."""
+    """The figures every repetition of both sides of a cell has, not yet tested."""
     b = [cell_figures(r) for r in before]
     a = [cell_figures(r) for r in after]
     keys = set.intersection(*(set(f) for f in [*b, *a]))
-    out = []
-    for name, metric in sorted(keys, key=lambda k: (k[0] != "total", k[0], k[1])):
-        figure = Figure(
-            cell, name, metric, [f[(name, metric)] for f in b], [f[(name, metric)] for f in a]
-        )
-        measure_change(figure)
-        out.append(figure)
-    return out
+    return [
+        Figure(cell, name, metric, [f[(name, metric)] for f in b], [f[(name, metric)] for f in a])
+        for name, metric in sorted(keys, key=lambda k: (k[0] != TOTAL, k[0], k[1]))
+    ]
 
 
 def settings_differences(before: Sequence[Result], after: Sequence[Result]) -> list[str]:
     """What differs between the sides' measurement settings and machines, one line each."""
     lines = []
-    for what, keys, get in (
-        ("measurement setting", MEASUREMENT_SETTINGS, lambda r, k: getattr(r.config, k, None)),
-        ("machine", MACHINE_KEYS, lambda r, k: getattr(r.environment, k, None)),
-    ):
-        for key in keys:
-            old = sorted({repr(get(r, key)) for r in before})
-            new = sorted({repr(get(r, key)) for r in after})
-            if old != new:
-                lines.append(f"{what} {key}: {', '.join(old)} before, {', '.join(new)} after")
+    old = [measurement_settings(r.config) for r in before]
+    new = [measurement_settings(r.config) for r in after]
+    for key in measurement_fields():
+        olds, news = sorted({s[key] for s in old}), sorted({s[key] for s in new})
+        if olds != news:
+            lines.append(
+                f"measurement setting {key}: {', '.join(olds)} before, {', '.join(news)} after"
+            )
+    for key in MACHINE_KEYS:
+        olds = sorted({repr(getattr(r.environment, key, None)) for r in before})
+        news = sorted({repr(getattr(r.environment, key, None)) for r in after})
+        if olds != news:
+            lines.append(f"machine {key}: {', '.join(olds)} before, {', '.join(news)} after")
     return lines
 
 
@@ -308,7 +185,7 @@ def compare(before: Sequence[Result], after: Sequence[Result]) -> Comparison:
         label = b if a == b else f"{b} → {a}"
         figures += figures_of(label, old[b], new[a])
         differences += [f"{label}: {d}" for d in settings_differences(old[b], new[a])]
-    correct(figures)
+    assess(figures)
     repetitions = {(b if a == b else f"{b} → {a}"): (len(old[b]), len(new[a])) for b, a in pairs}
     sides = [("before", old[b]) for b, _ in pairs] + [("after", new[a]) for _, a in pairs]
     noisy = [
@@ -382,16 +259,14 @@ def calibrate(
     alarms, widths, tests = 0, [], 0
     for first, second in splits:
         figs = figures_of(cell, [results[i] for i in first], [results[i] for i in second])
-        correct(figs)
-        tests = len(figs)
+        assess(figs)
+        tests = sum(f.p_value is not None for f in figs)
         alarms += bool(gate(figs, rules))
-        total = next((f for f in figs if f.name == "total"), None)
+        total = next((f for f in figs if f.name == TOTAL), None)
         if total and total.low is not None and total.high is not None:
             widths.append(50 * (total.high - total.low) / total.ratio)
-    totals = [cell_figures(r).get(("total", "rps"), 0.0) for r in results]
+    totals = [cell_figures(r).get((TOTAL, "rps"), 0.0) for r in results]
     cv = 100 * statistics.stdev(totals) / statistics.fmean(totals) if n > 1 else math.nan
-    # normal approximation: (z_0.975 + z_0.8) * CV * sqrt(2 / size)
-    detectable = (stats.norm.ppf(0.975) + stats.norm.ppf(0.8)) * cv * math.sqrt(2 / size)
     return Calibration(
         cell=cell,
         repetitions=n,
@@ -400,24 +275,10 @@ def calibrate(
         false_alarms=alarms,
         total_noise_pct=round(statistics.median(widths), 2) if widths else math.nan,
         total_cv_pct=round(cv, 2),
-        detectable_pct=round(float(detectable), 2),
-        fewest_figures=fewest_figures(size, size, tests),
+        detectable_pct=round(detectable_pct(cv, size, SIGNIFICANCE), 2),
+        fewest_figures=fewest_figures(size, size, tests, SIGNIFICANCE),
         tests=tests,
     )
-
-
-def smallest_p(before: int, after: int) -> float:
-    """The smallest two-sided p-value an exact permutation test of the difference of means can
-    give with these many values a side: the two most extreme of C(n, before) splits."""
-    return min(1.0, 2 / math.comb(before + after, before))
-
-
-def fewest_figures(before: int, after: int, tests: int) -> int:
-    """How many of `tests` figures must all reach `smallest_p` before Benjamini-Hochberg lets
-    them through: it passes the k smallest p-values when the k-th is ≤ k·q / tests."""
-    if not tests:
-        return 0
-    return max(1, math.ceil(smallest_p(before, after) * tests / SIGNIFICANCE))
 
 
 # -- Markdown, for a terminal or a pull-request comment ----------------------------------------
@@ -455,6 +316,7 @@ HEADER = (
 def render(comparison: Comparison, rules: Sequence[Rule], failing: Sequence[Figure]) -> str:
     """The comparison as Markdown: the verdict first, then what changed, then every figure."""
     figures = comparison.figures
+    tested = [f for f in figures if f.p_value is not None]
     significant = [f for f in figures if f.significant]
     lines = ["## prefect-bench compare", ""]
     if rules:
@@ -465,8 +327,9 @@ def render(comparison: Comparison, rules: Sequence[Rule], failing: Sequence[Figu
         )
         lines += [verdict, ""]
     lines.append(
-        f"{len(figures)} figures tested, {len(significant)} significant after Benjamini-Hochberg "
-        f"(q = {SIGNIFICANCE:g}); repetitions before/after: "
+        f"{len(figures)} figures, {len(tested)} tested (not those equal in every repetition), "
+        f"{len(significant)} significant after Benjamini-Hochberg (q = {SIGNIFICANCE:g}); "
+        "repetitions before/after: "
         + ", ".join(f"{c} {b}/{a}" for c, (b, a) in comparison.repetitions.items())
         + "."
     )
@@ -478,16 +341,16 @@ def render(comparison: Comparison, rules: Sequence[Rule], failing: Sequence[Figu
             "is significant. Repeat the runs (`--repeat 4` or more)."
         )
     else:
-        need = fewest_figures(before, after, len(figures))
+        need = fewest_figures(before, after, len(tested), SIGNIFICANCE)
         told = (
             f"With {before} and {after} repetitions the smallest p-value a permutation test "
             f"gives is {smallest_p(before, after):.3g}"
         )
-        if need > len(figures):
+        if need > len(tested):
             lines.append(f"{told}: no change can pass the correction. Repeat more.")
         elif need > 1:
             lines.append(
-                f"{told}: a change must show in at least {need} of the {len(figures)} figures "
+                f"{told}: a change must show in at least {need} of the {len(tested)} figures "
                 "to pass the correction (more repetitions make single-figure changes visible)."
             )
     for line in [*comparison.differences, *comparison.noisy]:
@@ -496,7 +359,7 @@ def render(comparison: Comparison, rules: Sequence[Rule], failing: Sequence[Figu
     shown = [f for f in figures if f.broken] + [f for f in significant if not f.broken]
     if shown:
         lines += ["### Significant changes", "", HEADER, *(_row(f) for f in shown), ""]
-    totals = [f for f in figures if f.name == "total"]
+    totals = [f for f in figures if f.name == TOTAL]
     if totals:
         lines += ["### Cell totals (rate)", "", HEADER, *(_row(f) for f in totals), ""]
     lines += ["<details><summary>Every figure</summary>", "", HEADER]

@@ -1,68 +1,43 @@
-"""How sure a figure is: bootstrap intervals and permutation tests (no distribution assumed).
+"""What scipy does not give: the limits a number of values sets on a test before any is measured.
 
-A benchmark's samples (rates of short slices of a window, rounds of two tools, repeated runs) are
-few and not normal, so intervals and p-values come from resampling them, not from t tables.
+The tests themselves are scipy's (`bench.compare.change`: scipy.stats.bootstrap,
+permutation_test, false_discovery_control); these say how small a p-value a permutation test
+can reach with so few values a side, how many figures must reach it to pass the correction,
+and how small a change such a test detects.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-import random
-from collections.abc import Callable, Sequence
-from typing import TypeVar
 
-T = TypeVar("T")
-
-SAMPLES = 2000
-CONFIDENCE = 0.95
+from scipy import stats
 
 
-def bootstrap_interval(
-    groups: Sequence[Sequence[T]],
-    statistic: Callable[[list[list[T]]], float],
-    samples: int = SAMPLES,
-    seed: int = 0,
-) -> tuple[float, float]:
-    """The 95% interval of `statistic(groups)`: each group is resampled with replacement,
-    independently of the others (keep paired values together as one item of one group).
+def smallest_p(before: int, after: int) -> float:
+    """The smallest two-sided p-value an exact permutation test of the difference of means can
+    give with these many values a side: the two most extreme of C(n, before) splits.
 
-    Seeded, so the same data always gives the same interval.
-    """
-    if not groups or any(not g for g in groups):
-        raise ValueError("every group needs at least one value")
-    rng = random.Random(seed)
-    values = sorted(statistic([rng.choices(g, k=len(g)) for g in groups]) for _ in range(samples))
-    tail = (1 - CONFIDENCE) / 2
-    return values[int(tail * samples)], values[int((1 - tail) * samples) - 1]
+    scipy.stats.permutation_test computes the p-value of data; this floor, set by the sizes
+    alone, is what tells beforehand that 3 runs a side (0.1) can never be significant."""
+    return min(1.0, 2 / math.comb(before + after, before))
 
 
-# Labelings enumerated exactly up to this many; beyond, this many random ones.
-PERMUTATIONS = 20_000
+def fewest_figures(before: int, after: int, tests: int, q: float) -> int:
+    """How many of `tests` figures must all reach `smallest_p` before Benjamini-Hochberg at
+    level `q` lets them through: it passes the k smallest p-values when the k-th is ≤ k·q / tests.
+
+    scipy.stats.false_discovery_control adjusts given p-values; it does not invert the rule."""
+    if not tests:
+        return 0
+    return max(1, math.ceil(smallest_p(before, after) * tests / q))
 
 
-def permutation_p_value(old: Sequence[float], new: Sequence[float], seed: int = 0) -> float:
-    """Two-sided p-value of the difference of the means of `old` and `new`, under the null
-    hypothesis that the labels are exchangeable (a permutation test: no distribution assumed).
+def detectable_pct(cv_pct: float, size: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest change of a mean, % of it, that a two-sided test at `alpha` with `size`
+    values a side finds with probability `power`, for values varying by `cv_pct` (coefficient of
+    variation, %): (z_{1-alpha/2} + z_power) · CV · sqrt(2 / size), the normal approximation.
 
-    Every relabelling is tried when there are at most PERMUTATIONS of them, else that many random
-    ones (seeded). With 3 values a side the smallest p possible is 0.1; with 4, 0.029.
-    """
-    if not old or not new:
-        raise ValueError("both sides need at least one value")
-    values = [*old, *new]
-    total, k = sum(values), len(old)
-    observed = abs(sum(new) / len(new) - sum(old) / k)
-
-    def extreme(chosen: Sequence[float]) -> bool:
-        s = sum(chosen)
-        # a float tolerance, so that ties with the observed split count as extreme
-        return abs((total - s) / len(new) - s / k) >= observed - 1e-12 * max(1.0, observed)
-
-    n = len(values)
-    if math.comb(n, k) <= PERMUTATIONS:
-        splits = [extreme(c) for c in itertools.combinations(values, k)]
-        return sum(splits) / len(splits)
-    rng = random.Random(seed)
-    hits = sum(extreme(rng.sample(values, k)) for _ in range(PERMUTATIONS))
-    return (hits + 1) / (PERMUTATIONS + 1)
+    scipy has no power analysis that solves for the effect (scipy.stats.power simulates the
+    power of a given one; statsmodels' solve_power does, a dependency one line does not earn)."""
+    z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
+    return float(z * cv_pct * math.sqrt(2 / size))

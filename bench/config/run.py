@@ -1,11 +1,21 @@
-"""What a run was asked to do: `RunConfig`, built once by the command line and stored in every
-result as it is."""
+"""What a run was asked to do: `RunConfig`, the core settings every cell has, built once by
+the command line and stored in every result as it is; and `Options`, the settings a workload or
+a server adapter adds, declared beside it and stored in the same config.
+
+Each setting is declared once, as a pydantic field made by `setting()`: its type and checks,
+its default, its help, the command-line flag that gives it and whether it is a measurement
+setting (one that changes what is measured: two results are like-for-like only when they
+agree on every one). The command line gathers the flags from RunConfig and from every
+workload's and adapter's Options; `bench.compare.settings` gathers the measurement settings.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Iterable, Iterator
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.fields import FieldInfo
 
 from bench.config.objectives import DEFAULT_SLO, parse_slo, sweep_rates
 from bench.config.preload_shape import DEFAULT_SHAPE, parse_shape
@@ -13,124 +23,190 @@ from bench.config.preload_shape import DEFAULT_SHAPE, parse_shape
 PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 DEFAULT_WORKLOAD = "seed"
 URL_WORKLOAD = "health"
-WORKERS_WORKLOAD = "workers"
-MIXED_WORKLOAD = "mixed"
-DEFAULT_WORKERS = [10]  # workers: the workload's virtual users are its workers
+
+
+def setting(
+    flag: str | None = None,
+    metavar: str | None = None,
+    *,
+    measurement: bool = False,
+    text: str | None = None,
+    **field: Any,
+) -> Any:
+    """A settings field (pydantic's `Field(**field)`) given on the command line as `flag`
+    (None: derived, not given), `metavar` naming its value (None: a switch). `text` names how
+    the command line reads the value when its type does not say (bench.cli's grammars: ints,
+    cpus, repeat, and the workload and provider names); `measurement` marks a measurement
+    setting."""
+    extra: dict[str, str | bool] = {"measurement": measurement}
+    if flag is not None:
+        extra["flag"] = flag
+    if metavar is not None:
+        extra["metavar"] = metavar
+    if text is not None:
+        extra["text"] = text
+    return Field(json_schema_extra=extra, **field)
+
+
+def declared(model: type[BaseModel]) -> Iterator[tuple[str, FieldInfo, dict[str, Any]]]:
+    """Each field of `model` made by `setting()`: its name, pydantic's FieldInfo and what
+    `setting()` declared of it (flag, metavar, text, measurement)."""
+    for name, info in model.model_fields.items():
+        if isinstance(info.json_schema_extra, dict) and "measurement" in info.json_schema_extra:
+            yield name, info, dict(info.json_schema_extra)
 
 
 class RunConfig(BaseModel):
-    """What a run was asked to do. The command line builds it once (these are its defaults,
-    checks and help texts), every result stores it as it is, and the engine's load spec for
-    each level is derived from it (`bench.engine.LoadSpec.for_level`)."""
+    """The core settings of a run: what every cell has, whatever its workload and server.
+    Workloads and adapters add theirs (`Options`), stored here as extra fields; the engine's
+    load spec for each level is derived from it (`bench.engine.LoadSpec.for_level`)."""
 
     model_config = ConfigDict(extra="allow")
 
-    workload: str = Field(
-        description=f"what to send (default {DEFAULT_WORKLOAD}, {URL_WORKLOAD} with --url)"
+    workload: str = setting(
+        "--workload",
+        "NAME",
+        measurement=True,
+        text="workload",
+        description=f"what to send (default {DEFAULT_WORKLOAD}, {URL_WORKLOAD} with --url)",
     )
-    mode: Literal["closed", "open"] = Field(
-        default="closed", description="open when a rate is given"
+    mode: Literal["closed", "open"] = setting(
+        measurement=True, default="closed", description="open when a rate is given"
     )
-    duration_s: PositiveSeconds = Field(default=5.0, description="seconds measured")
-    warmup_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = Field(
-        default=1.0, description="seconds not counted before each measurement"
+    duration_s: PositiveSeconds = setting(
+        "--duration", "S", measurement=True, default=5.0, description="seconds measured"
     )
-    concurrency: list[Annotated[int, Field(ge=1)]] = Field(
+    warmup_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = setting(
+        "--warmup",
+        "S",
+        measurement=True,
+        default=1.0,
+        description="seconds not counted before each measurement",
+    )
+    concurrency: list[Annotated[int, Field(ge=1)]] = setting(
+        "--concurrency",
+        "LIST",
+        measurement=True,
+        text="ints",
         default=[1, 4, 16, 64],
         min_length=1,
-        description="connections (virtual users; events: websockets; workers: workers, "
-        f"{DEFAULT_WORKERS[0]} unless given) per level, comma-separated",
+        description="connections (virtual users; events: websockets; workers: workers, 10 "
+        "unless given) per level, comma-separated",
     )
-    rate: PositiveSeconds | None = Field(
+    rate: PositiveSeconds | None = setting(
+        "--rate",
+        "R",
+        measurement=True,
         default=None,
         description="open model: requests/s per endpoint (flow-runs: flow runs started/s; "
         "events: events/s), latency from each intended send time (default: closed model)",
     )
-    engine_procs: Annotated[int, Field(ge=1)] | None = Field(
-        default=None, description="load generator processes (default: automatic)"
+    engine_procs: Annotated[int, Field(ge=1)] | None = setting(
+        "--engine-procs",
+        "N",
+        measurement=True,
+        default=None,
+        description="load generator processes (default: automatic)",
     )
-    server_cpus: list[int] | None = Field(default=None, description="pin the server, e.g. 0")
-    client_cpus: list[int] | None = Field(
-        default=None, description="pin the load generator, e.g. 1"
+    server_cpus: list[int] | None = setting(
+        "--server-cpus",
+        "LIST",
+        measurement=True,
+        text="cpus",
+        default=None,
+        description="pin the server, e.g. 0",
     )
-    url: str | None = Field(
+    client_cpus: list[int] | None = setting(
+        "--client-cpus",
+        "LIST",
+        measurement=True,
+        text="cpus",
+        default=None,
+        description="pin the load generator, e.g. 1",
+    )
+    url: str | None = setting(
+        "--url",
+        "URL",
         default=None,
         description="measure a server that is already running, e.g. http://127.0.0.1:4200/api",
     )
-    allow_remote: bool = Field(
+    allow_remote: bool = setting(
+        "--allow-remote",
         default=False,
         description="let --url name another host than this machine (127.0.0.1, localhost, "
         "::1). Load-testing a host you do not own is an attack: prefect-bench sends as fast "
         "as the server answers",
     )
-    rate_sweep: str | None = Field(
+    rate_sweep: str | None = setting(
+        "--rate-sweep",
+        "START:STOP:STEP",
+        measurement=True,
         default=None,
         description="capacity: each endpoint at every rate START:STOP:STEP (requests/s, open "
         "model) until it misses --slo; the knee is the highest rate kept",
     )
-    slo: str | None = Field(
+    slo: str | None = setting(
+        "--slo",
+        "EXPR",
+        measurement=True,
         default=None,
         description=f"--rate-sweep's latency objective, e.g. p99<50ms (default {DEFAULT_SLO})",
     )
-    tasks: Annotated[int, Field(ge=1)] = Field(
-        default=10, description="flow-runs, workers: tasks per flow run"
+    no_services: bool = setting(
+        "--no-services", measurement=True, default=False, description="the server's API alone"
     )
-    deployments: Annotated[int, Field(ge=1)] = Field(
-        default=10,
-        description="workers: deployments feeding the work pool, each on a schedule of every "
-        "60 s / --speedup",
-    )
-    speedup: Annotated[float, Field(gt=0, allow_inf_nan=False)] = Field(
-        default=10.0,
-        description="workers: the real worker's intervals (poll 10 s, prefetch 10 s, heartbeat "
-        "30 s) and the deployments' schedule divided by this, so a short window sees many polls",
-    )
-    readers: Annotated[int, Field(ge=1)] = Field(
-        default=2,
-        description="mixed: users sending the ui workload's reads, beside each level's "
-        "--concurrency flow-run users",
-    )
-    server_workers: Annotated[int, Field(ge=1)] = Field(
-        default=2,
-        description="python-scaled: its API processes (prefect server start --workers N), "
-        "beside its one services process",
-    )
-    no_services: bool = Field(default=False, description="the server's API alone")
-    provider: str | None = Field(
+    provider: str | None = setting(
+        "--provider",
+        "NAME",
+        text="provider",
         default=None,
         description="how PostgreSQL/Redis are provided (default: the first that works)",
     )
-    no_pin: bool = Field(
+    no_pin: bool = setting(
+        "--no-pin",
         default=False,
         description="leave the server and the load generator unpinned (default: on 2 or more "
         "cores each gets its own: --server-cpus and --client-cpus as recorded)",
     )
-    repeat: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+    repeat: Annotated[int, Field(ge=1)] | Literal["auto"] | None = setting(
+        "--repeat",
+        "N|auto",
+        text="repeat",
         default=None,
         description="repetitions of the cell, each a fresh server and database, or auto: "
         "until every figure's 95% interval is within --target or --budget is spent",
     )
-    preload: Annotated[int, Field(ge=1)] | None = Field(
+    preload: Annotated[int, Field(ge=1)] | None = setting(
+        "--preload",
+        "N",
+        measurement=True,
         default=None,
         description="flow runs (with their flows, deployments, task runs, logs and events) the "
         "cell's fresh database holds before it is measured; seeded once, then restored from a "
         "cache",
     )
-    preload_shape: str | None = Field(
+    preload_shape: str | None = setting(
+        "--preload-shape",
+        "SPEC",
+        measurement=True,
         default=None,
         description=f"--preload: what besides the flow runs, e.g. {DEFAULT_SHAPE.text()} "
         "(keys left out keep these defaults)",
     )
-    keep_first: bool = Field(
+    target_pct: Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)] = setting(
+        "--target",
+        "P",
+        default=3.0,
+        description="--repeat auto: the interval to reach, % of the mean",
+    )
+    budget_min: PositiveSeconds = setting(
+        "--budget", "MIN", default=30.0, description="--repeat auto: minutes to spend at most"
+    )
+    keep_first: bool = setting(
+        "--keep-first",
         default=False,
         description="--repeat: count the first repetition too (default: it runs as a warm-up, "
         "kept in the results, left out of every figure)",
-    )
-    target_pct: Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)] = Field(
-        default=3.0, description="--repeat auto: the interval to reach, % of the mean"
-    )
-    budget_min: PositiveSeconds = Field(
-        default=30.0, description="--repeat auto: minutes to spend at most"
     )
 
     @model_validator(mode="before")
@@ -141,8 +217,6 @@ class RunConfig(BaseModel):
             data = dict(data)
             if data.get("workload") is None:
                 data["workload"] = URL_WORKLOAD if data.get("url") else DEFAULT_WORKLOAD
-            if data["workload"] == WORKERS_WORKLOAD:
-                data.setdefault("concurrency", DEFAULT_WORKERS)
             open_model = data.get("rate") or data.get("rate_sweep")
             data.setdefault("mode", "open" if open_model else "closed")
             if data.get("rate_sweep") and data.get("slo") is None:
@@ -176,14 +250,6 @@ class RunConfig(BaseModel):
                 parse_shape(self.preload_shape)
             except ValueError as exc:
                 raise ValueError(f"--preload-shape: {exc}") from None
-        if self.workload == WORKERS_WORKLOAD and self.no_services:
-            raise ValueError(
-                "--workload workers needs the server's scheduler, which --no-services turns off"
-            )
-        if self.workload == WORKERS_WORKLOAD and self.rate is not None:
-            raise ValueError("--rate: workers poll at their own pace (see --speedup)")
-        if self.workload == MIXED_WORKLOAD and self.rate is not None:
-            raise ValueError("--rate: mixed runs its writers and readers in the closed model")
         if self.preload is not None and self.url is not None:
             raise ValueError(
                 "--preload seeds the database of a server the tool starts, not a --url"
@@ -194,3 +260,51 @@ class RunConfig(BaseModel):
     def sweep(self) -> list[float]:
         """The rates of --rate-sweep, lowest first (empty without one)."""
         return sweep_rates(self.rate_sweep) if self.rate_sweep else []
+
+
+class Options(BaseModel):
+    """Settings a workload or a server adapter adds to the run, declared with `setting()` in
+    its own module. They are stored in the RunConfig as extra fields (results keep them as
+    they kept them before they moved here); `of(config)` reads them back, typed and checked,
+    with the defaults for a config that lacks them (an older result)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    @classmethod
+    def of(cls, config: RunConfig) -> Self:
+        """This model's settings as `config` holds them."""
+        return cls.model_validate(config.model_dump())
+
+
+def measurement_fields(models: Iterable[type[BaseModel]]) -> tuple[str, ...]:
+    """The measurement settings of `models`, each once, in the order they are declared."""
+    return tuple(
+        dict.fromkeys(
+            name for model in models for name, _, how in declared(model) if how["measurement"]
+        )
+    )
+
+
+def setting_text(value: object) -> str:
+    """A setting's value as the comparisons show and compare it: 5.0 reads "5", a list
+    "1,4,16", None "none"."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        # 5.0 reads "5"; any other float keeps every digit, so unequal values read unequal
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, list | tuple):
+        return ",".join(setting_text(v) for v in value)
+    return str(value)
+
+
+def measurement_settings(config: RunConfig, models: Iterable[type[BaseModel]]) -> dict[str, str]:
+    """`config`'s measurement settings among `models`' (RunConfig and Options), field name →
+    value as text: two configs measure alike exactly when these are equal."""
+    values = config.model_dump()
+    for model in models:
+        if issubclass(model, Options):
+            values |= model.of(config).model_dump()
+    return {name: setting_text(values.get(name)) for name in measurement_fields(models)}

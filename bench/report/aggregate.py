@@ -8,29 +8,23 @@ the formats live in `tables.py` and the renderers.
 
 from __future__ import annotations
 
-import statistics
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hdrh.histogram import HdrHistogram
-
+from bench.compare.settings import measurement_fields, measurement_settings
 from bench.config.versions import version_key
 from bench.core.errors import ResultsError
-from bench.engine.model import latency_summary
-from bench.report.numbers import first_line, fmt_num
+from bench.report.numbers import first_line
 from bench.results import (
-    Delivery,
     EndpointResult,
-    LatencyMs,
     Result,
     ScenarioResult,
     ServerInfo,
-    StepResult,
-    Timing,
     load_result,
 )
+from bench.results.merge import merge
 
 REFERENCE_SERVER = "python"
 
@@ -197,221 +191,17 @@ def merge_repetitions(results: Iterable[Result]) -> list[Result]:
     return merged
 
 
-def _mean(values: Iterable[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return statistics.fmean(present) if present else None
-
-
-def _max(values: Iterable[float | None]) -> float | None:
-    return max((v for v in values if v is not None), default=None)
-
-
-def _summed(counts: Iterable[dict[str, int]]) -> dict[str, int]:
-    total: Counter[str] = Counter()
-    for c in counts:
-        total.update(c)
-    return dict(sorted(total.items()))
-
-
-def _concat(slices: Sequence[list[float] | None]) -> list[float] | None:
-    # Slices from only some repetitions would weigh those more in every resampled interval.
-    if any(s is None for s in slices):
-        return None
-    return [x for s in slices for x in s or ()]
-
-
-def _union(problems: Iterable[list[str]]) -> list[str]:
-    return list(dict.fromkeys(p for ps in problems for p in ps))[:10]
-
-
-def _sum_or_none(values: Sequence[int | None]) -> int | None:
-    return None if any(v is None for v in values) else sum(v or 0 for v in values)
-
-
-def _all_or_none(values: Sequence[bool | None]) -> bool | None:
-    return None if any(v is None for v in values) else all(values)
-
-
-def _weighted(values: Sequence[float | None], weights: Sequence[int]) -> float | None:
-    if any(v is None for v in values) or not sum(weights):
-        return None
-    return sum((v or 0.0) * w for v, w in zip(values, weights, strict=True)) / sum(weights)
-
-
-def merged_histogram(encoded: Iterable[str | None]) -> HdrHistogram | None:
-    """The sum of the encoded HdrHistograms given (None ones skipped); None if there are none."""
-    hist = None
-    for hdr in encoded:
-        if hdr is None:
-            continue
-        if hist is None:
-            hist = HdrHistogram.decode(hdr)
-        else:
-            hist.add(HdrHistogram.decode(hdr))
-    return hist
-
-
-_Latency = tuple[LatencyMs | None, str | None]
-
-
-def _latency(parts: Sequence[tuple[LatencyMs | None, str | None, int]]) -> _Latency:
-    """The merged latency summary and encoded histogram of (summary, histogram, successes)."""
-    measured = [(lat, hdr, n) for lat, hdr, n in parts if lat is not None or hdr is not None]
-    if not measured:
-        return None, None
-    if all(hdr is not None for _, hdr, _ in measured):
-        hist = merged_histogram(hdr for _, hdr, _ in measured)
-        assert hist is not None
-        return latency_summary(hist), hist.encode().decode("ascii")
-    # Without every histogram (results written by hand or before histograms were kept) no
-    # merge is exact; a mixture's percentiles lie between its parts', so their mean weighted
-    # by successes is as close as the summaries allow.
-    summaries = [(lat, n) for lat, _, n in measured if lat is not None]
-    weights = [max(n, 1) for _, n in summaries]
-
-    def mean_of(field: str) -> float:
-        total = sum(getattr(lat, field) * w for (lat, _), w in zip(summaries, weights, strict=True))
-        return total / sum(weights)
-
-    fields = ("mean", "p50", "p90", "p99", "p999")
-    summary = LatencyMs(
-        min=min(lat.min for lat, _ in summaries),
-        max=max(lat.max for lat, _ in summaries),
-        **{f: mean_of(f) for f in fields},
-    )
-    return summary, None
-
-
 def _merged_endpoint(eps: Sequence[EndpointResult]) -> EndpointResult:
-    latency, hdr = _latency([(e.latency_ms, e.hdr, e.successes) for e in eps])
-    return eps[0].model_copy(
-        update={
-            "requests": sum(e.requests for e in eps),
-            "errors": _summed(e.errors for e in eps),
-            "duration_s": sum(e.duration_s for e in eps),
-            "rps": statistics.fmean(e.rps for e in eps),
-            "rps_slices": _concat([e.rps_slices for e in eps]),
-            "latency_ms": latency,
-            "hdr": hdr,
-            "client_saturated": any(e.client_saturated for e in eps),
-            "problems": _union(e.problems for e in eps),
-            "client_cpu_s_per_request": _weighted(
-                [e.client_cpu_s_per_request for e in eps], [e.requests for e in eps]
-            ),
-            "late_sends": _sum_or_none([e.late_sends for e in eps]),
-            "rate_held": _all_or_none([e.rate_held for e in eps]),
-            "server_cpu_cores": _mean(e.server_cpu_cores for e in eps),
-            "server_rss_peak_mb": _max(e.server_rss_peak_mb for e in eps),
-            # Deltas of one window each: the report shows none, and a sum over the windows of
-            # different server processes would say little.
-            "telemetry": None,
-        }
-    )
-
-
-def _merged_step(steps: Sequence[StepResult]) -> StepResult:
-    successes = [s.requests - sum(s.errors.values()) for s in steps]
-    latency, hdr = _latency(
-        [(s.latency_ms, s.hdr, n) for s, n in zip(steps, successes, strict=True)]
-    )
-    return steps[0].model_copy(
-        update={
-            "requests": sum(s.requests for s in steps),
-            "errors": _summed(s.errors for s in steps),
-            "latency_ms": latency,
-            "hdr": hdr,
-        }
-    )
-
-
-def _merged_delivery(deliveries: Sequence[dict[str, Delivery]]) -> dict[str, Delivery]:
-    kinds = dict.fromkeys(kind for d in deliveries for kind in d)
-    return {
-        kind: Delivery(
-            sent=sum(d[kind].sent for d in deliveries if kind in d),
-            recorded=sum(d[kind].recorded for d in deliveries if kind in d),
-            lost=sum(d[kind].lost for d in deliveries if kind in d),
-        )
-        for kind in kinds
-    }
-
-
-def _merged_timing(timings: Sequence[Timing]) -> Timing:
-    latency, hdr = _latency([(t.latency_ms, t.hdr, t.count) for t in timings])
-    return timings[0].model_copy(
-        update={"count": sum(t.count for t in timings), "latency_ms": latency, "hdr": hdr}
-    )
-
-
-def _merged_server_side(sides: Sequence[dict[str, int] | None]) -> dict[str, int] | None:
-    """The server-side counts summed key by key over the runs that read them (a key a run
-    lacks counts 0 there, as a delivery kind does); None if no run did."""
-    present = [side for side in sides if side is not None]
-    if not present:
-        return None
-    keys = dict.fromkeys(k for side in present for k in side)
-    return {k: sum(side.get(k, 0) for side in present) for k in keys}
+    return merge(eps, "repetitions")
 
 
 def _merged_scenario(runs: Sequence[ScenarioResult]) -> ScenarioResult:
-    duration_ms, hdr = _latency([(s.duration_ms, s.hdr, s.completed) for s in runs])
-    lag_ms, lag_hdr = _latency([(s.lag_ms, s.lag_hdr, s.lag_probes or 0) for s in runs])
-    step_names = dict.fromkeys(step.name for s in runs for step in s.steps)
-    steps = [
-        _merged_step([step for s in runs for step in s.steps if step.name == name])
-        for name in step_names
-    ]
-    timing_names = dict.fromkeys(t.name for s in runs for t in s.timings)
-    timings = [
-        _merged_timing([t for s in runs for t in s.timings if t.name == name])
-        for name in timing_names
-    ]
-    backend_keys = dict.fromkeys(k for s in runs for k in s.backend_per_flow_run or {})
-    backend = {k: _mean((s.backend_per_flow_run or {}).get(k) for s in runs) for k in backend_keys}
-    probed = [s.lag_probes for s in runs]
-    return runs[0].model_copy(
-        update={
-            "duration_s": sum(s.duration_s for s in runs),
-            "completed": sum(s.completed for s in runs),
-            "failed": _summed(s.failed for s in runs),
-            "per_s": statistics.fmean(s.per_s for s in runs),
-            "per_s_slices": _concat([s.per_s_slices for s in runs]),
-            "duration_ms": duration_ms,
-            "hdr": hdr,
-            "steps": steps,
-            "client_saturated": any(s.client_saturated for s in runs),
-            "client_cpu_s_per_step": _mean(s.client_cpu_s_per_step for s in runs),
-            "late_starts": _sum_or_none([s.late_starts for s in runs]),
-            "rate_held": _all_or_none([s.rate_held for s in runs]),
-            "problems": _union(s.problems for s in runs),
-            "counts": _summed(s.counts for s in runs),
-            "lag_ms": lag_ms,
-            "lag_hdr": lag_hdr,
-            "lag_probes": None if all(p is None for p in probed) else sum(p or 0 for p in probed),
-            "lag_unresolved": _sum_or_none([s.lag_unresolved for s in runs]),
-            "delivery": _merged_delivery([s.delivery for s in runs]),
-            "server_cpu_cores": _mean(s.server_cpu_cores for s in runs),
-            "server_rss_peak_mb": _max(s.server_rss_peak_mb for s in runs),
-            "telemetry": None,  # as an endpoint's: what it says is in backend_per_flow_run
-            "backend_per_flow_run": backend or None,
-            "timings": timings,
-            "server_side": _merged_server_side([s.server_side for s in runs]),
-        }
-    )
+    return merge(runs, "repetitions")
 
 
 def _merged_server(infos: Sequence[ServerInfo | None]) -> ServerInfo | None:
     present = [i for i in infos if i is not None]
-    if not present:
-        return None
-    return present[0].model_copy(
-        update={
-            "startup_s": _mean(i.startup_s for i in present),
-            "rss_peak_mb": _max(i.rss_peak_mb for i in present),
-            "rss_idle_mb": _mean(i.rss_idle_mb for i in present),
-            "cpu_s": _mean(i.cpu_s for i in present),
-        }
-    )
+    return merge(present, "repetitions") if present else None
 
 
 def _merged(counted: Sequence[Result]) -> Result:
@@ -560,37 +350,23 @@ def _distinct(results: Sequence[Result], what: str, key: Callable[[Result], str]
     return f"{what} {values}"
 
 
-def series_key(result: Result) -> tuple[str, str]:
+# A series' settings: (name, value) of every measurement setting, then ("machine", machine).
+Series = tuple[tuple[str, str], ...]
+
+
+def series_key(result: Result) -> tuple[str, Series]:
     """(cell name, settings): results with equal keys are one series. The settings are what
-    changes the figures: the workload and its load, the pinning, and the machine."""
-    c = result.config
-    load = f"{c.mode} {fmt_num(c.rate)}/s" if c.mode == "open" else c.mode
-    settings = [
-        c.workload,
-        load,
-        f"{c.duration_s:g} s (+{c.warmup_s:g} s warmup)",
-        "c=" + ",".join(map(str, c.concurrency)),
-    ]
-    if c.workload == "flow-runs":
-        settings.append(f"{c.tasks} tasks")
-    if c.engine_procs is not None:
-        settings.append(f"{c.engine_procs} engine procs")
-    if c.server_cpus is not None or c.client_cpus is not None:
-        settings.append(f"cpus server {c.server_cpus} client {c.client_cpus}")
-    if c.no_services:
-        settings.append("no services")
-    if c.preload:
-        shape = f", {c.preload_shape}" if c.preload_shape else ""
-        settings.append(f"preload {c.preload:,} flow runs{shape}")
-    settings.append(f"on {machine(result)}")
-    return result.cell.name, ", ".join(settings)
+    changes the figures: every measurement setting (bench.compare.settings)
+    and the machine."""
+    settings = measurement_settings(result.config)
+    return result.cell.name, (*settings.items(), ("machine", machine(result)))
 
 
 def comparability_warnings(results: Iterable[Result]) -> list[str]:
     """Warnings when the results that carry measurements are not like-for-like.
 
-    Machines differ when hostname, cpu model or cpu count differ; settings differ when the
-    workload, load mode, measurement duration, concurrency levels or preload differ.
+    Machines differ when hostname, cpu model or cpu count differ; settings differ when any
+    measurement setting does (bench.compare.settings).
     """
     measured = [r for r in results if r.status == "ok" or r.endpoints]
     warnings: list[str] = []
@@ -600,16 +376,12 @@ def comparability_warnings(results: Iterable[Result]) -> list[str]:
             f"Results come from different machines: {machines}. "
             "Comparisons across them are not like-for-like."
         )
-    settings = [
-        _distinct(measured, "workload", lambda r: r.config.workload),
-        _distinct(measured, "mode", lambda r: r.config.mode),
-        _distinct(measured, "duration_s", lambda r: f"{r.config.duration_s:g}"),
-        _distinct(
-            measured, "concurrency", lambda r: ",".join(str(c) for c in r.config.concurrency)
-        ),
-        _distinct(measured, "preload", lambda r: f"{r.config.preload or 0}"),
+    settings = {id(r): measurement_settings(r.config) for r in measured}
+    differing = [
+        found
+        for name in measurement_fields()
+        if (found := _distinct(measured, name, lambda r, name=name: settings[id(r)][name]))
     ]
-    differing = [s for s in settings if s]
     if differing:
         warnings.append(
             f"Results use different settings: {'; '.join(differing)}. "

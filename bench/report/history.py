@@ -2,10 +2,11 @@
 (signal-processing-algorithms, as MongoDB finds performance changes in its CI) in each figure of
 each series of runs, and the report's History section.
 
-A series is one cell measured with one set of settings on one machine (`aggregate.series_key`): only
-such runs are like-for-like. It has one point per run (its repetitions merged), runs ordered by
-their start. Its figures: the total rps at each level, each endpoint's rps at each level, each
-scenario's completed/s at each level.
+A series is one cell measured with one set of measurement settings on one machine
+(`aggregate.series_key`): only such runs are like-for-like; a cell with several series is named
+with the settings its series differ in. A series has one point per run (its repetitions merged),
+runs ordered by their start. Its figures: the total rps at each level, each endpoint's rps at
+each level, each scenario's completed/s at each level.
 
 E-divisive finds the split of a series that makes its two parts most unlike (energy
 statistics: the distances between the parts against those within them), keeps it when a
@@ -80,7 +81,7 @@ class History:
     """The ok runs of one series, oldest first, and its figures."""
 
     cell: str
-    settings: str
+    settings: aggregate.Series
     runs: list[Result]
     figures: list[Figure]
     drawn: list[tuple[str, str]]  # the figures its chart draws: (figure name, line label)
@@ -205,7 +206,7 @@ def _find_changes(figure: Figure, runs: Sequence[Result]) -> list[Change]:
 def histories(results: Iterable[Result]) -> list[History]:
     """The series of the ok `results` (repetitions merged already), cells in display order, and
     the changes in each of their figures."""
-    series: dict[tuple[str, str], list[Result]] = {}
+    series: dict[tuple[str, aggregate.Series], list[Result]] = {}
     for r in aggregate.display_order(r for r in results if r.status == "ok"):
         series.setdefault(aggregate.series_key(r), []).append(r)
     found = []
@@ -219,9 +220,18 @@ def histories(results: Iterable[Result]) -> list[History]:
 
 
 def _labels(found: Sequence[History]) -> list[str]:
-    """The cell's name, and its settings where a cell has more than one series."""
-    cells = [h.cell for h in found]
-    return [h.cell if cells.count(h.cell) == 1 else f"{h.cell} [{h.settings}]" for h in found]
+    """The cell's name, and where a cell has more than one series the settings they differ in:
+    "zig-sqlite-memory [duration_s 2]"."""
+    labels = []
+    for h in found:
+        others = [o.settings for o in found if o.cell == h.cell]
+        differing = [
+            f"{name} {value}"
+            for k, (name, value) in enumerate(h.settings)
+            if any(o[k] != (name, value) for o in others)
+        ]
+        labels.append(f"{h.cell} [{', '.join(differing)}]" if differing else h.cell)
+    return labels
 
 
 def _date(started_at: str) -> str:

@@ -32,15 +32,6 @@ SATURATED_NOTE = (
     "measurement: the rps is a lower bound of what the server sustains, and the latencies "
     "include client-side delay."
 )
-TOO_FEW_RUNS = " ?"
-BASELINE_NOTE = (
-    "Each cell's mean rps over the runs compared divided by its mean over the baseline runs: "
-    "above 1× is faster now. p is the two-sided p-value of a permutation test on the runs' rates "
-    f"(one value per run, so the noise between runs is in it): p < {compare.SIGNIFICANCE} is a "
-    f"significant change, ~ marks one that is not. ? marks fewer than {compare.MIN_RUNS} runs on "
-    "a side: no test can tell then (with 3 a side the smallest p is 0.1). Totals sum the "
-    "endpoints every run measured at that concurrency."
-)
 # Open model: whether the rate held is the engine's `rate_held` (bench/engine/measure.py: achieved
 # >= 95% of offered and late sends <= 1% of the scheduled ones); results written before it was
 # stored are judged by the achieved rate alone.
@@ -122,31 +113,10 @@ def _errors_value(ep: EndpointResult | None) -> Value:
 _Runs = list[list[EndpointResult]]
 
 
-def _saturated(runs: _Runs) -> bool:
-    return any(ep.client_saturated for run in runs for ep in run)
-
-
 def _change_value(old: _Runs, new: _Runs, flags: compare.RatioFlags) -> Value:
     """One run a side: the rate of `new` over `old`, "~" when within the slices' noise."""
     ((old_eps,), (new_eps,)) = old, new
     return compare.change_value(old_eps, new_eps, flags)
-
-
-def _runs_value(old: _Runs, new: _Runs, flags: compare.RatioFlags) -> Value:
-    """Repeated runs a side: the mean rate of `new` over `old` and the permutation test's p."""
-    change = compare.runs_change(
-        [sum(ep.rps for ep in run) for run in old], [sum(ep.rps for ep in run) for run in new]
-    )
-    if change is None:
-        return Value(MISSING)
-    old_sat, new_sat = _saturated(old), _saturated(new)
-    flags.saturated |= old_sat or new_sat
-    value = compare.ratio_value(
-        change.ratio, 1.0, new_sat, old_sat, True, change.significant is False
-    )
-    if change.p_value is None:
-        return Value(value.text + TOO_FEW_RUNS, value.number, "muted")
-    return Value(f"{value.text} p={change.p_value:.2g}", value.number, value.tone)
 
 
 def _status_value(result: Result) -> Value:
@@ -454,28 +424,6 @@ def _changes_section(results: list[Result]) -> Section | None:
     return section
 
 
-def _baseline_section(baseline: list[Result], results: list[Result]) -> Section:
-    section = Section("Against the baseline")
-    groups = compare.baseline_groups(baseline, results)
-    if not groups:
-        section.paragraphs.append(
-            "Nothing to compare: no cell has ok results both in the baseline and in the results "
-            "compared with it."
-        )
-        return section
-    section.paragraphs.append(BASELINE_NOTE)
-    flags = compare.RatioFlags()
-    table = _ratio_table(
-        [(g.old, g.new) for g in groups],
-        [f"{g.cell} ({len(g.new)} vs {len(g.old)} runs)" for g in groups],
-        flags,
-        _runs_value,
-    )
-    section.tables.append(table)
-    section.notes += flags.notes()
-    return section
-
-
 def build(
     results: list[Result],
     baseline: list[Result] | None = None,
@@ -527,7 +475,9 @@ def build(
                 scale_section(ordered),
                 _speedup_section(ordered, multi_run, across_machines),
                 _changes_section(ordered),
-                None if merged_baseline is None else _baseline_section(merged_baseline, ordered),
+                None
+                if merged_baseline is None
+                else compare.baseline_section(merged_baseline, ordered),
                 over_time,
             )
             if section is not None

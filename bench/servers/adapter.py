@@ -16,9 +16,12 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Annotated, ClassVar
+
+from pydantic import Field
 
 from bench.config.dimensions import DBS
+from bench.config.run import Options, setting
 from bench.core.errors import ConfigError, ServerError
 from bench.core.ports import LOOPBACK
 from bench.core.process import ManagedProcess, wait_until
@@ -26,6 +29,19 @@ from bench.servers.specs import NO_SERVICES_SECTION, SEEDING_SECTION, ServerSpec
 from bench.services.base import PostgresService, RedisService
 
 VERSION_TIMEOUT_S = 30.0
+
+
+class ServerSettings(Options):
+    """The settings a server adds to the run, for any spec that uses them (builtin.toml's
+    python-scaled, or a servers.toml server): stored in the result's config."""
+
+    server_workers: Annotated[int, Field(ge=1)] = setting(
+        "--server-workers",
+        "N",
+        default=2,
+        description="python-scaled: its API processes (prefect server start --workers N), "
+        "beside its one services process",
+    )
 
 
 @dataclass(frozen=True)
@@ -141,6 +157,8 @@ class ServerAdapter:
 
     # Options of this server's own; their values are the constructor's keyword arguments.
     options: ClassVar[tuple[ServerOption, ...]] = ()
+    # Settings it adds to the run, stored in the result's config (bench.config.run.Options).
+    settings: ClassVar[type[Options]] = ServerSettings
 
     def __init__(self, spec: ServerSpec) -> None:
         self.spec = spec

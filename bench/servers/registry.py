@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from bench.config.run import Options
 from bench.core.errors import ConfigError
 from bench.servers.adapter import ServerAdapter, ServerOption
 from bench.servers.python import PythonServer
@@ -23,6 +24,11 @@ ADAPTERS: dict[str, type[ServerAdapter]] = {
 def server_options() -> dict[str, tuple[ServerOption, ...]]:
     """Each adapter's own command-line options, by server name."""
     return {name: cls.options for name, cls in ADAPTERS.items() if cls.options}
+
+
+def server_settings() -> tuple[type[Options], ...]:
+    """The settings the servers add to a run, each model once."""
+    return tuple(dict.fromkeys([ServerAdapter.settings, *(a.settings for a in ADAPTERS.values())]))
 
 
 def make_server(

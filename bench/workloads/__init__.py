@@ -1,5 +1,6 @@
 """Workloads by name."""
 
+from bench.config.run import Options
 from bench.core.errors import ConfigError
 from bench.workloads.base import Endpoint, ScenarioWorkload, Workload
 from bench.workloads.events import EVENTS
@@ -16,7 +17,14 @@ WORKLOADS: dict[str, Workload | ScenarioWorkload] = {
     w.name: w for w in (SEED, LIFECYCLE, FLOW_RUNS, EVENTS, WORKERS, UI, MIXED, HEALTH)
 }
 
-__all__ = ["WORKLOADS", "Endpoint", "ScenarioWorkload", "Workload", "get_workload"]
+# The settings the workloads add to a run (bench.config.run.Options), each model once.
+OPTIONS: tuple[type[Options], ...] = tuple(
+    dict.fromkeys(
+        w.options for w in WORKLOADS.values() if isinstance(w, ScenarioWorkload) and w.options
+    )
+)
+
+__all__ = ["OPTIONS", "WORKLOADS", "Endpoint", "ScenarioWorkload", "Workload", "get_workload"]
 
 
 def get_workload(name: str) -> Workload | ScenarioWorkload:

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from bench.config.run import RunConfig
+from bench.config.run import Options, RunConfig
 from bench.core.errors import VerificationError
 from bench.engine.model import UNIQUE_TOKEN, EngineRequest
 from bench.engine.scenario import Scenario, VirtualUser
@@ -204,8 +204,9 @@ class ScenarioWorkload:
     description: str
     scenario: Callable[[RunConfig, str], Scenario]
     recorded: Callable[[httpx.Client, Scenario], dict[str, int]]
-    # run the real Prefect client's flow first (bench.conformance): the workload emulates it
-    real_client_check: bool = False
+    # run the real Prefect client's flow first (bench.conformance), the workload emulating it:
+    # how many tasks its flow run has under a config (None: no such check)
+    real_client_check: Callable[[RunConfig], int] | None = None
     # prepare(client, scenario, verify) -> the scenario with the objects it needs made (a
     # work pool and deployments); finish(client, scenario, ended) -> what the server's
     # services did for it, read back once it was measured (until `ended`) and recorded
@@ -216,6 +217,19 @@ class ScenarioWorkload:
     beside: Workload | None = None
     # what its results add to the report's Scenarios section
     report: ScenarioReport = field(default_factory=ScenarioReport)
+    # its own settings (bench.config.run.Options), which the command line gathers
+    options: type[Options] | None = None
+    # --concurrency when it is not given (workers: the users are workers, 10 of them)
+    default_concurrency: tuple[int, ...] | None = None
+    # why a config cannot run this workload (None: it can): checks across settings
+    refuse: Callable[[RunConfig], str | None] | None = None
+    # how many users send `beside`'s reads (mixed: --readers)
+    beside_users: Callable[[RunConfig], int] | None = None
+
+    def refusal(self, config: RunConfig) -> str | None:
+        """Why `config` cannot run this workload, in one sentence naming the options (None:
+        it can)."""
+        return None if self.refuse is None else self.refuse(config)
 
     def prepared(self, client: httpx.Client, scenario: Scenario, verify: bool) -> Scenario:
         """`scenario` with what it needs made on the server (as it is, for most workloads)."""
@@ -246,12 +260,17 @@ class ScenarioWorkload:
         self.beside.verify(client, fixtures)
         return reads(api_path, self.beside.endpoints, fixtures)
 
+    def reader_users(self, config: RunConfig) -> int:
+        """How many users send the reads beside the scenario's (0: none)."""
+        return 0 if self.beside_users is None else self.beside_users(config)
+
     def parts(
-        self, scenario: Scenario, users: int, readers: Scenario | None, reader_users: int
+        self, scenario: Scenario, users: int, readers: Scenario | None, config: RunConfig
     ) -> list[tuple[Scenario, int]]:
         """A level's scenarios and their users: `scenario`'s, and `readers` beside it, each
         named by the other's users (so that every level's readers are a row of their own)."""
-        if readers is None or self.beside is None:
+        reader_users = self.reader_users(config)
+        if readers is None or self.beside is None or not reader_users:
             return [(scenario, users)]
         beside = self.beside.name
         reading = f"{reader_users} {beside} reader{'s' if reader_users > 1 else ''}"

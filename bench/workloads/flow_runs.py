@@ -29,12 +29,13 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from time import monotonic_ns
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
+from pydantic import Field
 from websockets.asyncio.client import ClientConnection
 
-from bench.config.run import RunConfig
+from bench.config.run import Options, RunConfig, setting
 from bench.config.versions import version_key
 from bench.engine.scenario import Scenario, VirtualUser
 from bench.results import ScenarioResult
@@ -428,13 +429,26 @@ def recorded(client: httpx.Client, flow_name: str) -> dict[str, int]:
     }
 
 
+class FlowRunOptions(Options):
+    """The settings of a workload that runs flow runs (flow-runs, workers, mixed)."""
+
+    tasks: Annotated[int, Field(ge=1)] = setting(
+        "--tasks",
+        "N",
+        measurement=True,
+        default=10,
+        description="flow-runs, workers: tasks per flow run",
+    )
+
+
 def scenario(config: RunConfig, tag: str) -> Scenario:
     """The flow-runs scenario of one measurement: its flow's name is unique (`tag`), so what
     the server recorded of it can be counted apart from every other measurement's."""
+    tasks = FlowRunOptions.of(config).tasks
     return Scenario(
-        f"flow run, {config.tasks} tasks",
+        f"flow run, {tasks} tasks",
         flow_run,
-        {"tasks": config.tasks, "flow_name": f"bench-flow-{tag}", "client": client_shape()},
+        {"tasks": tasks, "flow_name": f"bench-flow-{tag}", "client": client_shape()},
         probe=find_task_run_events,
     )
 
@@ -496,6 +510,7 @@ FLOW_RUNS = ScenarioWorkload(
     description="flow runs of --tasks tasks, as the real Prefect client sends them",
     scenario=scenario,
     recorded=recorded_of,
-    real_client_check=True,
+    real_client_check=lambda config: FlowRunOptions.of(config).tasks,
     report=ScenarioReport(tables=(LAG, BACKEND_PER_FLOW_RUN)),
+    options=FlowRunOptions,
 )

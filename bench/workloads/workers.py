@@ -41,12 +41,13 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import websockets
+from pydantic import Field
 
-from bench.config.run import RunConfig
+from bench.config.run import RunConfig, setting
 from bench.core.errors import VerificationError
 from bench.engine.scenario import Scenario, StepFailed, VirtualUser
 from bench.results import ScenarioResult
@@ -368,18 +369,50 @@ async def _flow_run_process(
     )
 
 
+class WorkerOptions(flow_runs.FlowRunOptions):
+    """The workers workload's settings: its deployments and how much faster than a real
+    worker it runs (and the flow runs' --tasks)."""
+
+    deployments: Annotated[int, Field(ge=1)] = setting(
+        "--deployments",
+        "D",
+        measurement=True,
+        default=10,
+        description="workers: deployments feeding the work pool, each on a schedule of every "
+        "60 s / --speedup",
+    )
+    speedup: Annotated[float, Field(gt=0, allow_inf_nan=False)] = setting(
+        "--speedup",
+        "K",
+        measurement=True,
+        default=10.0,
+        description="workers: the real worker's intervals (poll 10 s, prefetch 10 s, heartbeat "
+        "30 s) and the deployments' schedule divided by this, so a short window sees many polls",
+    )
+
+
+def refuse(config: RunConfig) -> str | None:
+    """Workers need the server's scheduler and poll at their own pace."""
+    if config.no_services:
+        return "--workload workers needs the server's scheduler, which --no-services turns off"
+    if config.rate is not None:
+        return "--rate: workers poll at their own pace (see --speedup)"
+    return None
+
+
 def scenario(config: RunConfig, tag: str) -> Scenario:
     """The workers scenario of one measurement; `prepare` makes its pool and deployments."""
-    speedup = config.speedup
+    options = WorkerOptions.of(config)
+    speedup = options.speedup
     return Scenario(
-        f"worker poll, {config.deployments} deployments",
+        f"worker poll, {options.deployments} deployments",
         poll,
         {
             "tag": tag,
             "pool": f"bench-pool-{tag}",
-            "tasks": config.tasks,
+            "tasks": options.tasks,
             "flow_name": f"bench-flow-{tag}",
-            "deployment_count": config.deployments,
+            "deployment_count": options.deployments,
             "schedule_s": SCHEDULE_S / speedup,
             "prefetch_s": PREFETCH_S / speedup,
             "heartbeat_s": max(1, round(HEARTBEAT_S / speedup)),
@@ -524,4 +557,7 @@ WORKERS = ScenarioWorkload(
     prepare=prepare,
     finish=finish,
     report=ScenarioReport(tables=(flow_runs.BACKEND_PER_FLOW_RUN, DELAYS, SERVER_SIDE)),
+    options=WorkerOptions,
+    default_concurrency=(10,),
+    refuse=refuse,
 )

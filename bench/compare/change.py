@@ -1,0 +1,138 @@
+"""Did a figure change? The one test of it, for `compare` (two sides of repetitions) and the
+report's baseline (two sides of runs, each its repetitions merged).
+
+A figure's change is mean(after) / mean(before); its 95% interval comes from resampling the
+values of each side (scipy.stats.bootstrap), its p-value from a permutation test of the
+difference of the means (scipy.stats.permutation_test, exact for the few values a side has).
+Whole repetitions or runs are resampled, not requests: requests of one run share its server
+process and database, and the noise between runs is larger than within one. Every p-value of a
+comparison is then corrected for the many tests made at once (Benjamini-Hochberg,
+scipy.stats.false_discovery_control), so that testing ~100 figures does not find ~5 changes in
+noise; a figure is significant when its corrected p-value is below SIGNIFICANCE.
+
+A figure whose values are all equal, on both sides, is not tested: no test could find anything
+in it, and its p of 1 would only raise the bar for the others. Leaving it out keeps the
+correction's guarantee, because whether every value is equal does not depend on which side
+each came from (independent filtering).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import stats
+
+from bench.compare.stats import smallest_p
+
+SIGNIFICANCE = 0.05
+CONFIDENCE = 0.95
+RESAMPLES = 2000
+# Relabellings a permutation test tries: all of them when there are no more (exact).
+PERMUTATIONS = 20_000
+
+
+def interval(
+    samples: Sequence[Sequence[float]],
+    statistic: Callable[..., np.ndarray],
+    paired: bool = False,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """The 95% percentile bootstrap interval of `statistic(*samples, axis=-1)` (vectorized, as
+    scipy.stats.bootstrap calls it): each sample resampled with replacement independently of
+    the others, or, `paired`, all with the same indices (the values of one round stay together).
+    Seeded: the same values always give the same interval. Each sample needs two values."""
+    found = stats.bootstrap(
+        tuple(np.asarray(s, dtype=float) for s in samples),
+        statistic,
+        paired=paired,
+        vectorized=True,
+        n_resamples=RESAMPLES,
+        confidence_level=CONFIDENCE,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    ).confidence_interval
+    return float(found.low), float(found.high)
+
+
+@dataclass
+class Figure:
+    """One figure of one cell on both sides, and what testing it found."""
+
+    cell: str
+    name: str
+    metric: str  # a name of bench.compare.metrics.METRICS
+    before: list[float]
+    after: list[float]
+    ratio: float = math.nan
+    low: float | None = None
+    high: float | None = None
+    p_value: float | None = None
+    p_adjusted: float | None = None
+    broken: list[str] = field(default_factory=list)  # the gate's rules it breaks
+
+    @property
+    def change_pct(self) -> float:
+        return 100 * (self.ratio - 1)
+
+    @property
+    def significant(self) -> bool:
+        return self.p_adjusted is not None and self.p_adjusted < SIGNIFICANCE
+
+    @property
+    def too_few(self) -> bool:
+        """No test of this many values a side can be significant (3 and 3: p ≥ 0.1)."""
+        return smallest_p(len(self.before), len(self.after)) >= SIGNIFICANCE
+
+
+def _mean_ratio(before: np.ndarray, after: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(after, axis=axis) / np.mean(before, axis=axis)
+
+
+def _mean_difference(before: np.ndarray, after: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(after, axis=axis) - np.mean(before, axis=axis)
+
+
+def measure_change(figure: Figure, seed: int = 0) -> None:
+    """Fill in the ratio, its interval and the raw p-value: the ratio alone with fewer than 2
+    values a side, and no p-value when every value is equal (not tested)."""
+    before, after = np.asarray(figure.before, dtype=float), np.asarray(figure.after, dtype=float)
+    if not before.size or not after.size or before.mean() == 0:
+        return
+    figure.ratio = float(after.mean() / before.mean())
+    if min(len(before), len(after)) < 2:
+        return
+    if np.ptp(np.concatenate([before, after])) == 0:
+        figure.low = figure.high = figure.ratio
+        return
+    figure.low, figure.high = interval((before, after), _mean_ratio, seed=seed)
+    figure.p_value = float(
+        stats.permutation_test(
+            (before, after),
+            _mean_difference,
+            permutation_type="independent",
+            vectorized=True,
+            n_resamples=PERMUTATIONS,
+            alternative="two-sided",
+            rng=np.random.default_rng(seed),
+        ).pvalue
+    )
+
+
+def correct(figures: Iterable[Figure]) -> None:
+    """Benjamini-Hochberg over every figure tested (those with a p-value)."""
+    tested = [f for f in figures if f.p_value is not None]
+    if not tested:
+        return
+    adjusted = stats.false_discovery_control([f.p_value for f in tested], method="bh")
+    for f, p in zip(tested, adjusted, strict=True):
+        f.p_adjusted = float(p)
+
+
+def assess(figures: Sequence[Figure]) -> None:
+    """Test every figure and correct them all as one family: what "did it change?" means."""
+    for f in figures:
+        measure_change(f)
+    correct(figures)
