@@ -32,8 +32,9 @@ from _wrk import INSTALL_HINT, WrkRun, have_wrk, run_wrk, split_cpus, verdict
 from bench.compare import change
 from bench.engine import EngineRequest, LoadSpec, Target, measure, shutdown
 from bench.results import Measurement
+from bench.servers.adapter import ServerSetup
 from bench.servers.registry import make_server
-from bench.servers.running import RunningServer, ServerSetup, start_server
+from bench.servers.running import RunningServer, start_server
 
 HEALTH = "/health"
 

@@ -20,8 +20,9 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import engine
+from bench.servers.adapter import ServerSetup
 from bench.servers.registry import make_server
-from bench.servers.running import ServerSetup, start_server
+from bench.servers.running import start_server
 from bench.workloads import get_workload
 
 

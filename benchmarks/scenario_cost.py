@@ -34,8 +34,9 @@ from bench import engine
 from bench.config.run import RunConfig
 from bench.conformance.real_client import client_environ
 from bench.observe.sampling import ResourceSampler
+from bench.servers.adapter import ServerSetup
 from bench.servers.registry import make_server
-from bench.servers.running import RunningServer, ServerSetup, start_server
+from bench.servers.running import RunningServer, start_server
 from bench.workloads import flow_runs
 
 BAR = 0.2

@@ -21,8 +21,9 @@ from bench.cells.settings import run_config as run_config_of
 from bench.core.ownership import Labels
 from bench.observe.progress import Progress
 from bench.results import Cell, EndpointResult, ScenarioResult, new_run_id
+from bench.servers.adapter import ServerSetup
 from bench.servers.registry import make_server
-from bench.servers.running import SCHEMA_CACHE_ENV, RunningServer, ServerSetup, start_server
+from bench.servers.running import SCHEMA_CACHE_ENV, RunningServer, start_server
 from bench.services.base import PostgresService, RedisService
 from bench.services.local import LocalProvider
 

@@ -97,8 +97,9 @@ def test_a_rejected_event_fails_its_step_by_close_code_and_the_next_one_reconnec
     assert m.completed > 0 and m.failed.get("send event", 0) > 0, m
     kinds = steps["send event"].errors
     assert kinds and all(kind.startswith("closed ") for kind in kinds), kinds
-    # every rejected event cost its socket: the next scenario opened a new one
-    assert steps["open events socket"].requests >= m.failed["send event"]
+    # every rejected event cost its socket: the next scenario opened a new one (but for each
+    # user's first in the window, whose socket may have been opened in the warm-up)
+    assert steps["open events socket"].requests >= m.failed["send event"] - load.concurrency
     assert any("the server closed it" in p for p in m.problems)
 
 

@@ -25,8 +25,8 @@ from bench.preload import cache
 from bench.preload.prepare import check_disk
 from bench.preload.seed import SeedError, seed
 from bench.results import Result
+from bench.servers.adapter import ServerSetup
 from bench.servers.registry import make_server
-from bench.servers.running import ServerSetup
 from bench.services.base import PostgresService
 from bench.services.external import POSTGRES_ENV
 

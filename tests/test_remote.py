@@ -41,9 +41,8 @@ from bench.core.process import ManagedProcess, wait_until
 from bench.report import build, collect
 from bench.results import Cell, Result, ServiceInfo
 from bench.servers import running
-from bench.servers.adapter import clean_environ
+from bench.servers.adapter import ServerSetup, clean_environ
 from bench.servers.registry import make_server
-from bench.servers.running import ServerSetup
 from bench.services.docker import DockerProvider, daemon_address, remove_leftover_containers
 
 pytest_plugins = ["tests.conftest_services"]

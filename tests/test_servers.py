@@ -7,9 +7,10 @@ import psutil
 import pytest
 
 from bench.core.errors import ServerError
+from bench.servers.adapter import ServerSetup
 from bench.servers.python import PythonServer
 from bench.servers.registry import make_server
-from bench.servers.running import SCHEMA_CACHE_ENV, ServerSetup, start_server
+from bench.servers.running import SCHEMA_CACHE_ENV, start_server
 from bench.servers.zig import ZigServer
 
 

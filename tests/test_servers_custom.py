@@ -14,10 +14,9 @@ import pytest
 from bench.cells.runner import CellRun, run_cell
 from bench.core.errors import ConfigError, ServerError
 from bench.results import ServiceInfo
-from bench.servers.adapter import ServerAdapter
+from bench.servers.adapter import ServerAdapter, ServerSetup
 from bench.servers.python import PythonServer
 from bench.servers.registry import make_server
-from bench.servers.running import ServerSetup
 from bench.servers.specs import load_builtin, load_servers, server_names, servers_file
 from bench.services.base import PostgresService, RedisService
 

@@ -27,8 +27,9 @@ from bench.core.errors import ConfigError, ServerError
 from bench.core.ownership import Labels
 from bench.core.process import wait_until
 from bench.results import new_run_id
+from bench.servers.adapter import ServerSetup
 from bench.servers.registry import make_server
-from bench.servers.running import ServerSetup, start_server
+from bench.servers.running import start_server
 from bench.servers.zig import ZigServer, zig_command
 from bench.services.local import LocalProvider
 

@@ -25,8 +25,9 @@ import pytest
 
 from bench.engine import EngineRequest, LoadSpec, Target, decode_histogram, measure
 from bench.results import Measurement
+from bench.servers.adapter import ServerSetup
 from bench.servers.registry import make_server
-from bench.servers.running import RunningServer, ServerSetup, start_server
+from bench.servers.running import RunningServer, start_server
 
 pytestmark = pytest.mark.slow
 

@@ -15,8 +15,9 @@ import pytest
 from bench.cells.runner import CellRun, run_cell
 from bench.core.errors import VerificationError
 from bench.core.process import wait_until
+from bench.servers.adapter import ServerSetup
 from bench.servers.registry import make_server
-from bench.servers.running import RunningServer, ServerSetup, start_server
+from bench.servers.running import RunningServer, start_server
 from bench.workloads import get_workload, ui
 from bench.workloads.base import WRITES_BESIDE, Check, api_client, created_id
 

@@ -53,8 +53,8 @@ from bench.results import (
     environment,
     utc_now,
 )
-from bench.servers.adapter import ServerAdapter, ServerSettings
-from bench.servers.running import RunningServer, ServerSetup, start_server
+from bench.servers.adapter import ServerAdapter, ServerSettings, ServerSetup
+from bench.servers.running import RunningServer, start_server
 from bench.workloads import ScenarioWorkload, Workload, get_workload
 from bench.workloads.base import UNAVAILABLE_ATTEMPTS, Endpoint, api_client, back_off_unavailable
 

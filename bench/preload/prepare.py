@@ -23,8 +23,8 @@ from bench.observe.progress import Progress
 from bench.preload import cache
 from bench.preload.seed import Seeded, seed
 from bench.results import Preload
-from bench.servers.adapter import ServerAdapter
-from bench.servers.running import ServerSetup, start_server
+from bench.servers.adapter import ServerAdapter, ServerSetup
+from bench.servers.running import snapshot_sqlite, start_server
 
 # What a flow run, a task run and a log line take on disk, with room to spare: the refusal of
 # a preload that would not fit rests on it. Measured here: the default shape's 1,000 runs (2,000
@@ -107,7 +107,7 @@ def preload_database(
         if setup.postgres:
             cache.snapshot_postgres(setup.postgres, data)
         else:
-            cache.snapshot_sqlite(setup.sqlite_path, data)
+            snapshot_sqlite(setup.sqlite_path, data)
         made = round(time.monotonic() - started, 3)
         entry = cache.commit(root, folder, key, data, seeded=seeded.as_dict(), made_seconds=made)
     return _record(entry.manifest, "made", made, entry)
