@@ -27,6 +27,9 @@ from bench.servers.running import SCHEMA_CACHE_ENV, RunningServer, start_server
 from bench.services.base import PostgresService, RedisService
 from bench.services.local import LocalProvider
 
+# The helper modules' asserts report their values as the tests' own do.
+pytest.register_assert_rewrite("tests.helpers", "tests.report.helpers")
+
 # Every SQLite server of the tests (and of the tools they run) starts on a copy of the schema
 # the first one migrated: Prefect's migrations are most of a start (bench.servers.running).
 os.environ.setdefault(SCHEMA_CACHE_ENV, "1")

@@ -19,19 +19,7 @@ from bench.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SKIPPED, EXIT_USAGE, m
 from bench.core.process import wait_until
 from bench.report import collect
 from bench.results import write_result
-
-
-def bench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bench", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=120,
-        # os.environ: under pytest the C-level environment also holds COLUMNS=80 and LINES=24,
-        # which os.environ does not show and children would inherit
-        env=dict(os.environ),
-    )
+from tests.helpers import RESOURCES, bench
 
 
 @pytest.mark.parametrize(
@@ -274,7 +262,7 @@ def test_interrupt_stops_the_server_and_writes_a_partial_result(
 
 
 def test_report_writes_files_and_prints_whole_tables_into_a_pipe(tmp_path: Path) -> None:
-    resources = Path(__file__).parent / "resources" / "report"
+    resources = RESOURCES / "report"
     out = bench("report", str(resources), "--out", str(tmp_path / "out"), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "out" / "report.md").read_text().startswith("# prefect-bench report")
@@ -285,11 +273,7 @@ def test_report_writes_files_and_prints_whole_tables_into_a_pipe(tmp_path: Path)
 
 
 def test_report_against_a_baseline_folder(tmp_path: Path) -> None:
-    [zig] = [
-        r
-        for r in collect([Path(__file__).parent / "resources" / "report"])[0]
-        if r.cell.name == "zig-sqlite-memory"
-    ]
+    [zig] = [r for r in collect([RESOURCES / "report"])[0] if r.cell.name == "zig-sqlite-memory"]
     for side, scale in (("before", 1.0), ("after", 0.5)):
         for i in range(4):
             eps = [

@@ -17,10 +17,9 @@ from bench.compare.metrics import METRICS, Metric
 from bench.core.errors import ConfigError
 from bench.report.compare import baseline_section
 from bench.results import Result, load_result, write_result
+from tests.helpers import RESOURCES
 
-RESOURCE = (
-    Path(__file__).parent / "resources/report/20261126T164000Z-3f2a/python-sqlite-memory.json"
-)
+RESOURCE = RESOURCES / "report/20261126T164000Z-3f2a/python-sqlite-memory.json"
 
 
 def repetitions(n: int, scale: float = 1.0, noise: float = 0.01, seed: int = 0) -> list[Result]:

@@ -8,7 +8,6 @@ how it was made); tests/resources/report_scenarios two flow-runs results.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 from hdrh.histogram import HdrHistogram
@@ -18,8 +17,8 @@ from bench.report.aggregate import merge_repetitions
 from bench.report.charts import PALETTE, draw_svg, percentile_spectrum, spectrum_chart
 from bench.report.document import Chart, Series
 from bench.results import Result
+from tests.helpers import REPORT_RUN, RESOURCES
 
-RESOURCES = Path(__file__).parent / "resources"
 REPEAT = RESOURCES / "report_repeat"
 SCENARIOS = RESOURCES / "report_scenarios"
 MAX_SVG_CHARS = 40_000
@@ -114,7 +113,7 @@ def test_scenario_charts_from_their_histograms() -> None:
 
 def test_no_spectrum_without_histograms() -> None:
     # The report resource keeps no histograms: rates and latency against rps only.
-    results, _ = collect([RESOURCES / "report" / "20261126T164000Z-3f2a"])
+    results, _ = collect([REPORT_RUN])
     names = list(svgs(render_html(build(results))))
     assert names and not any("by percentile" in name for name in names)
     assert "GET flow: latency against rps" in names

@@ -32,6 +32,7 @@ from bench.servers.registry import make_server
 from bench.servers.running import start_server
 from bench.servers.zig import ZigServer, zig_command
 from bench.services.local import LocalProvider
+from tests.helpers import RESOURCES
 
 if TYPE_CHECKING:
     from tests.conftest import RecordingProgress
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 MakeRun = Callable[..., CellRun]
 MakeProgress = Callable[..., "RecordingProgress"]
 
-STANDIN = Path(__file__).parent / "resources" / "zig-standin" / "prefect-server"
+STANDIN = RESOURCES / "zig-standin" / "prefect-server"
 
 
 @pytest.fixture

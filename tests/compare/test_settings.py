@@ -5,8 +5,6 @@ read alike by `compare` (gate.settings_differences), the report's series
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from bench.cells.settings import SETTINGS
@@ -15,10 +13,9 @@ from bench.compare.settings import measurement_fields, measurement_settings
 from bench.config.run import RunConfig
 from bench.report.aggregate import comparability_warnings, series_key
 from bench.results import Result, load_result
+from tests.helpers import RESOURCES
 
-RESOURCE = (
-    Path(__file__).parent / "resources/report/20261126T164000Z-3f2a/python-sqlite-memory.json"
-)
+RESOURCE = RESOURCES / "report/20261126T164000Z-3f2a/python-sqlite-memory.json"
 
 # Every setting (RunConfig's, then the workloads' and the adapters'), a value other than the
 # stored result's, and whether it is a measurement setting: a new one must be decided here.

@@ -7,7 +7,6 @@ here, their histograms as the engine makes them."""
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from hdrh.histogram import HdrHistogram
@@ -23,6 +22,7 @@ from bench.workloads import WORKLOADS
 from bench.workloads.mixed import MIXED_NOTE
 from bench.workloads.reported import LevelTable, Reading, ScenarioReport
 from bench.workloads.workers import DELAYS, SERVER_SIDE, WORKERS
+from tests.helpers import RESOURCES
 
 RUN = "20261202T100000Z-w0rk"
 SCENARIO = "worker"
@@ -32,7 +32,7 @@ DELAYS_NOTE, SERVER_SIDE_NOTE = DELAYS.note, SERVER_SIDE.note
 DELAYS_TITLE = f"{SCENARIO}: delays p50 / p99 (ms)"
 SERVER_TITLE = "What the server's services did"
 # Real flow-runs results: no timings, no server_side.
-FLOW_RUNS = Path(__file__).parent / "resources" / "report_scenarios"
+FLOW_RUNS = RESOURCES / "report_scenarios"
 ENVIRONMENT = Environment(
     cpu_model="Test CPU",
     cpu_count=4,

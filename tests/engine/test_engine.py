@@ -14,7 +14,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import psutil
 import pytest
@@ -35,8 +34,8 @@ from bench.engine import (
 from bench.engine.pool import get_pool
 from bench.engine.wire import request_factory
 from bench.results import Measurement
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 OK_BODY = b'{"ok": true}'
 
 

@@ -9,7 +9,6 @@ second sqlite run at 10,000 and a failed postgres run at 100,000.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
@@ -18,8 +17,8 @@ from bench.report.compare import latest_changes
 from bench.report.document import Section, Table
 from bench.report.scale import ERRORS_MARK, TITLE, scale_section
 from bench.results import Preload, Result
+from tests.helpers import REPORT_RUN, RESOURCES
 
-RESOURCES = Path(__file__).parent / "resources"
 SCALE = RESOURCES / "report_scale"
 SQLITE, POSTGRES = "python-sqlite-memory", "python-postgres-redis"
 COUNT, FILTER = "count flow_runs", "filter flow_runs (dashboard)"
@@ -249,7 +248,7 @@ def test_the_chart_series(results: list[Result]) -> None:
 
 
 def test_results_without_preload_have_no_section() -> None:
-    old, warnings = collect([RESOURCES / "report" / "20261126T164000Z-3f2a"])
+    old, warnings = collect([REPORT_RUN])
     assert warnings == [] and old and all(r.preload is None for r in old)
     assert scale_section(old) is None
     assert TITLE not in [s.title for s in build(old).sections]

@@ -18,8 +18,9 @@ from bench.report import build, collect, render_html, render_markdown
 from bench.report.aggregate import merge_repetitions
 from bench.report.history import MIN_SEGMENT, change_points, histories, history_section
 from bench.results import Result, write_result
+from tests.helpers import REPORT_RUN
 
-SOURCE = Path(__file__).parent / "resources" / "report" / "20261126T164000Z-3f2a"
+SOURCE = REPORT_RUN
 CELL = "zig-sqlite-memory"
 
 

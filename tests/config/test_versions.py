@@ -37,9 +37,7 @@ from bench.report import build, collect
 from bench.report.aggregate import speedup_pairs
 from bench.results import Cell, Result, resolution
 from bench.workloads import flow_runs
-
-REPORT_RUN = Path(__file__).parent / "resources" / "report" / "20261126T164000Z-3f2a"
-
+from tests.helpers import REPORT_RUN
 
 # -- PREFECT_VERSION ---------------------------------------------------------------------------
 

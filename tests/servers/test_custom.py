@@ -19,11 +19,12 @@ from bench.servers.python import PythonServer
 from bench.servers.registry import make_server
 from bench.servers.specs import load_builtin, load_servers, server_names, servers_file
 from bench.services.base import PostgresService, RedisService
+from tests.helpers import ROOT
 
 if TYPE_CHECKING:
     from tests.conftest import RecordingProgress
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "servers.toml.example"
+EXAMPLE = ROOT / "servers.toml.example"
 
 
 @pytest.fixture(autouse=True)

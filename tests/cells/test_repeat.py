@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -30,22 +27,9 @@ from bench.observe.progress import Progress
 from bench.report import collect
 from bench.results import Cell, RepeatState, Result, load_result, result_path, write_result
 from bench.servers.running import RunningServer
+from tests.helpers import REPORT_RUN, bench
 
 SHORT = ["--workload", "health", "--duration", "0.3", "--warmup", "0.1", "--concurrency", "1"]
-
-
-def bench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bench", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-        env=dict(os.environ),
-    )
-
-
-REPORT_RUN = Path(__file__).parent / "resources" / "report" / "20261126T164000Z-3f2a"
 
 
 def _ok_result() -> Result:

@@ -44,6 +44,7 @@ from bench.servers import running
 from bench.servers.adapter import ServerSetup, clean_environ
 from bench.servers.registry import make_server
 from bench.services.docker import DockerProvider, daemon_address, remove_leftover_containers
+from tests.helpers import REPORT_RUN
 
 pytest_plugins = ["tests.conftest_services"]
 
@@ -387,7 +388,7 @@ def test_an_unreachable_remote_daemon_is_one_clear_line(
 
 # -- the report ------------------------------------------------------------------------------
 
-OLDER = Path(__file__).parent / "resources" / "report" / "20261126T164000Z-3f2a"
+OLDER = REPORT_RUN
 
 
 def test_the_report_says_which_cells_ran_on_several_hosts() -> None:

@@ -139,7 +139,8 @@ def test_flow_runs_cell_records_every_task_run_it_sent(
             "create flow",
             "create flow_run",
         ]
-        assert "task events" in names or s.completed == 0
+        if s.completed:
+            assert "task events" in names, names
         tasks = s.delivery["task_runs"]
         assert tasks.sent == s.counts["task_runs"] >= 3 * s.counts["flow_runs"]
         assert tasks.lost == 0 and tasks.recorded >= tasks.sent
@@ -147,8 +148,11 @@ def test_flow_runs_cell_records_every_task_run_it_sent(
         assert s.telemetry and "sqlite" in s.telemetry
         # the first task's events of sampled flow runs, followed until queryable
         assert s.lag_probes is not None and s.lag_unresolved is not None
-        assert s.lag_probes + s.lag_unresolved > 0 or s.completed == 0
+        if s.completed:
+            assert s.lag_probes + s.lag_unresolved > 0, s
         assert s.lag_ms is None or 0 < s.lag_ms.p50 <= s.lag_ms.p99
+    # the checks above that need a completed flow run were made at least once
+    assert any(s.completed for s in result.scenarios), result.scenarios
     assert any("verifying the flow-runs scenario once" in stage for stage in view.stages)
     # the real client ran its flow against the same server first, and all of it read back
     assert result.conformance and all(c["ok"] for c in result.conformance["checks"])

@@ -11,9 +11,9 @@ from bench.report import collect
 from bench.report.compare import TURNED_NOTE, baseline_section
 from bench.report.document import Section, Value
 from bench.results import LatencyMs, Result
+from tests.helpers import REPORT_RUN, RESOURCES
 
-RESOURCES = Path(__file__).parent / "resources"
-ENDPOINTS = RESOURCES / "report" / "20261126T164000Z-3f2a" / "zig-sqlite-memory.json"
+ENDPOINTS = REPORT_RUN / "zig-sqlite-memory.json"
 SCENARIOS = RESOURCES / "report_scenarios" / "20261201T102905Z-3fc3" / "python-sqlite-memory.json"
 
 
