@@ -59,7 +59,7 @@ from bench.core.errors import BenchError, ConfigError
 from bench.observe.progress import progress_for
 from bench.results import Cell, Result, write_result
 from bench.servers.registry import make_server, server_options
-from bench.servers.specs import versioned_server_names
+from bench.servers.specs import builtin_server_names, versioned_server_names
 from bench.services import PROVIDERS
 from bench.workloads import WORKLOADS
 
@@ -186,7 +186,9 @@ def _add_config_options(parser: argparse.ArgumentParser, only: Sequence[str] | N
 def _add_cell_options(parser: argparse.ArgumentParser) -> None:
     """--server, --db, --broker, --servers and each server adapter's own options."""
     parser.add_argument(
-        "--server", default="python", help="python, zig or one of --servers (default python)"
+        "--server",
+        default="python",
+        help=f"{', '.join(builtin_server_names())} or one of --servers (default python)",
     )
     parser.add_argument(
         "--db",
