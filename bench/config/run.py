@@ -303,8 +303,10 @@ def setting_text(value: object) -> str:
 def measurement_settings(config: RunConfig, models: Iterable[type[BaseModel]]) -> dict[str, str]:
     """`config`'s measurement settings among `models`' (RunConfig and Options), field name →
     value as text: two configs measure alike exactly when these are equal."""
-    values = config.model_dump()
+    stored = config.model_dump()
+    values = dict(stored)
     for model in models:
         if issubclass(model, Options):
-            values |= model.of(config).model_dump()
+            # as `Options.of`, from the one dump: a report reads this for every result
+            values |= model.model_validate(stored).model_dump()
     return {name: setting_text(values.get(name)) for name in measurement_fields(models)}
