@@ -578,6 +578,13 @@ def _measure_level(
                 )
                 for kind, n in found.items()
             }
+            # sent counts every item whose step began (bench.engine.scenario: the window
+            # closes between steps): more recorded than sent is a count gone wrong, not luck
+            measured.problems += [
+                f"the server recorded {d.recorded} {kind.replace('_', ' ')}, {d.sent} sent"
+                for kind, d in measured.delivery.items()
+                if d.recorded > d.sent
+            ]
             # per flow run: of every scenario that counts them (flow-runs', workers')
             measured.backend_per_flow_run = per_item(backends, sent.get("flow_runs", 0)) or None
             measured.server_side = server_side

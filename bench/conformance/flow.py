@@ -5,6 +5,8 @@ points PREFECT_API_URL at the server under test. It imports only prefect and the
 library, so it runs in any interpreter that has prefect, and it prints one line, RESULT_PREFIX
 followed by JSON: the client's version, the flow run's id and final state, and the ids of the
 task runs it made (in the order they ran). Exit code 0 when the flow run completed, else 1.
+With `--for-s S` it runs the flow again and again until S seconds have passed (a user of the
+real client, for benchmarks/client_retries.py), a line each, and exits 0.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
 RESULT_PREFIX = "prefect-bench-conformance: "
@@ -51,7 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the child process."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", type=int, required=True)
+    parser.add_argument("--for-s", type=float, default=None)
     args = parser.parse_args(argv)
+    if args.for_s is not None:
+        until = time.monotonic() + args.for_s
+        while time.monotonic() < until:
+            print(RESULT_PREFIX + json.dumps(run_flow(args.tasks)), flush=True)
+        return 0
     outcome = run_flow(args.tasks)
     print(RESULT_PREFIX + json.dumps(outcome), flush=True)
     return 0 if outcome["state"] == "COMPLETED" else 1

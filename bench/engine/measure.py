@@ -373,6 +373,8 @@ def _scenario_share(r: ScenarioShare, spec: LoadSpec, probed: bool) -> ScenarioM
             errors=step.errors,
             latency_ms=None,
             hdr=_text(step.hdr),
+            retries=step.retries,
+            retry_s=step.retry_s,
         )
         for name, step in r.steps.items()
     ]

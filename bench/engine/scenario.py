@@ -50,7 +50,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass, field
 from time import monotonic_ns
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import websockets
 from httptools import HttpParserError, HttpResponseParser
@@ -58,6 +58,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.protocol import State
 
 from bench.engine.model import LoadSpec, Target
+from bench.engine.retry import RetryPolicy
 from bench.engine.wire import encode_request
 from bench.engine.worker import (
     MAX_PROBLEMS,
@@ -88,6 +89,9 @@ RAISED = "(the scenario raised)"
 # 30 events/s and 3% of a core. Latency still runs from the intended start.
 START_LAG_NS = 5_000_000
 
+# The answer's headers the engine reads (lower case).
+_READ_HEADERS = frozenset({b"retry-after", b"prefect-maintenance"})
+
 Shares = TypeVar("Shares", "ScenarioShare", list["ScenarioShare"])
 ScenarioFn = Callable[["VirtualUser", Mapping[str, Any]], Awaitable[None]]
 # probe(user, pending {key: data}, params) -> the keys the server now shows
@@ -108,10 +112,9 @@ class Scenario:
     api_path: str = ""
     probe: ProbeFn | None = None
     interval_s: float | None = None
-    # answers sent again as the Prefect client does, after 2, 4, 8, … s (±20%) up to
-    # `retries` times; each attempt is counted at its step
-    retry_statuses: frozenset[int] = frozenset()
-    retries: int = 0
+    # the Prefect client's retries, for a scenario that emulates it (bench.engine.retry);
+    # each try is counted at its step, each one sent again as a retry
+    retry: RetryPolicy | None = None
 
 
 class StepFailed(Exception):
@@ -169,11 +172,14 @@ class TogetherJob:
 
 @dataclass
 class StepShare:
-    """What one process counted of one step in the window."""
+    """What one process counted of one step in the window (`retry_s`: what the retries cost,
+    from each failed try's start to the next try's)."""
 
     requests: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     hdr: bytes | None = None
+    retries: int = 0
+    retry_s: float = 0.0
 
 
 @dataclass
@@ -199,6 +205,24 @@ class ScenarioShare:
     timings: dict[str, bytes | None] = field(default_factory=dict)
 
 
+class _Answer(NamedTuple):
+    status: int
+    body: bytes
+    keep_alive: bool
+    # the headers the Prefect client's retries read (bench.engine.retry)
+    retry_after: str | None
+    maintenance: bool
+
+
+class _Broken(Exception):
+    """A try that got no answer: `kind` is the engine's failure kind (timeout, connect,
+    disconnect)."""
+
+    def __init__(self, kind: str, problem: str) -> None:
+        super().__init__(problem)
+        self.kind, self.problem = kind, problem
+
+
 class _HttpConnection(asyncio.Protocol):
     """One keep-alive HTTP/1.1 connection, one request at a time (httptools parses)."""
 
@@ -206,7 +230,8 @@ class _HttpConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = HttpResponseParser(self)
         self.body: list[bytes] = []
-        self.waiter: asyncio.Future[tuple[int, bytes, bool]] | None = None
+        self.headers: dict[bytes, str] = {}
+        self.waiter: asyncio.Future[_Answer] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -221,15 +246,27 @@ class _HttpConnection(asyncio.Protocol):
         self.transport = None
         self._fail(ConnectionError(f"connection closed with a request in flight ({exc})"))
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name in _READ_HEADERS:
+            self.headers[name] = value.decode("latin-1")
+
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
 
     def on_message_complete(self) -> None:
         waiter, self.waiter = self.waiter, None
         body, self.body = b"".join(self.body), []
+        headers, self.headers = self.headers, {}
         if waiter is not None and not waiter.done():
             waiter.set_result(
-                (self.parser.get_status_code(), body, self.parser.should_keep_alive())
+                _Answer(
+                    self.parser.get_status_code(),
+                    body,
+                    self.parser.should_keep_alive(),
+                    headers.get(b"retry-after"),
+                    headers.get(b"prefect-maintenance") == "true",
+                )
             )
 
     def _fail(self, exc: Exception) -> None:
@@ -253,6 +290,7 @@ class VirtualUser:
         self._conn: _HttpConnection | None = None
         self._sockets: list[ClientConnection] = []
         self._tokens = itertools.count(1)
+        self.answered = False  # has had an answer (the Prefect client retries refusals then)
 
     def unique(self) -> str:
         """A token unique to this call in the whole measurement (e.g. for names)."""
@@ -281,6 +319,10 @@ class VirtualUser:
         if self.measured:
             self.run.step_done(step, started_ns)
 
+    def _retried(self, step: str, failed_try_ns: int) -> None:
+        if self.measured:
+            self.run.step_retried(step, failed_try_ns)
+
     def _failed(self, step: str, kind: str, problem: str) -> StepFailed:
         if self.measured:
             return self.run.step_failed(step, kind, problem)
@@ -296,41 +338,56 @@ class VirtualUser:
         expect: tuple[int, ...] = (200,),
     ) -> bytes:
         """Send one request as step `step` and return the body of its answer; StepFailed unless
-        the status is one of `expect` (after the scenario's retries). `path` is relative to the
-        API root."""
-        scenario = self.run.job.scenario
-        for attempt in range(1, scenario.retries + 1):
+        the status is one of `expect`, after the scenario's retries (bench.engine.retry: the
+        Prefect client's, tries and waits alike). `path` is relative to the API root."""
+        policy = self.run.job.scenario.retry
+        request = encode_request(method, self.run.api_path + path, self.run.job.target, body)
+        tries = 0
+        while True:
+            started = monotonic_ns()
+            retry_after, maintenance = None, False
             try:
-                return await self._http_once(step, method, path, body, expect)
-            except StepFailed as exc:
-                if not exc.kind.isdigit() or int(exc.kind) not in scenario.retry_statuses:
-                    raise
-            await asyncio.sleep(2**attempt * random.uniform(0.8, 1.2))
-        return await self._http_once(step, method, path, body, expect)
+                answer = await self._send(request)
+            except _Broken as broken:
+                failure = self._failed(step, broken.kind, f"{method} {path}: {broken.problem}")
+            else:
+                if answer.status in expect:
+                    self._done(step, started)
+                    return answer.body
+                failure = self._failed(
+                    step, str(answer.status), f"HTTP {answer.status}: {answer.body[:200]!r}"
+                )
+                retry_after, maintenance = answer.retry_after, answer.maintenance
+            if policy is None or not policy.retried(failure.kind, self.answered):
+                raise failure
+            tries += 0 if maintenance else 1
+            answered = failure.kind.isdigit()
+            if tries > policy.max_retries and not answered:
+                raise failure
+            # an answer is waited for once more after the last try, as the client's loop does
+            await asyncio.sleep(policy.wait_s(tries, retry_after))
+            if tries > policy.max_retries:
+                raise failure
+            self._retried(step, started)
 
-    async def _http_once(
-        self, step: str, method: str, path: str, body: bytes | None, expect: tuple[int, ...]
-    ) -> bytes:
+    async def _send(self, request: bytes) -> _Answer:
+        """One try of a request: its answer, or _Broken."""
         run = self.run
-        request = encode_request(method, run.api_path + path, run.job.target, body)
-        started = monotonic_ns()
+        await run.admit()
         try:
-            status, answer, keep_alive = await asyncio.wait_for(
-                self._exchange(request), run.job.spec.timeout_s
-            )
+            answer = await asyncio.wait_for(self._exchange(request), run.job.spec.timeout_s)
         except TimeoutError:
             self._drop()
-            timeout = run.job.spec.timeout_s
-            raise self._failed(step, "timeout", f"no answer within {timeout} s") from None
+            raise _Broken("timeout", f"no answer within {run.job.spec.timeout_s} s") from None
         except OSError as exc:
             kind = "connect" if self._conn is None else "disconnect"
             self._drop()
-            raise self._failed(step, kind, f"{method} {path}: {exc}") from None
-        if not keep_alive:
+            raise _Broken(kind, str(exc)) from None
+        finally:
+            run.land()
+        self.answered = True
+        if not answer.keep_alive:
             self._drop()
-        if status not in expect:
-            raise self._failed(step, str(status), f"HTTP {status}: {answer[:200]!r}")
-        self._done(step, started)
         return answer
 
     async def http_json(
@@ -381,6 +438,7 @@ class VirtualUser:
         run = self.run
         target = run.job.target
         uri = f"ws://{target.authority}{run.api_path}{path}"
+        await run.admit()
         started = monotonic_ns()
         try:
             ws = await asyncio.wait_for(
@@ -403,6 +461,8 @@ class VirtualUser:
             ) from None
         except (OSError, websockets.WebSocketException) as exc:
             raise self._failed(step, "websocket", f"websocket {path}: {exc!r}") from None
+        finally:
+            run.land()
         self._done(step, started)
         return ws
 
@@ -412,6 +472,7 @@ class VirtualUser:
         """Send `frames` as step `step`; then wait for the server's next message (`answer`) or
         for a pong (the server has read everything sent before it); returns the message."""
         run = self.run
+        await run.admit()
         started = monotonic_ns()
         try:
             async with asyncio.timeout(run.job.spec.timeout_s):
@@ -429,17 +490,19 @@ class VirtualUser:
             # by the close code the server sent (1011: its handler raised), 1006 if none
             code = exc.rcvd.code if exc.rcvd else 1006
             raise self._failed(step, f"closed {code}", f"the server closed it: {exc}") from None
+        finally:
+            run.land()
         self._done(step, started)
         return reply
 
-    async def _exchange(self, request: bytes) -> tuple[int, bytes, bool]:
+    async def _exchange(self, request: bytes) -> _Answer:
         conn = self._conn
         if conn is None or conn.transport is None:
             target = self.run.job.target
             loop = asyncio.get_running_loop()
             _, conn = await loop.create_connection(_HttpConnection, target.host, target.port)
             self._conn = conn
-        waiter: asyncio.Future[tuple[int, bytes, bool]] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
         conn.waiter = waiter
         assert conn.transport is not None
         conn.transport.write(request)
@@ -471,6 +534,8 @@ class ScenarioRun:
         self.step_order: dict[str, None] = {}  # the steps in the order the scenario sends them
         self.step_latencies: dict[str, array[int]] = {}
         self.step_errors: dict[str, Counter[str]] = {}
+        self.step_retries: Counter[str] = Counter()
+        self.step_retry_ns: Counter[str] = Counter()
         self.failed: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
         self.problems: list[str] = []
@@ -479,6 +544,9 @@ class ScenarioRun:
         self.intended_starts = 0
         self.idle_users = 0
         self.stopping = False
+        # the steps on the wire: when the window closes they finish, and no other starts
+        self.in_flight = 0
+        self.landed = asyncio.Event()
         # lag sample: key -> (sent_ns, data) of what waits to be found; the lags found (µs)
         self.pending: dict[str, tuple[int, Any]] = {}
         self.last_trace_ns = 0
@@ -502,6 +570,32 @@ class ScenarioRun:
             if latencies is None:
                 latencies = self.step_latencies[step] = array("q")
             latencies.append((now - started_ns) // 1000)
+
+    def step_retried(self, step: str, failed_try_ns: int) -> None:
+        now = monotonic_ns()
+        if self._in_window(now):
+            self.step_retries[step] += 1
+            self.step_retry_ns[step] += now - failed_try_ns
+
+    async def admit(self) -> None:
+        """Before a step goes on the wire: once the window has closed none does (it waits to
+        be cancelled), so that what was sent is exactly what the steps that began sent."""
+        if self.stopping:
+            await asyncio.get_running_loop().create_future()
+        self.in_flight += 1
+
+    def land(self) -> None:
+        """A step admitted is off the wire (answered, failed or cancelled)."""
+        self.in_flight -= 1
+        if self.stopping and not self.in_flight:
+            self.landed.set()
+
+    async def _drain(self) -> None:
+        """Let the steps on the wire when the window closed finish (at most the step timeout):
+        what they send is sent, and counted as the scenario counts it."""
+        if self.in_flight:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.landed.wait(), self.job.spec.timeout_s)
 
     def step_failed(self, step: str, kind: str, problem: str) -> StepFailed:
         self.step_order.setdefault(step)
@@ -678,6 +772,8 @@ class ScenarioRun:
         await asyncio.wait({ticker}, timeout=max((self.w_end - monotonic_ns()) / 1e9, 0))
         self.stopping = True
         cpu_s, wall_s = time.process_time() - cpu0, (monotonic_ns() - wall0) / 1e9
+        if not ticker.done():  # an interrupted measurement is not kept: no need to wait
+            await self._drain()
         for task in [*tasks, ticker]:
             task.cancel()
         await asyncio.gather(*tasks, ticker, return_exceptions=True)
@@ -693,6 +789,8 @@ class ScenarioRun:
                 + sum(self.step_errors.get(name, Counter()).values()),
                 errors=dict(self.step_errors.get(name, {})),
                 hdr=encode_latencies(self.step_latencies.get(name, array("q"))),
+                retries=self.step_retries[name],
+                retry_s=self.step_retry_ns[name] / 1e9,
             )
             for name in self.step_order
         }

@@ -73,6 +73,8 @@ class Progress:
     def measured_scenario(self, s: ScenarioResult) -> None:
         name, c, rate, p50, p99, failed = _scenario_summary(s)
         extra = f", {failed} failed" if failed else ""
+        if retried := sum(step.retries for step in s.steps):
+            extra += f", {retried} tries sent again"
         lost = {k: d.lost for k, d in s.delivery.items() if d.lost}
         extra += "".join(f", {n} {k.replace('_', ' ')} lost" for k, n in lost.items())
         if s.lag_ms is not None:

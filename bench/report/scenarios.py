@@ -103,6 +103,17 @@ def _failed(s: ScenarioResult | None) -> Value:
     return Value(text, tone="muted" if text == "0" else "bad")
 
 
+def _retried(s: ScenarioResult | None) -> Value:
+    """The tries sent again, by step, and what they cost: "14 (create flow_run×14), 33.7 s"."""
+    if s is None:
+        return Value(MISSING)
+    retried = {step.name: step.retries for step in s.steps}
+    text = fmt_errors(retried)
+    if text == "0":
+        return Value(text, tone="muted")
+    return Value(f"{text}, {sum(step.retry_s for step in s.steps):.1f} s")
+
+
 def _lost(s: ScenarioResult | None) -> Value:
     """What the server did not record, of what was sent: "0 / 90 task runs"."""
     if s is None or not s.delivery:
@@ -315,15 +326,28 @@ def scenario_section(
         "Each virtual user runs the scenario again and again (closed model: --concurrency users; "
         "open model: --rate starts per second). Completed/s counts the scenarios that finished in "
         "the window; a scenario whose step failed is counted by that step, its later steps not "
-        "sent. Lost: of what the scenarios sent over the whole measurement, what the server had "
+        "sent. Retried: the tries the emulated Prefect client sent again, as the real one does "
+        "(an answer 408, 429, 502 or 503, a broken connection), and the time from each failed "
+        "try to the next; a scenario fails only where that client gives up. Lost: of what the "
+        "scenarios sent over the whole measurement, what the server had "
         "not recorded when read back through its API after the window."
     )
     section.tables += [
         _table(f"Completed scenarios per second{_unit(measured)}", measured, labels, keys, _per_s),
         _table("Scenario duration p50 / p99 (ms)", measured, labels, keys, _durations),
         _table("Failed scenarios, by the step that failed", measured, labels, keys, _failed),
-        _table("Lost / sent", measured, labels, keys, _lost),
     ]
+    if any(step.retries for r in measured for s in r.scenarios for step in s.steps):
+        section.tables.append(
+            _table(
+                "Retried: tries sent again, by step, and the time they cost",
+                measured,
+                labels,
+                keys,
+                _retried,
+            )
+        )
+    section.tables.append(_table("Lost / sent", measured, labels, keys, _lost))
     _add_workload_tables(section, measured, labels, keys)
     section.charts += scenario_charts(measured, labels, _unit(measured).strip(" ()") or "per s")
     flags = compare.RatioFlags()

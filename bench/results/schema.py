@@ -185,6 +185,15 @@ class StepResult(BaseModel):
     hdr: Annotated[str | None, Filled("latency_ms")] = Field(
         default=None, description="HdrHistogram (µs), base64 compressed"
     )
+    retries: Annotated[int, Combine.SUM] = Field(
+        default=0,
+        description="tries sent again as the Prefect client does (their failed tries are in "
+        "requests and errors)",
+    )
+    retry_s: Annotated[float, _rounded(3), Combine.SUM] = Field(
+        default=0.0,
+        description="what the retries cost: from each failed try's start to the next try's",
+    )
 
     @property
     def successes(self) -> int:

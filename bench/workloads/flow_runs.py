@@ -40,6 +40,7 @@ from bench.config.versions import version_key
 from bench.engine.scenario import Scenario, VirtualUser
 from bench.results import ScenarioResult
 from bench.workloads.base import ScenarioWorkload, post_json
+from bench.workloads.client_retries import client_retries
 from bench.workloads.reported import LevelTable, Reading, ScenarioReport
 
 PREFECT_VERSION = "3.9.1"  # the client emulated where no Prefect is installed
@@ -450,6 +451,7 @@ def scenario(config: RunConfig, tag: str) -> Scenario:
         flow_run,
         {"tasks": tasks, "flow_name": f"bench-flow-{tag}", "client": client_shape()},
         probe=find_task_run_events,
+        retry=client_retries(),
     )
 
 

@@ -53,6 +53,7 @@ from bench.engine.scenario import Scenario, StepFailed, VirtualUser
 from bench.results import ScenarioResult
 from bench.workloads import flow_runs
 from bench.workloads.base import ScenarioWorkload, created_id, post_json
+from bench.workloads.client_retries import client_retries
 from bench.workloads.reported import CountsTable, PartsTable, Reading, ScenarioReport, by_name
 
 WORKER_TYPE = "process"
@@ -64,11 +65,6 @@ HEARTBEAT_S = 30.0
 SCHEDULE_S = 60.0
 CHANNEL_VERSION = "work_pool_worker_channel.v1"
 CAPABILITIES = ["worker_heartbeat.v1", "work_pool_snapshot.v1"]
-# The Prefect client sends again what was answered 408, 429, 502 or 503, up to
-# PREFECT_CLIENT_MAX_RETRIES (5) times (prefect.client.base): a worker on SQLite meets many
-# 503s ("database is locked"), each counted at its step, and goes on as the real one does.
-CLIENT_RETRY_STATUSES = frozenset({408, 429, 502, 503})
-CLIENT_RETRIES = 5
 # How long a new deployment may wait for the server's scheduler to make its runs: its
 # recent-deployments loop runs every 5 s, its main loop every 60 s.
 SCHEDULER_WAIT_S = 90.0
@@ -419,8 +415,7 @@ def scenario(config: RunConfig, tag: str) -> Scenario:
             "client": flow_runs.client_shape(),
         },
         interval_s=POLL_S / speedup,
-        retry_statuses=CLIENT_RETRY_STATUSES,
-        retries=CLIENT_RETRIES,
+        retry=client_retries(),
     )
 
 

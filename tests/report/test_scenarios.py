@@ -121,3 +121,24 @@ def test_scenario_speedup_marks_a_saturated_reference_as_upper_bound(
     assert column(table, "zig")[("task-run event", "1")] == "≤2.00×"
     section = next(s for s in report.sections if s.title == "Scenarios")
     assert any("the ratio is a bound" in n for n in section.notes)
+
+
+def test_retried_tries_are_shown_by_step_beside_the_failures() -> None:
+    results, _ = collect([SCENARIO_RESULTS])
+    # older results: none retried, no table
+    assert "### Retried" not in render_markdown(build(results))
+    retried = []
+    for result in results:
+        scenarios = []
+        for s in result.scenarios:
+            steps = [
+                step.model_copy(update={"retries": 3, "retry_s": 6.5})
+                if step.name == "create flow_run"
+                else step
+                for step in s.steps
+            ]
+            scenarios.append(s.model_copy(update={"steps": steps}))
+        retried.append(result.model_copy(update={"scenarios": scenarios}))
+    table = scenario_table(build(retried), "Retried")
+    cells = {cell.text for row in table.rows for cell in row[2:]}
+    assert cells == {"3 (create flow_run×3), 6.5 s", "-"}  # "-": a level a cell did not run

@@ -90,7 +90,8 @@ def test_steps_use_earlier_answers_and_are_timed_one_by_one(
     assert m.per_s == pytest.approx(m.completed / m.duration_s)
     assert [s.name for s in m.steps] == ["create flow", "read flow"]
     for step in m.steps:
-        assert step.requests >= m.completed and step.latency_ms and step.hdr
+        # each counts where it ends: a user's first step may have ended in the warm-up
+        assert step.requests >= m.completed - 3 and step.latency_ms and step.hdr
     assert m.duration_ms is not None
     # a whole scenario takes at least as long as its slowest step's fastest answer
     assert m.duration_ms.max >= max(s.latency_ms.min for s in m.steps if s.latency_ms)
@@ -130,8 +131,11 @@ def test_flow_runs_cell_records_every_task_run_it_sent(
         ("flow run, 3 tasks", 2),
     ]
     for s in result.scenarios:
-        # SQLite may refuse a write with 503 "database is locked": a failed scenario, by step
-        assert s.completed + sum(s.failed.values()) > 0, s
+        # SQLite refuses writes with 503 "database is locked": the user retries as the client
+        # does, and fails only after 6 refusals in a row (over a minute)
+        assert s.completed > 0 and s.failed == {}, s
+        for step in s.steps:
+            assert step.retries <= sum(step.errors.values()) + 1, step
         names = [step.name for step in s.steps]
         assert names[:4] == [
             "GET admin/version",
@@ -139,12 +143,12 @@ def test_flow_runs_cell_records_every_task_run_it_sent(
             "create flow",
             "create flow_run",
         ]
-        if s.completed:
-            assert "task events" in names, names
-        tasks = s.delivery["task_runs"]
+        assert "task events" in names, names
+        # exact: every item sent was recorded, and nothing recorded was not counted as sent
+        tasks, runs = s.delivery["task_runs"], s.delivery["flow_runs"]
         assert tasks.sent == s.counts["task_runs"] >= 3 * s.counts["flow_runs"]
-        assert tasks.lost == 0 and tasks.recorded >= tasks.sent
-        assert s.delivery["flow_runs"].lost == 0
+        assert tasks.lost == runs.lost == 0
+        assert (tasks.recorded, runs.recorded) == (tasks.sent, runs.sent), s.delivery
         assert s.telemetry and "sqlite" in s.telemetry
         # the first task's events of sampled flow runs, followed until queryable
         assert s.lag_probes is not None and s.lag_unresolved is not None
