@@ -4,6 +4,7 @@ nox -s matrix                                       every cell, then the report
 nox -s "bench(server='zig', db='postgres')" -- --duration 2
 nox -s "bench(server='python', db='sqlite', broker='redis')"
 nox -s matrix -- --repeat 4                         every cell 4 times, in interleaved rounds
+nox -s matrix -- --resume RUN_ID                    go on with a matrix that stopped
 nox -s compare -- results/before results/after --fail-on 'rps<-5%'
 PREFECT_VERSION=3.8.0,3.9.1 nox -s matrix          the python servers' cells once per version
 nox -s report | tests | lint
@@ -209,7 +210,8 @@ def matrix(session: nox.Session) -> None:
             venvs[version] = venv / "bin" / "python"
     # fewer than two left: the cells of the one installed, named as any run names them
     pythons = [f"--prefect-python={v}={python}" for v, python in venvs.items()]
-    if len(pythons) < 2:
+    resuming = any(a == "--resume" or a.startswith("--resume=") for a in session.posargs)
+    if len(pythons) < 2 or resuming:  # a resumed run uses the interpreters it recorded
         pythons = []
     session.run(
         "python",

@@ -3,11 +3,16 @@
 Exit codes:
     0    the cell ran and its result is ok (report: written; conformance: all read back)
     1    the cell failed (its result says why) or a result could not be written; conformance:
-         something did not read back (the line says what), or the server does not answer
+         something did not read back (the line says what), or the server does not answer; or
+         a bug: `internal error (a bug): TYPE: MESSAGE` and where its traceback is
     2    bad input: an unknown name, a bad number, an unwritable results folder
     3    the cell was skipped: it cannot run on this machine (its result says why)
     130  interrupted (Ctrl-C or SIGTERM); the partial result is written
 (their constants: bench.cells.commands, which noxfile.py and the matrix's rounds read too)
+
+Every failure ends in one line that names its cause, the last one printed: `prefect-bench:
+error: …` on stderr, or a cell's `<cell>: failed: …`; -v prints its traceback and details
+before it (bench.core.failures).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import __version__
-from bench.cells import repeat, rounds
+from bench.cells import repeat, resume, rounds
 from bench.cells.commands import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -38,6 +43,7 @@ from bench.cells.commands import (
     EXIT_SKIPPED,
     EXIT_USAGE,
     RUN_ID,
+    VERBOSE_ENV,
     new_run_id,
 )
 from bench.cells.matrix import chosen, known_servers
@@ -56,8 +62,9 @@ from bench.conformance.real_client import (
 )
 from bench.core import ownership
 from bench.core.errors import BenchError, ConfigError
+from bench.core.failures import bug, keep, long_form, one_line
 from bench.observe.progress import progress_for
-from bench.results import Cell, Result, write_result
+from bench.results import Cell, Result, utc_now, write_result
 from bench.servers.registry import make_server, server_options
 from bench.servers.specs import builtin_server_names, versioned_server_names
 from bench.services import PROVIDERS
@@ -249,6 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
     matrix.add_argument("--out", type=Path, default=Path("results"), help="results folder")
     matrix.add_argument("--run-id", type=_run_id, help="the run's id (default: a new id)")
     matrix.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue a matrix that stopped (Ctrl-C, killed, the machine restarted): RUN is its "
+        "id under --out, or its folder. The results written are kept, an interrupted cell runs "
+        "again, the rounds go on in their order, and the report covers the whole run; the "
+        "run's own options are used (it recorded them in its .matrix.json)",
+    )
+    matrix.add_argument(
         "--server",
         dest="only_servers",
         action="append",
@@ -378,6 +393,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_options(conformance, only=("provider", "allow_remote"))
     _add_cell_options(conformance)
+    for command in commands.choices.values():  # every command's -v, declared here once
+        command.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            default=os.environ.get(VERBOSE_ENV, "") not in ("", "0"),
+            help="also print a failure's traceback and details (a server's last log lines, "
+            f"the real client's output) before its one line (or set {VERBOSE_ENV}=1); a "
+            "cell's are in its cell.log either way",
+        )
     return parser
 
 
@@ -439,12 +464,14 @@ def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
 def _run(args: argparse.Namespace, console: Console) -> int:
     run = _cell_run(args)
     done = repeat.prepare(run, args.json)
-    with progress_for(console, run.cell.name) as progress:
+    with progress_for(console, run.cell.name, args.verbose) as progress:
         for result, path in repeat.run_repetitions(
             run, progress, done, args.deadline, args.one_repetition
         ):
-            console.print(repeat.result_line(result), markup=False, highlight=False)
-            console.print(f"result: {path}", markup=False, highlight=False)
+            console.print(f"result: {path}", markup=False, highlight=False, soft_wrap=True)
+            # how it ended, last: one line naming the cause, however long (never wrapped)
+            line = repeat.result_line(result)
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
     if args.json:
         write_result(result, args.json)
     if result.error == INTERRUPTED:
@@ -453,11 +480,9 @@ def _run(args: argparse.Namespace, console: Console) -> int:
 
 
 def _matrix(args: argparse.Namespace, run_args: list[str], console: Console) -> int:
-    # Bad options fail here, once, not in every cell.
-    given = build_parser().parse_args(["run", *run_args])
-    config = _config(given)
-    if config.url:
-        raise ConfigError("--url measures one server: use `run`, not `matrix`")
+    if args.resume:
+        return _resume(args, run_args, console)
+    config = _matrix_config(run_args)
     pythons = dict(args.prefect_pythons or ())
     cells = [
         Cell(server=s, db=d, broker=b, version=v)
@@ -472,18 +497,92 @@ def _matrix(args: argparse.Namespace, run_args: list[str], console: Console) -> 
     if len(pythons) == 1 or len(pythons) < len(args.prefect_pythons or ()):
         raise ConfigError("--prefect-python compares versions: give two or more, each once")
     run_id = args.run_id or new_run_id()
-    if args.servers:
-        run_args = [*run_args, "--servers", str(args.servers)]
-    console.print(f"run {run_id}: results in {args.out / run_id}", markup=False)
-    states, interrupted = rounds.run_matrix(
-        cells, run_args, run_id, args.out, config, console, pythons
+    request = resume.MatrixRequest(
+        run_id=run_id,
+        cells=cells,
+        run_args=run_args,
+        servers=str(args.servers.absolute()) if args.servers else None,
+        pythons={version: os.path.abspath(python) for version, python in pythons.items()},
+        cwd=os.getcwd(),
+        started_at=utc_now(),
     )
-    console.print(rounds.summary(run_id, states))
+    folder = args.out / run_id
+    with resume.hold(folder) as lock:
+        resume.write_request(request, folder)
+        console.print(f"run {run_id}: results in {folder}", markup=False)
+        return _matrix_rounds(request, folder, config, console, lock)
+
+
+def _matrix_config(run_args: list[str]) -> RunConfig:
+    """The configuration `run_args` give every cell: bad options fail here, once, not in
+    every cell."""
+    config = _config(build_parser().parse_args(["run", *run_args]))
+    if config.url:
+        raise ConfigError("--url measures one server: use `run`, not `matrix`")
+    return config
+
+
+def _resume(args: argparse.Namespace, run_args: list[str], console: Console) -> int:
+    folder = resume.locate(args.resume, args.out)
+    request = resume.read_request(folder)
+    given = (
+        ("--run-id", args.run_id),
+        ("--server", args.only_servers),
+        ("--db", args.only_dbs),
+        ("--broker", args.only_brokers),
+        ("--servers", args.servers),
+        ("--prefect-python", args.prefect_pythons),
+    )
+    ignored = [flag for flag, value in given if value] + [a for a in run_args if a[:1] == "-"]
+    if ignored:
+        console.print(
+            f"--resume: {' '.join(ignored)} ignored: the run's own options are used "
+            f"({' '.join(request.run_args) or 'none'}, as it was started)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    config = _matrix_config(request.run_args)
+    waiting = f"run {request.run_id}: waiting for its processes to stop (a cell still stopping?)"
+    with resume.hold(folder, resume.RESUME_WAIT_S, lambda: console.print(waiting)) as lock:
+        states = rounds.standing(request.cells, folder.parent, request.run_id)
+        if all(s.done for s in states):
+            console.print(
+                f"run {request.run_id} is finished: every cell's results are written, nothing "
+                f"to resume (its report: python -m bench report {folder})",
+                markup=False,
+                soft_wrap=True,
+            )
+            return EXIT_OK
+        line = f"resuming run {request.run_id}: {rounds.standing_line(states)}"
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+        spent_s = repeat.busy_s(folder)  # of the budget
+        return _matrix_rounds(request, folder, config, console, lock, states, spent_s)
+
+
+def _matrix_rounds(
+    request: resume.MatrixRequest,
+    folder: Path,
+    config: RunConfig,
+    console: Console,
+    lock: int,
+    states: list[rounds.CellRounds] | None = None,
+    spent_s: float = 0.0,
+) -> int:
+    """The matrix's rounds from where `states` say the run stands, its closing table, then
+    (unless interrupted) the report over the whole run."""
+    if states is None:
+        states = rounds.standing(request.cells, folder.parent, request.run_id)
+    states, interrupted = rounds.run_matrix(
+        request, states, folder.parent, config, console, lock, spent_s
+    )
+    console.print(rounds.summary(request.run_id, states))
     if interrupted:
+        console.print(f"continue it: python -m bench matrix --resume {folder}", markup=False)
         return EXIT_INTERRUPTED
     # one run of one machine's cells: no baseline, no history, no speedups across machines
-    _print_report(console, [args.out / run_id], args.out)
-    failed = [s for s in states if any(r.status == "failed" for r in s.results)]
+    _print_report(console, [folder], folder.parent)
+    failed = [s for s in states if any(r.status == "failed" for r in s.kept)]
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -606,11 +705,12 @@ def _conformance(args: argparse.Namespace, console: Console) -> int:
             config = _config(args, workload="flow-runs", tasks=args.tasks)
             args.out = workdir / "cell"  # the server's logs: in the folder removed after
             run = _cell_run(args, config)
-            progress = stack.enter_context(progress_for(console, run.cell.name))
+            progress = stack.enter_context(progress_for(console, run.cell.name, args.verbose))
             url = stack.enter_context(serving(run, progress))
         report = check(url, tasks=args.tasks, workdir=workdir, timeout_s=args.timeout_s)
-    for line in report_lines(report):
-        console.print(line, markup=False, highlight=False)
+    *checks, verdict = report_lines(report)  # the verdict last: the line that names the cause
+    for line in checks:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     table = Table(title="what the real client sent for its flow run", title_justify="left")
     table.add_column("request")
     table.add_column("count", justify="right")
@@ -622,6 +722,10 @@ def _conformance(args: argparse.Namespace, console: Console) -> int:
     if args.json:
         write_result(report, args.json)
         console.print(f"report: {args.json}", markup=False, highlight=False)
+    for failed in report.failed if args.verbose else ():
+        if failed.details:
+            console.print(f"{failed.name}:\n{failed.details}", markup=False, highlight=False)
+    console.print(verdict, markup=False, highlight=False, soft_wrap=True)
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
@@ -645,6 +749,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     console = _console()
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    if args.command == "matrix" and args.verbose:
+        os.environ[VERBOSE_ENV] = "1"  # the cells it starts (`run`) are verbose too
     try:
         if args.command == "matrix":
             return _matrix(args, rest, console)
@@ -656,11 +762,42 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _conformance(args, console)
         return _report(args, console)
     except ConfigError as exc:
-        print(f"prefect-bench: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _failed(exc, EXIT_USAGE, args.verbose)
     except BenchError as exc:
-        print(f"prefect-bench: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return _failed(exc, EXIT_FAILED, args.verbose)
     except KeyboardInterrupt:
         print("prefect-bench: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug: one line that says so, and where its traceback is
+        return _bug(exc, args.verbose, argv)
+
+
+def _failed(exc: BenchError, code: int, verbose: bool) -> int:
+    """A failure's one line, the last on stderr (after its traceback and details with -v)."""
+    if verbose:
+        print(long_form(exc), file=sys.stderr)
+    print(f"prefect-bench: error: {one_line(str(exc))}", file=sys.stderr)
+    return code
+
+
+# Where the traceback of a bug outside any cell is kept (a cell's goes to its cell.log).
+TRACEBACK_PREFIX = "prefect-bench-traceback-"
+
+
+def _bug(exc: Exception, verbose: bool, argv: Sequence[str] | None) -> int:
+    """An exception prefect-bench did not expect: one line with its type and message and where
+    its traceback is (printed instead with -v); EXIT_FAILED."""
+    text = long_form(exc)
+    if verbose:
+        print(text, file=sys.stderr)
+        where = ""
+    else:
+        command = " ".join(["prefect-bench", *(sys.argv[1:] if argv is None else argv)])
+        try:
+            handle, name = tempfile.mkstemp(prefix=TRACEBACK_PREFIX, suffix=".log")
+            os.close(handle)
+            where = f" (traceback in {keep(Path(name), command, text)})"
+        except OSError as err:
+            where = f" (its traceback could not be written: {err.strerror}; -v prints it)"
+    print(f"prefect-bench: error: {bug(exc)}{where}", file=sys.stderr)
+    return EXIT_FAILED

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import re
@@ -9,13 +10,25 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
-from bench.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SKIPPED, EXIT_USAGE, main
+from bench.cells.commands import VERBOSE_ENV
+from bench.cli import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_SKIPPED,
+    EXIT_USAGE,
+    _bug,
+    build_parser,
+    main,
+)
 from bench.core.process import wait_until
 from bench.report import collect
 from bench.results import write_result
@@ -288,3 +301,150 @@ def test_report_against_a_baseline_folder(tmp_path: Path) -> None:
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## Against the baseline" in report
     assert "0.50× p=0.029" in report
+
+
+# -- one line per failure (issue 21, part 3) ---------------------------------------------------
+
+TRACEBACK = "Traceback (most recent call last)"
+
+
+class _AnswersAList(http.server.BaseHTTPRequestHandler):
+    """A server the seed workload does not expect: /api/health answers, and creating a flow
+    answers 201 with a JSON list where the workload reads an object's id, so that the cell
+    meets an exception prefect-bench did not expect (a bug) halfway through."""
+
+    protocol_version = "HTTP/1.1"
+
+    def _answer(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        answers = {"/api/health": (200, b"true"), "/api/flows/": (201, b"[]")}
+        status, body = answers.get(self.path, (404, b'{"detail":"Not Found"}'))
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args: Any) -> None:
+        return None
+
+
+@pytest.fixture
+def answers_a_list() -> Iterator[str]:
+    """The API URL of an _AnswersAList server on a free port of 127.0.0.1."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AnswersAList)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/api"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_bug_in_a_cell_is_one_line_and_its_traceback_is_in_the_cells_log(
+    answers_a_list: str, tmp_path: Path, verbose: bool
+) -> None:
+    flags = ["-v"] if verbose else []
+    out = bench("run", "--url", answers_a_list, "--workload", "seed", "--out", "results",
+                "--run-id", "r1", *flags, cwd=tmp_path)  # fmt: skip
+    assert out.returncode == EXIT_FAILED, out.stderr
+    log = Path("results", "r1", "external", "cell.log")
+    error = (
+        "internal error (a bug): TypeError: list indices must be integers or slices, not str "
+        f"(traceback in {log})"
+    )
+    assert out.stdout.splitlines()[-1] == f"external: failed: {error}"
+    assert (TRACEBACK in out.stdout) is verbose and TRACEBACK not in out.stderr
+    kept = (tmp_path / log).read_text()
+    assert (
+        TRACEBACK in kept and "in created_id" in kept and f"external failed: {error[:60]}" in kept
+    )
+    result = json.loads((tmp_path / "results" / "r1" / "external.json").read_text())
+    assert result["status"] == "failed" and result["error"] == error
+
+
+BROKEN_SERVER = """
+[servers.broken]
+command = ["{python}", "-c", "raise RuntimeError('cannot open the database: boom')"]
+dbs = ["sqlite"]
+brokers = ["memory"]
+"""
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_server_that_does_not_start_is_one_line_naming_its_cause(
+    tmp_path: Path, verbose: bool
+) -> None:
+    (tmp_path / "servers.toml").write_text(BROKEN_SERVER)
+    flags = ["-v"] if verbose else []
+    out = bench("run", "--server", "broken", "--servers", "servers.toml", "--out", "results",
+                "--run-id", "r1", *flags, cwd=tmp_path)  # fmt: skip
+    assert out.returncode == EXIT_FAILED, out.stderr
+    folder = Path("results", "r1", "broken-sqlite-memory")
+    assert out.stdout.splitlines()[-1] == (
+        "broken-sqlite-memory: failed: the broken server exited with code 1 before answering: "
+        f"RuntimeError: cannot open the database: boom (log: {folder / 'server.log'})"
+    )
+    # -v: the server's log's last lines (its own traceback), then ours that raised the error
+    assert (TRACEBACK in out.stdout) is verbose
+    assert ("the last lines of" in out.stdout and "in _start_on" in out.stdout) is verbose
+    kept = (tmp_path / folder / "cell.log").read_text()
+    assert f"the last lines of {folder / 'server.log'}:" in kept and "in _start_on" in kept
+
+
+def test_a_failed_cell_of_a_matrix_is_its_one_line_and_v_reaches_the_cell(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "servers.toml").write_text(BROKEN_SERVER)
+    out = bench("matrix", "--servers", "servers.toml", "--server", "broken", "--db", "sqlite",
+                "--broker", "memory", "--out", "results", "-v", cwd=tmp_path)  # fmt: skip
+    assert out.returncode == EXIT_FAILED, out.stderr
+    assert re.search(
+        r"^broken-sqlite-memory: failed: the broken server exited with code 1 before "
+        r"answering: RuntimeError: cannot open the database: boom \(log: \S+server.log\)$",
+        out.stdout,
+        re.MULTILINE,
+    ), out.stdout
+    assert TRACEBACK in out.stdout  # the cell's process was verbose too
+
+
+def test_a_bug_outside_a_cell_is_one_line_and_its_traceback_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    try:
+        {}["missing"]
+    except KeyError as exc:
+        bug = exc
+    assert _bug(bug, verbose=False, argv=["report", "results"]) == EXIT_FAILED
+    (kept,) = tmp_path.glob("prefect-bench-traceback-*.log")
+    assert capsys.readouterr().err == (
+        f"prefect-bench: error: internal error (a bug): KeyError: 'missing' (traceback in {kept})\n"
+    )
+    text = kept.read_text()
+    assert "prefect-bench report results" in text and TRACEBACK in text and "KeyError" in text
+    # -v: printed before the line instead
+    assert _bug(bug, verbose=True, argv=["report"]) == EXIT_FAILED
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(TRACEBACK)
+    assert err[-1] == "prefect-bench: error: internal error (a bug): KeyError: 'missing'"
+    assert len(list(tmp_path.glob("prefect-bench-traceback-*.log"))) == 1
+
+
+@pytest.mark.parametrize(
+    "argv", [["run"], ["matrix"], ["report"], ["compare", "a", "b"], ["conformance"]]
+)
+def test_verbose_is_an_option_of_every_command_or_the_environments(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(VERBOSE_ENV, raising=False)
+    assert not build_parser().parse_known_args(argv)[0].verbose
+    for flag in ("-v", "--verbose"):
+        assert build_parser().parse_known_args([*argv, flag])[0].verbose
+    monkeypatch.setenv(VERBOSE_ENV, "1")  # how a matrix's cells are told, and nox's sessions
+    assert build_parser().parse_known_args(argv)[0].verbose

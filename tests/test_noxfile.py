@@ -157,7 +157,10 @@ def test_two_versions_a_year_apart_through_the_matrix(repo_root: Path, tmp_path:
     assert "prefect 3.99.0: Because there is no version of prefect==3.99.0" in out.stderr
     (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     results = {
-        p.name: load_result(p) for p in run.glob("*.json") if not p.name.startswith("report")
+        # not the report, nor the matrix's request (.matrix.json)
+        p.name: load_result(p)
+        for p in run.glob("*.json")
+        if not p.name.startswith(("report", "."))
     }
     assert sorted(results) == [
         "python@3.4.25-sqlite-memory.json",

@@ -27,6 +27,9 @@ EXIT_INTERRUPTED = 130
 # Where nox's sessions write results, and the run id a cell session joins (default: a new one).
 RESULTS_ENV = "BENCH_RESULTS_DIR"
 RUN_ID_ENV = "BENCH_RUN_ID"
+# Set to 1, every command is verbose (-v): a failure's traceback is printed too. `-v` sets it
+# for the cells a matrix starts.
+VERBOSE_ENV = "BENCH_VERBOSE"
 
 
 def cell_argv(

@@ -11,6 +11,7 @@ interval is too narrow (it cannot see beyond the values it has), the t interval 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import statistics
 import time
@@ -20,10 +21,11 @@ from pathlib import Path
 
 from scipy import stats
 
-from bench.cells.runner import CellRun, run_cell
+from bench.cells.runner import INTERRUPTED, CellRun, run_cell
 from bench.compare.gate import cell_figures
 from bench.config.run import RunConfig
 from bench.core.errors import ConfigError, ResultsError
+from bench.core.failures import one_line
 from bench.observe.progress import Progress
 from bench.results import Cell, RepeatState, Result, load_result, result_path, write_result
 
@@ -46,6 +48,13 @@ def repetition_path(out_dir: Path, run_id: str, cell: Cell, repetition: int) -> 
     """`<cell>.json` for the first repetition (as a cell run once), `<cell>.<k>.json` after."""
     path = result_path(out_dir, run_id, cell)
     return path if repetition == 1 else path.with_name(f"{cell.name}.{repetition}.json")
+
+
+def interrupted(result: Result) -> bool:
+    """Whether `result` is of a cell stopped before it finished (Ctrl-C, SIGTERM, its matrix
+    killed): kept, never counted, and run again by the next turn of its cell (a repetition
+    numbered after it; for a cell run once, `<cell>.2.json`)."""
+    return result.status == INTERRUPTED or result.error == INTERRUPTED
 
 
 def earlier_repetitions(out_dir: Path, run_id: str, cell: Cell) -> list[Result]:
@@ -162,13 +171,15 @@ STOP_REASONS = {
 
 def prepare(run: CellRun, copy: Path | None = None) -> list[Result]:
     """Refuse, before anything runs or is written, what would overwrite a result (a cell run
-    once whose result is in the run already, an existing `copy` path) or cannot be written (the
-    run's folder): ConfigError naming the path. Returns the cell's repetitions already written
-    in this run, which a repeated cell goes on from (the matrix runs one per round)."""
+    once whose result is in the run already, unless it was interrupted; an existing `copy`
+    path) or cannot be written (the run's folder): ConfigError naming the path. Returns the
+    cell's results already written in this run, which a repeated cell goes on from (the matrix
+    runs one per round) and a cell run once after an interrupted one."""
     cell, config = run.cell, run.config
     repeating = config.repeat is not None
-    done = earlier_repetitions(run.out_dir, run.run_id, cell) if repeating else []
-    if not repeating and (path := result_path(run.out_dir, run.run_id, cell)).exists():
+    path = result_path(run.out_dir, run.run_id, cell)
+    done = earlier_repetitions(run.out_dir, run.run_id, cell) if repeating or path.exists() else []
+    if not repeating and path.exists() and not (done and all(map(interrupted, done))):
         raise ConfigError(f"{path} exists: results are never overwritten (use another --run-id)")
     if copy and copy.exists():
         raise ConfigError(f"{copy} exists: results are never overwritten")
@@ -190,9 +201,10 @@ def run_repetitions(
     deadline: float | None = None,
     one: bool = False,
 ) -> Iterator[tuple[Result, Path]]:
-    """Run the cell once, or (`--repeat`) repetition after repetition after those `done` until
-    `decide` stops it, a repetition fails, or after `one` (a turn of the matrix's rounds);
-    each result is written as soon as it is done and yielded with its path.
+    """Run the cell once (after `done`, its interrupted results: numbered after them), or
+    (`--repeat`) repetition after repetition after those `done` until `decide` stops it, a
+    repetition fails, or after `one` (a turn of the matrix's rounds); each result is written as
+    soon as it is done and yielded with its path.
 
     `deadline` (seconds since the epoch) ends the budget; default `--budget` from now.
     """
@@ -205,7 +217,9 @@ def run_repetitions(
             path = repetition_path(run.out_dir, run.run_id, run.cell, result.repetition or 1)
         else:
             result = run_cell(run, progress)
-            path = result_path(run.out_dir, run.run_id, run.cell)
+            if done:  # run again after an interrupted result, which is kept
+                result.repetition = len(done) + 1
+            path = repetition_path(run.out_dir, run.run_id, run.cell, result.repetition or 1)
         write_result(result, path)
         yield result, path
         if not repeating or result.status != "ok" or one:
@@ -215,8 +229,10 @@ def run_repetitions(
 
 
 def result_line(result: Result) -> str:
-    """The line saying how a cell (or one of its repetitions) ended."""
-    line = f"{result.cell.name}: {result.status}" + (f": {result.error}" if result.error else "")
+    """The one line saying how a cell (or one of its repetitions) ended, and why when it
+    failed (an error written before causes were one line is made one)."""
+    error = one_line(result.error or "")
+    line = f"{result.cell.name}: {result.status}" + (f": {error}" if error else "")
     if result.repeat:
         line += f" (repetition {result.repetition}"
         if result.discarded:
@@ -230,9 +246,10 @@ def result_line(result: Result) -> str:
 
 
 def _repetition(run: CellRun, progress: Progress, done: list[Result], deadline: float) -> Result:
-    """The cell's next repetition, with where the repetitions stand after it (`done` grows)."""
+    """The cell's next repetition, with where the repetitions stand after it (`done` grows).
+    The warm-up is the first that is not interrupted (one interrupted is run again)."""
     config = run.config
-    warmup = not done and not config.keep_first
+    warmup = all(map(interrupted, done)) and not config.keep_first
     progress.stage(
         f"repetition {len(done) + 1}"
         + (" (the warm-up: run and kept, not counted)" if warmup else "")
@@ -240,12 +257,16 @@ def _repetition(run: CellRun, progress: Progress, done: list[Result], deadline: 
     )
     result = run_cell(run, progress)
     result.repetition = len(done) + 1
-    if result.repetition == 1 and not config.keep_first:
+    if warmup and not interrupted(result):
         result.discarded = WARMUP_REPETITION
     done.append(result)
     counted = [r for r in done if r.status == "ok" and not r.discarded]
     result.repeat = decide(
-        config.repeat or 1, config.target_pct, counted, deadline - time.time(), _repetition_s(done)
+        config.repeat or 1,
+        config.target_pct,
+        counted,
+        deadline - time.time(),
+        _repetition_s(run.out_dir / run.run_id, done),
     )
     if result.repeat.over_budget:
         progress.stage(
@@ -255,14 +276,35 @@ def _repetition(run: CellRun, progress: Progress, done: list[Result], deadline: 
     return result
 
 
-def _repetition_s(done: Sequence[Result]) -> float:
-    """What one more repetition is expected to take: the time between the last two (a whole
-    round of the matrix when repetitions interleave across cells), else the last one's own."""
+def _repetition_s(folder: Path, done: Sequence[Result]) -> float:
+    """What one more repetition is expected to take: the time the run's cells ran between the
+    last two (a whole round of the matrix when repetitions interleave across cells; not the
+    time a killed matrix stood still before `--resume`), else the last one's own."""
     if not done or done[-1].finished_at is None:
         return 0.0
     end = _epoch(done[-1].finished_at)
     before = done[-2].finished_at if len(done) >= 2 else None
-    return end - _epoch(before or done[-1].started_at)
+    if before is None:
+        return end - _epoch(done[-1].started_at)
+    return min(end - _epoch(before), busy_s(folder, _epoch(before), end))
+
+
+def busy_s(folder: Path, since: float = -math.inf, until: float = math.inf) -> float:
+    """Seconds the cells of the run in `folder` ran between `since` and `until` (seconds since
+    the epoch), from each result's start and end: not the time between them (a matrix killed
+    and resumed the next day, each cell's process starting). Results written before `since`
+    are not read."""
+    total = 0.0
+    for path in folder.glob("*.json"):
+        try:
+            if path.name.startswith(".") or path.stat().st_mtime < since - 2:
+                continue
+            data = json.loads(path.read_text(encoding="utf-8"))
+            start, end = _epoch(data["started_at"]), _epoch(data["finished_at"])
+        except (OSError, ValueError, TypeError, KeyError):
+            continue  # not a result, or one without its times: the report warns about it
+        total += max(0.0, min(end, until) - max(start, since))
+    return total
 
 
 def _epoch(stamp: str) -> float:

@@ -9,7 +9,6 @@ import functools
 import secrets
 import shutil
 import tempfile
-import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
@@ -26,6 +25,7 @@ from bench.config.run import RunConfig
 from bench.conformance import real_client as conformance
 from bench.core import ownership
 from bench.core.errors import BenchError, CellSkipped, ConfigError, ServerError, VerificationError
+from bench.core.failures import bug, keep, long_form, one_line
 from bench.core.ports import LOOPBACK, THIS_MACHINE
 from bench.core.process import wait_until
 from bench.observe.machine import (
@@ -60,6 +60,8 @@ from bench.workloads.base import UNAVAILABLE_ATTEMPTS, Endpoint, api_client, bac
 
 EXTERNAL_SERVER = "external"
 INTERRUPTED = "interrupted"
+# The cell's own log, in its folder beside the server's: each failure's traceback and details.
+CELL_LOG = "cell.log"
 # How long a scenario's sends may take to reach the server's database after a window.
 DRAIN_TIMEOUT_S = 30.0
 
@@ -79,6 +81,11 @@ class CellRun:
     def cell_dir(self) -> Path:
         """Where the cell's logs go, beside its result."""
         return self.out_dir / self.run_id / self.cell.name
+
+    @property
+    def cell_log(self) -> Path:
+        """The cell's own log: why each of its failures happened, at length."""
+        return self.cell_dir / CELL_LOG
 
 
 @dataclass
@@ -140,6 +147,11 @@ def _new_result(run: CellRun) -> Result:
 def run_cell(run: CellRun, progress: Progress) -> Result:
     """Run one cell and return its result; failures are recorded in the result, not raised.
 
+    A failed result's error is one line naming the cause; its long form (the details a
+    BenchError carries, the traceback) is appended to the cell's log (`CellRun.cell_log`) and
+    given to `progress.failure` (shown with -v). An exception prefect-bench did not expect is
+    a bug, and its line says so (bench.core.failures.bug) and where its traceback is.
+
     A KeyboardInterrupt (Ctrl-C, or SIGTERM turned into one) stops the cell: everything is
     cleaned up and the result is failed with the error INTERRUPTED, the measurements kept.
     """
@@ -149,16 +161,29 @@ def run_cell(run: CellRun, progress: Progress) -> Result:
         result.status = "ok"
     except CellSkipped as exc:
         result.status = "skipped"
-        result.error = str(exc)
+        result.error = one_line(str(exc))
     except BenchError as exc:
-        result.error = str(exc)
+        result.error = one_line(str(exc))
+        _failed(run, progress, result, exc)
     except KeyboardInterrupt:
         result.error = INTERRUPTED
     except Exception as exc:
-        result.error = f"internal error: {exc!r}\n{traceback.format_exc(limit=8)}"
+        result.error = bug(exc)
+        result.error += f" ({_failed(run, progress, result, exc)})"
     finally:
         result.finished_at = utc_now()
     return result
+
+
+def _failed(run: CellRun, progress: Progress, result: Result, exc: Exception) -> str:
+    """Keep the long form of the cell's failure in its log and show it (with -v); says where
+    its traceback is."""
+    text = long_form(exc)
+    progress.failure(text)
+    try:
+        return f"traceback in {keep(run.cell_log, f'{run.cell.name} failed: {result.error}', text)}"
+    except OSError as err:  # a full or read-only disk: the line still says what failed
+        return f"its traceback could not be kept in {run.cell_log}: {err.strerror}"
 
 
 def _check_machine(progress: Progress, result: Result) -> None:
@@ -483,11 +508,15 @@ def _real_client_check(
     the proof that the server serves the client the workload emulates
     (bench.conformance.real_client)."""
     progress.stage("running one flow with the real Prefect client (conformance)")
-    report = conformance.check(target.base_url, tasks=tasks, workdir=run.cell_dir / "real-client")
+    workdir = run.cell_dir / "real-client"
+    report = conformance.check(target.base_url, tasks=tasks, workdir=workdir)
     result.conformance = report.model_dump(mode="json")
     if not report.ok:
         failed = "; ".join(f"{c.name}: {c.detail}" for c in report.failed)
-        raise VerificationError(f"the real Prefect client's flow run: {failed}")
+        if any(c.name == "client" for c in report.failed):
+            failed += f" (its output: {workdir / conformance.CLIENT_LOG})"
+        details = "\n\n".join(f"{c.name}:\n{c.details}" for c in report.failed if c.details)
+        raise VerificationError(f"the real Prefect client's flow run: {failed}", details=details)
 
 
 def _measure_scenarios(
@@ -627,4 +656,4 @@ def _ensure_alive(target: _Target, when: str) -> None:
     try:
         target.server.check_alive()
     except ServerError as exc:
-        raise ServerError(f"{when}: {exc}") from exc
+        raise ServerError(f"{when}: {exc}", details=exc.details) from exc

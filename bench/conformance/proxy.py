@@ -285,6 +285,12 @@ class _Connection:
         assert self.upstream is not None
         if head.status_code >= 400:
             self.counter.add("errors", f"{key} {head.status_code}")
+        if isinstance(head, h11.Response) and head.http_version != b"1.1":
+            # h11 answers in HTTP/1.1 only: an HTTP/1.0 server's answer (python -m http.server)
+            # is relayed as one, framed as h11 frames it for the client
+            head = h11.Response(
+                status_code=head.status_code, headers=head.headers.raw_items(), reason=head.reason
+            )
         self.writer.write(self.http.send(head))
         if head.status_code == 101:
             await self.relay_websocket(path, head)

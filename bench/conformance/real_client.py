@@ -33,6 +33,7 @@ from bench.config.run import RunConfig
 from bench.conformance.flow import RESULT_PREFIX
 from bench.conformance.proxy import TrafficCounts, counting_proxy
 from bench.core.errors import ConfigError, ServerError
+from bench.core.failures import cause_in, one_line
 from bench.core.process import ManagedProcess, wait_until
 from bench.engine import Target
 from bench.engine.scenario import StepFailed, run_once
@@ -47,6 +48,7 @@ DEFAULT_TIMEOUT_S = 30.0
 CLIENT_TIMEOUT_S = 120.0
 CLIENT_TIMEOUT_PER_TASK_S = 0.1
 FLOW_SCRIPT = Path(__file__).with_name("flow.py")
+CLIENT_LOG = "client.log"  # the client's output, in the check's folder
 # What must read back besides the task runs: the event the server emits when the flow run
 # completes, and the three events each task run's engine emits (task_engine.py), from which
 # the task-run recorder writes the task run.
@@ -65,7 +67,13 @@ _TASK_RUNS_LIMIT = 200
 # Variables that would send the child's requests through someone's proxy instead of ours
 # (httpx and websockets both honour them); compared in lower case.
 _PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "ws_proxy", "wss_proxy")
-_LOG_LINES = 15
+# The client's last lines of output kept when it fails (a Prefect traceback is ~40 lines).
+_LOG_LINES = 60
+# What the client says in its own words (its exception, its flow run's state message).
+_SAID = ("log_tail", "message")
+# The one answer >= 400 the real client gets from a conforming server too: CSRF protection is
+# off there, and GET /csrf-token answers 422 (the client goes on).
+_CSRF_OFF = "/csrf-token 422"
 _LOGS = "POST /api/logs/"  # a flow run's last request
 
 
@@ -102,7 +110,7 @@ def run_client(api_url: str, *, tasks: int, workdir: Path, timeout_s: float) -> 
     `workdir/client.log`. Stopped, its whole process tree, after `timeout_s` or on Ctrl-C."""
     home = workdir / "prefect-home"
     home.mkdir(parents=True, exist_ok=True)
-    log_path = workdir / "client.log"
+    log_path = workdir / CLIENT_LOG
     argv = [sys.executable, str(FLOW_SCRIPT), "--tasks", str(tasks)]
     started = time.monotonic()
     process = ManagedProcess(
@@ -142,9 +150,14 @@ class CheckResult(BaseModel):
 
     name: str
     ok: bool
-    detail: str
+    detail: str = Field(description="one line: what was found, or the cause of the failure")
     after_s: float | None = Field(
         default=None, description="seconds from the client's exit until it read back"
+    )
+    details: str = Field(
+        default="",
+        description="what explains a failure at length (the client's last lines of output): "
+        "what -v shows",
     )
 
 
@@ -202,7 +215,10 @@ def check(
         with counting_proxy(base_url) as (proxy_url, counter):
             client_timeout = client_timeout_s(tasks)
             client = run_client(proxy_url, tasks=tasks, workdir=workdir, timeout_s=client_timeout)
-        checks = [_client_check(client, tasks, client_timeout)]
+        # what the client says of the proxy's URL, it says of the server's
+        said = {k: (getattr(client, k) or "").replace(proxy_url, base_url) for k in _SAID}
+        client = client.model_copy(update=said)
+        checks = [_client_check(client, tasks, client_timeout, counter.snapshot())]
         if client.flow_run_id is not None:
             checks += _read_back(api, client, timeout_s)
         if checks[0].ok:
@@ -268,13 +284,21 @@ def _require_health(api: httpx.Client, base_url: str) -> None:
         raise ServerError(f"{base_url} answers GET /health with {status}")
 
 
-def _client_check(client: ClientRun, tasks: int, timeout_s: float) -> CheckResult:
+def _client_check(
+    client: ClientRun, tasks: int, timeout_s: float, traffic: TrafficCounts
+) -> CheckResult:
+    """Whether the client ran its flow; when not, one line with the cause its output gives
+    (the exception it ended in) and the server's refusals, its output the details."""
     who = f"the real Prefect {client.client_version or ''} client".replace("  ", " ")
-    tail = f"; last lines of its output:\n{client.log_tail}"
+    cause = cause_in(client.log_tail)
     if client.exit_code is None:
-        detail = f"{who} did not finish its flow run within {timeout_s:g} s{tail}"
+        detail = f"{who} did not finish its flow run within {timeout_s:g} s" + (
+            f"; its output ends: {cause}" if cause else ""
+        )
     elif client.state is None:
-        detail = f"{who} failed (exit code {client.exit_code}) before it could report{tail}"
+        detail = f"{who} failed (exit code {client.exit_code}) before it could report" + (
+            f": {cause}" if cause else ""
+        )
     elif client.state != "COMPLETED":
         detail = f"{who}'s flow run {client.flow_run_id} ended {client.state}: {client.message}"
     elif len(client.task_run_ids) != tasks:
@@ -284,7 +308,23 @@ def _client_check(client: ClientRun, tasks: int, timeout_s: float) -> CheckResul
         return CheckResult(
             name="client", ok=True, detail=f"{who} ran {made} in {client.duration_s:.1f} s"
         )
-    return CheckResult(name="client", ok=False, detail=detail)
+    if refused := _refusals(traffic):
+        detail += f" ({refused})"
+    return CheckResult(name="client", ok=False, detail=one_line(detail), details=client.log_tail)
+
+
+def _refusals(traffic: TrafficCounts, most: int = 3) -> str:
+    """The answers >= 400 the server gave the client, the most frequent first (not the CSRF
+    token's 422 of a server with CSRF protection off): '' when there are none."""
+    refused = sorted(
+        ((n, key) for key, n in traffic.errors.items() if not key.endswith(_CSRF_OFF)),
+        key=lambda found: -found[0],
+    )
+    shown = []
+    for n, key in refused[:most]:
+        request, status = key.rsplit(" ", 1)
+        shown.append(f"{request} answered {status}" + (f", {n} times" if n > 1 else ""))
+    return "; ".join(shown)
 
 
 def _read_back(api: httpx.Client, client: ClientRun, timeout_s: float) -> list[CheckResult]:
@@ -317,7 +357,7 @@ def _read_back(api: httpx.Client, client: ClientRun, timeout_s: float) -> list[C
             after = round(time.monotonic() - started, 3)
             results.append(CheckResult(name=name, ok=True, detail=ok_detail, after_s=after))
         else:
-            detail = f"the server answered /health but {problem} within {timeout_s:g} s"
+            detail = one_line(f"the server answered /health but {problem} within {timeout_s:g} s")
             results.append(CheckResult(name=name, ok=False, detail=detail))
     return results
 
@@ -453,14 +493,14 @@ def _events_problem(api: httpx.Client, flow_run_id: str, task_run_ids: list[str]
 
 def report_lines(report: ConformanceReport) -> list[str]:
     """One line per check ('ok' or 'FAIL', its name, what it found), then the summary."""
-    lines = [f"{'ok  ' if c.ok else 'FAIL'}  {c.name}: {c.detail}" for c in report.checks]
+    lines = [f"{'ok  ' if c.ok else 'FAIL'}  {c.name}: {one_line(c.detail)}" for c in report.checks]
     if report.ok:
         lines.append(
             f"conformance ok: {report.url} serves the real Prefect {report.client_version} "
             f"client (a flow run with {report.tasks} tasks read back)"
         )
     else:
-        first = report.failed[0].detail.splitlines()[0]
+        first = one_line(report.failed[0].detail)
         lines.append(f"conformance failed ({len(report.failed)} of {len(report.checks)}): {first}")
     return lines
 

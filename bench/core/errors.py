@@ -2,7 +2,15 @@
 
 
 class BenchError(Exception):
-    """Base class of every error prefect-bench reports to its user."""
+    """Base class of every error prefect-bench reports to its user.
+
+    Its message is one line that names the cause; `details` is what explains it at length (the
+    last lines of a log, a client's traceback): written to the cell's log, and shown with `-v`
+    (bench.core.failures)."""
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.details = details
 
 
 class ConfigError(BenchError):

@@ -24,7 +24,8 @@ _PR_SET_PDEATHSIG = 1
 T = TypeVar("T")
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """Run in a child before it starts (`preexec_fn`): SIGTERM it when its parent dies."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -55,7 +56,7 @@ class ManagedProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                preexec_fn=die_with_parent if sys.platform == "linux" else None,
                 user=user,
                 group=group,
                 extra_groups=[] if group is not None else None,

@@ -39,14 +39,22 @@ def _seeded(done: int, total: int, started: float) -> str:
 
 
 class Progress:
-    """Plain progress lines; the base for the live view."""
+    """Plain progress lines; the base for the live view. `verbose` (-v): a failure's long
+    form (its details and traceback) is shown too."""
 
-    def __init__(self, console: Console, cell: str) -> None:
+    def __init__(self, console: Console, cell: str, verbose: bool = False) -> None:
         self.console = console
         self.cell = cell
+        self.verbose = verbose
 
     def stage(self, text: str) -> None:
-        self.console.print(f"[bold]{self.cell}[/bold]: {text}")
+        self.console.print(f"[bold]{self.cell}[/bold]: {text}", soft_wrap=True)
+
+    def failure(self, text: str) -> None:
+        """The long form of why the cell failed (bench.core.failures.long_form): shown with
+        `verbose`, before the cell's one line; the cell's log keeps it either way."""
+        if self.verbose:
+            self.console.print(text, markup=False, highlight=False, style="dim", soft_wrap=True)
 
     def measuring(self, endpoint: str, concurrency: int) -> Callable[[int], None] | None:
         """Called before a measurement; returns a callback taking the count so far, or None."""
@@ -96,8 +104,8 @@ class Progress:
 class LiveProgress(Progress):
     """A table of finished measurements and the current one's live rate."""
 
-    def __init__(self, console: Console, cell: str) -> None:
-        super().__init__(console, cell)
+    def __init__(self, console: Console, cell: str, verbose: bool = False) -> None:
+        super().__init__(console, cell, verbose)
         self._stage = "starting"
         self._rows: list[list[str]] = []
         self._current = ""
@@ -154,8 +162,8 @@ class LiveProgress(Progress):
         self._live.stop()
 
 
-def progress_for(console: Console, cell: str) -> Progress:
+def progress_for(console: Console, cell: str, verbose: bool = False) -> Progress:
     """Live on a terminal, plain lines otherwise (CI logs, pipes)."""
     if console.is_terminal and not console.is_dumb_terminal:
-        return LiveProgress(console, cell)
-    return Progress(console, cell)
+        return LiveProgress(console, cell, verbose)
+    return Progress(console, cell, verbose)

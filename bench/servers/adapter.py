@@ -23,6 +23,7 @@ from pydantic import Field
 from bench.config.dimensions import DBS
 from bench.config.run import Options, setting
 from bench.core.errors import ConfigError, ServerError
+from bench.core.failures import from_log
 from bench.core.ports import LOOPBACK
 from bench.core.process import ManagedProcess, wait_until
 from bench.servers.specs import NO_SERVICES_SECTION, SEEDING_SECTION, ServerSpec, render
@@ -118,8 +119,9 @@ def run_logged(
     """Run a build step (or a server's init command) to completion, its output appended to
     `log_path`, in `env` (default: `clean_environ()`).
 
-    ServerError with the log's tail if it cannot start, fails or outlasts `timeout_s`; the step
-    (its whole process tree) is stopped on any exception, Ctrl-C included.
+    ServerError naming the cause the log gives (its tail the error's `details`) if it cannot
+    start, fails or outlasts `timeout_s`; the step (its whole process tree) is stopped on any
+    exception, Ctrl-C included.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a", encoding="utf-8") as log:
@@ -134,16 +136,14 @@ def run_logged(
         wait_until(lambda: proc.exit_code() is not None, timeout_s=timeout_s, interval_s=0.1)
     except TimeoutError:
         proc.stop()
-        raise ServerError(
-            f"{what} did not finish within {timeout_s:g} s; last lines of {log_path}:\n"
-            f"{proc.log_tail()}"
-        ) from None
+        said = f"{what} did not finish within {timeout_s:g} s"
+        raise from_log(ServerError, said, proc.log_tail(), log_path) from None
     except BaseException:
         proc.stop()
         raise
     if (code := proc.exit_code()) != 0:
-        raise ServerError(
-            f"{what} failed with exit code {code}; last lines of {log_path}:\n{proc.log_tail()}"
+        raise from_log(
+            ServerError, f"{what} failed with exit code {code}", proc.log_tail(), log_path
         )
 
 

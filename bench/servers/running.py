@@ -19,6 +19,7 @@ import psutil
 
 from bench.core.cache_folder import default_cache_dir
 from bench.core.errors import ServerError
+from bench.core.failures import from_log
 from bench.core.ports import PortTaken, lost_port_race, on_free_port
 from bench.core.process import ManagedProcess, wait_until
 from bench.servers.adapter import ServerAdapter, ServerSetup, clean_environ, run_logged
@@ -61,17 +62,13 @@ class RunningServer:
         """Raise ServerError, saying which process, if one of the deployment's has exited."""
         for what, started in (("the server", self.process), ("its services", self.services)):
             if started is not None and (code := started.exit_code()) is not None:
-                raise ServerError(
-                    f"{what} ({' '.join(started.argv[:6])} …) exited with code {code}; last "
-                    f"lines of {started.log_path}:\n{started.log_tail()}"
-                )
+                said = f"{what} ({' '.join(started.argv[:6])} …) exited with code {code}"
+                raise from_log(ServerError, said, started.log_tail(), started.log_path)
         for worker in self.workers:
             if not _lives(worker):
-                raise ServerError(
-                    f"the server's API worker process {worker.pid} (one of "
-                    f"{len(self.workers)}) died; last lines of {self.process.log_path}:\n"
-                    f"{self.process.log_tail()}"
-                )
+                n, log = len(self.workers), self.process.log_path
+                said = f"the server's API worker process {worker.pid} (one of {n}) died"
+                raise from_log(ServerError, said, self.process.log_tail(), log)
 
 
 def _lives(process: psutil.Process) -> bool:
@@ -125,9 +122,7 @@ def _start_on(port: int, adapter: ServerAdapter, setup: ServerSetup) -> RunningS
             if isinstance(exc, TimeoutError)
             else f"exited with code {process.exit_code()} before answering"
         )
-        raise ServerError(
-            f"the {adapter.name} server {what}; last lines of {log_path}:\n{tail}"
-        ) from exc
+        raise from_log(ServerError, f"the {adapter.name} server {what}", tail, log_path) from exc
     except BaseException:
         for proc in started_here:
             proc.stop()
@@ -184,11 +179,12 @@ def _await_workers(
             abort=lambda: None if process.exit_code() is None else "exited",
         )
     except (TimeoutError, RuntimeError) as exc:
-        raise ServerError(
+        tail = process.log_tail()
+        said = (
             f"the {adapter.name} server did not run its {count} API worker processes within "
-            f"{adapter.startup_timeout_s:g} s; last lines of {process.log_path}:\n"
-            f"{process.log_tail()}"
-        ) from exc
+            f"{adapter.startup_timeout_s:g} s"
+        )
+        raise from_log(ServerError, said, tail, process.log_path) from exc
 
 
 def _listens(process: psutil.Process, port: int) -> bool:
@@ -240,10 +236,9 @@ def _await_services(adapter: ServerAdapter, services: ManagedProcess) -> None:
             if isinstance(exc, TimeoutError)
             else f"exited with code {services.exit_code()}"
         )
-        raise ServerError(
-            f"the {adapter.name} server's services {what}; last lines of "
-            f"{services.log_path}:\n{services.log_tail()}"
-        ) from exc
+        tail = services.log_tail()
+        said = f"the {adapter.name} server's services {what}"
+        raise from_log(ServerError, said, tail, services.log_path) from exc
 
 
 # What `prefect server services start` prints once it runs them (prefect/cli/server.py).

@@ -32,6 +32,7 @@ from docker.models.containers import Container
 from requests.exceptions import RequestException
 
 from bench.core.errors import ProvisionError
+from bench.core.failures import from_log
 from bench.core.ownership import RUN_LABEL, Labels, owner_is_gone, owner_labels
 from bench.core.ports import LOOPBACK, THIS_MACHINE, PortTaken, lost_port_race, on_free_port
 from bench.results import ServiceInfo
@@ -427,16 +428,13 @@ class DockerProvider(ServiceProvider):
                 remove()
                 if lost_port_race(logs):  # taken between our choice and the container's bind
                     raise PortTaken(f"port {port}: {exc}") from None
-                raise ProvisionError(
-                    f"{exc}; container {name} removed, its log kept in {log}; last lines:\n"
-                    f"{tail(logs)}"
-                ) from None
+                said = f"{exc}; container {name} removed"
+                raise from_log(ProvisionError, said, tail(logs), log) from None
             except (*_DOCKER_ERRORS, psycopg.Error, redis.RedisError) as exc:
                 logs = remove.logs() or ""
                 remove()
-                raise ProvisionError(
-                    f"the {kind.name} container {name} failed: {exc}; last log lines:\n{tail(logs)}"
-                ) from None
+                said = f"the {kind.name} container {name} failed: {exc}"
+                raise from_log(ProvisionError, said, tail(logs), log) from None
             return port, version, container
 
         return on_free_port(attempt, f"the {kind.name} container", ProvisionError)

@@ -33,6 +33,7 @@ import psycopg
 import redis
 
 from bench.core.errors import ProvisionError
+from bench.core.failures import from_log
 from bench.core.ownership import FOLDER_PREFIX, Labels, mark_folder, record_process
 from bench.core.ports import LOOPBACK, PortTaken, lost_port_race, on_free_port
 from bench.core.process import ManagedProcess
@@ -234,7 +235,7 @@ class LocalProvider(ServiceProvider):
                 text = read_from(log, offset)
                 if proc.exit_code() is not None and lost_port_race(text):
                     raise PortTaken(f"port {port}: {exc}") from None  # taken before our bind
-                raise ProvisionError(f"local {exc}; see {log}:\n{tail(text)}") from None
+                raise from_log(ProvisionError, f"local {exc}", tail(text), log) from None
             return port, proc, value
 
         return on_free_port(attempt, what, ProvisionError)
@@ -313,12 +314,12 @@ class LocalProvider(ServiceProvider):
         try:
             wait_for(proc.exit_code, timeout_s=INITDB_TIMEOUT_S, what="initdb")
         except ProvisionError as exc:
-            raise ProvisionError(f"{exc}:\n{tail(read_from(log, offset))}") from None
+            text = tail(read_from(log, offset))
+            raise from_log(ProvisionError, str(exc), text, log) from None
         if proc.exit_code() != 0:
-            raise ProvisionError(
-                f"initdb failed with code {proc.exit_code()}; see {log}:\n"
-                f"{tail(read_from(log, offset))}"
-            )
+            text = tail(read_from(log, offset))
+            said = f"initdb failed with code {proc.exit_code()}"
+            raise from_log(ProvisionError, said, text, log)
 
     # -- Redis --------------------------------------------------------------------------
 

@@ -135,6 +135,16 @@ def test_a_repetitions_line_says_where_the_cell_stands() -> None:
     )
 
 
+def test_a_failed_cells_line_is_one_line() -> None:
+    # an error written before causes were one line (a log's last lines after it) reads as one
+    error = "the zig server exited with code 1; last lines of s.log:\npanic: boom\n  at main"
+    failed = _ok_result().model_copy(update={"status": "failed", "error": error})
+    assert result_line(failed) == (
+        "zig-sqlite-memory: failed: the zig server exited with code 1; last lines of s.log: "
+        "panic: boom at main"
+    )
+
+
 def test_the_matrix_ends_with_each_cells_repetitions_and_why_they_stopped() -> None:
     result = _ok_result()
     stopped = RepeatState(

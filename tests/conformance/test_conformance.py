@@ -5,6 +5,8 @@ websocket server in this process)."""
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import os
 import signal
@@ -233,6 +235,33 @@ def test_proxy_counts_refusals_and_an_unreachable_server(standin: str) -> None:
     assert "the server did not answer" in counts.problems[0]
 
 
+class _Http10(http.server.SimpleHTTPRequestHandler):
+    """`python -m http.server`: files, answered in HTTP/1.0 (its connection closed after)."""
+
+    def log_message(self, *args: Any) -> None:
+        return None
+
+
+def test_proxy_relays_an_http_1_0_servers_answers(tmp_path: Path) -> None:
+    (tmp_path / "api").mkdir()
+    (tmp_path / "api" / "health").write_text("true")
+    handler = functools.partial(_Http10, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer((LOOPBACK, 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://{LOOPBACK}:{server.server_address[1]}/api"
+        with counting_proxy(url) as (proxy_url, counter), httpx.Client() as client:
+            assert client.get(f"{proxy_url}/health").text == "true"  # h11 would not send 1.0
+            assert client.get(f"{proxy_url}/admin/version").status_code == 404
+            counts = counter.snapshot()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert counts.errors == {"GET /api/admin/version 404": 1} and counts.problems == []
+
+
 # -- the check -------------------------------------------------------------------------------
 
 
@@ -344,14 +373,40 @@ def test_standin_that_records_nothing_fails_with_a_clear_line(
     assert report.traffic.messages["prefect.task-run.Completed"] == 3
 
 
+@pytest.mark.parametrize("verbose", [False, True])
 def test_server_not_answering_is_one_line_exit_1(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], verbose: bool
 ) -> None:
     url = f"http://{LOOPBACK}:{free_port()}/api"
-    assert main(["conformance", "--url", url, "--json", str(tmp_path / "r.json")]) == EXIT_FAILED
-    err = capsys.readouterr().err.strip()
-    assert err.startswith(f"prefect-bench: error: {url} does not answer") and "\n" not in err
+    argv = ["conformance", "--url", url, "--json", str(tmp_path / "r.json")]
+    assert main([*argv, *(["-v"] if verbose else [])]) == EXIT_FAILED
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"prefect-bench: error: {url} does not answer: ConnectError(")
+    # -v: the traceback before the line (the one it was raised from, httpx's, included)
+    assert len(err) > 1 if verbose else len(err) == 1
+    assert ("httpx.ConnectError" in "\n".join(err[:-1])) is verbose
     assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_server_that_is_not_prefect_fails_in_one_line_naming_its_answer(
+    health_only: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], verbose: bool
+) -> None:
+    """/health answers and nothing else (as `python -m http.server` would): the real client
+    cannot reach a Prefect API, and the last line says why, without its traceback."""
+    report_path = tmp_path / "r.json"
+    argv = ["conformance", "--url", health_only, "--json", str(report_path)]
+    assert main([*argv, *(["-v"] if verbose else [])]) == EXIT_FAILED
+    out = capsys.readouterr().out
+    cause = (
+        "the real Prefect client failed (exit code 1) before it could report: RuntimeError: "
+        f"Failed to reach API at {health_only}/ (GET /api/admin/version answered 404)"
+    )
+    assert out.splitlines()[-1] == f"conformance failed (1 of 1): {cause}"
+    assert f"FAIL  client: {cause}\n" in out
+    assert ("Traceback (most recent call last)" in out) is verbose  # the client's, with -v
+    [client] = ConformanceReport.model_validate_json(report_path.read_text()).checks
+    assert client.detail == cause and "Traceback (most recent call last)" in client.details
 
 
 @pytest.mark.parametrize(

@@ -50,8 +50,11 @@ def test_a_server_that_fails_to_start_reports_its_log(tmp_path: Path) -> None:
         start_server(BrokenDatabase(), setup),
     ):
         pytest.fail("the server should not have started")
-    assert "last lines of" in str(info.value)
-    assert "unable to open database file" in str(info.value).lower()
+    # one line: the cause the log gives and where the log is; its last lines the details
+    message = str(info.value)
+    assert "\n" not in message and message.endswith(f"(log: {tmp_path / 'server.log'})")
+    assert "OperationalError) unable to open database file" in message
+    assert info.value.details.startswith(f"the last lines of {tmp_path / 'server.log'}:")
 
 
 def test_python_environment_maps_redis_and_postgres(tmp_path: Path) -> None:

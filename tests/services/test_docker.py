@@ -154,8 +154,9 @@ def test_container_never_healthy_is_an_error_with_its_log_and_is_removed(
     with pytest.raises(ProvisionError) as error:  # noqa: SIM117
         with context(tmp_path, labels):
             pytest.fail("the service should not be provided")
-    message = str(error.value)
-    assert why in message and "last lines" in message and in_log in message
+    message = str(error.value)  # one line, the log's last lines its details
+    assert why in message and f"(log: {tmp_path / f'{kind}.log'})" in message
+    assert "\n" not in message and in_log in error.value.details
     assert run_containers(client, labels.run_id) == []
     assert in_log in (tmp_path / f"{kind}.log").read_text()
 
