@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -111,6 +112,20 @@ def _repeat(text: str) -> int | str:
         ) from None
 
 
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?")
+
+
+def _duration(text: str) -> float:
+    """Seconds from '2h', '30m', '1h30m', '90s' or '90'."""
+    match = _DURATION.fullmatch(text.strip())
+    if not text.strip() or match is None:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration such as 2h, 30m, 1h30m or 90s, got {text!r}"
+        )
+    hours, minutes, seconds = (float(g or 0) for g in match.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
 def _run_id(text: str) -> str:
     if not RUN_ID.match(text):
         raise argparse.ArgumentTypeError(f"letters, digits, '.', '_' and '-' only, got {text!r}")
@@ -139,6 +154,7 @@ _GRAMMARS: dict[str, Callable[[str], Any]] = {
     "ints": _int_list,
     "cpus": _cpu_list,
     "repeat": _repeat,
+    "duration": _duration,
     "workload": _Choice(tuple(WORKLOADS), "workload"),
     "provider": _Choice(tuple(PROVIDERS), "provider"),
 }

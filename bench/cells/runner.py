@@ -19,6 +19,7 @@ import httpx
 import psutil
 
 from bench import engine
+from bench.cells.soak import SoakClock
 from bench.compare.capacity import STOP_AFTER_MISSES, knee
 from bench.config.objectives import DEFAULT_SLO, parse_slo
 from bench.config.run import RunConfig
@@ -346,16 +347,20 @@ def _measure_all(
     sampler = ResourceSampler(target.server.tree) if target.server else None
     sweep = f" at {len(config.sweep)} rates each" if config.sweep else ""
     progress.stage(f"measuring {len(workload.endpoints)} endpoints{sweep}")
-    for endpoint in workload.endpoints:
-        request = endpoint.resolve(target.api_path, fixtures)
-        for concurrency in config.concurrency:
-            window = _Window(config, endpoint, request, concurrency, target, sampler, progress)
-            if config.sweep:
-                _sweep(window, result)
-            else:
-                ep = window.measure(result)
-                result.endpoints.append(ep)  # kept before anything else can fail
-                window.done(ep)
+    with SoakClock(config, result, progress) as clock:
+        for _ in clock.rounds():  # once, or (--soak) again and again until its time is up
+            for endpoint in workload.endpoints:
+                request = endpoint.resolve(target.api_path, fixtures)
+                for concurrency in config.concurrency:
+                    window = _Window(
+                        config, endpoint, request, concurrency, target, sampler, progress
+                    )
+                    if config.sweep:
+                        _sweep(window, result)
+                    else:
+                        ep = window.measure(result)
+                        result.endpoints.append(ep)  # kept before anything else can fail
+                        window.done(ep)
 
 
 @dataclass(frozen=True)
@@ -546,14 +551,16 @@ def _measure_scenarios(
         _real_client_check(run, target, progress, result, tasks)
     users = workload.reader_users(config)
     progress.stage(f"measuring {name}" + (f" with {users} readers" if readers else ""))
-    for concurrency in config.concurrency:
-        scenario = fresh()
-        _ensure_alive(target, f"before {scenario.name} at c={concurrency}")
-        if workload.prepare is not None:
-            progress.stage(f"preparing {scenario.name} at c={concurrency}")
-            scenario = workload.prepared(client, scenario, verify=False)
-        parts = workload.parts(scenario, concurrency, readers, config)
-        _measure_level(config, workload, parts, client, target, sampler, progress, result)
+    with SoakClock(config, result, progress) as clock:
+        for _ in clock.rounds():  # once, or (--soak) again and again until its time is up
+            for concurrency in config.concurrency:
+                scenario = fresh()
+                _ensure_alive(target, f"before {scenario.name} at c={concurrency}")
+                if workload.prepare is not None:
+                    progress.stage(f"preparing {scenario.name} at c={concurrency}")
+                    scenario = workload.prepared(client, scenario, verify=False)
+                parts = workload.parts(scenario, concurrency, readers, config)
+                _measure_level(config, workload, parts, client, target, sampler, progress, result)
 
 
 def _measure_level(

@@ -202,6 +202,16 @@ class RunConfig(BaseModel):
     budget_min: PositiveSeconds = setting(
         "--budget", "MIN", default=30.0, description="--repeat auto: minutes to spend at most"
     )
+    soak_s: PositiveSeconds | None = setting(
+        "--soak",
+        "DURATION",
+        measurement=True,
+        text="duration",
+        default=None,
+        description="one server under the workload for DURATION (e.g. 30m, 2h): windows of "
+        "--duration one after another, each reported at its time, and the slope of each figure "
+        "over time (memory, database size, latency, ...)",
+    )
     keep_first: bool = setting(
         "--keep-first",
         default=False,
@@ -253,6 +263,24 @@ class RunConfig(BaseModel):
         if self.preload is not None and self.url is not None:
             raise ValueError(
                 "--preload seeds the database of a server the tool starts, not a --url"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _soak(self) -> RunConfig:
+        if self.soak_s is None:
+            return self
+        if len(self.concurrency) != 1:
+            levels = ",".join(map(str, self.concurrency))
+            raise ValueError(f"--soak runs one level: give one --concurrency (not {levels})")
+        if self.repeat is not None:
+            raise ValueError("--soak is one long run of one server: give it without --repeat")
+        if self.rate_sweep is not None:
+            raise ValueError("--soak holds one load: give it without --rate-sweep")
+        if self.soak_s < 2 * self.duration_s:
+            raise ValueError(
+                f"--soak {self.soak_s:g} s is shorter than two windows of --duration "
+                f"{self.duration_s:g} s: a trend needs at least two"
             )
         return self
 

@@ -49,3 +49,13 @@ def first_line(text: str | None, width: int = NOTE_WIDTH) -> str:
         return ""
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
     return line if len(line) <= width else line[: width - 1].rstrip() + "…"
+
+
+def fmt_duration(seconds: float) -> str:
+    """'1h05m', '12m30s', '40s'."""
+    s = round(seconds)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"

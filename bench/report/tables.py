@@ -22,6 +22,7 @@ from bench.report.numbers import (
 )
 from bench.report.scale import scale_section
 from bench.report.scenarios import scenario_section
+from bench.report.soak import soak_section
 from bench.results import Cell, EndpointResult, Result
 
 TITLE = "prefect-bench report"
@@ -472,6 +473,7 @@ def build(
                 _endpoint_section(ordered, multi_run),
                 scenario_section(ordered, multi_run, across_machines),
                 capacity_section(ordered, [_label(r, multi_run) for r in ordered]),
+                soak_section(ordered),
                 scale_section(ordered),
                 _speedup_section(ordered, multi_run, across_machines),
                 _changes_section(ordered),

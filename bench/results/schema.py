@@ -8,7 +8,8 @@ adding an optional key is not a bump):
   a scenario's `lag_ms`, `lag_hdr`, `lag_probes`, `lag_unresolved` (the events workload);
   a scenario's `timings` and `server_side` (the workers workload); `server_host` and a
   service's `host` (a server or service on another host than the load); a cell's `version`
-  and the environment's `resolution` (Prefect versions as a dimension).
+  and the environment's `resolution` (Prefect versions as a dimension); a step's `retries`
+  and `retry_s` (the Prefect client's retries); `soak` (--soak: its windows over time).
 """
 
 from __future__ import annotations
@@ -384,6 +385,45 @@ class SweepPoint(BaseModel):
     hdr: str | None = None
 
 
+class SoakWindow(BaseModel):
+    """One endpoint's or scenario's window of a --soak, at its time: what a trend is drawn
+    from. The result's `endpoints` / `scenarios` hold every window merged into one."""
+
+    window: int = Field(description="from 0, in the order measured")
+    at_s: float = Field(description="from the first window's start to this window's start")
+    name: str
+    per_s: float = Field(description="successful responses/s, or completed scenarios/s")
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    errors: int = Field(description="error responses, or failed scenarios")
+    retries: int = 0
+    server_rss_mb: float | None = Field(default=None, description="the window's peak")
+    server_cpu_cores: float | None = None
+    db_mb: float | None = Field(
+        default=None, description="PostgreSQL's database, or SQLite's file and WAL, at its end"
+    )
+    redis_mb: float | None = Field(default=None, description="Redis's used_memory at its end")
+    redis_stream_entries: int | None = Field(
+        default=None, description="the entries of the cell's Redis streams at its end"
+    )
+    lag_p50_ms: float | None = None
+    lag_p99_ms: float | None = None
+    lag_unresolved: int | None = Field(
+        default=None, description="sampled items not yet found when the window ended"
+    )
+    lost: int | None = Field(
+        default=None, description="what the window sent that the server had not recorded"
+    )
+
+
+class Soak(BaseModel):
+    """--soak: one server under the workload, window after window."""
+
+    planned_s: float
+    window_s: float = Field(description="each window's --duration (warm-up and drain apart)")
+    windows: list[SoakWindow] = Field(default_factory=list)
+
+
 class SweepResult(EndpointKey):
     """One endpoint at one concurrency level over the rates of --rate-sweep."""
 
@@ -495,6 +535,7 @@ class Result(BaseModel):
     sweeps: list[SweepResult] = Field(
         default_factory=list, description="--rate-sweep: each endpoint × level over the rates"
     )
+    soak: Soak | None = Field(default=None, description="--soak: its windows over time")
     preload: Preload | None = Field(
         default=None, description="--preload: what the database held before, made or restored"
     )

@@ -34,6 +34,7 @@ CHANGED: dict[str, tuple[object, bool]] = {
     "no_services": (True, True),
     "preload": (1000, True),
     "preload_shape": ("task_runs=5", True),
+    "soak_s": (1800.0, True),
     "tasks": (20, True),
     "deployments": (5, True),
     "speedup": (2.0, True),
