@@ -126,8 +126,10 @@ def _backends(telemetry: dict[str, Any]) -> dict[str, Any]:
     if db_mb is None and "db_mb" in sqlite:
         db_mb = sqlite["db_mb"] + sqlite.get("wal_mb", 0.0)
     streams = redis.get("streams")
+    # a scan cut short by its bound (observe/telemetry.py) may have missed the busy streams
+    counted = isinstance(streams, dict) and not redis.get("streams_truncated")
     return {
         "db_mb": db_mb,
         "redis_mb": redis.get("used_memory_mb"),
-        "redis_stream_entries": sum(streams.values()) if isinstance(streams, dict) else None,
+        "redis_stream_entries": sum(streams.values()) if counted else None,
     }
