@@ -125,9 +125,11 @@ class _Schedule:
     nonce: str
 
     @classmethod
-    def plan(cls, spec: LoadSpec) -> _Schedule:
+    def plan(cls, spec: LoadSpec, load: object) -> _Schedule:
+        """The schedule of a measurement of `load` (what the jobs carry: a request or
+        scenarios), its processes started and holding it before the clock starts."""
         n = choose_procs(spec)
-        get_pool().ensure(n)  # the first call spawns the processes: before the clock starts
+        get_pool().ensure(n, load)
         start = monotonic_ns() + int(START_DELAY_S * 1e9)
         w_start = start + int(spec.warmup_s * 1e9)
         return cls(n, start, w_start, w_start + int(spec.duration_s * 1e9), secrets.token_hex(4))
@@ -159,7 +161,7 @@ def measure(
     if an engine process fails; KeyboardInterrupt terminates the engine processes.
     """
     _check(request, spec)
-    plan = _Schedule.plan(spec)
+    plan = _Schedule.plan(spec, request)
     conns = _split(spec.concurrency, plan.procs)
     jobs = []
     for i in range(plan.procs):
@@ -190,7 +192,7 @@ def measure_scenario(
     steps and scenarios are counted, not raised. `progress` gets the scenarios completed so
     far in the window; errors as `measure`."""
     _check(scenario, spec)
-    plan = _Schedule.plan(spec)
+    plan = _Schedule.plan(spec, scenario)
     users = _split(spec.concurrency, plan.procs)
     jobs = []
     for i in range(plan.procs):
@@ -226,7 +228,9 @@ def measure_together(
         raise ConfigError("measure_together needs at least one scenario")
     for scenario, users in parts:
         _check(scenario, dataclasses.replace(spec, concurrency=users))
-    plan = _Schedule.plan(dataclasses.replace(spec, concurrency=sum(u for _, u in parts)))
+    plan = _Schedule.plan(
+        dataclasses.replace(spec, concurrency=sum(u for _, u in parts)), [s for s, _ in parts]
+    )
     shares = [_split(users, plan.procs) for _, users in parts]
     jobs = [
         TogetherJob(

@@ -36,6 +36,8 @@ EngineJob = Job | ScenarioJob | TogetherJob
 ShareOf = ShareResult | ScenarioShare | list[ScenarioShare]
 
 SPAWN_TIMEOUT_S = 60.0
+# How long a worker may take to unpickle a job before a measurement (imports included).
+LOAD_TIMEOUT_S = 60.0
 PROGRESS_S = 0.25
 
 _WORKER_CODE = (
@@ -65,6 +67,9 @@ def worker_main(fd: int) -> None:
             return
         if msg[0] == "path":  # the parent's sys.path, so that its modules unpickle here
             sys.path[:] = msg[1]
+            continue
+        if msg[0] == "load":  # unpickled above: its modules are imported now
+            conn.send(("loaded",))
             continue
         if msg[0] != "job":
             continue  # e.g. a late "stop"
@@ -148,14 +153,30 @@ class EnginePool:
     def pids(self) -> list[int]:
         return [w.pid for w in self._workers]
 
-    def ensure(self, n: int) -> None:
-        """Have at least n workers started and ready."""
+    def ensure(self, n: int, load: object = None) -> None:
+        """Have at least n workers started and ready; with `load`, each of them has unpickled
+        it, importing the modules it names (a scenario's, a validator's), before a measurement's
+        clock starts: an import inside the window would eat into it (seconds on a busy
+        machine, which then measured nothing)."""
         with self._lock:
             try:
-                self._ensure(n)
+                workers = self._ensure(n)
+                if load is not None:
+                    self._load(workers, load)
             except BaseException:
                 self.terminate()
                 raise
+
+    def _load(self, workers: Sequence[_Worker], load: object) -> None:
+        for worker in workers:
+            worker.conn.send(("path", list(sys.path)))
+            worker.conn.send(("load", load))
+        for worker in workers:
+            if not worker.conn.poll(LOAD_TIMEOUT_S):
+                raise EngineError(f"an engine process did not load the job in {LOAD_TIMEOUT_S} s")
+            msg = worker.conn.recv()
+            if msg[0] == "error":
+                raise EngineError(f"an engine process failed:\n{msg[1]}")
 
     def _ensure(self, n: int) -> list[_Worker]:
         self._workers = [w for w in self._workers if w.alive()]

@@ -21,10 +21,12 @@ from bench.engine import (
     UNIQUE_TOKEN,
     EngineRequest,
     LoadSpec,
+    Scenario,
     Target,
     choose_procs,
     decode_histogram,
     measure,
+    measure_scenario,
     shutdown,
     worker_pids,
 )
@@ -415,3 +417,15 @@ def _running(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_a_scenario_that_is_slow_to_import_is_loaded_before_the_clock_starts(
+    server: Server,
+) -> None:
+    from tests.engine.slow_import import ok
+
+    scenario = Scenario("slow import", ok)
+    spec = LoadSpec(concurrency=1, duration_s=0.5, warmup_s=0.1, engine_procs=1)
+    m = measure_scenario(server.target, scenario, spec)
+    # imported inside the window, the import would have taken all of it
+    assert m.completed > 0 and m.per_s_slices is not None and all(m.per_s_slices)
