@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 import psutil
 
-from bench import engine
+from bench import cost, engine
 from bench.cells.soak import SoakClock
 from bench.compare.capacity import STOP_AFTER_MISSES, knee
 from bench.config.objectives import DEFAULT_SLO, parse_slo
@@ -103,6 +103,8 @@ class _Target:
     ours: OurProcesses = field(default_factory=OurProcesses)
     # a --url on another host than this machine (bench.core.ports.THIS_MACHINE)
     remote: bool = False
+    # --cost: the folder callgrind writes the server's dumps to (the server's own)
+    dumps_dir: Path | None = None
 
     @property
     def base_url(self) -> str:
@@ -225,7 +227,10 @@ def _run(run: CellRun, progress: Progress, result: Result) -> None:
         progress.stage("creating fixtures and verifying every request")
         fixtures = workload.create_fixtures(client)
         workload.verify(client, fixtures)
-        _measure_all(run.config, workload, fixtures, target, progress, result)
+        if run.config.cost:
+            _count_all(run, workload, fixtures, target, progress, result)
+        else:
+            _measure_all(run.config, workload, fixtures, target, progress, result)
 
 
 @contextmanager
@@ -247,6 +252,9 @@ def _start(
     reason = adapter.unavailable_reason(run.config.no_services) or adapter.cell_reason(
         run.cell.db, run.cell.broker
     )
+    if run.config.cost:
+        _cost_refusal(adapter)
+        reason = reason or cost.missing_tools()
     if reason:
         raise CellSkipped(reason)  # before anything is provisioned or built
     for folder in ownership.remove_dead_folders():  # what a killed run left, and only that
@@ -269,7 +277,13 @@ def _start(
     if run.config.preload:
         version = result.server.version
         result.preload = preload_database(adapter, setup, run.config, version, labels, progress)
-    progress.stage(f"starting the {adapter.name} server")
+    if run.config.cost:  # the measured server only: a --preload's seeding one runs natively
+        progress.stage(f"starting the {adapter.name} server under callgrind (minutes)")
+        timeout_s = max(cost.STARTUP_TIMEOUT_S, adapter.startup_timeout_s)
+        wrap = cost.command_prefix(datadir)
+        setup = replace(setup, cost=True, wrap=wrap, startup_timeout_s=timeout_s)
+    else:
+        progress.stage(f"starting the {adapter.name} server")
     server = stack.enter_context(start_server(adapter, setup))
     for started in server.processes():
         ownership.record_process(datadir, started.process)
@@ -288,7 +302,53 @@ def _start(
     )
     containers = [getattr(info, "container_id", None) for info in result.services.values()]
     ours = OurProcesses(extra=ContainerProcesses(c for c in containers if c))
-    return _Target("127.0.0.1", server.port, server.api_path, server, backends, ours)
+    dumps = datadir if run.config.cost else None  # callgrind's, removed with the server's folder
+    where = ("127.0.0.1", server.port, server.api_path)
+    return _Target(*where, server, backends, ours, dumps_dir=dumps)
+
+
+def _cost_refusal(adapter: ServerAdapter) -> None:
+    """--cost counts one process: ConfigError for a server that runs several."""
+    if adapter.spec.services_command is not None or adapter.spec.uses("server_workers"):
+        raise ConfigError(
+            f"--cost counts one server process: the {adapter.name} server runs several "
+            "(count them all: a later part of issue 22)"
+        )
+
+
+def _count_all(
+    run: CellRun,
+    workload: Workload,
+    fixtures: dict[str, str],
+    target: _Target,
+    progress: Progress,
+    result: Result,
+) -> None:
+    """--cost: each endpoint's instructions per request, counted by callgrind (bench.cost),
+    kept in `result` as each is done."""
+    assert target.server is not None and target.dumps_dir is not None
+    config = run.config
+    blocks = cost.Blocks(config.cost_block, config.cost_blocks)
+    where = cost.CostTarget(
+        target.base_url,
+        target.server.process.pid,
+        target.dumps_dir,
+        run.cell_dir / cost.KEPT_FOLDER,
+        run.out_dir / run.run_id,
+    )
+    endpoints = [
+        cost.CostedEndpoint(e.name, e.method, e.path, e.resolve(target.api_path, fixtures))
+        for e in workload.endpoints
+    ]
+    progress.stage(
+        f"counting {len(endpoints)} endpoints: {blocks.counted} blocks of {blocks.size} "
+        "requests each after a warm-up block"
+    )
+    for ep in cost.count_endpoints(
+        where, endpoints, blocks, lambda: _ensure_alive(target, "while counting")
+    ):
+        result.endpoints.append(ep)  # kept before anything else can fail
+        progress.measured(ep)  # its instructions per request (bench.observe.progress)
 
 
 def _record_server_totals(info: ServerInfo, server: RunningServer) -> None:

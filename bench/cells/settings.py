@@ -89,6 +89,11 @@ def run_config(given: Mapping[str, Any]) -> RunConfig:
         raise ConfigError(refusal)
     if config.url:
         parse_url(config.url, config.allow_remote)  # bad input: before anything is written
+    if config.cost and scenario:
+        raise ConfigError(
+            f"--cost counts requests (the {', '.join(ENDPOINT_WORKLOADS)} workloads), not yet "
+            f"the {config.workload} scenario"
+        )
     if config.rate_sweep and scenario:
         raise ConfigError(
             f"--rate-sweep measures endpoints (the {', '.join(ENDPOINT_WORKLOADS)} workloads), "

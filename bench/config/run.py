@@ -22,6 +22,9 @@ from bench.config.preload_shape import DEFAULT_SHAPE, parse_shape
 
 PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 DEFAULT_WORKLOAD = "seed"
+# --cost: requests per block and blocks counted (after a warm-up block)
+COST_BLOCK = 50
+COST_BLOCKS = 3
 URL_WORKLOAD = "health"
 
 
@@ -212,6 +215,30 @@ class RunConfig(BaseModel):
         "--duration one after another, each reported at its time, and the slope of each figure "
         "over time (memory, database size, latency, ...)",
     )
+    cost: bool = setting(
+        "--cost",
+        measurement=True,
+        default=False,
+        description="count what each request costs the server instead of timing it: the "
+        "server under callgrind (valgrind), its services off, each endpoint's request sent one "
+        "at a time in blocks (--cost-block, --cost-blocks) after a warm-up block; instructions "
+        "per request, and the callgrind files beside the result",
+    )
+    cost_block: Annotated[int, Field(ge=1)] = setting(
+        "--cost-block",
+        "N",
+        measurement=True,
+        default=COST_BLOCK,
+        description="--cost: requests per block",
+    )
+    cost_blocks: Annotated[int, Field(ge=1)] = setting(
+        "--cost-blocks",
+        "K",
+        measurement=True,
+        default=COST_BLOCKS,
+        description="--cost: blocks counted per endpoint, after the warm-up block (their "
+        "spread is each figure's)",
+    )
     keep_first: bool = setting(
         "--keep-first",
         default=False,
@@ -231,6 +258,11 @@ class RunConfig(BaseModel):
             data.setdefault("mode", "open" if open_model else "closed")
             if data.get("rate_sweep") and data.get("slo") is None:
                 data["slo"] = DEFAULT_SLO
+            if data.get("cost"):
+                # one user, and the API alone: the services' timers are no request's cost
+                if data.get("concurrency") is None:
+                    data["concurrency"] = [1]
+                data["no_services"] = True
         return data
 
     @model_validator(mode="after")
@@ -281,6 +313,27 @@ class RunConfig(BaseModel):
             raise ValueError(
                 f"--soak {self.soak_s:g} s is shorter than two windows of --duration "
                 f"{self.duration_s:g} s: a trend needs at least two"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _cost(self) -> RunConfig:
+        if not self.cost:
+            return self
+        sequential = "counts requests sent one at a time, for as long as they take"
+        refused = {
+            "--rate": (self.rate is not None, sequential),
+            "--rate-sweep": (self.rate_sweep is not None, sequential),
+            "--soak": (self.soak_s is not None, sequential),
+            "--url": (self.url is not None, "starts the server under callgrind itself"),
+        }
+        for flag, (given, why) in refused.items():
+            if given:
+                raise ValueError(f"--cost {why}: give it without {flag}")
+        if self.concurrency != [1]:
+            levels = ",".join(map(str, self.concurrency))
+            raise ValueError(
+                f"--cost sends one request at a time: --concurrency 1 or none (not {levels})"
             )
         return self
 

@@ -73,6 +73,13 @@ class Progress:
         return update
 
     def measured(self, ep: EndpointResult) -> None:
+        if ep.cost is not None:  # --cost: its timed figures are those under callgrind
+            idle = f", ~{ep.cost.idle_pct:.1f}% of it idle work" if ep.cost.idle_pct else ""
+            self.console.print(
+                f"  {ep.name}: {ep.cost.per_request / 1e6:.3f} M instructions per request "
+                f"(spread {ep.cost.spread_pct:.2f}% over {ep.cost.blocks} blocks{idle})"
+            )
+            return
         name, c, rps, p50, p99, errors = _summary(ep)
         offered = f" of {ep.offered_rps:g} offered" if ep.offered_rps else ""
         extra = f", {errors} errors" if errors else ""

@@ -46,7 +46,7 @@ class Combine(Enum):
     SLICES = "added slice by slice; None if a part lacks them or they differ in number"
     DROP = "None: the parts' values say nothing merged"
     GIVEN = "not merged from the parts: the merge's caller gives it"
-    MODEL = "a model, merged by the rules its own fields declare"
+    MODEL = "a model, merged by the rules its own fields declare; None if a part lacks it"
     BY_NAME = "a list of models, merged name by name (first seen first) by their own rules"
 
 

@@ -157,7 +157,7 @@ def _combine(rule: Rule, values: list[Any], parts: Sequence[BaseModel], how: _Ho
         case Combine.DROP:
             return None
         case Combine.MODEL:
-            return _merge(values, how.nested())
+            return None if len(present) < len(values) else _merge(values, how.nested())
         case Combine.BY_NAME:
             names = dict.fromkeys(item.name for items in values for item in items)
             return [

@@ -9,7 +9,10 @@ adding an optional key is not a bump):
   a scenario's `timings` and `server_side` (the workers workload); `server_host` and a
   service's `host` (a server or service on another host than the load); a cell's `version`
   and the environment's `resolution` (Prefect versions as a dimension); a step's `retries`
-  and `retry_s` (the Prefect client's retries); `soak` (--soak: its windows over time).
+  and `retry_s` (the Prefect client's retries); `soak` (--soak: its windows over time); an
+  endpoint's `cost` (--cost: instructions per request under callgrind). A cost cell's timed
+  figures (rps, latency) are those of its requests under callgrind: `--cost` is a measurement
+  setting, so they are never set beside a wall-clock cell's.
 """
 
 from __future__ import annotations
@@ -150,6 +153,43 @@ class Measurement(BaseModel):
         return self.requests - sum(self.errors.values())
 
 
+class Cost(BaseModel):
+    """What one request of an endpoint costs the server, counted by callgrind (--cost): the
+    instructions it executed (`event` Ir) while serving blocks of sequential requests,
+    collection on only inside each block, the first block a warm-up left out."""
+
+    event: Annotated[str, Combine.FIRST] = Field(
+        default="Ir", description="what was counted: Ir, instructions executed"
+    )
+    per_request: Annotated[float, _rounded(0), Combine.MEAN] = Field(
+        description="instructions per request: each counted block's total / its requests, "
+        "the mean over the blocks"
+    )
+    spread_pct: Annotated[float, _rounded(3), Combine.MAX] = Field(
+        description="(max - min) / mean of the blocks' per-request figures, in %"
+    )
+    blocks: Annotated[int, Combine.SUM] = Field(description="blocks counted (the warm-up not)")
+    requests_per_block: Annotated[int, Combine.FIRST]
+    block_per_request: Annotated[list[float], Combine.CONCAT] = Field(
+        default_factory=list, description="each counted block's instructions per request"
+    )
+    idle_per_s: Annotated[float | None, _rounded(0), Combine.MEAN] = Field(
+        default=None,
+        description="instructions the server executed per second with no request to serve "
+        "(its timers), counted before the endpoints",
+    )
+    idle_pct: Annotated[float | None, _rounded(2), Combine.MEAN] = Field(
+        default=None,
+        description="the share of per_request that is likely such idle work: idle_per_s x the "
+        "counted blocks' wall time / their instructions, in %",
+    )
+    callgrind: Annotated[list[str], Combine.CONCAT] = Field(
+        default_factory=list,
+        description="the counted blocks' callgrind dumps, gzip-compressed, relative to the "
+        "run's folder (callgrind_annotate / KCachegrind read them once gunzipped)",
+    )
+
+
 class EndpointResult(Measurement, EndpointKey):
     """One endpoint measured at one concurrency level: which request, what the engine measured,
     and what the server used meanwhile. Only repetitions merge the fields it adds."""
@@ -165,6 +205,9 @@ class EndpointResult(Measurement, EndpointKey):
     # different server processes would say little.
     telemetry: Annotated[dict[str, Any] | None, Combine.DROP] = Field(
         default=None, description="what the database and broker did in the window (deltas)"
+    )
+    cost: Annotated[Cost | None, Combine.MODEL] = Field(
+        default=None, description="--cost: instructions per request, counted by callgrind"
     )
 
 

@@ -26,7 +26,13 @@ from bench.core.errors import ConfigError, ServerError
 from bench.core.failures import from_log
 from bench.core.ports import LOOPBACK
 from bench.core.process import ManagedProcess, wait_until
-from bench.servers.specs import NO_SERVICES_SECTION, SEEDING_SECTION, ServerSpec, render
+from bench.servers.specs import (
+    COST_SECTION,
+    NO_SERVICES_SECTION,
+    SEEDING_SECTION,
+    ServerSpec,
+    render,
+)
 from bench.services.base import PostgresService, RedisService
 
 VERSION_TIMEOUT_S = 30.0
@@ -60,6 +66,11 @@ class ServerSetup:
     seeding: bool = False
     # {server_workers}: the API processes of a server that runs several (python-scaled)
     server_workers: int = 2
+    # --cost: the server runs under `wrap` (callgrind: bench.cost), with the spec's [env.cost]
+    cost: bool = False
+    wrap: tuple[str, ...] = ()
+    # how long it may take to start, when not the spec's (callgrind starts it ~10x slower)
+    startup_timeout_s: float | None = None
 
     @property
     def sqlite_path(self) -> Path:
@@ -250,14 +261,14 @@ class ServerAdapter:
     # -- the cell -----------------------------------------------------------------------------
 
     def command(self, port: int, setup: ServerSetup) -> list[str]:
-        """The argv that starts the server on 127.0.0.1:port."""
+        """The argv that starts the server on 127.0.0.1:port (under `setup.wrap`, if any)."""
         values = self._values(port, setup)
         argv = self._render(self.spec.command, values, "command", setup)
         if setup.no_services:
             argv += self._render(
                 self.spec.no_services_args or (), values, "no_services_args", setup
             )
-        return argv
+        return [*setup.wrap, *argv]
 
     def init_command(self, setup: ServerSetup) -> list[str] | None:
         """The argv run to completion before the server starts, if it has one (no {port}: it
@@ -285,6 +296,8 @@ class ServerAdapter:
             sections.append(NO_SERVICES_SECTION)
         if setup.seeding:
             sections.append(SEEDING_SECTION)
+        if setup.cost:
+            sections.append(COST_SECTION)
         env: dict[str, str] = {}
         for section in sections:
             table = f"[servers.{self.name}.env{'.' + section if section else ''}]"

@@ -9,9 +9,14 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import importlib.util
+import os
+from pathlib import Path
 
-from bench.servers.adapter import ServerAdapter
+from bench.servers.adapter import ServerAdapter, ServerSetup
 from bench.servers.specs import ServerSpec, load_builtin
+
+# The sitecustomize a --cost cell's Python server loads (bench.cost's notes say why).
+HOLD_STILL = Path(__file__).parent / "python_cost"
 
 
 class PythonServer(ServerAdapter):
@@ -38,6 +43,15 @@ class PythonServer(ServerAdapter):
             return importlib.metadata.version("prefect")
         except importlib.metadata.PackageNotFoundError:
             return None
+
+    def environment(self, port: int, setup: ServerSetup) -> dict[str, str]:
+        """The spec's variables; under --cost, also a PYTHONPATH whose sitecustomize holds
+        still the timer-driven work of the API process (python_cost/sitecustomize.py)."""
+        env = super().environment(port, setup)
+        if setup.cost and self._runs_our_prefect():
+            paths = [str(HOLD_STILL), env.get("PYTHONPATH", "")]
+            env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+        return env
 
     def info(self) -> dict[str, str | bool]:
         info = super().info()

@@ -78,6 +78,12 @@ def _lives(process: psutil.Process) -> bool:
         return False
 
 
+def _startup_timeout(adapter: ServerAdapter, setup: ServerSetup) -> float:
+    """How long the server may take to start: the setup's (a server under callgrind), else
+    its spec's."""
+    return setup.startup_timeout_s or adapter.startup_timeout_s
+
+
 def _healthy(url: str) -> bool:
     try:
         return httpx.get(url, timeout=2.0).status_code == 200
@@ -107,7 +113,7 @@ def _start_on(port: int, adapter: ServerAdapter, setup: ServerSetup) -> RunningS
     try:
         wait_until(
             lambda: _healthy(health),
-            timeout_s=adapter.startup_timeout_s,
+            timeout_s=_startup_timeout(adapter, setup),
             interval_s=0.1,
             abort=lambda: None if process.exit_code() is None else "exited",
         )
@@ -118,7 +124,7 @@ def _start_on(port: int, adapter: ServerAdapter, setup: ServerSetup) -> RunningS
         if lost_port_race(tail):
             raise PortTaken(f"port {port}") from None
         what = (
-            f"did not answer {health} within {adapter.startup_timeout_s:g} s"
+            f"did not answer {health} within {_startup_timeout(adapter, setup):g} s"
             if isinstance(exc, TimeoutError)
             else f"exited with code {process.exit_code()} before answering"
         )
@@ -153,7 +159,7 @@ def _run_init(adapter: ServerAdapter, setup: ServerSetup) -> float:
         argv,
         cwd=setup.datadir,
         log_path=setup.logdir / "init.log",
-        timeout_s=adapter.startup_timeout_s,
+        timeout_s=_startup_timeout(adapter, setup),
         what=f"the {adapter.name} server's init command",
         env=clean_environ() | adapter.environment(0, setup),
     )

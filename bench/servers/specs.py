@@ -33,7 +33,9 @@ RESERVED_NAMES = ("external",)
 NO_SERVICES_SECTION = "no_services"
 # the server started to seed a --preload (bench.preload), not measured
 SEEDING_SECTION = "seeding"
-ENV_SECTIONS = (*DBS, *BROKERS, NO_SERVICES_SECTION, SEEDING_SECTION)
+# the server run under callgrind to count each request's cost (--cost)
+COST_SECTION = "cost"
+ENV_SECTIONS = (*DBS, *BROKERS, NO_SERVICES_SECTION, SEEDING_SECTION, COST_SECTION)
 
 # Placeholders, by when they have a value (see servers.toml.example for their meaning).
 ALWAYS = (

@@ -1,0 +1,22 @@
+"""What a request costs the server, counted by callgrind (--cost): the command the server
+runs under and its collection switched on and off (`callgrind`), an endpoint's request sent in
+blocks (`blocks`), a cost cell's endpoints and their kept dumps (`endpoints`)."""
+
+from bench.cost.blocks import Blocks
+from bench.cost.callgrind import CostError, command_prefix, missing_tools
+from bench.cost.endpoints import KEPT_FOLDER, CostedEndpoint, CostTarget, count_endpoints
+
+# A server under callgrind starts ~10x slower (Prefect 3.9.1: 60-110 s here, on a busy machine).
+STARTUP_TIMEOUT_S = 600.0
+
+__all__ = [
+    "KEPT_FOLDER",
+    "STARTUP_TIMEOUT_S",
+    "Blocks",
+    "CostError",
+    "CostTarget",
+    "CostedEndpoint",
+    "command_prefix",
+    "count_endpoints",
+    "missing_tools",
+]

@@ -1,0 +1,82 @@
+"""Loaded by the python server of a --cost cell (bench/servers/python.py puts this folder on
+its PYTHONPATH): holds still the timer-driven work the API process does while
+no request is served, so that callgrind's count of a block of requests is the requests'.
+
+Prefect runs a docket worker in its API process even with --no-services; it polls its
+in-memory broker every 250 ms (docket.Worker's minimum_check_interval and
+scheduling_resolution) and sends a heartbeat every 2 s (docket.Docket's heartbeat_interval):
+measured idle under callgrind, 4.8 M instructions a second, a quarter of what GET /health costs
+landing in a block or not by the clock. Here each runs once an hour. What the requests enqueue
+for the worker is still enqueued (and counted); it is left unprocessed, as the services' own
+cost is not a request's. Its cancellation listener reads burner_redis's pub/sub (the
+memory:// broker) 10 times a second, each read a trip through a thread
+(`asyncio.to_thread(queue.get, True, 0.1)`): here it waits in one read of a minute. What stays
+is uvicorn's own tick (every 0.1 s, the server's) and Prefect's distributors' 1 s timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import queue
+import time
+
+HELD_STILL = dt.timedelta(hours=1)
+# How long a blocking read of burner_redis's pub/sub (docket's memory:// broker) waits at once.
+SLICE_S = 60.0
+
+
+def _hold(cls: type, **values: dt.timedelta) -> None:
+    """`cls(...)` made with `values` for these keyword arguments, whatever its caller gives."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def held(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        init(self, *args, **(kwargs | values))
+
+    cls.__init__ = held  # type: ignore[misc]
+
+
+try:
+    from docket import docket as _docket
+    from docket import worker as _worker
+except ImportError:  # a Prefect without docket: nothing of it polls
+    pass
+else:
+    _hold(_worker.Worker, minimum_check_interval=HELD_STILL, scheduling_resolution=HELD_STILL)
+    _hold(_docket.Docket, heartbeat_interval=HELD_STILL)
+
+try:
+    from burner_redis import pubsub as _pubsub
+except ImportError:  # docket on a real Redis: its reads block in the server, not here
+    pass
+else:
+    _get_message = _pubsub.PubSub.get_message
+
+    async def _waits_long(self, ignore_subscribe_messages=False, timeout=0.0):  # type: ignore[no-untyped-def]
+        """docket's cancellation listener reads with timeout=0.1 in a loop: one long read."""
+        if timeout:
+            timeout = max(timeout, SLICE_S)
+        return await _get_message(self, ignore_subscribe_messages, timeout)
+
+    async def _queue_get(self, timeout):  # type: ignore[no-untyped-def]
+        """burner_redis's, reading in slices of SLICE_S instead of 0.1 s (each slice a trip
+        through a thread)."""
+        if timeout == 0.0:
+            try:
+                return self._queue.get_nowait()
+            except queue.Empty:
+                return None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = SLICE_S if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                return await asyncio.to_thread(self._queue.get, True, min(left, SLICE_S))
+            except queue.Empty:
+                continue
+
+    _pubsub.PubSub.get_message = _waits_long
+    _pubsub.PubSub._queue_get = _queue_get
