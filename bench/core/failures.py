@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import signal
 import traceback
 from pathlib import Path
 from typing import TypeVar
@@ -52,10 +53,23 @@ def cause_in(log: str) -> str:
     return one_line(problems[0] if problems else lines[-1] if lines else "")
 
 
-def from_log(kind: type[E], message: str, log: str, path: Path | str) -> E:
+def exited(code: int) -> str:
+    """How a process ended, from its exit code (negative: the signal that killed it)."""
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def from_log(
+    kind: type[E], message: str, log: str, path: Path | str, cause: str | None = None
+) -> E:
     """A `kind` error that a program's log explains: its one line is `message`, the cause the
-    text of `log` gives (cause_in) and where the whole log is; that text is its details."""
-    cause = cause_in(log)
+    text of `log` gives (cause_in, unless `cause` is known: a signal that killed it) and where
+    the whole log is; that text is its details."""
+    cause = cause_in(log) if cause is None else cause
     line = f"{message}: {cause} (log: {path})" if cause else f"{message} (log: {path})"
     details = f"the last lines of {path}:\n{log.rstrip()}" if log.strip() else ""
     return kind(one_line(line), details=details)

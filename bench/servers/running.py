@@ -19,7 +19,7 @@ import psutil
 
 from bench.core.cache_folder import default_cache_dir
 from bench.core.errors import ServerError
-from bench.core.failures import from_log
+from bench.core.failures import exited, from_log
 from bench.core.ports import PortTaken, lost_port_race, on_free_port
 from bench.core.process import ManagedProcess, wait_until
 from bench.servers.adapter import ServerAdapter, ServerSetup, clean_environ, run_logged
@@ -62,8 +62,10 @@ class RunningServer:
         """Raise ServerError, saying which process, if one of the deployment's has exited."""
         for what, started in (("the server", self.process), ("its services", self.services)):
             if started is not None and (code := started.exit_code()) is not None:
-                said = f"{what} ({' '.join(started.argv[:6])} …) exited with code {code}"
-                raise from_log(ServerError, said, started.log_tail(), started.log_path)
+                said = f"{what} ({' '.join(started.argv[:6])} …) {exited(code)}"
+                # killed: the signal is the cause, not the last line the log happened to hold
+                log, cause = started.log_tail(), "" if code < 0 else None
+                raise from_log(ServerError, said, log, started.log_path, cause)
         for worker in self.workers:
             if not _lives(worker):
                 n, log = len(self.workers), self.process.log_path

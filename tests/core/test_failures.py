@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bench.core.errors import ServerError
-from bench.core.failures import bug, cause_in, from_log, keep, long_form, one_line
+from bench.core.failures import bug, cause_in, exited, from_log, keep, long_form, one_line
 
 # The end of the Python server's log when it cannot open its database: uvicorn's own lines
 # follow the exception.
@@ -107,3 +107,13 @@ def test_kept_failures_are_appended_under_a_dated_title(tmp_path: Path) -> None:
 
 def test_one_line() -> None:
     assert one_line("a\n  b\t c\n") == "a b c"
+
+
+def test_a_process_killed_by_a_signal_names_the_signal_not_its_logs_last_line() -> None:
+    assert exited(1) == "exited with code 1" and exited(-9) == "was killed by SIGKILL"
+    assert exited(-15) == "was killed by SIGTERM" and exited(-200) == "was killed by signal 200"
+    error = from_log(
+        ServerError, "the server was killed by SIGKILL", "The dashboard is off.", "s.log", ""
+    )
+    assert str(error) == "the server was killed by SIGKILL (log: s.log)"
+    assert "The dashboard is off." in error.details
