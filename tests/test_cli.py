@@ -448,3 +448,21 @@ def test_verbose_is_an_option_of_every_command_or_the_environments(
         assert build_parser().parse_known_args([*argv, flag])[0].verbose
     monkeypatch.setenv(VERBOSE_ENV, "1")  # how a matrix's cells are told, and nox's sessions
     assert build_parser().parse_known_args(argv)[0].verbose
+
+
+def test_a_results_folder_that_cannot_be_written_fails_in_one_line_leaving_nothing(
+    tmp_path: Path,
+) -> None:
+    # a file where the results folder should be: what a read-only or full folder also does
+    # (fault_soak.py injects those two; a test cannot make them without root's mounts)
+    blocked = tmp_path / "results"
+    blocked.write_text("not a folder\n")
+    out = bench(
+        *("run", "--server", "python", "--db", "sqlite", "--workload", "health"),
+        *("--concurrency", "1", "--duration", "0.5", "--warmup", "0", "--out", str(blocked)),
+        cwd=tmp_path,
+    )
+    assert out.returncode == 2, out.stderr  # found before any server starts
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("prefect-bench: error: cannot write") and str(blocked) in last, last
+    assert blocked.read_text() == "not a folder\n" and sorted(tmp_path.iterdir()) == [blocked]
