@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from rich.console import Console
 from rich.table import Table
@@ -70,6 +70,9 @@ from bench.servers.registry import make_server, server_options
 from bench.servers.specs import builtin_server_names, versioned_server_names
 from bench.services import PROVIDERS
 from bench.workloads import WORKLOADS
+
+if TYPE_CHECKING:  # imported when compare runs: scipy is slow to import
+    from bench.compare.gate import Comparison
 
 _EXIT_BY_STATUS = {"ok": EXIT_OK, "failed": EXIT_FAILED, "skipped": EXIT_SKIPPED}
 # argparse dest of a server adapter's own option: "<server>:<dest>"
@@ -370,9 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--size",
         type=int,
-        default=4,
         metavar="N",
-        help="--aa: repetitions a side (default 4; DIR needs twice as many per cell)",
+        help="--aa: repetitions a side (default 4, cost cells 1: their blocks are the samples; "
+        "DIR needs twice as many per cell)",
     )
 
     conformance = commands.add_parser(
@@ -655,8 +658,11 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
             "the sides were not measured alike (--allow-different compares them anyway): "
             + "; ".join(result.differences)
         )
+    if unchecked := comparison.ungated(result.figures, rules):
+        raise ConfigError("; ".join(unchecked))
     failing = comparison.gate(result.figures, rules)
     text = comparison.render(result, rules, failing)
+    text += _where_the_cost_went(result, sides, (args.sides[0], args.sides[1]))
     console.print(text, markup=False, highlight=False)
     if args.out:
         _write_new(args.out, text)
@@ -669,17 +675,44 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
     return EXIT_FAILED if failing else EXIT_OK
 
 
+def _where_the_cost_went(
+    result: Comparison, sides: list[list[Result]], folders: tuple[Path, Path]
+) -> str:
+    """For cost results, the functions whose instructions changed most per endpoint (Markdown,
+    after the comparison), read from the callgrind dumps kept beside each side's results."""
+    from bench.compare import gate as comparison
+    from bench.cost.functions import where_it_went
+
+    old, new = comparison.by_cell(sides[0]), comparison.by_cell(sides[1])
+    if not any(r.config.cost for rs in old.values() for r in rs):
+        return ""
+    lines = ["", "### Where the cost went", ""]
+    lines.append(
+        "Per endpoint, the functions whose own instructions per request (self) changed most, "
+        "from the callgrind dumps kept beside the results, their share of the endpoint's whole "
+        "change and their inclusive figures (their callees' included; '-' for a function seen "
+        "only inside its own recursion). A Python server's functions are the interpreter's and "
+        "its C extensions': Python code runs inside `_PyEval_EvalFrameDefault`. Open the dumps "
+        "with `callgrind_annotate` or KCachegrind for the call graph."
+    )
+    lines.append("")
+    for b, a in result.pairs:
+        lines += where_it_went(b if a == b else f"{b} → {a}", old[b], new[a], folders)
+    return "\n".join(lines) + "\n"
+
+
 def _calibrate(
     args: argparse.Namespace, results: list[Result], rules: list[Any], console: Console
 ) -> int:
     from bench.compare import gate as comparison
 
-    if args.size < 2:
-        raise ConfigError(f"--size {args.size}: at least 2 repetitions a side")
     cells = comparison.by_cell(results)
     if not cells:
         raise ConfigError(f"{args.sides[0]} holds no ok result to calibrate with")
-    calibrations = [comparison.calibrate(c, rs, args.size, rules) for c, rs in cells.items()]
+    calibrations = [
+        comparison.calibrate(c, rs, args.size or (1 if rs[0].config.cost else 4), rules)
+        for c, rs in cells.items()
+    ]
     text = comparison.render_calibrations(calibrations, rules)
     console.print(text, markup=False, highlight=False)
     folder = args.sides[0] if args.sides[0].is_dir() else args.sides[0].parent

@@ -84,8 +84,8 @@ def figures(result: Result) -> dict[str, float]:
     the total, each endpoint's rps and p50 at each level, each scenario's rate and its steps'
     p50, by name."""
     return {
-        "total" if name == "total" else f"{name} {metric}": value
-        for (name, metric), value in cell_figures(result).items()
+        "total" if name == "total" else f"{name} {metric}": statistics.fmean(samples)
+        for (name, metric), samples in cell_figures(result).items()
         if metric in WATCHED
     }
 

@@ -11,6 +11,10 @@ A gate (`--fail-on 'rps<-5%'`, any METRIC of the table) fails on a figure whose 
 its threshold and whose corrected p-value is below SIGNIFICANCE: both, so neither noise nor a
 tiny real change fails it. The sides must agree on every measurement setting
 (bench.compare.settings) and machine, or the differences are named.
+
+Cost cells (--cost) are compared on instructions alone, each counted block a sample: their
+timed figures are of a server under callgrind. A cost cell is never compared with a wall-clock
+one (they measure different things), even with --allow-different.
 """
 
 from __future__ import annotations
@@ -66,16 +70,18 @@ def parse_rule(text: str) -> Rule:
     return Rule(metric, sign == "<", float(pct))
 
 
-def cell_figures(result: Result) -> dict[tuple[str, str], float]:
-    """Every figure one repetition gives, (name, metric) → value: each reading's, and for each
-    summed metric the total over the cell's endpoints and scenarios at every level."""
+def cell_figures(result: Result) -> dict[tuple[str, str], list[float]]:
+    """Every figure one repetition gives, (name, metric) → its samples: each reading's (one
+    value, or a cost cell's blocks), and for each summed metric the total over the cell's
+    endpoints and scenarios at every level. A cost cell gives its per_block figures alone."""
     found = readings(result)
-    out = {(r.name, metric): value for r in found for metric, value in r.values.items()}
+    wanted = [m for m in METRICS.values() if m.per_block == result.config.cost]
+    out = {(r.name, m.name): r.samples(m.name) for r in found for m in wanted if m.name in r.values}
     measured = [r for r in found if r.step is None]
     if measured:
-        for m in METRICS.values():
+        for m in wanted:
             if m.summed:
-                out[(TOTAL, m.name)] = sum(r.values.get(m.name, 0.0) for r in measured)
+                out[(TOTAL, m.name)] = [sum(r.values.get(m.name, 0.0) for r in measured)]
     return out
 
 
@@ -111,8 +117,47 @@ def figures_of(cell: str, before: Sequence[Result], after: Sequence[Result]) -> 
     a = [cell_figures(r) for r in after]
     keys = set.intersection(*(set(f) for f in [*b, *a]))
     return [
-        Figure(cell, name, metric, [f[(name, metric)] for f in b], [f[(name, metric)] for f in a])
+        Figure(
+            cell,
+            name,
+            metric,
+            [v for f in b for v in f[(name, metric)]],
+            [v for f in a for v in f[(name, metric)]],
+            per_block=METRICS[metric].per_block,
+        )
         for name, metric in sorted(keys, key=lambda k: (k[0] != TOTAL, k[0], k[1]))
+    ]
+
+
+def refuse_unlike(before: Sequence[Result], after: Sequence[Result]) -> None:
+    """ConfigError when one side counted cost (--cost) and the other timed: naming both."""
+    kinds = {
+        side: {"cost" if r.config.cost else "wall-clock" for r in results}
+        for side, results in (("BEFORE", before), ("AFTER", after))
+    }
+    if kinds["BEFORE"] != kinds["AFTER"] or len(kinds["BEFORE"]) > 1:
+        named = "; ".join(f"{side}: {', '.join(sorted(k))}" for side, k in kinds.items())
+        raise ConfigError(
+            "cost results (--cost: instructions counted under callgrind) and wall-clock ones "
+            f"measure different things and are never compared ({named})"
+        )
+
+
+def ungated(figures: Sequence[Figure], rules: Sequence[Rule]) -> list[str]:
+    """The rules no figure of the comparison can break (their metric was not measured), each
+    with why: a gate that checks nothing must not pass."""
+    measured = {f.metric for f in figures}
+    return [
+        f"--fail-on {r.text}: no figure of {r.metric} to gate"
+        + (
+            " (instructions are counted by --cost runs)"
+            if METRICS[r.metric].per_block
+            else " (cost runs are gated on instructions)"
+            if "instructions" in measured
+            else ""
+        )
+        for r in rules
+        if r.metric not in measured
     ]
 
 
@@ -178,6 +223,7 @@ def compare(before: Sequence[Result], after: Sequence[Result]) -> Comparison:
     for side, cells in (("BEFORE", old), ("AFTER", new)):
         if not cells:
             raise ConfigError(f"{side} holds no ok result to compare")
+    refuse_unlike(counted(before), counted(after))
     pairs = pair_cells(old, new)
     figures: list[Figure] = []
     differences: list[str] = []
@@ -220,6 +266,10 @@ class Calibration:
     # The fewest of the cell's figures a change must move for any to pass the correction.
     fewest_figures: int
     tests: int
+    # The largest change, %, any figure showed in any split: the noise floor a gate's
+    # threshold must clear (for cost cells: what two fresh servers of the same code differ by).
+    largest_change_pct: float = math.nan
+    largest_change: str = ""  # which figure
 
     @property
     def false_positive_rate(self) -> float:
@@ -240,9 +290,16 @@ def calibrate(
     cell: str, results: Sequence[Result], size: int, rules: Sequence[Rule]
 ) -> Calibration:
     """Split the cell's counted repetitions into disjoint sides of `size` every way (at most
-    MAX_SPLITS, in a fixed order) and gate each split as a comparison of its own."""
+    MAX_SPLITS, in a fixed order) and gate each split as a comparison of its own. A cost cell's
+    side may be one repetition (its blocks are the samples); another's needs two."""
     results = counted(results)
     n = len(results)
+    cost = any(r.config.cost for r in results)
+    if size < 1 or (size < 2 and not cost):
+        raise ConfigError(
+            f"--size {size}: at least {1 if cost else 2} repetition(s) a side"
+            + ("" if cost else " (1 for cost cells, whose blocks are the samples)")
+        )
     if n < 2 * size:
         raise ConfigError(
             f"{cell}: {n} counted repetitions, A/A at {size} a side needs {2 * size} "
@@ -257,6 +314,7 @@ def calibrate(
     step = max(1, len(splits) // MAX_SPLITS)
     splits = splits[::step][:MAX_SPLITS]
     alarms, widths, tests = 0, [], 0
+    largest: tuple[float, str] = (math.nan, "")
     for first, second in splits:
         figs = figures_of(cell, [results[i] for i in first], [results[i] for i in second])
         assess(figs)
@@ -265,8 +323,11 @@ def calibrate(
         total = next((f for f in figs if f.name == TOTAL), None)
         if total and total.low is not None and total.high is not None:
             widths.append(50 * (total.high - total.low) / total.ratio)
-    totals = [cell_figures(r).get((TOTAL, "rps"), 0.0) for r in results]
-    cv = 100 * statistics.stdev(totals) / statistics.fmean(totals) if n > 1 else math.nan
+        for f in figs:
+            if math.isfinite(f.ratio) and not abs(f.change_pct) <= largest[0]:  # nan: first
+                largest = (abs(f.change_pct), f"{f.name} {f.metric}")
+    totals = [cell_figures(r).get((TOTAL, "rps"), [math.nan])[0] for r in results]
+    cv = 100 * statistics.stdev(totals) / statistics.fmean(totals) if not cost else math.nan
     return Calibration(
         cell=cell,
         repetitions=n,
@@ -276,8 +337,11 @@ def calibrate(
         total_noise_pct=round(statistics.median(widths), 2) if widths else math.nan,
         total_cv_pct=round(cv, 2),
         detectable_pct=round(detectable_pct(cv, size, SIGNIFICANCE), 2),
-        fewest_figures=fewest_figures(size, size, tests, SIGNIFICANCE),
+        # Welch's t-test on blocks has no permutation floor: one figure can pass alone
+        fewest_figures=min(tests, 1) if cost else fewest_figures(size, size, tests, SIGNIFICANCE),
         tests=tests,
+        largest_change_pct=round(largest[0], 3),
+        largest_change=largest[1],
     )
 
 
@@ -286,6 +350,10 @@ def calibrate(
 
 def _pct(value: float | None) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:+.1f}%"
+
+
+def _share(value: float) -> str:
+    return "-" if not math.isfinite(value) else f"{value:.1f}%"
 
 
 def _num(value: float) -> str:
@@ -333,9 +401,16 @@ def render(comparison: Comparison, rules: Sequence[Rule], failing: Sequence[Figu
         + ", ".join(f"{c} {b}/{a}" for c, (b, a) in comparison.repetitions.items())
         + "."
     )
-    # the cell with the fewest repetitions limits what any test can show
     before, after = max(comparison.repetitions.values(), key=lambda ba: smallest_p(*ba))
-    if min(before, after) < 2:
+    if figures and all(f.per_block for f in figures):
+        lines.append(
+            "Cost cells: each figure's samples are its counted blocks, from every repetition "
+            "(Welch's t-test). Two fresh servers of the same code differ by up to ~1% "
+            "(`compare --aa` on cost results measures it here): a threshold below that fails "
+            "on noise."
+        )
+    # the cell with the fewest repetitions limits what any test can show
+    elif min(before, after) < 2:
         lines.append(
             "A side has fewer than 2 repetitions: no interval or p-value can be told, so nothing "
             "is significant. Repeat the runs (`--repeat 4` or more)."
@@ -379,21 +454,27 @@ def render_calibrations(calibrations: Sequence[Calibration], rules: Sequence[Rul
         "Splits share repetitions, so they are not independent: the rate is an estimate.",
         "",
         "| cell | repetitions | a side | splits | false alarms | rate | total CV | total ±95% "
-        "| detectable change (total) | figures a change must move |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| detectable change (total) | figures a change must move | largest change |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for c in calibrations:
         fewest = "none pass" if c.fewest_figures > c.tests else f"{c.fewest_figures} of {c.tests}"
+        largest = _pct(c.largest_change_pct).lstrip("+")
         lines.append(
             f"| {c.cell} | {c.repetitions} | {c.size} | {c.splits} | {c.false_alarms} | "
-            f"{c.false_positive_rate:.1%} | {c.total_cv_pct:.1f}% | {c.total_noise_pct:.1f}% | "
-            f"{c.detectable_pct:.1f}% | {fewest} |"
+            f"{c.false_positive_rate:.1%} | {_share(c.total_cv_pct)} | "
+            f"{_share(c.total_noise_pct)} | {_share(c.detectable_pct)} | {fewest} | "
+            + (f"{largest} ({c.largest_change})" if c.largest_change else "-")
+            + " |"
         )
     lines += [
         "",
         "Detectable change: the change of the cell's total rate that a test with this many "
         "repetitions a side finds 4 times in 5 at α 0.05, from the total's CV between "
-        "repetitions (normal approximation). A gate threshold below it fails on noise or misses.",
+        "repetitions (normal approximation). A gate threshold below it fails on noise or misses. "
+        "Largest change: the widest change of any figure in any split, its size either way; "
+        "a gate's threshold below it would fail on noise. Cost cells have no total rate: their "
+        "floor is the largest change.",
         "",
     ]
     return "\n".join(lines)

@@ -5,19 +5,22 @@ read it from an endpoint's, a scenario's and a step's measurement).
 
 `readings` reads every row from each measurement of a result: an endpoint at one level, a
 scenario at one level, a scenario's step at that level. A row a measurement has no value for
-(a step has no rate, a measurement without successes no latency) is left out of it. The
-figures of a `summed` row (rates) also add up to a cell's total.
+(a step has no rate, a measurement without successes no latency, a wall-clock cell no
+instructions) is left out of it. The figures of a `summed` row (rates) also add up to a cell's
+total. A row read `per_block` (instructions, from a --cost cell) gives its blocks' values, each
+a sample of its own (see bench.compare.change), and their mean as its value.
 
 It imports no numpy or scipy, so the command line can read it cheaply (for --fail-on's help).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
-from bench.results import EndpointResult, LatencyMs, Result, ScenarioResult, StepResult
+from bench.results import Cost, EndpointResult, LatencyMs, Result, ScenarioResult, StepResult
 
 TOTAL = "total"  # the figure of a cell's summed rows, over its endpoints and scenarios
 
@@ -29,10 +32,12 @@ class Metric:
     name: str
     better: Literal["higher", "lower"]
     unit: str
-    endpoint: Callable[[EndpointResult], float | None]
-    scenario: Callable[[ScenarioResult], float | None]
-    step: Callable[[StepResult], float | None] | None = None
+    # a value, or (per_block) each counted block's value
+    endpoint: Callable[[EndpointResult], float | Sequence[float] | None]
+    scenario: Callable[[ScenarioResult], float | Sequence[float] | None]
+    step: Callable[[StepResult], float | Sequence[float] | None] | None = None
     summed: bool = False  # a cell's total is the sum over its endpoints and scenarios
+    per_block: bool = False  # read from a cost cell's blocks (bench.cost), one sample each
 
     @property
     def higher_is_better(self) -> bool:
@@ -48,6 +53,10 @@ def _quantile(latency: LatencyMs | None, pick: Literal["p50", "p99"]) -> float |
     if latency is None:
         return None
     return latency.p50 if pick == "p50" else latency.p99
+
+
+def _blocks(cost: Cost | None) -> list[float] | None:
+    return list(cost.block_per_request) if cost is not None else None
 
 
 METRICS: dict[str, Metric] = {
@@ -72,6 +81,16 @@ METRICS: dict[str, Metric] = {
             lambda sc: _quantile(sc.duration_ms, "p99"),
             lambda step: _quantile(step.latency_ms, "p99"),
         ),
+        # what the server executed per request (per scenario, per step), under callgrind
+        Metric(
+            "instructions",
+            "lower",
+            "instructions/request",
+            lambda ep: _blocks(ep.cost),
+            lambda sc: _blocks(getattr(sc, "cost", None)),
+            lambda step: _blocks(getattr(step, "cost", None)),
+            per_block=True,
+        ),
     )
 }
 
@@ -86,6 +105,13 @@ class Reading:
     step: str | None
     values: Mapping[str, float]  # metric name → value
     saturated: bool  # the load generator was saturated while measuring it
+    # a per_block metric's name → its blocks' values (their mean is its value)
+    blocks: Mapping[str, list[float]] = field(default_factory=dict)
+
+    def samples(self, metric: str) -> list[float]:
+        """The values a test of `metric` sees from this measurement: its blocks, or its
+        value."""
+        return list(self.blocks.get(metric) or [self.values[metric]])
 
     @property
     def name(self) -> str:
@@ -100,10 +126,22 @@ def readings(result: Result) -> list[Reading]:
     found: dict[tuple[str, int, str | None], Reading] = {}
 
     def add(
-        subject: str, c: int, step: str | None, read: Mapping[str, float | None], sat: bool
+        subject: str,
+        c: int,
+        step: str | None,
+        read: Mapping[str, float | Sequence[float] | None],
+        sat: bool,
     ) -> None:
-        values = {name: value for name, value in read.items() if value is not None}
-        found.setdefault((subject, c, step), Reading(subject, c, step, values, sat))
+        values: dict[str, float] = {}
+        blocks: dict[str, list[float]] = {}
+        for name, value in read.items():
+            if isinstance(value, Sequence):
+                if value:
+                    blocks[name] = list(value)
+                    values[name] = statistics.fmean(value)
+            elif value is not None:
+                values[name] = value
+        found.setdefault((subject, c, step), Reading(subject, c, step, values, sat, blocks))
 
     for ep in result.endpoints:
         read = {m.name: m.endpoint(ep) for m in METRICS.values()}

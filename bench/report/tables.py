@@ -10,6 +10,7 @@ from typing import Literal
 from bench.report import aggregate, charts, compare, history
 from bench.report.aggregate import Pair, Repetitions, Total
 from bench.report.capacity import capacity_section
+from bench.report.cost import cost_section
 from bench.report.document import Column, Report, Section, Table, Value
 from bench.report.numbers import (
     LOWER_BOUND,
@@ -207,7 +208,10 @@ def _matrix_section(
         if repeated:
             rep = reps.get((r.run_id, r.cell.name))
             row.append(Value(str(rep.counted if rep else 1)))
-        if r.status == "ok":
+        if r.status == "ok" and r.config.cost:  # its rates are of a server under callgrind
+            row += [Value("cost", tone="muted") for _ in (*levels, *scenario_levels)]
+            row += [Value(MISSING)] * 3 + [Value("")]
+        elif r.status == "ok":
             totals = [aggregate.total_rps(r, c) for c in levels]
             saturated |= any(t is not None and t.saturated for t in totals)
             row += [_total_value(t) for t in totals]
@@ -460,6 +464,9 @@ def build(
     )
     if len(results) > len(ordered):
         summary += f" ({len(results)} result files: the repetitions of each cell are merged.)"
+    # a --cost cell's timed figures are of a server under callgrind: in its Cost section only
+    timed = [r for r in ordered if not r.config.cost]
+    costed = cost_section(ordered)
     return Report(
         TITLE,
         summary,
@@ -470,13 +477,14 @@ def build(
             section
             for section in (
                 _matrix_section(ordered, multi_run, reps),
-                _endpoint_section(ordered, multi_run),
-                scenario_section(ordered, multi_run, across_machines),
-                capacity_section(ordered, [_label(r, multi_run) for r in ordered]),
-                soak_section(ordered),
-                scale_section(ordered),
-                _speedup_section(ordered, multi_run, across_machines),
-                _changes_section(ordered),
+                _endpoint_section(timed, multi_run) if timed or not costed else None,
+                scenario_section(timed, multi_run, across_machines),
+                costed,
+                capacity_section(timed, [_label(r, multi_run) for r in timed]),
+                soak_section(timed),
+                scale_section(timed),
+                _speedup_section(timed, multi_run, across_machines) if timed else None,
+                _changes_section(timed),
                 None
                 if merged_baseline is None
                 else compare.baseline_section(merged_baseline, ordered),

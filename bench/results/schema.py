@@ -74,7 +74,9 @@ class LatencyMs(BaseModel):
 
 def _rounded(digits: int) -> PlainSerializer:
     """Kept exact in memory, written with `digits` decimals: more would only be noise."""
-    return PlainSerializer(lambda value: round(value, digits), when_used="json")
+    return PlainSerializer(
+        lambda value: None if value is None else round(value, digits), when_used="json"
+    )
 
 
 _Rate = Annotated[float, _rounded(1)]

@@ -1,0 +1,162 @@
+"""`compare` on cost results (--cost): instructions gated with each block a sample, cost never
+set beside wall-clock figures, and where the cost went, read from the kept callgrind dumps."""
+
+from __future__ import annotations
+
+import gzip
+import random
+from pathlib import Path
+
+import pytest
+
+from bench.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
+from bench.compare import gate as comparison
+from bench.cost.functions import read_dump
+from bench.results import Cost, Result, load_result
+from tests.compare.test_gate import repetitions, write
+
+# A callgrind dump as valgrind 3.19 writes one, with names compressed ("(2) name" defines 2,
+# "(2)" refers to it), a call's inclusive cost after its `calls=` line, and a recursion level.
+DUMP = """# callgrind format
+version: 1
+creator: callgrind-3.19.0
+positions: line
+events: Ir
+
+ob=(1) /usr/lib/libpython3.11.so.1.0
+fl=(1) ceval.c
+fn=(1) _PyEval_EvalFrameDefault
+0 {eval}
+cob=(2) /usr/lib/libcrypto.so.3
+cfn=(2) sha256_block_data_order
+calls=1 0
+0 {extra}
++2 100
+fn=(3) _PyEval_EvalFrameDefault'2
+0 500
+ob=(2)
+fn=(2)
+0 {extra}
+totals: {total}
+"""
+
+
+def dump(path: Path, extra: int, eval_: int = 1000) -> Path:
+    """A gzip-compressed dump of one block: `extra` instructions in sha256."""
+    text = DUMP.format(eval=eval_, extra=extra, total=eval_ + 100 + 500 + extra)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt") as f:
+        f.write(text)
+    return path
+
+
+def cost_results(folder: Path, extra: int, seed: int, repeat: int = 1) -> Path:
+    """Cost results of the stored cell (one level: c=1), each endpoint's blocks ~1,000,000
+    instructions a request (+`extra`) apart by 0.05%, with dumps that put `extra` in sha256."""
+    rng = random.Random(seed)
+    results = []
+    for k, result in enumerate(repetitions(repeat), start=1):
+        result.config.cost = True
+        result.config.concurrency = [1]
+        result.endpoints = [ep for ep in result.endpoints if ep.concurrency == 4]
+        run_dir = folder / result.run_id
+        for ep in result.endpoints:
+            ep.concurrency = 1
+            kept = []
+            for block in (1, 2, 3):
+                name = f"{result.cell.name}/callgrind/{ep.name.replace(' ', '-')}.{k}{block}.gz"
+                dump(run_dir / name, extra * 2, eval_=2000 + rng.randrange(3))
+                kept.append(name)
+            blocks = [1e6 + extra + rng.gauss(0, 500) for _ in range(3)]
+            ep.cost = Cost(
+                per_request=sum(blocks) / 3,
+                spread_pct=(max(blocks) - min(blocks)) / 1e4,
+                blocks=3,
+                requests_per_block=2,
+                block_per_request=blocks,
+                callgrind=kept,
+            )
+        results.append(result)
+    return write(folder, results)
+
+
+def test_instructions_are_read_per_block_and_tested_with_three_a_side(tmp_path: Path) -> None:
+    before = cost_results(tmp_path / "before", 0, seed=1)
+    after = cost_results(tmp_path / "after", 20_000, seed=2)  # +2%
+    sides = [comparison.counted(load(p)) for p in (before, after)]
+    result = comparison.compare(*sides)
+    assert {f.metric for f in result.figures} == {"instructions"}  # no timed figure of a cost run
+    assert all(len(f.before) == 3 and f.per_block for f in result.figures)
+    assert all(f.significant and 1.5 < f.change_pct < 2.5 for f in result.figures)
+    failing = comparison.gate(result.figures, [comparison.parse_rule("instructions>+1%")])
+    assert len(failing) == len(result.figures)
+    assert not comparison.gate(result.figures, [comparison.parse_rule("instructions>+3%")])
+
+
+def load(folder: Path) -> list[Result]:
+    return [load_result(p) for p in sorted(folder.rglob("*.json"))]
+
+
+def test_compare_gates_cost_and_says_where_it_went(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = cost_results(tmp_path / "before", 0, seed=1)
+    same = cost_results(tmp_path / "same", 0, seed=3)
+    slower = cost_results(tmp_path / "slower", 20_000, seed=2)
+    gate = ["--fail-on", "instructions>+1%"]
+    assert main(["compare", str(before), str(same), *gate]) == EXIT_OK
+    capsys.readouterr()
+    assert main(["compare", str(before), str(slower), *gate]) == EXIT_FAILED
+    out = capsys.readouterr()
+    assert "breaks instructions>+1%" in out.err
+    assert "### Where the cost went" in out.out
+    # the dumps: sha256 went from 0 to 20,000 a block of 2 requests, all of the change
+    row = next(line for line in out.out.splitlines() if "sha256_block_data_order" in line)
+    assert row.startswith("| `sha256_block_data_order (libcrypto.so.3)` | 0 | 20,000 | +20,000")
+    assert "+100%" in row
+
+
+def test_cost_and_wall_clock_are_never_compared(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cost = cost_results(tmp_path / "cost", 0, seed=1)
+    timed = write(tmp_path / "timed", repetitions(4))
+    for args in ([str(cost), str(timed)], [str(timed), str(cost), "--allow-different"]):
+        assert main(["compare", *args]) == EXIT_USAGE
+        err = capsys.readouterr().err
+        assert "measure different things" in err and "cost" in err and "wall-clock" in err
+
+
+def test_a_rule_with_nothing_to_gate_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    timed = [write(tmp_path / side, repetitions(4, seed=k)) for k, side in enumerate("ab")]
+    assert main(["compare", *map(str, timed), "--fail-on", "instructions>+1%"]) == EXIT_USAGE
+    assert "no figure of instructions" in capsys.readouterr().err
+    cost = [cost_results(tmp_path / f"c{side}", 0, seed=k) for k, side in enumerate("ab")]
+    assert main(["compare", *map(str, cost), "--fail-on", "rps<-5%"]) == EXIT_USAGE
+    assert "cost runs are gated on instructions" in capsys.readouterr().err
+
+
+def test_aa_of_cost_runs_splits_single_repetitions(tmp_path: Path) -> None:
+    folder = cost_results(tmp_path / "aa", 0, seed=4, repeat=4)
+    results = load(folder)
+    calibration = comparison.calibrate(
+        results[0].cell.name, results, 1, [comparison.parse_rule("instructions>+1%")]
+    )
+    assert calibration.splits == 6  # 4 repetitions, 1 a side: C(4,2)
+    assert calibration.false_alarms == 0
+    assert 0 < calibration.largest_change_pct < 0.5  # blocks 0.05% apart
+    assert main(["compare", "--aa", str(folder), "--fail-on", "instructions>+1%"]) == EXIT_OK
+    (kept,) = folder.glob("report.aa-*.md")
+    assert "instructions" in kept.read_text()
+
+
+def test_a_dump_is_read_as_callgrind_defines_it(tmp_path: Path) -> None:
+    found = read_dump(dump(tmp_path / "a.gz", 300))
+    eval_ = "_PyEval_EvalFrameDefault (libpython3.11.so.1.0)"
+    sha = "sha256_block_data_order (libcrypto.so.3)"
+    assert found.total == 1000 + 100 + 500 + 300  # a call's cost is not the caller's own
+    assert found.exclusive == {eval_: 1600, sha: 300}  # the recursion level added to its own
+    assert found.inclusive[eval_] == 1000 + 300 + 100  # the outermost level, the call included
+    assert found.inclusive[sha] == 300
