@@ -161,7 +161,15 @@ def processes_left(deadline_s: float) -> tuple[list[psutil.Process], float]:
 
 
 def kill(procs: list[psutil.Process]) -> None:
-    """Kill processes left (once counted), so that the next run starts with none."""
+    """Kill processes left (once counted), so that the next run starts with none: a
+    PostgreSQL with its immediate shutdown (SIGQUIT: a SIGKILL would leave its shared memory),
+    the others with SIGKILL."""
+    postmasters = [p for p in procs if "postgres -D " in cmdline(p)]
+    for proc in postmasters:
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(signal.SIGCONT)
+            proc.send_signal(signal.SIGQUIT)
+    psutil.wait_procs(postmasters, timeout=10)
     for proc in procs:
         with contextlib.suppress(psutil.Error):
             proc.send_signal(signal.SIGCONT)  # a paused one too
@@ -227,3 +235,31 @@ def partial_files(folder: Path) -> list[str]:
         for p in folder.rglob("*")
         if p.is_file() and (p.name.endswith(".tmp") or p.name.endswith(".writable"))
     )
+
+
+def shared_memory() -> dict[str, tuple[float, int, bool]]:
+    """PostgreSQL's shared memory on the machine: each /dev/shm segment and SysV segment by
+    name, with (when it was made, the pid that made it or 0, whether a process still uses it).
+
+    A PostgreSQL killed with SIGKILL leaves both (its immediate shutdown, SIGQUIT, does not).
+    """
+    found: dict[str, tuple[float, int, bool]] = {}
+    mapped: set[str] = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        with contextlib.suppress(OSError):
+            mapped |= {
+                line.rsplit(" ", 1)[-1]
+                for line in maps.read_text().splitlines()
+                if "/dev/shm/PostgreSQL." in line
+            }
+    for segment in Path("/dev/shm").glob("PostgreSQL.*"):
+        with contextlib.suppress(OSError):
+            found[str(segment)] = (segment.stat().st_mtime, 0, str(segment) in mapped)
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        lines = Path("/proc/sysvipc/shm").read_text().splitlines()
+        head = lines[0].split()
+        for line in lines[1:]:
+            row = dict(zip(head, line.split(), strict=False))
+            name = f"SysV segment {row['shmid']} ({row['size']} bytes)"
+            found[name] = (float(row["ctime"]), int(row["cpid"]), int(row["nattch"]) > 0)
+    return found
