@@ -690,7 +690,7 @@ def _where_the_cost_went(
     lines.append(
         "Per endpoint, the functions whose own instructions per request (self) changed most, "
         "from the callgrind dumps kept beside the results, their share of the endpoint's whole "
-        "change and their inclusive figures (their callees' included; '-' for a function seen "
+        "change and their inclusive figures (their callees' included; '-': absent, or seen "
         "only inside its own recursion). A Python server's functions are the interpreter's and "
         "its C extensions': Python code runs inside `_PyEval_EvalFrameDefault`. Open the dumps "
         "with `callgrind_annotate` or KCachegrind for the call graph."

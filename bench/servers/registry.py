@@ -44,7 +44,7 @@ def make_server(
     specs = load_servers(servers_file)
     if name not in specs:
         raise ConfigError(f"unknown server {name!r} (known: {', '.join(specs)})")
-    adapter = ADAPTERS.get(name, ServerAdapter)
+    adapter = ADAPTERS.get(name) or ADAPTERS.get(specs[name].extends or "", ServerAdapter)
     own = {o.dest for o in adapter.options}
     given = {k: v for k, v in (options or {}).items() if k in own and v is not None}
     return adapter(specs[name], **given)

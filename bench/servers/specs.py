@@ -118,6 +118,9 @@ class ServerSpec:
     binary: Path | None = None
     build: BuildSpec | None = None
     user_file: Path | None = field(default=None)  # the servers.toml that defined or changed it
+    # the built-in server it is a variant of: its adapter runs it (python's holds its timers
+    # still under --cost, reads prefect's version from the environment)
+    extends: str | None = None
 
     def uses(self, placeholder: str) -> bool:
         """Whether any template of the server's start (command, env) uses `placeholder`."""
@@ -191,7 +194,7 @@ def _extended(
     if base is None or "extends" in base:
         known = ", ".join(n for n, b in bases.items() if "extends" not in b)
         raise ConfigError(f"{where} extends {base_name!r}, not a built-in server ({known})")
-    return _merge(base, {k: v for k, v in entry.items() if k != "extends"})
+    return _merge(base, dict(entry))  # `extends` kept: it chooses the server's adapter
 
 
 def builtin_server_names() -> tuple[str, ...]:
@@ -330,6 +333,7 @@ def _spec(name: str, entry: Mapping[str, Any], base: Path, user_file: Path | Non
         binary=None if "binary" not in entry else _file(entry["binary"], f"{where} binary", base),
         build=None if build is None else _build(build, f"{where[:-1]}.build]", base),
         user_file=user_file,
+        extends=entry.get("extends"),
     )
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import os
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -322,3 +324,7 @@ def test_a_server_extends_a_builtin_with_its_keys_changed(tmp_path: Path) -> Non
     assert "runs only on postgres with memory or redis" in (
         mine.cell_reason("sqlite", "memory") or ""
     )
+    # run as python is: under --cost its timers held still, its own PYTHONPATH after that
+    assert type(mine) is type(python) and mine.spec.extends == "python"
+    cost = mine.environment(1, replace(setup_for(tmp_path), cost=True))
+    assert cost["PYTHONPATH"].split(os.pathsep)[0].endswith("python_cost")

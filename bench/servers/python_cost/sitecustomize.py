@@ -12,6 +12,10 @@ cost is not a request's. Its cancellation listener reads burner_redis's pub/sub 
 memory:// broker) 10 times a second, each read a trip through a thread
 (`asyncio.to_thread(queue.get, True, 0.1)`): here it waits in one read of a minute. What stays
 is uvicorn's own tick (every 0.1 s, the server's) and Prefect's distributors' 1 s timeouts.
+
+Being first on PYTHONPATH, this module hides any other `sitecustomize` (a server's own, on its
+PYTHONPATH from servers.toml; a distribution's): it runs the next one found on sys.path, as
+Python would have without it.
 """
 
 from __future__ import annotations
@@ -19,8 +23,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import importlib.util
 import queue
+import sys
 import time
+from pathlib import Path
 
 HELD_STILL = dt.timedelta(hours=1)
 # How long a blocking read of burner_redis's pub/sub (docket's memory:// broker) waits at once.
@@ -80,3 +87,20 @@ else:
 
     _pubsub.PubSub.get_message = _waits_long
     _pubsub.PubSub._queue_get = _queue_get
+
+
+def _run_the_next_sitecustomize() -> None:
+    """Execute the first `sitecustomize.py` on sys.path after this module's folder."""
+    here = Path(__file__).resolve().parent
+    folders = [Path(entry or ".").resolve() for entry in sys.path]
+    after = folders[folders.index(here) + 1 :] if here in folders else folders
+    for folder in after:
+        found = folder / "sitecustomize.py"
+        if found.is_file() and found.resolve() != Path(__file__).resolve():
+            spec = importlib.util.spec_from_file_location("_next_sitecustomize", found)
+            if spec is not None and spec.loader is not None:
+                spec.loader.exec_module(importlib.util.module_from_spec(spec))
+            return
+
+
+_run_the_next_sitecustomize()

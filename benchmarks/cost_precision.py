@@ -1,0 +1,141 @@
+"""How precise is --cost, how long does it take, and does its gate catch a small real regression?
+
+For each --db, three cost runs of one workload through prefect-bench's own command line, each a
+fresh server under callgrind:
+- A and B: the python server, twice (an A/A: what two fresh servers of the same code differ by);
+- C: the same server doing a fixed extra amount of work per request (tests/fixtures/extra_work:
+  a sha256 of --extra-bytes zero bytes, put on its PYTHONPATH by a servers.toml entry).
+It prints, per endpoint (or step), A's instructions per request, the spread between A's blocks,
+B vs A (%), and C vs A (%); then each run's wall time, and what `compare --fail-on
+'instructions>+THRESHOLD%'` says of A vs B (must pass: exit 0) and of A vs C (must fail: exit 1,
+with the sha256 function among the top changes). Exits 1 if either verdict is not so.
+
+    .nox/tests/bin/python benchmarks/cost_precision.py [--db sqlite,postgres] [--workload seed]
+        [--extra-bytes 1024] [--threshold 1] [--work DIR] [-- more options of `bench run`]
+
+A seed run here takes 4-6 minutes (most of it the server's start under callgrind and the
+endpoints' blocks); run nothing else heavy meanwhile, or the wall times mean little (the
+instruction counts do not care).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE = ROOT / "tests" / "fixtures" / "extra_work"
+RUN_ID = "cost-precision"
+
+
+def servers_toml(extra_bytes: int) -> str:
+    """The regression: the python server with the fixture on its PYTHONPATH."""
+    return (
+        "[servers.python-extra]\n"
+        'extends = "python"\n'
+        'description = "benchmarks/cost_precision.py: the python server and a sha256 per request"\n'
+        "[servers.python-extra.env]\n"
+        f'PYTHONPATH = "{FIXTURE}"\n'
+        f'BENCH_EXTRA_WORK_BYTES = "{extra_bytes}"\n'
+    )
+
+
+def bench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *args], capture_output=True, text=True, cwd=cwd
+    )
+
+
+def cost_run(
+    label: str, server: str, db: str, work: Path, servers: Path, extra: list[str]
+) -> tuple[Path, float]:
+    """One cost run into work/<label>/: its result file and its wall time (s)."""
+    out = work / label
+    started = time.monotonic()
+    done = bench(
+        "run",
+        *("--server", server, "--db", db, "--broker", "memory", "--cost"),
+        *("--servers", str(servers), "--out", str(out), "--run-id", RUN_ID),
+        *extra,
+        cwd=work,
+    )
+    took = time.monotonic() - started
+    if done.returncode != 0:
+        sys.exit(f"{label}: `bench run` exited {done.returncode}: {done.stderr.strip()[-600:]}")
+    (result,) = (out / RUN_ID).glob("*.json")
+    return result, took
+
+
+def costs(result: Path) -> dict[str, dict[str, float]]:
+    """Each costed endpoint, scenario and step of a result: its cost figures."""
+    data = json.loads(result.read_text())
+    found = {ep["name"]: ep["cost"] for ep in data["endpoints"] if ep.get("cost")}
+    for sc in data.get("scenarios", []):
+        if sc.get("cost"):
+            found[sc["name"]] = sc["cost"]
+        for step in sc.get("steps", []):
+            if step.get("cost"):
+                found[f"{sc['name']}: {step['name']}"] = step["cost"]
+    return found
+
+
+def compare(before: Path, after: Path, threshold: float, work: Path) -> tuple[int, str]:
+    done = bench(
+        "compare", str(before), str(after), "--fail-on", f"instructions>+{threshold:g}%", cwd=work
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--db", default="sqlite", help="comma-separated: sqlite,postgres")
+    parser.add_argument("--workload", default="seed")
+    parser.add_argument("--extra-bytes", type=int, default=1024)
+    parser.add_argument("--threshold", type=float, default=1.0, help="the gate, %")
+    parser.add_argument("--work", type=Path, help="default: a new temporary folder")
+    parser.add_argument("extra", nargs="*", help="more options of `bench run` (after --)")
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="cost-precision-"))
+    work.mkdir(parents=True, exist_ok=True)
+    servers = work / "servers.toml"
+    servers.write_text(servers_toml(args.extra_bytes))
+    options = ["--workload", args.workload, *args.extra]
+    print(f"cost precision: {args.workload}, regression sha256 of {args.extra_bytes} B; {work}")
+    verdicts_ok = True
+    for db in args.db.split(","):
+        runs = {
+            label: cost_run(f"{db}-{label}", server, db, work, servers, options)
+            for label, server in (("A", "python"), ("B", "python"), ("C", "python-extra"))
+        }
+        figures = {label: costs(result) for label, (result, _) in runs.items()}
+        print(f"\n{db}: instructions per request (A), spread of A's blocks, B vs A, C vs A")
+        print(f"  {'figure':<28} {'A':>14} {'spread':>8} {'B vs A':>8} {'C vs A':>8}")
+        worst = 0.0
+        for name, a in figures["A"].items():
+            b, c = figures["B"].get(name), figures["C"].get(name)
+            ab = 100 * (b["per_request"] / a["per_request"] - 1) if b else float("nan")
+            ac = 100 * (c["per_request"] / a["per_request"] - 1) if c else float("nan")
+            worst = max(worst, abs(ab))
+            print(
+                f"  {name:<28} {a['per_request']:>14,.0f} {a['spread_pct']:>7.2f}% "
+                f"{ab:>+7.2f}% {ac:>+7.2f}%"
+            )
+        print(f"  largest A/A difference: {worst:.2f}% (goal ≤ 0.5%)")
+        print("  wall time: " + ", ".join(f"{k} {t / 60:.1f} min" for k, (_, t) in runs.items()))
+        aa, _ = compare(runs["A"][0], runs["B"][0], args.threshold, work)
+        ac_code, ac_text = compare(runs["A"][0], runs["C"][0], args.threshold, work)
+        named = "sha_transform" in ac_text.split("### Where the cost went", 1)[-1]
+        print(f"  compare A B: exit {aa} (expected 0); compare A C: exit {ac_code} (expected 1)")
+        print(f"  the sha256 function among the changes of A vs C: {'yes' if named else 'no'}")
+        verdicts_ok &= aa == 0 and ac_code == 1 and named
+    print(f"\n{'PASS' if verdicts_ok else 'FAIL'}")
+    return 0 if verdicts_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""A known regression, caught by instructions: the real python server, and the same server with
+a fixed extra amount of work per request (tests/fixtures/extra_work, a sha256 of 2 KB put in
+by a servers.toml entry), both counted under callgrind; `compare --fail-on
+'instructions>+1%'` fails on it and names the function the work went to (Python's own
+sha256 module's `sha_transform`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT, bench
+
+SERVERS = f"""
+[servers.python-extra]
+extends = "python"
+description = "a test fixture: the python server and a sha256 of 2 KB per request"
+[servers.python-extra.env]
+PYTHONPATH = "{ROOT / "tests" / "fixtures" / "extra_work"}"
+BENCH_EXTRA_WORK_BYTES = "2048"
+"""
+
+
+@pytest.mark.slow
+def test_extra_work_per_request_fails_the_gate_and_is_named(tmp_path: Path) -> None:
+    servers = tmp_path / "servers.toml"
+    servers.write_text(SERVERS)
+    cost = ("--workload", "health", "--cost", "--cost-block", "10", "--cost-blocks", "3")
+    run_id = "20261207T000000Z-0c05"
+    common = ("--servers", str(servers), "--out", str(tmp_path), "--run-id", run_id)
+    for server in ("python", "python-extra"):
+        out = bench("run", "--server", server, *common, *cost, cwd=tmp_path, timeout_s=900)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    run = tmp_path / run_id
+    before, after = run / "python-sqlite-memory.json", run / "python-extra-sqlite-memory.json"
+    figures = [json.loads(p.read_text())["endpoints"][0]["cost"] for p in (before, after)]
+    assert all(f["spread_pct"] < 2 for f in figures), figures
+    assert figures[1]["per_request"] > figures[0]["per_request"] * 1.01, figures
+    out = bench("compare", str(before), str(after), "--fail-on", "instructions>+1%", cwd=tmp_path)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "health c=1 instructions" in out.stderr and "breaks instructions>+1%" in out.stderr
+    where = out.stdout.split("### Where the cost went", 1)[1]
+    top = [line for line in where.splitlines() if line.startswith("| `")][:3]
+    assert any("sha_transform" in line for line in top), where
