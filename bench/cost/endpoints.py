@@ -10,6 +10,7 @@ setting, so no comparison sets them beside a wall-clock cell's.
 from __future__ import annotations
 
 import gzip
+import itertools
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -75,13 +76,17 @@ def count_endpoints(
 
 def keep(counted: Counted, into: Path, run_dir: Path) -> list[str]:
     """The counted blocks' dumps, gzip-compressed into `into` (the raw ones removed): their
-    paths relative to `run_dir`."""
+    paths relative to `run_dir`. Numbered on from those there (a repetition's cell keeps its
+    dumps in the same folder): never overwritten."""
     into.mkdir(parents=True, exist_ok=True)
     stem = "".join(c if c.isalnum() else "-" for c in counted.name).strip("-")
     kept = []
-    for k, dump in enumerate(counted.dumps, start=1):
-        target = into / f"{stem}.{k}.callgrind.gz"
-        with open(dump, "rb") as raw, gzip.open(target, "wb", compresslevel=6) as packed:
+    numbers = itertools.count(1)
+    for dump in counted.dumps:
+        target = next(
+            path for k in numbers if not (path := into / f"{stem}.{k}.callgrind.gz").exists()
+        )
+        with open(dump, "rb") as raw, gzip.open(target, "xb", compresslevel=6) as packed:
             shutil.copyfileobj(raw, packed)
         dump.unlink(missing_ok=True)
         kept.append(str(target.relative_to(run_dir)))
