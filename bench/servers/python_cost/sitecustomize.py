@@ -13,6 +13,10 @@ memory:// broker) 10 times a second, each read a trip through a thread
 (`asyncio.to_thread(queue.get, True, 0.1)`): here it waits in one read of a minute. What stays
 is uvicorn's own tick (every 0.1 s, the server's) and Prefect's distributors' 1 s timeouts.
 
+The server's random bytes (`os.urandom`: the ids it makes, uuid4 and Prefect's uuid7) come
+from a generator seeded with 0, so that two servers fed the same requests make the same ids
+and their databases the same shape (hash seeds are fixed by PYTHONHASHSEED, [env.cost]).
+
 Being first on PYTHONPATH, this module hides any other `sitecustomize` (a server's own, on its
 PYTHONPATH from servers.toml; a distribution's): it runs the next one found on sys.path, as
 Python would have without it.
@@ -24,10 +28,15 @@ import asyncio
 import datetime as dt
 import functools
 import importlib.util
+import os
 import queue
+import random
 import sys
 import time
 from pathlib import Path
+
+_SEEDED = random.Random(0)
+os.urandom = _SEEDED.randbytes  # no secret here: a server only measured, on loopback
 
 HELD_STILL = dt.timedelta(hours=1)
 # How long a blocking read of burner_redis's pub/sub (docket's memory:// broker) waits at once.
