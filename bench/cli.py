@@ -637,6 +637,7 @@ def _print_report(
 def _compare(args: argparse.Namespace, console: Console) -> int:
     from bench.compare import gate as comparison
     from bench.report import collect
+    from bench.report.profile import profile_changes
 
     rules = [comparison.parse_rule(text) for text in args.rules]
     want = 1 if args.aa else 2
@@ -663,6 +664,7 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
     failing = comparison.gate(result.figures, rules)
     text = comparison.render(result, rules, failing)
     text += _where_the_cost_went(result, sides, (args.sides[0], args.sides[1]))
+    text += profile_changes(sides[0], sides[1], args.sides[:1], args.sides[1:])  # --profile
     console.print(text, markup=False, highlight=False)
     if args.out:
         _write_new(args.out, text)

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 import psutil
 
-from bench import cost, engine
+from bench import cost, engine, profile
 from bench.cells.soak import SoakClock
 from bench.compare.capacity import STOP_AFTER_MISSES, knee
 from bench.config.objectives import DEFAULT_SLO, parse_slo
@@ -105,6 +105,8 @@ class _Target:
     remote: bool = False
     # --cost: the folder callgrind writes the server's dumps to (the server's own)
     dumps_dir: Path | None = None
+    # --profile: the server's processes to sample in each window, where the profiles go
+    profile: profile.ProfileTarget | None = None
 
     @property
     def base_url(self) -> str:
@@ -222,7 +224,10 @@ def _run(run: CellRun, progress: Progress, result: Result) -> None:
         if result.preload is not None:
             verify_preloaded(client, result.preload)
         if isinstance(workload, ScenarioWorkload):
-            _measure_scenarios(run, workload, client, target, progress, result)
+            if run.config.cost:
+                _count_scenario(run, workload, client, target, progress, result)
+            else:
+                _measure_scenarios(run, workload, client, target, progress, result)
             return
         progress.stage("creating fixtures and verifying every request")
         fixtures = workload.create_fixtures(client)
@@ -304,7 +309,19 @@ def _start(
     ours = OurProcesses(extra=ContainerProcesses(c for c in containers if c))
     dumps = datadir if run.config.cost else None  # callgrind's, removed with the server's folder
     where = ("127.0.0.1", server.port, server.api_path)
-    return _Target(*where, server, backends, ours, dumps_dir=dumps)
+    sampled = _profile_target(run, server) if run.config.profile else None
+    return _Target(*where, server, backends, ours, dumps_dir=dumps, profile=sampled)
+
+
+def _profile_target(run: CellRun, server: RunningServer) -> profile.ProfileTarget:
+    """--profile: each process we started for the server (py-spy follows its subprocesses:
+    the API workers of a multi-process server), profiles kept in the cell's folder."""
+    return profile.ProfileTarget(
+        roots=lambda: [started.process for started in server.processes()],
+        keep_dir=run.cell_dir / profile.KEPT_FOLDER,
+        run_dir=run.out_dir / run.run_id,
+        label=run.cell.name,
+    )
 
 
 def _cost_refusal(adapter: ServerAdapter) -> None:
@@ -349,6 +366,48 @@ def _count_all(
     ):
         result.endpoints.append(ep)  # kept before anything else can fail
         progress.measured(ep)  # its instructions per request (bench.observe.progress)
+
+
+def _count_scenario(
+    run: CellRun,
+    workload: ScenarioWorkload,
+    client: httpx.Client,
+    target: _Target,
+    progress: Progress,
+    result: Result,
+) -> None:
+    """--cost of a scenario workload: its runs replayed by one user in blocks, instructions
+    per run and per step counted by callgrind (bench.cost.scenarios), kept in `result`."""
+    assert target.server is not None and target.dumps_dir is not None
+    config = run.config
+    blocks = cost.Blocks(config.cost_block, config.cost_blocks)
+    where = cost.CostTarget(
+        target.base_url,
+        target.server.process.pid,
+        target.dumps_dir,
+        run.cell_dir / cost.KEPT_FOLDER,
+        run.out_dir / run.run_id,
+    )
+    scenario = workload.scenario(config, cost.TAG)
+    progress.stage(
+        f"counting {scenario.name}: {blocks.counted} blocks of {blocks.size} runs after a "
+        "warm-up block, a dump after each step"
+    )
+    measured = cost.count_scenario(
+        where,
+        scenario,
+        blocks,
+        lambda: _ensure_alive(target, "while counting"),
+        lambda counted: workload.recorded(client, counted),
+    )
+    result.scenarios.append(measured)
+    for step in [*measured.steps, measured]:
+        if step.cost is not None:
+            progress.stage(
+                f"{step.name}: {step.cost.per_request / 1e6:.3f} M instructions (spread "
+                f"{step.cost.spread_pct:.2f}% over {step.cost.blocks} blocks)"
+            )
+    progress.measured_scenario(measured)
 
 
 def _record_server_totals(info: ServerInfo, server: RunningServer) -> None:
@@ -443,6 +502,9 @@ class _Window:
         _ensure_alive(target, f"before {name} at c={c}")
         callback = self.progress.measuring(name, c)
         with ExitStack() as window:
+            # --profile: sampling before the window's clocks start, stopped after they end
+            stem = profile.window_stem(name, c, rate)
+            sampled = window.enter_context(profile.profiled(target.profile, stem, f"{name} c={c}"))
             # the backends' reads outside the sampler's: its wall time leaves them out
             backends = window.enter_context(target.telemetry.window())
             others = window.enter_context(OtherCpu(target.ours))
@@ -459,7 +521,9 @@ class _Window:
             server_rss_peak_mb=usage.rss_peak_mb if usage else None,
             other_cpu_cores=others.cores,
             telemetry=backends or None,
+            profile=sampled.profile,
         )
+        ep.problems += sampled.problems  # why a --profile window has none
         if result.server and usage:
             result.server.rss_peak_mb = max(result.server.rss_peak_mb or 0, usage.rss_peak_mb)
         return ep
@@ -643,6 +707,11 @@ def _measure_level(
     # the backends' window includes the drain: the recorder's writes belong to these runs
     with target.telemetry.window() as backends:
         with ExitStack() as window:
+            # --profile: sampling before the window's clocks start, stopped after they end
+            stem, title = profile.window_stem(scenario.name, concurrency), scenario.name
+            sampled = window.enter_context(
+                profile.profiled(target.profile, stem, f"{title} c={concurrency}")
+            )
             others = window.enter_context(OtherCpu(target.ours))
             usage = window.enter_context(sampler.window()) if sampler else None
             where = engine.Target(target.host, target.port)
@@ -666,7 +735,9 @@ def _measure_level(
             server_rss_peak_mb=usage.rss_peak_mb if usage else None,
             other_cpu_cores=others.cores,
             telemetry=backends or None,
+            profile=sampled.profile,
         )
+        measured.problems += sampled.problems  # why a --profile window has none
         if part is scenario:
             measured.delivery = {
                 kind: Delivery(

@@ -18,6 +18,7 @@ from bench.cells.runner import parse_url
 from bench.compare.settings import MODELS
 from bench.config.run import DEFAULT_WORKLOAD, URL_WORKLOAD, RunConfig, declared
 from bench.core.errors import ConfigError
+from bench.cost import COSTED_WORKLOADS, SCENARIO_BLOCK
 from bench.workloads import WORKLOADS, ScenarioWorkload, get_workload
 
 
@@ -76,7 +77,10 @@ def run_config(given: Mapping[str, Any]) -> RunConfig:
     name = values.get("workload") or (URL_WORKLOAD if values.get("url") else DEFAULT_WORKLOAD)
     workload = get_workload(name)
     scenario = isinstance(workload, ScenarioWorkload)
-    if scenario and workload.default_concurrency and values.get("concurrency") is None:
+    if scenario and values.get("cost"):  # one user (or the scenario refused by name)
+        if values.get("cost_block") is None:
+            values["cost_block"] = SCENARIO_BLOCK  # runs per block: a flow run is 16 steps
+    elif scenario and workload.default_concurrency and values.get("concurrency") is None:
         values["concurrency"] = list(workload.default_concurrency)
     added: dict[str, Any] = {}
     for model in MODELS:
@@ -89,10 +93,11 @@ def run_config(given: Mapping[str, Any]) -> RunConfig:
         raise ConfigError(refusal)
     if config.url:
         parse_url(config.url, config.allow_remote)  # bad input: before anything is written
-    if config.cost and scenario:
+    if config.cost and scenario and config.workload not in COSTED_WORKLOADS:
         raise ConfigError(
-            f"--cost counts requests (the {', '.join(ENDPOINT_WORKLOADS)} workloads), not yet "
-            f"the {config.workload} scenario"
+            f"--cost counts what can be replayed one at a time by one user with the services "
+            f"off (the {', '.join(ENDPOINT_WORKLOADS)} workloads, the "
+            f"{', '.join(COSTED_WORKLOADS)} scenario), not the {config.workload} scenario"
         )
     if config.rate_sweep and scenario:
         raise ConfigError(

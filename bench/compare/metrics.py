@@ -87,8 +87,8 @@ METRICS: dict[str, Metric] = {
             "lower",
             "instructions/request",
             lambda ep: _blocks(ep.cost),
-            lambda sc: _blocks(getattr(sc, "cost", None)),
-            lambda step: _blocks(getattr(step, "cost", None)),
+            lambda sc: _blocks(sc.cost),
+            lambda step: _blocks(step.cost),
             per_block=True,
         ),
     )

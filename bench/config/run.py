@@ -229,7 +229,8 @@ class RunConfig(BaseModel):
         "N",
         measurement=True,
         default=COST_BLOCK,
-        description="--cost: requests per block",
+        description="--cost: requests per block (a scenario workload: its runs per block, "
+        "10 unless given)",
     )
     cost_blocks: Annotated[int, Field(ge=1)] = setting(
         "--cost-blocks",
@@ -238,6 +239,14 @@ class RunConfig(BaseModel):
         default=COST_BLOCKS,
         description="--cost: blocks counted per endpoint, after the warm-up block (their "
         "spread is each figure's)",
+    )
+    profile: bool = setting(
+        "--profile",
+        measurement=True,
+        default=False,
+        description="sample the server during each window (py-spy, 100 Hz, Python servers): "
+        "its collapsed stacks and a flame graph beside the result, in report.html, and where "
+        "the samples moved in `compare`",
     )
     keep_first: bool = setting(
         "--keep-first",
@@ -334,6 +343,19 @@ class RunConfig(BaseModel):
             levels = ",".join(map(str, self.concurrency))
             raise ValueError(
                 f"--cost sends one request at a time: --concurrency 1 or none (not {levels})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _profile(self) -> RunConfig:
+        if self.profile and self.cost:
+            raise ValueError(
+                "--profile samples a wall-clock run; --cost counts instructions under "
+                "callgrind: give one of them"
+            )
+        if self.profile and self.url is not None:
+            raise ValueError(
+                "--profile samples a server the tool starts, not a --url: give it without --url"
             )
         return self
 

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.results import Result
+from bench.results import Cost, Result
 
 TOP = 10
 _NAMED = re.compile(r"^\((\d+)\)(?: (.*))?$")
@@ -91,22 +91,37 @@ def read_dump(path: Path, into: Functions | None = None) -> Functions:
     return found
 
 
-def read_result(result: Result, endpoint: str, side: Path) -> Functions | None:
-    """`endpoint`'s functions over every kept dump of `result`, found in its run's folder
-    under `side` (what `compare` was given: a results folder, a run's, or a result file), or
-    None when it kept none or they are not there."""
-    ep = next((e for e in result.endpoints if e.name == endpoint and e.cost), None)
-    if ep is None or ep.cost is None or not ep.cost.callgrind:
+def costed(result: Result) -> list[tuple[str, Cost]]:
+    """Each costed endpoint, scenario (a whole run) and step of `result`, by a name of its
+    own: what the report's Cost section lists and `compare` says where it went."""
+    found = [(ep.name, ep.cost) for ep in result.endpoints if ep.cost is not None]
+    for scenario in result.scenarios:
+        if scenario.cost is not None:
+            found.append((f"{scenario.name} (a whole run)", scenario.cost))
+        found += [
+            (f"{scenario.name}: {step.name}", step.cost)
+            for step in scenario.steps
+            if step.cost is not None
+        ]
+    return found
+
+
+def read_result(result: Result, name: str, side: Path) -> Functions | None:
+    """The functions of `result`'s figure `name` (as `costed` names it) over every dump it
+    kept, found in its run's folder under `side` (what `compare` was given: a results
+    folder, a run's, or a result file), or None when it kept none or they are not there."""
+    cost = dict(costed(result)).get(name)
+    if cost is None or not cost.callgrind:
         return None
     folder = side.parent if side.is_file() else side
     runs = [folder, *folder.glob(f"**/{result.run_id}")]
-    run_dir = next((d for d in runs if (d / ep.cost.callgrind[0]).is_file()), None)
-    if run_dir is None or not all((run_dir / p).is_file() for p in ep.cost.callgrind):
+    run_dir = next((d for d in runs if (d / cost.callgrind[0]).is_file()), None)
+    if run_dir is None or not all((run_dir / p).is_file() for p in cost.callgrind):
         return None
     found = Functions()
-    for path in ep.cost.callgrind:
+    for path in cost.callgrind:
         read_dump(run_dir / path, found)
-    found.requests += ep.cost.requests_per_block * len(ep.cost.callgrind)
+    found.requests += cost.requests_per_block * len(cost.callgrind)
     return found
 
 
@@ -141,11 +156,11 @@ def where_it_went(
     folders: tuple[Path, Path],
     top: int = TOP,
 ) -> list[str]:
-    """For each endpoint both sides counted, the functions whose cost changed most (Markdown:
-    a heading and a table each), the dumps found under each side's folder; an endpoint whose
-    dumps are gone is named as such."""
+    """For each endpoint (scenario, step) both sides counted, the functions whose cost changed
+    most (Markdown: a heading and a table each), the dumps found under each side's folder; one
+    whose dumps are gone is named as such."""
     lines: list[str] = []
-    for name in _endpoints(before, after):
+    for name in _figures(before, after):
         sides = [_summed(rs, name, f) for rs, f in zip((before, after), folders, strict=True)]
         if sides[0] is None or sides[1] is None:
             lines += [f"- {cell} {name}: the callgrind dumps are not beside its results", ""]
@@ -160,18 +175,18 @@ def where_it_went(
     return lines
 
 
-def _endpoints(before: Sequence[Result], after: Sequence[Result]) -> list[str]:
-    def costed(results: Iterable[Result]) -> list[str]:
-        return [ep.name for r in results for ep in r.endpoints if ep.cost]
+def _figures(before: Sequence[Result], after: Sequence[Result]) -> list[str]:
+    def names(results: Iterable[Result]) -> list[str]:
+        return [name for r in results for name, _ in costed(r)]
 
-    theirs = set(costed(after))
-    return [n for n in dict.fromkeys(costed(before)) if n in theirs]
+    theirs = set(names(after))
+    return [n for n in dict.fromkeys(names(before)) if n in theirs]
 
 
-def _summed(results: Sequence[Result], endpoint: str, side: Path) -> Functions | None:
+def _summed(results: Sequence[Result], name: str, side: Path) -> Functions | None:
     total = Functions()
     for result in results:
-        found = read_result(result, endpoint, side)
+        found = read_result(result, name, side)
         if found is None:
             return None
         for key, value in found.exclusive.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from bench.cost.functions import costed
 from bench.report.document import Column, Section, Table, Value
 from bench.results import Cost, Result
 
@@ -39,7 +40,7 @@ def cost_section(results: Sequence[Result]) -> Section | None:
     ]
     rows: dict[str, dict[str, Cost]] = {}
     for result, label in zip(cells, labels, strict=True):
-        for name, cost in _figures(result):
+        for name, cost in costed(result):
             rows.setdefault(name, {})[label] = cost
     table = Table(
         "Instructions per request",
@@ -61,7 +62,7 @@ def cost_section(results: Sequence[Result]) -> Section | None:
         table.rows.append(row)
     section = Section("Cost", tables=[table], notes=[NOTE])
     for result, label in zip(cells, labels, strict=True):
-        idle = [c.idle_per_s for _, c in _figures(result) if c.idle_per_s is not None]
+        idle = [c.idle_per_s for _, c in costed(result) if c.idle_per_s is not None]
         if idle:
             section.notes.append(
                 f"{label}: with no request to serve the server executed "
@@ -70,15 +71,3 @@ def cost_section(results: Sequence[Result]) -> Section | None:
                 "(`cost.idle_pct`)."
             )
     return section
-
-
-def _figures(result: Result) -> list[tuple[str, Cost]]:
-    """Each costed endpoint, scenario and step of `result`, by its name in the table."""
-    found = [(ep.name, ep.cost) for ep in result.endpoints if ep.cost is not None]
-    for scenario in result.scenarios:
-        if (cost := getattr(scenario, "cost", None)) is not None:
-            found.append((f"{scenario.name} (a whole run)", cost))
-        for step in scenario.steps:
-            if (cost := getattr(step, "cost", None)) is not None:
-                found.append((f"{scenario.name}: {step.name}", cost))
-    return found

@@ -76,6 +76,16 @@ class Chart:
     note: str = ""  # under the chart: what its line styles or its choice of data mean
 
 
+@dataclass(frozen=True)
+class Picture:
+    """An SVG drawn elsewhere (a --profile window's flame graph): the HTML page shows it inline,
+    under `caption`; `link` says where its file is (the other renderers list it in a table)."""
+
+    caption: str
+    svg: str
+    link: str = ""
+
+
 @dataclass
 class Section:
     title: str
@@ -83,6 +93,7 @@ class Section:
     tables: list[Table] = field(default_factory=list)
     charts: list[Chart] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    pictures: list[Picture] = field(default_factory=list)  # HTML only, after the tables
 
 
 @dataclass

@@ -13,6 +13,7 @@ from bench.report.aggregate import collect
 from bench.report.document import Report
 from bench.report.html import render_html
 from bench.report.markdown import render_markdown
+from bench.report.profile import profile_section
 from bench.report.tables import build
 
 # The file formats, by file suffix: report.md, report.html.
@@ -40,7 +41,11 @@ def read_report(
             raise ConfigError(f"--history: {history} is not a folder")
         runs_over_time, history_warnings = collect([history])
         warnings += [f"history: {w}" for w in history_warnings]
-    return build(results, baseline_results, runs_over_time, across_machines), warnings
+    report = build(results, baseline_results, runs_over_time, across_machines)
+    # --profile's flame graphs: read from the files kept beside the results, under `paths`
+    if profiles := profile_section(results, paths):
+        report.sections.append(profiles)
+    return report, warnings
 
 
 def write_report(report: Report, out: Path) -> list[Path]:

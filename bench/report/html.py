@@ -10,7 +10,7 @@ from __future__ import annotations
 from html import escape
 
 from bench.report.charts import color_map, draw_svg
-from bench.report.document import Chart, Report, Table
+from bench.report.document import Chart, Picture, Report, Table
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 80em; padding: 0 1em;
@@ -36,6 +36,8 @@ figure .note { margin: 0; font-size: .8em; }
 .legend { font-size: .85em; }
 .legend span.swatch { display: inline-block; width: .8em; height: .8em; margin: 0 .3em 0 .8em; }
 figure svg * { stroke-linejoin: round; stroke-linecap: butt; }
+figure.picture { max-width: none; margin: 0 0 1.5em; }
+figure.picture svg { display: block; width: 100%; height: auto; max-width: 1200px; }
 """
 
 
@@ -79,6 +81,13 @@ def _figure(chart: Chart, colors: dict[str, str], index: int) -> str:
     return f"<figure><figcaption>{escape(chart.title)}</figcaption>{svg}{note}</figure>"
 
 
+def _picture(picture: Picture) -> str:
+    """An SVG drawn elsewhere, inline (it is trusted: prefect-bench drew it)."""
+    link = f'<p class="note">{escape(picture.link)}</p>' if picture.link else ""
+    caption = f"<figcaption>{escape(picture.caption)}</figcaption>"
+    return f'<figure class="picture">{caption}{picture.svg}{link}</figure>'
+
+
 def _legend(keys: list[str], colors: dict[str, str]) -> str:
     return (
         '<p class="legend">'
@@ -115,6 +124,7 @@ def render_html(report: Report) -> str:
             body.append('<div class="charts">' + "".join(figures) + "</div>")
         for table in section.tables:
             body += _table(table)
+        body += [_picture(picture) for picture in section.pictures]
         body += [f'<p class="note">{escape(n)}</p>' for n in section.notes]
     return (
         "<!DOCTYPE html>\n"

@@ -10,7 +10,9 @@ adding an optional key is not a bump):
   service's `host` (a server or service on another host than the load); a cell's `version`
   and the environment's `resolution` (Prefect versions as a dimension); a step's `retries`
   and `retry_s` (the Prefect client's retries); `soak` (--soak: its windows over time); an
-  endpoint's `cost` (--cost: instructions per request under callgrind). A cost cell's timed
+  endpoint's `cost` (--cost: instructions per request under callgrind); a scenario's and a
+  step's `cost` (--cost of a scenario workload: per run of it, per occurrence); an endpoint's and a
+  scenario's `profile` (--profile: the server sampled during the window). A cost cell's timed
   figures (rps, latency) are those of its requests under callgrind: `--cost` is a measurement
   setting, so they are never set beside a wall-clock cell's.
 """
@@ -192,6 +194,30 @@ class Cost(BaseModel):
     )
 
 
+class Profile(BaseModel):
+    """The server sampled while a window measured it (--profile; bench.profile): its stacks
+    kept beside the result, collapsed and gzip-compressed, and drawn as a flame graph."""
+
+    tool: Annotated[str, Combine.FIRST] = Field(description="what sampled it: py-spy 0.4.3")
+    rate_hz: Annotated[int, Combine.FIRST] = Field(description="samples asked for per second")
+    samples: Annotated[int, Combine.SUM] = Field(
+        description="stacks sampled (idle threads left out), warmup included"
+    )
+    errors: Annotated[int, Combine.SUM] = Field(
+        default=0,
+        description="samples the profiler could not read (--nonblocking: a stack "
+        "that changed while it was read)",
+    )
+    collapsed: Annotated[list[str], Combine.CONCAT] = Field(
+        default_factory=list,
+        description="the collapsed stacks (flamegraph.pl's input), gzip-compressed, relative "
+        "to the run's folder",
+    )
+    flamegraph: Annotated[list[str], Combine.CONCAT] = Field(
+        default_factory=list, description="their flame graph (SVG), relative to the run's folder"
+    )
+
+
 class EndpointResult(Measurement, EndpointKey):
     """One endpoint measured at one concurrency level: which request, what the engine measured,
     and what the server used meanwhile. Only repetitions merge the fields it adds."""
@@ -210,6 +236,9 @@ class EndpointResult(Measurement, EndpointKey):
     )
     cost: Annotated[Cost | None, Combine.MODEL] = Field(
         default=None, description="--cost: instructions per request, counted by callgrind"
+    )
+    profile: Annotated[Profile | None, Combine.MODEL] = Field(
+        default=None, description="--profile: the server sampled during the window"
     )
 
 
@@ -239,6 +268,11 @@ class StepResult(BaseModel):
     retry_s: Annotated[float, _rounded(3), Combine.SUM] = Field(
         default=0.0,
         description="what the retries cost: from each failed try's start to the next try's",
+    )
+    cost: Annotated[Cost | None, Combine.MODEL] = Field(
+        default=None,
+        description="--cost: instructions per occurrence of the step (requests_per_block: its "
+        "occurrences per block of scenarios), counted by callgrind",
     )
 
     @property
@@ -361,6 +395,16 @@ class ScenarioResult(ScenarioMeasurement):
         description="what the server's own services did for the scenario, read back after it "
         "(workers: the runs its scheduler made due, those left unclaimed, those marked Late)",
     )
+    profile: Annotated[Profile | None, Combine.MODEL] = Field(
+        default=None,
+        description="--profile: the server sampled during the window (the "
+        "level's: its parts share it)",
+    )
+    cost: Annotated[Cost | None, Combine.MODEL] = Field(
+        default=None,
+        description="--cost: instructions per run of the scenario (per flow run; "
+        "requests_per_block: runs per block), counted by callgrind",
+    )
 
     @property
     def flow_runs_sent(self) -> int:
@@ -428,6 +472,9 @@ class SweepPoint(BaseModel):
     client_saturated: bool = False
     kept: bool = Field(description="the rate held and the latency objective kept")
     hdr: str | None = None
+    profile: Profile | None = Field(
+        default=None, description="--profile: the server sampled during the window"
+    )
 
 
 class SoakWindow(BaseModel):

@@ -27,9 +27,10 @@ import importlib.metadata
 import json
 import uuid
 from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from time import monotonic_ns
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import httpx
 from pydantic import Field
@@ -90,8 +91,27 @@ async def authenticate(user: VirtualUser, step: str, ws: ClientConnection) -> No
         raise user.invalid(step, f"expected auth_success, got {reply!r:.200}")
 
 
+class ClientValues(Protocol):
+    """What the client chooses itself, from a seeded generator instead of uuid4 and the clock
+    (bench.cost.scenarios: a cost cell sends the same bytes in every run)."""
+
+    def new_id(self) -> uuid.UUID: ...
+
+    def now(self) -> dt.datetime: ...
+
+
+# Set in the context of a cost cell's replay; None: random ids, the clock's time.
+CLIENT_VALUES: ContextVar[ClientValues | None] = ContextVar("client_values", default=None)
+
+
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+    values = CLIENT_VALUES.get()
+    return dt.datetime.now(dt.UTC) if values is None else values.now()
+
+
+def _new_id() -> str:
+    values = CLIENT_VALUES.get()
+    return str(uuid.uuid4() if values is None else values.new_id())
 
 
 def zulu(moment: dt.datetime) -> str:
@@ -115,7 +135,7 @@ def _state_details(flow_run_id: str, untrackable: bool) -> dict[str, Any]:
         "run_input_keyset": None,
         "refresh_cache": None,
         "retriable": None,
-        "transition_id": str(uuid.uuid4()),
+        "transition_id": _new_id(),
         "task_parameters_id": None,
         "traceparent": None,
         "deployment_concurrency_lease_id": None,
@@ -183,7 +203,7 @@ def task_events(
             "prefect.resource.name": flow_name,
         },
     ]
-    task_run_id = str(uuid.uuid4())
+    task_run_id = _new_id()
     made = list(task_run_events(task_run_id, f"{TASK_NAME}-{task_index}", related))
     return made[0][0], task_run_id, [frame for _, frame in made]
 
@@ -198,7 +218,7 @@ def task_run_events(
     task_run: dict[str, Any] = {
         "name": name,
         "task_key": f"{TASK_NAME}-5f3a2c1d",
-        "dynamic_key": str(uuid.uuid4()),
+        "dynamic_key": _new_id(),
         "empirical_policy": {
             "max_retries": 0,
             "retry_delay_seconds": 0.0,
@@ -223,7 +243,7 @@ def task_run_events(
             task_run |= {"end_time": zulu(moment), "total_run_time": 0.001}
         details = {"untrackable_result": True} if kind == "COMPLETED" else {}
         state = {"type": kind, "name": state_name, "message": "", "state_details": details}
-        event_id = str(uuid.uuid4())
+        event_id = _new_id()
         event = {
             "occurred": zulu(moment),
             "event": f"prefect.task-run.{state_name}",
@@ -269,7 +289,7 @@ def heartbeat(flow_id: str, flow_name: str, run_id: str, run_name: str, version:
             }
         ],
         "payload": {},
-        "id": str(uuid.uuid4()),
+        "id": _new_id(),
         "follows": None,
     }
     return json.dumps(event, separators=(",", ":"))
@@ -316,7 +336,7 @@ def _logs(run_id: str, run_name: str, flow_name: str, tasks: int) -> list[dict[s
 
     logs = [record("prefect.flow_runs", f"Beginning flow run '{run_name}' for flow '{flow_name}'")]
     logs += [
-        record("prefect.task_runs", "Finished in state Completed()", str(uuid.uuid4()))
+        record("prefect.task_runs", "Finished in state Completed()", _new_id())
         for _ in range(tasks)
     ]
     logs.append(record("prefect.flow_runs", "Finished in state Completed()"))
@@ -327,7 +347,7 @@ async def _csrf_token(user: VirtualUser) -> None:
     # 422 "CSRF protection is disabled." (the server's default) and 404 (an older server) are
     # answers the client accepts: it then sends no token (prefect.client.base)
     await user.http(
-        "GET csrf-token", "GET", f"/csrf-token?client={uuid.uuid4()}", expect=(200, 404, 422)
+        "GET csrf-token", "GET", f"/csrf-token?client={_new_id()}", expect=(200, 404, 422)
     )
 
 

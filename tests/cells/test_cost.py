@@ -49,7 +49,7 @@ needs_valgrind = pytest.mark.skipif(
         (["--concurrency", "4"], "--concurrency 1 or none (not 4)"),
         (["--concurrency", "1,4"], "--concurrency 1 or none (not 1,4)"),
         (["--url", "http://127.0.0.1:9/api"], "give it without --url"),
-        (["--workload", "flow-runs"], "not yet the flow-runs scenario"),
+        (["--workload", "events"], "not the events scenario"),
         (["--cost-block", "0"], "--cost-block"),
         (["--cost-blocks", "0"], "--cost-blocks"),
     ],
