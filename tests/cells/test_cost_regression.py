@@ -2,11 +2,14 @@
 a fixed extra amount of work per request (tests/fixtures/extra_work, a sha256 of 2 KB put in
 by a servers.toml entry), both counted under callgrind; `compare --fail-on
 'instructions>+1%'` fails on it and names the function the work went to (Python's own
-sha256 module's `sha_transform`)."""
+sha256 module's `sha_transform`). The same for a native binary (tests/fixtures/native_health,
+compiled here, standing in for the Zig server: none is built on this machine)."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -44,3 +47,47 @@ def test_extra_work_per_request_fails_the_gate_and_is_named(tmp_path: Path) -> N
     where = out.stdout.split("### Where the cost went", 1)[1]
     top = [line for line in where.splitlines() if line.startswith("| `")][:3]
     assert any("sha_transform" in line for line in top), where
+
+
+NATIVE = """
+[servers.{name}]
+command = ["{{binary}}", "{{port}}"]
+binary = "{binary}"
+no_services_args = []
+dbs = ["sqlite"]
+brokers = ["memory"]
+description = "a test fixture: a native HTTP server answering true"
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler to build the fixture")
+def test_a_native_server_s_regression_is_named_by_its_function(tmp_path: Path) -> None:
+    source = ROOT / "tests" / "fixtures" / "native_health" / "health_server.c"
+    servers = tmp_path / "servers.toml"
+    entries = []
+    for name, extra in (("native", 0), ("native-extra", 20_000)):
+        binary = tmp_path / name / "health_server"  # one name: its functions pair up
+        binary.parent.mkdir()
+        build = ["cc", "-O1", "-g", f"-DEXTRA_WORK={extra}", "-o", str(binary), str(source)]
+        subprocess.run(build, check=True, capture_output=True)
+        entries.append(NATIVE.format(name=name, binary=binary))
+    servers.write_text("".join(entries))
+    cost = ("--workload", "health", "--cost", "--cost-block", "10", "--cost-blocks", "3")
+    run_id = "20261207T000000Z-0c06"
+    common = ("--servers", str(servers), "--out", str(tmp_path), "--run-id", run_id)
+    for server in ("native", "native-extra"):
+        out = bench("run", "--server", server, *common, *cost, cwd=tmp_path, timeout_s=300)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    run = tmp_path / run_id
+    before, after = run / "native-sqlite-memory.json", run / "native-extra-sqlite-memory.json"
+    figures = [json.loads(p.read_text())["endpoints"][0]["cost"] for p in (before, after)]
+    # a compiled loop and the kernel's sockets: the same count in every block
+    assert figures[0]["spread_pct"] < 1, figures
+    assert figures[1]["per_request"] > figures[0]["per_request"] + 20_000, figures
+    out = bench("compare", str(before), str(after), "--fail-on", "instructions>+1%", cwd=tmp_path)
+    assert out.returncode == 1, out.stdout + out.stderr
+    where = out.stdout.split("### Where the cost went", 1)[1]
+    top = next(line for line in where.splitlines() if line.startswith("| `"))
+    assert top.startswith("| `extra_work (health_server)` | 0 |"), where
+    assert "| `main (health_server)` |" in where  # the same function on both sides
