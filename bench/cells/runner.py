@@ -752,6 +752,12 @@ def _measure_level(
                 for kind, d in measured.delivery.items()
                 if d.recorded > d.sent
             ]
+            if measured.completed == 0 and not measured.failed:  # a rate of 0 that is no rate
+                measured.problems.append(
+                    f"none of the scenarios begun in the {spec.duration_s:g} s window finished "
+                    "in it, and none failed: a window shorter than one scenario (give a longer "
+                    "--duration), or a server that stopped answering"
+                )
             # per flow run: of every scenario that counts them (flow-runs', workers')
             measured.backend_per_flow_run = per_item(backends, sent.get("flow_runs", 0)) or None
             measured.server_side = server_side

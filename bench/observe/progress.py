@@ -100,6 +100,8 @@ class Progress:
             if t.latency_ms is not None:
                 extra += f", {t.name} p50 {t.latency_ms.p50:.0f} ms p99 {t.latency_ms.p99:.0f} ms"
         self.console.print(f"  {name} c={c}: {rate}/s, p50 {p50} ms, p99 {p99} ms{extra}")
+        for problem in s.problems:
+            self.console.print(f"    problem: {problem}", markup=False, highlight=False)
 
     def __enter__(self) -> Progress:
         return self

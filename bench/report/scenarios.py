@@ -360,4 +360,10 @@ def scenario_section(
             f"{LOWER_BOUND}: the load generator was the limit in that measurement: a lower bound."
         )
     section.notes += flags.notes()
+    section.notes += [
+        f"{label} {s.name} c={s.concurrency}: {problem}"
+        for r, label in zip(measured, labels, strict=True)
+        for s in r.scenarios
+        for problem in s.problems
+    ]
     return section

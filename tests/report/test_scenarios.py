@@ -142,3 +142,13 @@ def test_retried_tries_are_shown_by_step_beside_the_failures() -> None:
     table = scenario_table(build(retried), "Retried")
     cells = {cell.text for row in table.rows for cell in row[2:]}
     assert cells == {"3 (create flow_run×3), 6.5 s", "-"}  # "-": a level a cell did not run
+
+
+def test_a_scenario_s_problems_are_notes_of_the_section() -> None:
+    results, _ = collect([SCENARIO_RESULTS])
+    problem = "none of the scenarios begun in the 1 s window finished in it, and none failed"
+    first = results[0]
+    scenario = first.scenarios[0].model_copy(update={"problems": [problem]})
+    marked = first.model_copy(update={"scenarios": [scenario, *first.scenarios[1:]]})
+    section = render_markdown(build([marked, *results[1:]])).split("## Scenarios", 1)[1]
+    assert f"{scenario.name} c={scenario.concurrency}: {problem}" in section
