@@ -333,6 +333,19 @@ def _cost_refusal(adapter: ServerAdapter) -> None:
         )
 
 
+def _cost_target(run: CellRun, target: _Target) -> tuple[cost.Blocks, cost.CostTarget]:
+    """--cost: the blocks the config asks for, and the server they are counted in."""
+    assert target.server is not None and target.dumps_dir is not None
+    where = cost.CostTarget(
+        target.base_url,
+        target.server.process.pid,
+        target.dumps_dir,
+        run.cell_dir / cost.KEPT_FOLDER,
+        run.out_dir / run.run_id,
+    )
+    return cost.Blocks(run.config.cost_block, run.config.cost_blocks), where
+
+
 def _count_all(
     run: CellRun,
     workload: Workload,
@@ -343,16 +356,7 @@ def _count_all(
 ) -> None:
     """--cost: each endpoint's instructions per request, counted by callgrind (bench.cost),
     kept in `result` as each is done."""
-    assert target.server is not None and target.dumps_dir is not None
-    config = run.config
-    blocks = cost.Blocks(config.cost_block, config.cost_blocks)
-    where = cost.CostTarget(
-        target.base_url,
-        target.server.process.pid,
-        target.dumps_dir,
-        run.cell_dir / cost.KEPT_FOLDER,
-        run.out_dir / run.run_id,
-    )
+    blocks, where = _cost_target(run, target)
     endpoints = [
         cost.CostedEndpoint(e.name, e.method, e.path, e.resolve(target.api_path, fixtures))
         for e in workload.endpoints
@@ -378,17 +382,8 @@ def _count_scenario(
 ) -> None:
     """--cost of a scenario workload: its runs replayed by one user in blocks, instructions
     per run and per step counted by callgrind (bench.cost.scenarios), kept in `result`."""
-    assert target.server is not None and target.dumps_dir is not None
-    config = run.config
-    blocks = cost.Blocks(config.cost_block, config.cost_blocks)
-    where = cost.CostTarget(
-        target.base_url,
-        target.server.process.pid,
-        target.dumps_dir,
-        run.cell_dir / cost.KEPT_FOLDER,
-        run.out_dir / run.run_id,
-    )
-    scenario = workload.scenario(config, cost.TAG)
+    blocks, where = _cost_target(run, target)
+    scenario = workload.scenario(run.config, cost.TAG)
     progress.stage(
         f"counting {scenario.name}: {blocks.counted} blocks of {blocks.size} runs after a "
         "warm-up block, a dump after each step"

@@ -26,22 +26,30 @@ BENCH_EXTRA_WORK_BYTES = "2048"
 """
 
 
-@pytest.mark.slow
-def test_extra_work_per_request_fails_the_gate_and_is_named(tmp_path: Path) -> None:
-    servers = tmp_path / "servers.toml"
-    servers.write_text(SERVERS)
+def cost_pair(
+    tmp_path: Path, servers: str, names: tuple[str, str]
+) -> tuple[list[dict[str, float]], subprocess.CompletedProcess[str]]:
+    """The health workload's cost on two servers of `servers` (a servers.toml), each a run
+    into one run folder: their endpoint's cost, and `compare` of the two gated at +1%."""
+    path = tmp_path / "servers.toml"
+    path.write_text(servers)
     cost = ("--workload", "health", "--cost", "--cost-block", "10", "--cost-blocks", "3")
     run_id = "20261207T000000Z-0c05"
-    common = ("--servers", str(servers), "--out", str(tmp_path), "--run-id", run_id)
-    for server in ("python", "python-extra"):
+    common = ("--servers", str(path), "--out", str(tmp_path), "--run-id", run_id)
+    for server in names:
         out = bench("run", "--server", server, *common, *cost, cwd=tmp_path, timeout_s=900)
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    run = tmp_path / run_id
-    before, after = run / "python-sqlite-memory.json", run / "python-extra-sqlite-memory.json"
-    figures = [json.loads(p.read_text())["endpoints"][0]["cost"] for p in (before, after)]
+    results = [tmp_path / run_id / f"{name}-sqlite-memory.json" for name in names]
+    figures = [json.loads(p.read_text())["endpoints"][0]["cost"] for p in results]
+    gate = ("--fail-on", "instructions>+1%")
+    return figures, bench("compare", *map(str, results), *gate, cwd=tmp_path)
+
+
+@pytest.mark.slow
+def test_extra_work_per_request_fails_the_gate_and_is_named(tmp_path: Path) -> None:
+    figures, out = cost_pair(tmp_path, SERVERS, ("python", "python-extra"))
     assert all(f["spread_pct"] < 2 for f in figures), figures
     assert figures[1]["per_request"] > figures[0]["per_request"] * 1.01, figures
-    out = bench("compare", str(before), str(after), "--fail-on", "instructions>+1%", cwd=tmp_path)
     assert out.returncode == 1, out.stdout + out.stderr
     assert "health c=1 instructions" in out.stderr and "breaks instructions>+1%" in out.stderr
     where = out.stdout.split("### Where the cost went", 1)[1]
@@ -64,7 +72,6 @@ description = "a test fixture: a native HTTP server answering true"
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler to build the fixture")
 def test_a_native_server_s_regression_is_named_by_its_function(tmp_path: Path) -> None:
     source = ROOT / "tests" / "fixtures" / "native_health" / "health_server.c"
-    servers = tmp_path / "servers.toml"
     entries = []
     for name, extra in (("native", 0), ("native-extra", 20_000)):
         binary = tmp_path / name / "health_server"  # one name: its functions pair up
@@ -72,20 +79,10 @@ def test_a_native_server_s_regression_is_named_by_its_function(tmp_path: Path) -
         build = ["cc", "-O1", "-g", f"-DEXTRA_WORK={extra}", "-o", str(binary), str(source)]
         subprocess.run(build, check=True, capture_output=True)
         entries.append(NATIVE.format(name=name, binary=binary))
-    servers.write_text("".join(entries))
-    cost = ("--workload", "health", "--cost", "--cost-block", "10", "--cost-blocks", "3")
-    run_id = "20261207T000000Z-0c06"
-    common = ("--servers", str(servers), "--out", str(tmp_path), "--run-id", run_id)
-    for server in ("native", "native-extra"):
-        out = bench("run", "--server", server, *common, *cost, cwd=tmp_path, timeout_s=300)
-        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    run = tmp_path / run_id
-    before, after = run / "native-sqlite-memory.json", run / "native-extra-sqlite-memory.json"
-    figures = [json.loads(p.read_text())["endpoints"][0]["cost"] for p in (before, after)]
+    figures, out = cost_pair(tmp_path, "".join(entries), ("native", "native-extra"))
     # a compiled loop and the kernel's sockets: the same count in every block
     assert figures[0]["spread_pct"] < 1, figures
     assert figures[1]["per_request"] > figures[0]["per_request"] + 20_000, figures
-    out = bench("compare", str(before), str(after), "--fail-on", "instructions>+1%", cwd=tmp_path)
     assert out.returncode == 1, out.stdout + out.stderr
     where = out.stdout.split("### Where the cost went", 1)[1]
     top = next(line for line in where.splitlines() if line.startswith("| `"))
