@@ -241,7 +241,9 @@ def test_ctrl_c_while_the_container_starts_removes_it(
         return any(c.status == "running" for c in containers)
 
     children.poll(running, what="a running container")
-    out = children.interrupt(child)
+    # its removal may wait on the daemon twice (a call, then a fresh client), each up to the
+    # API timeout: CI once took over 60 s on a loaded machine
+    out = children.interrupt(child, timeout_s=2 * docker_provider.API_TIMEOUT_S + 30)
     assert "KeyboardInterrupt" in out and "READY" not in out
     assert run_containers(client, labels.run_id) == []
     assert (tmp_path / f"{kind}.log").exists()
