@@ -7,9 +7,10 @@ a `calls=` line is what the call cost, callee included, and counts to the caller
 figure only. callgrind names the nested levels of a recursive function `name'2`, `name'3`:
 their exclusive counts are added to the function's, and its inclusive figure is its outermost
 level's (a nested level's inclusive figure counts the levels below it again: the interpreter's
-eval loop reads 1,600% there). Read here rather than through `callgrind_annotate`, whose
-text layout changes between valgrind versions and which reads one uncompressed file at a time;
-the dumps stay what users open in `callgrind_annotate` or KCachegrind.
+eval loop reads 1,600% there). Read by bench.cost.merge's reader (the one that sums a step's
+dumps) rather than through `callgrind_annotate`, whose text layout changes between valgrind
+versions and which reads one uncompressed file at a time; the dumps stay what users open in
+`callgrind_annotate` or KCachegrind.
 
 For a Python server the names are the interpreter's C functions (`_PyEval_EvalFrameDefault`,
 `PyObject_GetAttr`, …) and those of compiled extensions (uvloop, pydantic-core, sqlite3, the
@@ -19,17 +20,16 @@ perf trampolines would give each code object an address, not a name callgrind ca
 
 from __future__ import annotations
 
-import gzip
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.cost.merge import Dumps
 from bench.results import Cost, Result
 
 TOP = 10
-_NAMED = re.compile(r"^\((\d+)\)(?: (.*))?$")
 _LEVEL = re.compile(r"'\d+$")
 
 
@@ -57,37 +57,22 @@ class Functions:
 def read_dump(path: Path, into: Functions | None = None) -> Functions:
     """Add one dump's (gzip-compressed or not) per-function instructions to `into`."""
     found = into or Functions()
-    names: dict[str, dict[str, str]] = {"ob": {}, "fn": {}}
-    obj = fn = callee = ""
-    call_pending = False
-    positions = 1  # the columns before the costs ("positions: line"; "instr line" is two)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as lines:
-        for line in lines:
-            first = line[:1]
-            if first.isdigit() or first in "+-*":
-                cost = _cost(line, positions)
-                if call_pending:
-                    call_pending = False
-                    if not _LEVEL.search(fn) and _base(callee) != _base(fn):
-                        found.inclusive[_key(fn, obj)] += cost
-                    continue
-                found.exclusive[_key(_base(fn), obj)] += cost
-                if not _LEVEL.search(fn):
-                    found.inclusive[_key(fn, obj)] += cost
-                found.total += cost
-            elif line.startswith("fn="):
-                fn = _name(names["fn"], line[3:])
-            elif line.startswith("cfn="):
-                callee = _name(names["fn"], line[4:])
-            elif line.startswith("ob="):
-                obj = _name(names["ob"], line[3:])
-            elif line.startswith("cob="):
-                _name(names["ob"], line[4:])
-            elif line.startswith("calls="):
-                call_pending = True
-            elif line.startswith("positions:"):
-                positions = len(line.split()) - 1
+    dumps = Dumps()
+    dumps.read(path)
+    for (obj, _, fn), lines in dumps.self_cost.items():
+        if not lines:  # a name passed by on the way to the next cost line
+            continue
+        cost = sum(lines.values())
+        found.exclusive[_key(_base(fn), obj)] += cost
+        found.total += cost
+        if not _LEVEL.search(fn):
+            found.inclusive[_key(fn, obj)] += cost
+    for (obj, _, fn), calls in dumps.calls.items():
+        if _LEVEL.search(fn):
+            continue
+        for (_, _, _, callee, _), (_, cost) in calls.items():
+            if _base(callee) != _base(fn):
+                found.inclusive[_key(fn, obj)] += cost
     return found
 
 
@@ -196,26 +181,6 @@ def _summed(results: Sequence[Result], name: str, side: Path) -> Functions | Non
         total.total += found.total
         total.requests += found.requests
     return total
-
-
-def _name(table: dict[str, str], text: str) -> str:
-    """A name from a `fn=`/`ob=` line, its compression resolved: "(12) name" defines 12,
-    "(12)" refers to it."""
-    text = text.rstrip("\n")
-    match = _NAMED.match(text)
-    if match is None:
-        return text
-    number, name = match.groups()
-    if name is not None:
-        table[number] = name
-        return name
-    return table.get(number, f"({number})")
-
-
-def _cost(line: str, positions: int) -> float:
-    """The first event's (Ir) cost of a cost line; none written is 0."""
-    parts = line.split()
-    return float(parts[positions]) if len(parts) > positions else 0.0
 
 
 def _base(fn: str) -> str:

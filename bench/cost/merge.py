@@ -13,6 +13,7 @@ with absolute positions, each name defined on its first use.
 
 from __future__ import annotations
 
+import gzip
 import re
 from collections import defaultdict
 from collections.abc import Iterable
@@ -46,8 +47,9 @@ Where = tuple[str, str, str]
 Call = tuple[int, str, str, str, int]
 
 
-class _Sum:
-    """The dumps read so far: costs by where and line, calls by where and call."""
+class Dumps:
+    """The dumps read so far: costs by where and line, calls by where and call (also what
+    bench.cost.functions reads its per-function figures from)."""
 
     def __init__(self) -> None:
         self.names: dict[tuple[str, str], str] = {}  # (table, id) -> name
@@ -64,7 +66,8 @@ class _Sum:
         call: tuple[int, str, str, str, int] | None = None  # count, callee ob/fl/fn, target
         here = self.self_cost[(ob, fl, fn)]  # the self costs of where the lines are
         header = not self.header
-        with open(path, encoding="utf-8", errors="surrogateescape") as lines:
+        opener = gzip.open if path.suffix == ".gz" else open  # a kept dump is compressed
+        with opener(path, "rt", encoding="utf-8", errors="surrogateescape") as lines:
             for raw in lines:
                 first = raw[:1]
                 if first.isdigit() or first in ("+", "-", "*"):  # a cost line: most are
@@ -170,7 +173,7 @@ def _position(text: str, last: int) -> int:
 def merge(dumps: Iterable[Path], into: Path) -> Path:
     """The dumps (of one process, with callgrind's default options) summed into `into`: the
     first one's header, every cost summed. CostError for what it cannot read."""
-    summed = _Sum()
+    summed = Dumps()
     for dump in dumps:
         summed.read(dump)
     summed.write(into)
