@@ -57,7 +57,8 @@ def cost_section(results: Sequence[Result]) -> Section | None:
                 continue
             text = f"{fmt_instructions(cost.per_request)} ±{cost.spread_pct:.1f}%"
             if label != labels[0] and first is not None and first.per_request:
-                text += f" ({cost.per_request / first.per_request:.2f}×)"
+                # three decimals: a 1.2% change is what a cost gate is for
+                text += f" ({cost.per_request / first.per_request:.3f}×)"
             row.append(Value(text, cost.per_request))
         table.rows.append(row)
     section = Section("Cost", tables=[table], notes=[NOTE])
@@ -68,6 +69,6 @@ def cost_section(results: Sequence[Result]) -> Section | None:
                 f"{label}: with no request to serve the server executed "
                 f"{fmt_instructions(max(idle))} instructions a second (its timers), counted "
                 "into a block by the clock: each figure's likely share of it is in the result "
-                "(`cost.idle_pct`)."
+                "(cost.idle_pct)."
             )
     return section

@@ -184,9 +184,11 @@ def _matrix_section(
     shown = [r for r in results if r.status != "skipped"]
     # Which machine each cell ran on, once they are not all one (a fan-out's are not).
     machines = len({aggregate.machine(r) for r in shown}) > 1
-    levels = aggregate.concurrency_levels(ok)
+    # a --cost cell's rates are of a server under callgrind: no level, no point of the chart
+    timed = [r for r in ok if not r.config.cost]
+    levels = aggregate.concurrency_levels(timed)
     # scenario workloads: completed scenarios per second, as total rps is for requests
-    scenario_levels = sorted({s.concurrency for r in ok for s in r.scenarios})
+    scenario_levels = sorted({s.concurrency for r in timed for s in r.scenarios})
     columns = [Column("run"), Column("server"), Column("db"), Column("broker"), Column("status")]
     columns += [Column("machine")] if machines else []
     columns += [Column("n", numeric=True)] if repeated else []
@@ -242,7 +244,7 @@ def _matrix_section(
             )
     else:
         section.paragraphs.append("No cell ran: every one was skipped.")
-    if ok and levels:
+    if timed and levels:
         section.charts.append(
             charts.levels_chart(
                 "Total rps by concurrency",
@@ -253,7 +255,7 @@ def _matrix_section(
                         _label(r, multi_run),
                         [t.rps if (t := aggregate.total_rps(r, c)) else None for c in levels],
                     )
-                    for r in ok
+                    for r in timed
                 ],
             )
         )
