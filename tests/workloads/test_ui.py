@@ -292,7 +292,7 @@ def test_mixed_reads_the_ui_beside_flow_runs_and_reports_them_apart(
     run = cell_run(
         url=dataset.server.base_url,
         workload="mixed",
-        duration_s=1.5,
+        duration_s=4.0,
         warmup_s=0.3,
         concurrency=[1],
         readers=2,
