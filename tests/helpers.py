@@ -26,3 +26,26 @@ def bench(*args: str, cwd: Path, timeout_s: float = 300) -> subprocess.Completed
         # which os.environ does not show and children would inherit
         env=dict(os.environ),
     )
+
+
+NATIVE_SERVER = """
+[servers.{name}]
+command = ["{{binary}}", "{{port}}"]
+binary = "{binary}"
+no_services_args = []
+dbs = ["sqlite"]
+brokers = ["memory"]
+description = "a test fixture: a native HTTP server answering true"
+"""
+
+
+def native_server(folder: Path, name: str, extra_work: int) -> str:
+    """A servers.toml entry `name` for tests/fixtures/native_health compiled into `folder`
+    (`folder/name/health_server`: one binary name, so two builds' functions pair up) with
+    `extra_work` loop turns per request, frame pointers kept (perf walks them)."""
+    source = ROOT / "tests" / "fixtures" / "native_health" / "health_server.c"
+    binary = folder / name / "health_server"
+    binary.parent.mkdir(parents=True)
+    flags = ["-O1", "-g", "-fno-omit-frame-pointer", f"-DEXTRA_WORK={extra_work}"]
+    subprocess.run(["cc", *flags, "-o", str(binary), str(source)], check=True, capture_output=True)
+    return NATIVE_SERVER.format(name=name, binary=binary)

@@ -244,7 +244,8 @@ class RunConfig(BaseModel):
         "--profile",
         measurement=True,
         default=False,
-        description="sample the server during each window (py-spy, 100 Hz, Python servers): "
+        description="sample the server during each window at 100 Hz (py-spy for a Python "
+        "server, perf record for a native one): "
         "its collapsed stacks and a flame graph beside the result, in report.html, and where "
         "the samples moved in `compare`",
     )

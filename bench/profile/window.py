@@ -3,9 +3,11 @@ beside the cell's result as `<cell>/profile/<window>.collapsed.gz` and drawn as
 `<window>.svg`, both named in the result relative to the run's folder (as the cost cells'
 callgrind dumps are).
 
-A profile is a by-product of a window, never its cause to fail: a server that cannot be
-profiled (not a Python one, ptrace refused, py-spy missing or failing) is measured all the
-same, and the window's result says in one line why it has no profile.
+A Python server is sampled by py-spy (its Python functions by name), any other by perf
+record (native functions by name). A profile is a by-product of a window, never its cause to
+fail: a server that cannot be profiled (ptrace or perf refused, the profiler missing or
+failing) is measured all the same, and the window's result says in one line why it has no
+profile.
 """
 
 from __future__ import annotations
@@ -19,16 +21,17 @@ from pathlib import Path
 
 import psutil
 
-from bench.profile import flamegraph, pyspy, stacks
+from bench.profile import flamegraph, perf, pyspy, stacks
+from bench.profile.recording import ProfilerError, Recording, Sampled, version
 from bench.results.schema import Profile
 
 # Where a cell's profiles go, in its folder beside its logs.
 KEPT_FOLDER = "profile"
-# py-spy's own output, for when it fails: in the cell's profile folder.
-LOG = "py-spy.log"
-NOT_PYTHON = (
-    "no profile: py-spy profiles Python servers only, and this server is not one "
-    "(perf record for native servers is not built in yet)"
+# the profilers' own output, for when they fail: in the cell's profile folder.
+LOG = "profiler.log"
+NO_PERF = (
+    "no profile: this server is not a Python one (py-spy) and perf is not installed "
+    "(apt-get install linux-perf)"
 )
 
 
@@ -51,8 +54,8 @@ class Outcome:
 
     profile: Profile | None = None
     problem: str | None = None
-    _recordings: list[pyspy.Recording] = field(default_factory=list)
-    _tool: str = "py-spy"
+    _recordings: list[Recording] = field(default_factory=list)
+    _tools: list[str] = field(default_factory=list)
 
     @property
     def problems(self) -> list[str]:
@@ -79,7 +82,7 @@ def _free_stem(folder: Path, stem: str) -> str:
 
 @contextmanager
 def profiled(target: ProfileTarget | None, stem: str, title: str) -> Iterator[Outcome]:
-    """Sample the server for as long as the block runs (py-spy started, and sampling, before
+    """Sample the server for as long as the block runs (the profiler started, and sampling, before
     the block; stopped after it): `Outcome.profile` once the block is done, or
     `Outcome.problem`. With `target` None, nothing is sampled and the outcome is empty."""
     outcome = Outcome()
@@ -99,27 +102,30 @@ def profiled(target: ProfileTarget | None, stem: str, title: str) -> Iterator[Ou
 
 
 def _start(target: ProfileTarget, stem: str, outcome: Outcome) -> None:
-    program = pyspy.executable()
-    if program is None:
-        outcome.problem = "no profile: py-spy is not installed (pip install py-spy)"
-        return
     roots = target.roots()
-    if not roots or not all(pyspy.is_python(p) for p in roots):
-        outcome.problem = NOT_PYTHON
+    if not roots:
+        outcome.problem = "no profile: the server has no process to sample"
+        return
+    chosen = [_profiler(root) for root in roots]
+    missing = next((c for c in chosen if isinstance(c, str)), None)
+    if missing is not None:
+        outcome.problem = missing
         return
     try:
         target.keep_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         outcome.problem = f"no profile: {target.keep_dir} cannot be made: {exc.strerror or exc}"
         return
-    outcome._tool = _version(program)  # asked once, before any recording starts
     log = target.keep_dir / LOG
-    for k, root in enumerate(roots, start=1):
+    for k, (root, profiler) in enumerate(zip(roots, chosen, strict=True), start=1):
+        assert not isinstance(profiler, str)
+        if profiler.version not in outcome._tools:
+            outcome._tools.append(profiler.version)
         raw = target.keep_dir / f".{stem}.{k}.raw"
-        recording = pyspy.Recording(program, root.pid, raw, log, target.rate_hz)
+        recording = profiler.recording(profiler.program, root.pid, raw, log, target.rate_hz)
         try:
             recording.start()
-        except pyspy.ProfilerError as exc:
+        except ProfilerError as exc:
             for started in outcome._recordings:
                 started.kill()
             outcome._recordings.clear()
@@ -129,31 +135,54 @@ def _start(target: ProfileTarget, stem: str, outcome: Outcome) -> None:
         outcome._recordings.append(recording)
 
 
+@dataclass(frozen=True)
+class _Profiler:
+    program: str
+    version: str  # as the program says it, asked once before any recording starts
+    recording: Callable[[str, int, Path, Path, int], Recording]
+
+
+def _profiler(root: psutil.Process) -> _Profiler | str:
+    """The profiler for `root` (py-spy for a Python process, else perf), or the one line
+    saying why there is none."""
+    if pyspy.is_python(root):
+        program = pyspy.executable()
+        if program is None:
+            return "no profile: py-spy is not installed (pip install py-spy)"
+        return _Profiler(program, _version(program, "py-spy"), pyspy.Recording)
+    program = perf.executable()
+    if program is None:
+        return NO_PERF
+    return _Profiler(program, _version(program, "perf"), perf.Recording)
+
+
 @functools.cache
-def _version(program: str) -> str:
-    return pyspy.version(program)
+def _version(program: str, tool: str) -> str:
+    return version(program, tool)
 
 
 def _finish(target: ProfileTarget, stem: str, title: str, outcome: Outcome) -> None:
-    sampled: list[pyspy.Sampled] = []
+    sampled: list[Sampled] = []
     problem = None
-    for recording in outcome._recordings:
+    recordings, outcome._recordings = outcome._recordings, []
+    for recording in recordings:
         try:
             sampled.append(recording.stop())
-        except pyspy.ProfilerError as exc:
+        except ProfilerError as exc:
             problem = problem or f"no profile: {exc}"
-    outcome._recordings.clear()
     try:
         if problem is None:
             found = stacks.combined(stacks.read(s.raw) for s in sampled)
             if not found:
-                problem = "no profile: py-spy sampled no stack of the server in the window"
+                names = " and ".join(dict.fromkeys(r.tool for r in recordings))
+                problem = f"no profile: {names} sampled no stack of the server in the window"
             else:
-                outcome.profile = _keep(target, stem, title, found, sampled, outcome._tool)
+                tools = ", ".join(outcome._tools)
+                outcome.profile = _keep(target, stem, title, found, sampled, tools)
     except OSError as exc:
         problem = f"no profile: its files could not be kept: {exc.strerror or exc}"
     except UnicodeDecodeError:
-        problem = "no profile: py-spy's stacks are not UTF-8 text"
+        problem = "no profile: the profiler's stacks are not UTF-8 text"
     finally:
         for s in sampled:
             s.raw.unlink(missing_ok=True)
@@ -165,7 +194,7 @@ def _keep(
     stem: str,
     title: str,
     found: stacks.Stacks,
-    sampled: list[pyspy.Sampled],
+    sampled: list[Sampled],
     tool: str,
 ) -> Profile:
     stem = _free_stem(target.keep_dir, stem)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, bench
+from tests.helpers import ROOT, bench, native_server
 
 SERVERS = f"""
 [servers.python-extra]
@@ -57,29 +57,11 @@ def test_extra_work_per_request_fails_the_gate_and_is_named(tmp_path: Path) -> N
     assert any("sha_transform" in line for line in top), where
 
 
-NATIVE = """
-[servers.{name}]
-command = ["{{binary}}", "{{port}}"]
-binary = "{binary}"
-no_services_args = []
-dbs = ["sqlite"]
-brokers = ["memory"]
-description = "a test fixture: a native HTTP server answering true"
-"""
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler to build the fixture")
 def test_a_native_server_s_regression_is_named_by_its_function(tmp_path: Path) -> None:
-    source = ROOT / "tests" / "fixtures" / "native_health" / "health_server.c"
-    entries = []
-    for name, extra in (("native", 0), ("native-extra", 20_000)):
-        binary = tmp_path / name / "health_server"  # one name: its functions pair up
-        binary.parent.mkdir()
-        build = ["cc", "-O1", "-g", f"-DEXTRA_WORK={extra}", "-o", str(binary), str(source)]
-        subprocess.run(build, check=True, capture_output=True)
-        entries.append(NATIVE.format(name=name, binary=binary))
-    figures, out = cost_pair(tmp_path, "".join(entries), ("native", "native-extra"))
+    servers = native_server(tmp_path, "native", 0) + native_server(tmp_path, "native-extra", 20_000)
+    figures, out = cost_pair(tmp_path, servers, ("native", "native-extra"))
     # a compiled loop and the kernel's sockets: the same count in every block
     assert figures[0]["spread_pct"] < 1, figures
     assert figures[1]["per_request"] > figures[0]["per_request"] + 20_000, figures

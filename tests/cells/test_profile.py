@@ -6,6 +6,7 @@ cannot be profiled leaves the window measured and says why."""
 from __future__ import annotations
 
 import gzip
+import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -19,8 +20,9 @@ import pytest
 
 from bench.cells.commands import EXIT_USAGE
 from bench.cells.runner import CellRun, run_cell
-from bench.profile import diff, flamegraph, pyspy, stacks
-from bench.profile.window import NOT_PYTHON, ProfileTarget, profiled, window_stem
+from bench.profile import diff, flamegraph, perf, pyspy, stacks
+from bench.profile.recording import ProfilerError
+from bench.profile.window import NO_PERF, ProfileTarget, profiled, window_stem
 from bench.report.document import Report
 from bench.report.html import render_html
 from bench.report.markdown import render_markdown
@@ -28,7 +30,7 @@ from bench.report.profile import profile_changes, profile_section
 from bench.results import write_result
 from bench.results.files import result_path
 from bench.results.schema import Profile
-from tests.helpers import bench
+from tests.helpers import bench, native_server
 
 if TYPE_CHECKING:
     from tests.conftest import RecordingProgress
@@ -177,16 +179,68 @@ def _target(tmp_path: Path, process: psutil.Process) -> ProfileTarget:
     return ProfileTarget(lambda: [process], tmp_path / "profile", tmp_path, "cell")
 
 
-def test_a_process_that_is_not_python_is_not_profiled_and_says_why(tmp_path: Path) -> None:
+def test_a_native_process_without_perf_is_not_profiled_and_says_how(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(perf, "executable", lambda: None)
     native = subprocess.Popen(["sleep", "60"])
     try:
         with profiled(_target(tmp_path, psutil.Process(native.pid)), "w-c1", "w c=1") as got:
-            assert got.problem == NOT_PYTHON  # known before the window: nothing was started
-        assert got.profile is None and got.problems == [NOT_PYTHON]
-        assert "py-spy profiles Python servers only" in NOT_PYTHON
+            assert got.problem == NO_PERF  # known before the window: nothing was started
+        assert got.profile is None and got.problems == [NO_PERF]
+        assert "apt-get install linux-perf" in NO_PERF
     finally:
         native.kill()
         native.wait()
+
+
+@pytest.mark.skipif(perf.executable() is None, reason="perf is not installed")
+def test_a_native_process_that_only_sleeps_gives_no_profile_and_says_why(tmp_path: Path) -> None:
+    native = subprocess.Popen(["sleep", "60"])
+    try:
+        with profiled(_target(tmp_path, psutil.Process(native.pid)), "w-c1", "w c=1") as got:
+            pass
+        assert got.problem == "no profile: perf sampled no stack of the server in the window"
+        assert not list((tmp_path / "profile").glob("*w-c1*")), "nothing kept, nothing left"
+    finally:
+        native.kill()
+        native.wait()
+
+
+def test_perf_script_output_is_collapsed_root_first_under_its_process() -> None:
+    script = (
+        "health_server 4242 \n"
+        "\t            1221 extra_work (/tmp/x/health_server)\n"
+        "\t            140e main (/tmp/x/health_server)\n"
+        "\t           2724a __libc_start_call_main (/usr/lib/libc.so.6)\n"
+        "\n"
+        "health_server 4242 \n"
+        "\tffffffff8223df91 do_syscall_64 ([kernel.kallsyms])\n"
+        "\t          10a6f0 accept (/usr/lib/libc.so.6)\n"
+        "\t           2724a [unknown] (/usr/lib/libc.so.6)\n"
+        "\n"
+        "health_server 4242 \n"
+        "\t            1221 extra_work (/tmp/x/health_server)\n"
+        "\t            140e main (/tmp/x/health_server)\n"
+        "\t           2724a __libc_start_call_main (/usr/lib/libc.so.6)\n"
+    )
+    root = 'process 4242:"health_server"'
+    assert perf.collapse(script) == {
+        (
+            root,
+            "__libc_start_call_main (libc.so.6)",
+            "main (health_server)",
+            "extra_work (health_server)",
+        ): 2,
+        (
+            root,
+            "[unknown] (libc.so.6)",
+            "accept (libc.so.6)",
+            "do_syscall_64 ([kernel.kallsyms])",
+        ): 1,
+    }
+    # the process frame is left out where functions are compared
+    assert all(not stacks.is_process(f) for s in stacks.functions(perf.collapse(script)) for f in s)
 
 
 def test_a_python_process_that_only_sleeps_gives_no_profile_and_says_why(
@@ -220,7 +274,7 @@ def test_py_spy_failing_to_attach_is_one_line(tmp_path: Path) -> None:
     recording = pyspy.Recording(
         pyspy.executable() or "py-spy", gone.pid, tmp_path / "raw", tmp_path / "log", 100
     )
-    with pytest.raises(pyspy.ProfilerError) as failed:
+    with pytest.raises(ProfilerError) as failed:
         recording.start()
     assert str(failed.value).startswith("py-spy exited (1)")
     assert "\n" not in str(failed.value)
@@ -284,6 +338,38 @@ def test_a_profiled_cell_keeps_stacks_and_a_flame_graph_per_window(
     same = profile_changes([result], [result], [tmp_path], [tmp_path])
     assert same.count("No function's share moved.") == 6, same
     assert profile_changes([result], [], [tmp_path], [tmp_path]) == ""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler to build the fixture")
+@pytest.mark.skipif(perf.executable() is None, reason="perf is not installed")
+def test_a_native_server_is_sampled_by_perf_with_its_functions_named(
+    cell_run: MakeRun, progress: MakeProgress, tmp_path: Path
+) -> None:
+    servers = tmp_path / "servers.toml"
+    servers.write_text(native_server(tmp_path, "native", 2_000_000))
+    run = cell_run(
+        "native",
+        servers_file=servers,
+        workload="health",
+        duration_s=1.0,
+        warmup_s=0.1,
+        concurrency=[1],
+        profile=True,
+    )
+    result = run_cell(run, progress())
+    assert result.status == "ok", result.error
+    (ep,) = result.endpoints
+    assert ep.profile is not None, ep.problems
+    assert ep.profile.tool.startswith("perf ") and ep.profile.samples > 0
+    sampled = stacks.read(tmp_path / run.run_id / ep.profile.collapsed[0])
+    shares = diff.inclusive_shares(sampled)
+    # the loop the fixture runs per request is where its time goes, called from main
+    assert shares["extra_work (health_server)"] > 50, shares
+    assert "main (health_server)" in shares, shares
+    svg = ET.parse(tmp_path / run.run_id / ep.profile.flamegraph[0]).getroot()
+    assert svg.tag == f"{SVG}svg"
+    assert not list((tmp_path / run.run_id).rglob("*.perf.data*")), "perf's own file removed"
 
 
 @pytest.mark.slow
