@@ -21,7 +21,7 @@ from pathlib import Path
 
 from scipy import stats
 
-from bench.cells.runner import INTERRUPTED, CellRun, run_cell
+from bench.cells.runner import CellRun, run_cell
 from bench.compare.gate import cell_figures
 from bench.config.run import RunConfig
 from bench.core.errors import ConfigError, ResultsError
@@ -48,13 +48,6 @@ def repetition_path(out_dir: Path, run_id: str, cell: Cell, repetition: int) -> 
     """`<cell>.json` for the first repetition (as a cell run once), `<cell>.<k>.json` after."""
     path = result_path(out_dir, run_id, cell)
     return path if repetition == 1 else path.with_name(f"{cell.name}.{repetition}.json")
-
-
-def interrupted(result: Result) -> bool:
-    """Whether `result` is of a cell stopped before it finished (Ctrl-C, SIGTERM, its matrix
-    killed): kept, never counted, and run again by the next turn of its cell (a repetition
-    numbered after it; for a cell run once, `<cell>.2.json`)."""
-    return result.status == INTERRUPTED or result.error == INTERRUPTED
 
 
 def earlier_repetitions(out_dir: Path, run_id: str, cell: Cell) -> list[Result]:
@@ -179,7 +172,7 @@ def prepare(run: CellRun, copy: Path | None = None) -> list[Result]:
     repeating = config.repeat is not None
     path = result_path(run.out_dir, run.run_id, cell)
     done = earlier_repetitions(run.out_dir, run.run_id, cell) if repeating or path.exists() else []
-    if not repeating and path.exists() and not (done and all(map(interrupted, done))):
+    if not repeating and path.exists() and not (done and all(r.interrupted for r in done)):
         raise ConfigError(f"{path} exists: results are never overwritten (use another --run-id)")
     if copy and copy.exists():
         raise ConfigError(f"{copy} exists: results are never overwritten")
@@ -249,7 +242,7 @@ def _repetition(run: CellRun, progress: Progress, done: list[Result], deadline: 
     """The cell's next repetition, with where the repetitions stand after it (`done` grows).
     The warm-up is the first that is not interrupted (one interrupted is run again)."""
     config = run.config
-    warmup = all(map(interrupted, done)) and not config.keep_first
+    warmup = all(r.interrupted for r in done) and not config.keep_first
     progress.stage(
         f"repetition {len(done) + 1}"
         + (" (the warm-up: run and kept, not counted)" if warmup else "")
@@ -257,7 +250,7 @@ def _repetition(run: CellRun, progress: Progress, done: list[Result], deadline: 
     )
     result = run_cell(run, progress)
     result.repetition = len(done) + 1
-    if warmup and not interrupted(result):
+    if warmup and not result.interrupted:
         result.discarded = WARMUP_REPETITION
     done.append(result)
     counted = [r for r in done if r.status == "ok" and not r.discarded]

@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.cells.commands import EXIT_INTERRUPTED, cell_argv
-from bench.cells.repeat import MAX_AUTO, STOP_REASONS, earlier_repetitions, interrupted
+from bench.cells.repeat import MAX_AUTO, STOP_REASONS, earlier_repetitions
 from bench.cells.resume import MatrixRequest
 from bench.config.run import RunConfig
 from bench.core.process import die_with_parent
@@ -50,7 +50,7 @@ class CellRounds:
     @property
     def kept(self) -> list[Result]:
         """Its results but the interrupted ones (each run again by the next turn)."""
-        return [r for r in self.results if not interrupted(r)]
+        return [r for r in self.results if not r.interrupted]
 
     @property
     def turns(self) -> int:

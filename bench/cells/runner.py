@@ -54,13 +54,13 @@ from bench.results import (
     environment,
     utc_now,
 )
+from bench.results.schema import INTERRUPTED
 from bench.servers.adapter import ServerAdapter, ServerSettings, ServerSetup
 from bench.servers.running import RunningServer, start_server
 from bench.workloads import ScenarioWorkload, Workload, get_workload
 from bench.workloads.base import UNAVAILABLE_ATTEMPTS, Endpoint, api_client, back_off_unavailable
 
 EXTERNAL_SERVER = "external"
-INTERRUPTED = "interrupted"
 # The cell's own log, in its folder beside the server's: each failure's traceback and details.
 CELL_LOG = "cell.log"
 # How long a scenario's sends may take to reach the server's database after a window.

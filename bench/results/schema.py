@@ -31,6 +31,8 @@ SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 
 Status = Literal["ok", "failed", "skipped"]
+# a failed result's error when the cell was stopped before it finished (older results: status)
+INTERRUPTED = "interrupted"
 
 
 class Cell(BaseModel):
@@ -656,3 +658,10 @@ class Result(BaseModel):
         default=None,
         description="why this repetition is left out of every figure (kept for the record)",
     )
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether the cell was stopped before it finished (Ctrl-C, SIGTERM, its matrix
+        killed): kept, never counted, and run again by the next turn of its cell (a repetition
+        numbered after it; for a cell run once, `<cell>.2.json`)."""
+        return self.status == INTERRUPTED or self.error == INTERRUPTED

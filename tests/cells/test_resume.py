@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from bench.cells.commands import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
-from bench.cells.repeat import busy_s, interrupted
+from bench.cells.repeat import busy_s
 from bench.cells.resume import (
     LOCK_FILE,
     REQUEST_FILE,
@@ -102,7 +102,7 @@ def _kept(folder: Path) -> list[tuple[str, int | None, str, str | None]]:
             r.repeat and r.repeat.stopped,
         )
         for r in results
-        if not interrupted(r)
+        if not r.interrupted
     ]
 
 
@@ -137,7 +137,7 @@ def test_a_matrix_killed_mid_run_and_resumed_ends_as_one_never_killed(tmp_path: 
         if killed.poll() is None:
             os.killpg(killed.pid, signal.SIGKILL)
             killed.wait()
-    [cut] = [r for r in collect([run])[0] if interrupted(r)]
+    [cut] = [r for r in collect([run])[0] if r.interrupted]
     assert (cut.cell.name, cut.repetition, cut.error) == (SECOND, 1, "interrupted")
     cut_bytes = (run / f"{SECOND}.json").read_bytes()
 
