@@ -340,12 +340,24 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser(
         "compare",
         help="did AFTER change from BEFORE? every figure's ratio with its 95%% interval and a "
-        "permutation test over the repetitions, corrected for the many tests (Benjamini-"
-        "Hochberg); exit 1 when a --fail-on rule breaks",
+        "permutation test over the repetitions (two servers of one run, --before/--after: a "
+        "paired test over its rounds), corrected for the many tests (Benjamini-Hochberg); exit "
+        "1 when a --fail-on rule breaks",
     )
     compare.add_argument(
-        "sides", nargs="+", type=Path, metavar="PATH", help="BEFORE AFTER (with --aa: DIR)"
+        "sides",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="BEFORE AFTER (with --before/--after, or --aa: one run's DIR)",
     )
+    compare.add_argument(
+        "--before",
+        metavar="SERVER",
+        help="with --after: compare two servers of one run (e.g. `python`, `python@3.8.0`), "
+        "their repetitions paired by round",
+    )
+    compare.add_argument("--after", metavar="SERVER", help="see --before")
     compare.add_argument(
         "--fail-on",
         dest="rules",
@@ -640,9 +652,20 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
     from bench.report.profile import profile_changes
 
     rules = [comparison.parse_rule(text) for text in args.rules]
-    want = 1 if args.aa else 2
+    paired = args.before is not None or args.after is not None
+    if paired and (args.before is None or args.after is None):
+        raise ConfigError("--before and --after go together: two servers of one run")
+    if paired and args.aa:
+        raise ConfigError("--aa calibrates one server's repetitions; not with --before/--after")
+    want = 1 if args.aa or paired else 2
     if len(args.sides) != want:
-        raise ConfigError("compare takes BEFORE AFTER" if want == 2 else "--aa takes one DIR")
+        raise ConfigError(
+            "--aa takes one DIR"
+            if args.aa
+            else "--before/--after take one run's DIR"
+            if paired
+            else "compare takes BEFORE AFTER (or one run's DIR with --before A --after B)"
+        )
     sides = []
     for path in args.sides:
         if not path.exists():
@@ -653,7 +676,10 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
         sides.append(results)
     if args.aa:
         return _calibrate(args, sides[0], rules, console)
-    result = comparison.compare(*sides)
+    folders = (args.sides[0], args.sides[-1])
+    if paired:
+        sides = list(comparison.split_servers(sides[0], args.before, args.after))
+    result = comparison.compare(*sides, paired=paired)
     if result.differences and not args.allow_different:
         raise ConfigError(
             "the sides were not measured alike (--allow-different compares them anyway): "
@@ -663,8 +689,8 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
         raise ConfigError("; ".join(unchecked))
     failing = comparison.gate(result.figures, rules)
     text = comparison.render(result, rules, failing)
-    text += _where_the_cost_went(result, sides, (args.sides[0], args.sides[1]))
-    text += profile_changes(sides[0], sides[1], args.sides[:1], args.sides[1:])  # --profile
+    text += _where_the_cost_went(result, sides, folders)
+    text += profile_changes(sides[0], sides[1], [folders[0]], [folders[1]])  # --profile
     console.print(text, markup=False, highlight=False)
     if args.out:
         _write_new(args.out, text)

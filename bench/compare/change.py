@@ -10,6 +10,16 @@ comparison is then corrected for the many tests made at once (Benjamini-Hochberg
 scipy.stats.false_discovery_control), so that testing ~100 figures does not find ~5 changes in
 noise; a figure is significant when its corrected p-value is below SIGNIFICANCE.
 
+Two servers measured in one run (`compare RUN --before A --after B`) are paired: repetition k
+of each ran in round k, minutes apart at most, so each round's ratio after/before holds what
+drifts between rounds (the machine's speed) the same on both sides. The change is then the
+geometric mean of the per-round ratios, and its interval and p-value come from a one-sample
+t-test of their logarithms (scipy.stats.ttest_1samp). Not an exact sign-flip permutation test,
+as the unpaired figures' is: with the 4-8 rounds a matrix runs, its smallest p-value (2/2^n:
+0.125 at 4 rounds, 0.031 at 6) would leave the correction nothing to pass. A ratio's logarithm
+is near-normal; a figure with a value of 0 in some round has no log ratio and is tested
+unpaired.
+
 Instructions (a --cost cell's figure) are tested differently: each side's samples are its
 counted blocks (each the mean of a block of requests, from every repetition), and the test is
 Welch's t-test (scipy.stats.ttest_ind, unequal variances) with its interval for the difference
@@ -83,6 +93,17 @@ class Figure:
     p_adjusted: float | None = None
     broken: list[str] = field(default_factory=list)  # the gate's rules it breaks
     per_block: bool = False  # the values are cost blocks: Welch's t-test (see the module)
+    paired: bool = False  # before[k] and after[k] ran in one round: the paired test
+
+    @property
+    def pairs(self) -> bool:
+        """Whether the paired test applies: rounds on both sides, every value above 0."""
+        return (
+            self.paired
+            and not self.per_block
+            and len(self.before) == len(self.after)
+            and min(self.before + self.after, default=0) > 0
+        )
 
     @property
     def change_pct(self) -> float:
@@ -95,7 +116,7 @@ class Figure:
     @property
     def too_few(self) -> bool:
         """No test of this many values a side can be significant (3 and 3: p ≥ 0.1)."""
-        if self.per_block:
+        if self.per_block or self.pairs:
             return min(len(self.before), len(self.after)) < 2
         return smallest_p(len(self.before), len(self.after)) >= SIGNIFICANCE
 
@@ -123,6 +144,9 @@ def measure_change(figure: Figure, seed: int = 0) -> None:
     if figure.per_block:
         _welch(figure, before, after)
         return
+    if figure.pairs:
+        _paired(figure, before, after)
+        return
     figure.low, figure.high = interval((before, after), _mean_ratio, seed=seed)
     figure.p_value = float(
         stats.permutation_test(
@@ -145,6 +169,21 @@ def _welch(figure: Figure, before: np.ndarray, after: np.ndarray) -> None:
     difference = found.confidence_interval(CONFIDENCE)
     figure.low = float(1 + difference.low / before.mean())
     figure.high = float(1 + difference.high / before.mean())
+    figure.p_value = float(found.pvalue)
+
+
+def _paired(figure: Figure, before: np.ndarray, after: np.ndarray) -> None:
+    """The geometric mean of the per-round ratios, with the 95% interval and p-value of a
+    one-sample t-test of their logarithms; no p-value when every round's ratio is the same
+    (no spread to test against)."""
+    logs = np.log(after) - np.log(before)
+    figure.ratio = float(np.exp(logs.mean()))
+    if np.ptp(logs) == 0:
+        figure.low = figure.high = figure.ratio
+        return
+    found = stats.ttest_1samp(logs, 0.0)
+    difference = found.confidence_interval(CONFIDENCE)
+    figure.low, figure.high = float(np.exp(difference.low)), float(np.exp(difference.high))
     figure.p_value = float(found.pvalue)
 
 

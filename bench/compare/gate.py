@@ -111,8 +111,13 @@ def by_cell(results: Iterable[Result]) -> dict[str, list[Result]]:
     return out
 
 
-def figures_of(cell: str, before: Sequence[Result], after: Sequence[Result]) -> list[Figure]:
-    """The figures every repetition of both sides of a cell has, not yet tested."""
+def figures_of(
+    cell: str, before: Sequence[Result], after: Sequence[Result], paired: bool = False
+) -> list[Figure]:
+    """The figures every repetition of both sides of a cell has, not yet tested; `paired`:
+    before[k] and after[k] ran in one round."""
+    if not before or not after:
+        return []
     b = [cell_figures(r) for r in before]
     a = [cell_figures(r) for r in after]
     keys = set.intersection(*(set(f) for f in [*b, *a]))
@@ -124,6 +129,7 @@ def figures_of(cell: str, before: Sequence[Result], after: Sequence[Result]) -> 
             [v for f in b for v in f[(name, metric)]],
             [v for f in a for v in f[(name, metric)]],
             per_block=METRICS[metric].per_block,
+            paired=paired,
         )
         for name, metric in sorted(keys, key=lambda k: (k[0] != TOTAL, k[0], k[1]))
     ]
@@ -189,6 +195,43 @@ class Comparison:
     differences: list[str]
     repetitions: dict[str, tuple[int, int]]
     noisy: list[str] = field(default_factory=list)
+    paired: bool = False  # two servers of one run, their repetitions paired by round
+    dropped: list[str] = field(default_factory=list)  # rounds of one side without a pair
+
+
+def split_servers(
+    results: Sequence[Result], before: str, after: str
+) -> tuple[list[Result], list[Result]]:
+    """One run's results of server `before` and of server `after` (as cells name them:
+    `python`, `python@3.9.1`); ConfigError, naming the run's servers, for a server it does not
+    hold, the same server twice, or results of more than one run (rounds pair within one)."""
+    runs = sorted({r.run_id for r in results})
+    if len(runs) > 1:
+        raise ConfigError(
+            f"--before/--after pair two servers of one run; these results are of {len(runs)} "
+            f"runs ({', '.join(runs[:3])}{', …' if len(runs) > 3 else ''}): give one run's folder"
+        )
+    servers = sorted({r.cell.label for r in results})
+    for option, name in (("--before", before), ("--after", after)):
+        if name not in servers:
+            raise ConfigError(
+                f"{option} {name}: no such server in the run; it has "
+                + (", ".join(servers) or "no results")
+            )
+    if before == after:
+        raise ConfigError(f"--before and --after name the same server ({before})")
+    return (
+        [r for r in results if r.cell.label == before],
+        [r for r in results if r.cell.label == after],
+    )
+
+
+def rounds_of(results: Sequence[Result]) -> dict[int, Result]:
+    """One cell's counted repetitions of a run by the round each ran in: a cell takes one turn
+    a round, and an interrupted repetition takes none (it is run again, numbered after it)."""
+    turns = [r for r in sorted(results, key=lambda r: r.repetition or 1) if not r.interrupted]
+    counting = set(map(id, counted(turns)))
+    return {k: r for k, r in enumerate(turns, start=1) if id(r) in counting}
 
 
 def pair_cells(
@@ -216,20 +259,24 @@ def pair_cells(
     )
 
 
-def compare(before: Sequence[Result], after: Sequence[Result]) -> Comparison:
+def compare(before: Sequence[Result], after: Sequence[Result], paired: bool = False) -> Comparison:
     """Pair the sides' cells and test every figure they share; ConfigError for a side with no
-    counted result or sides with no cell in common."""
+    counted result or sides with no cell in common. `paired` (two servers of one run): each
+    cell's repetitions paired by round, a round counted only where both sides have it."""
     old, new = by_cell(before), by_cell(after)
     for side, cells in (("BEFORE", old), ("AFTER", new)):
         if not cells:
             raise ConfigError(f"{side} holds no ok result to compare")
+    dropped: list[str] = []
+    if paired:
+        old, new, dropped = _paired_rounds(before, after, old, new)
     refuse_unlike(counted(before), counted(after))
     pairs = pair_cells(old, new)
     figures: list[Figure] = []
     differences: list[str] = []
     for b, a in pairs:
         label = b if a == b else f"{b} → {a}"
-        figures += figures_of(label, old[b], new[a])
+        figures += figures_of(label, old[b], new[a], paired)
         differences += [f"{label}: {d}" for d in settings_differences(old[b], new[a])]
     assess(figures)
     repetitions = {(b if a == b else f"{b} → {a}"): (len(old[b]), len(new[a])) for b, a in pairs}
@@ -241,7 +288,32 @@ def compare(before: Sequence[Result], after: Sequence[Result]) -> Comparison:
         for r in runs
         if r.noisy
     ]
-    return Comparison(pairs, figures, differences, repetitions, noisy)
+    return Comparison(pairs, figures, differences, repetitions, noisy, paired, dropped)
+
+
+def _paired_rounds(
+    before: Sequence[Result],
+    after: Sequence[Result],
+    old: dict[str, list[Result]],
+    new: dict[str, list[Result]],
+) -> tuple[dict[str, list[Result]], dict[str, list[Result]], list[str]]:
+    """Each cell pair's repetitions in the rounds both sides counted, in round order (so that
+    the k-th of one side ran beside the k-th of the other), and a line per round left out."""
+    everything: dict[str, list[Result]] = {}
+    for r in [*before, *after]:
+        everything.setdefault(r.cell.name, []).append(r)
+    kept_old: dict[str, list[Result]] = {}
+    kept_new: dict[str, list[Result]] = {}
+    dropped = []
+    for b, a in pair_cells(old, new):
+        rb, ra = rounds_of(everything[b]), rounds_of(everything[a])
+        both = sorted(rb.keys() & ra.keys())
+        for k in sorted(rb.keys() ^ ra.keys()):
+            has, lacks = (b, a) if k in rb else (a, b)
+            dropped.append(f"round {k}: {has} left out, {lacks} has no counted repetition in it")
+        kept_old[b] = [rb[k] for k in both]
+        kept_new[a] = [ra[k] for k in both]
+    return kept_old, kept_new, dropped
 
 
 # -- A/A: the gate's own false alarms -----------------------------------------------------------
@@ -402,7 +474,21 @@ def render(comparison: Comparison, rules: Sequence[Rule], failing: Sequence[Figu
         + "."
     )
     before, after = max(comparison.repetitions.values(), key=lambda ba: smallest_p(*ba))
-    if figures and all(f.per_block for f in figures):
+    timed = not figures or not all(f.per_block for f in figures)
+    if timed and comparison.paired:
+        lines.append(
+            "Paired by round: the two servers were measured in one run, a repetition of each in "
+            "every round, so what drifts between rounds is in both sides of each round's ratio "
+            "after/before. A change is the geometric mean of the rounds' ratios; its interval "
+            "and p-value come from a one-sample t-test of their logarithms."
+        )
+    elif timed:
+        lines.append(
+            "Unpaired: the sides' repetitions are compared as two groups, so whatever the "
+            "machine's speed did between them is in every ratio. Two servers measured in one "
+            "run pair round by round: `compare RUN --before A --after B`."
+        )
+    if not timed:
         lines.append(
             "Cost cells: each figure's samples are its counted blocks, from every repetition "
             "(Welch's t-test). Two fresh servers of the same code differ by up to ~1% "
@@ -415,7 +501,7 @@ def render(comparison: Comparison, rules: Sequence[Rule], failing: Sequence[Figu
             "A side has fewer than 2 repetitions: no interval or p-value can be told, so nothing "
             "is significant. Repeat the runs (`--repeat 4` or more)."
         )
-    else:
+    elif not comparison.paired:
         need = fewest_figures(before, after, len(tested), SIGNIFICANCE)
         told = (
             f"With {before} and {after} repetitions the smallest p-value a permutation test "
@@ -430,6 +516,8 @@ def render(comparison: Comparison, rules: Sequence[Rule], failing: Sequence[Figu
             )
     for line in [*comparison.differences, *comparison.noisy]:
         lines.append(f"- warning: {line}")
+    for line in comparison.dropped:
+        lines.append(f"- not paired: {line}")
     lines.append("")
     shown = [f for f in figures if f.broken] + [f for f in significant if not f.broken]
     if shown:
