@@ -82,8 +82,8 @@ def _free_stem(folder: Path, stem: str) -> str:
 
 @contextmanager
 def profiled(target: ProfileTarget | None, stem: str, title: str) -> Iterator[Outcome]:
-    """Sample the server for as long as the block runs (the profiler started, and sampling, before
-    the block; stopped after it): `Outcome.profile` once the block is done, or
+    """Sample the server for as long as the block runs (the profiler started, and sampling,
+    before the block; stopped after it): `Outcome.profile` once the block is done, or
     `Outcome.problem`. With `target` None, nothing is sampled and the outcome is empty."""
     outcome = Outcome()
     if target is None:
@@ -107,9 +107,9 @@ def _start(target: ProfileTarget, stem: str, outcome: Outcome) -> None:
         outcome.problem = "no profile: the server has no process to sample"
         return
     chosen = [_profiler(root) for root in roots]
-    missing = next((c for c in chosen if isinstance(c, str)), None)
-    if missing is not None:
-        outcome.problem = missing
+    profilers = [c for c in chosen if not isinstance(c, str)]
+    if len(profilers) < len(chosen):
+        outcome.problem = next(c for c in chosen if isinstance(c, str))
         return
     try:
         target.keep_dir.mkdir(parents=True, exist_ok=True)
@@ -117,8 +117,7 @@ def _start(target: ProfileTarget, stem: str, outcome: Outcome) -> None:
         outcome.problem = f"no profile: {target.keep_dir} cannot be made: {exc.strerror or exc}"
         return
     log = target.keep_dir / LOG
-    for k, (root, profiler) in enumerate(zip(roots, chosen, strict=True), start=1):
-        assert not isinstance(profiler, str)
+    for k, (root, profiler) in enumerate(zip(roots, profilers, strict=True), start=1):
         if profiler.version not in outcome._tools:
             outcome._tools.append(profiler.version)
         raw = target.keep_dir / f".{stem}.{k}.raw"
