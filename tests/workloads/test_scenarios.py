@@ -153,11 +153,12 @@ def test_flow_runs_cell_records_every_task_run_it_sent(
         assert s.telemetry and "sqlite" in s.telemetry
         # the first task's events of sampled flow runs, followed until queryable
         assert s.lag_probes is not None and s.lag_unresolved is not None
-        if s.completed:
-            assert s.lag_probes + s.lag_unresolved > 0, s
         assert s.lag_ms is None or 0 < s.lag_ms.p50 <= s.lag_ms.p99
-    # the checks above that need a completed flow run were made at least once
+    # the checks above that need a completed flow run were made at least once; an event found
+    # after the window closed is neither a probe nor unresolved (CI: 2 flow runs completed in
+    # the last 0.5 s of a window, after 1.5 s of retries, none probed), so across levels
     assert any(s.completed for s in result.scenarios), result.scenarios
+    assert any(s.lag_probes or s.lag_unresolved for s in result.scenarios), result.scenarios
     assert any("verifying the flow-runs scenario once" in stage for stage in view.stages)
     # the real client ran its flow against the same server first, and all of it read back
     assert result.conformance and all(c["ok"] for c in result.conformance["checks"])
