@@ -323,11 +323,19 @@ class VirtualUser:
         if self.measured:
             self.run.step_retried(step, failed_try_ns)
 
-    def _failed(self, step: str, kind: str, problem: str) -> StepFailed:
+    def _failed(self, step: str, kind: str, problem: str, note: bool = True) -> StepFailed:
+        """The step's failure, its error counted (measured users, in the window) and, with
+        `note`, its problem noted; a try the client sends again is noted once it is known."""
         if self.measured:
-            return self.run.step_failed(step, kind, problem)
-        self.run.problem(f"{step}: {problem}")
+            return self.run.step_failed(step, kind, problem, note)
+        if note:
+            self.run.problem(f"{step}: {problem}")
         return StepFailed(step, kind, problem)
+
+    def _noted(self, failure: StepFailed, retried: bool = False) -> StepFailed:
+        again = " (sent again, as the client does)" if retried else ""
+        self.run.problem(f"{failure}{again}")
+        return failure
 
     async def http(
         self,
@@ -349,25 +357,26 @@ class VirtualUser:
             try:
                 answer = await self._send(request)
             except _Broken as broken:
-                failure = self._failed(step, broken.kind, f"{method} {path}: {broken.problem}")
+                problem = f"{method} {path}: {broken.problem}"
+                failure = self._failed(step, broken.kind, problem, note=False)
             else:
                 if answer.status in expect:
                     self._done(step, started)
                     return answer.body
-                failure = self._failed(
-                    step, str(answer.status), f"HTTP {answer.status}: {answer.body[:200]!r}"
-                )
+                problem = f"HTTP {answer.status}: {answer.body[:200]!r}"
+                failure = self._failed(step, str(answer.status), problem, note=False)
                 retry_after, maintenance = answer.retry_after, answer.maintenance
             if policy is None or not policy.retried(failure.kind, self.answered):
-                raise failure
+                raise self._noted(failure)
             tries += 0 if maintenance else 1
             answered = failure.kind.isdigit()
             if tries > policy.max_retries and not answered:
-                raise failure
+                raise self._noted(failure)
             # an answer is waited for once more after the last try, as the client's loop does
             await asyncio.sleep(policy.wait_s(tries, retry_after))
             if tries > policy.max_retries:
-                raise failure
+                raise self._noted(failure)
+            self._noted(failure, retried=True)
             self._retried(step, started)
 
     async def _send(self, request: bytes) -> _Answer:
@@ -597,11 +606,12 @@ class ScenarioRun:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.landed.wait(), self.job.spec.timeout_s)
 
-    def step_failed(self, step: str, kind: str, problem: str) -> StepFailed:
+    def step_failed(self, step: str, kind: str, problem: str, note: bool = True) -> StepFailed:
         self.step_order.setdefault(step)
         if self._in_window(monotonic_ns()):
             self.step_errors.setdefault(step, Counter())[kind] += 1
-        self.problem(f"{step}: {problem}")
+        if note:
+            self.problem(f"{step}: {problem}")
         return StepFailed(step, kind, problem)
 
     def trace(self, key: str, data: Any, sent_ns: int) -> bool:

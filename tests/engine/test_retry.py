@@ -122,6 +122,8 @@ def test_retried_answers_slow_the_step_instead_of_failing_it(server: Server) -> 
     assert step.retries >= 2 * m.completed - 2
     assert step.requests == step.successes + step.errors["503"]
     assert step.retry_s > 0
+    # what a user is told: refusals the client sent again, not failures
+    assert m.problems and all(p.endswith("(sent again, as the client does)") for p in m.problems)
 
 
 def test_without_the_policy_a_refused_try_fails_the_scenario(server: Server) -> None:
@@ -136,6 +138,7 @@ def test_the_client_gives_up_after_its_last_try(server: Server) -> None:
     # tries 503, 503: given up; the next scenario's first try is the third, answered
     assert m.failed["busy"] > 0 and m.completed > 0
     assert abs(step.retries - m.failed["busy"]) <= 1
+    assert {p.endswith("as the client does)") for p in m.problems} == {True, False}, m.problems
 
 
 def test_a_server_in_maintenance_is_waited_for_without_counting_tries(server: Server) -> None:
