@@ -690,7 +690,7 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
     failing = comparison.gate(result.figures, rules)
     text = comparison.render(result, rules, failing)
     text += _where_the_cost_went(result, sides, folders)
-    text += profile_changes(sides[0], sides[1], [folders[0]], [folders[1]])  # --profile
+    text += profile_changes(sides[0], sides[1], [folders[0]], [folders[1]], result.pairs)
     console.print(text, markup=False, highlight=False)
     if args.out:
         _write_new(args.out, text)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from bench.cost.merge import Dumps
 from bench.results import Cost, Result
+from bench.results.files import run_folder
 
 TOP = 10
 _LEVEL = re.compile(r"'\d+$")
@@ -98,9 +99,7 @@ def read_result(result: Result, name: str, side: Path) -> Functions | None:
     cost = dict(costed(result)).get(name)
     if cost is None or not cost.callgrind:
         return None
-    folder = side.parent if side.is_file() else side
-    runs = [folder, *folder.glob(f"**/{result.run_id}")]
-    run_dir = next((d for d in runs if (d / cost.callgrind[0]).is_file()), None)
+    run_dir = run_folder([side], result.run_id, cost.callgrind[0])
     if run_dir is None or not all((run_dir / p).is_file() for p in cost.callgrind):
         return None
     found = Functions()

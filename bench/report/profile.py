@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.profile import diff, flamegraph, stacks
-from bench.profile.kept import read_stacks, run_folder
+from bench.profile.kept import read_stacks
 from bench.report.document import Column, Picture, Section, Table, Value
 from bench.results import Result
+from bench.results.files import run_folder
 from bench.results.schema import EndpointResult, Profile, ScenarioResult
 
 TITLE = "Profiles"
@@ -78,7 +79,7 @@ def profile_section(results: Sequence[Result], paths: Sequence[Path]) -> Section
         grouped=True,
     )
     for result in profiled:
-        folder = run_folder(paths, result.run_id)
+        folder = run_folder(paths, result.run_id, _a_kept_file(result))
         for window in _windows(result):
             what = f"{window.name} c={window.concurrency}"
             found = window.profile
@@ -132,7 +133,7 @@ def _profiled_windows(
     added up) and samples; windows whose files cannot be read are left out."""
     found: dict[tuple[str, str, int], tuple[stacks.Stacks, int]] = {}
     for result in results:
-        folder = run_folder(paths, result.run_id)
+        folder = run_folder(paths, result.run_id, _a_kept_file(result))
         if folder is None or not result.config.profile:
             continue
         for window in _windows(result):
@@ -152,22 +153,37 @@ def profile_changes(
     after: Sequence[Result],
     before_paths: Sequence[Path],
     after_paths: Sequence[Path],
+    pairs: Sequence[tuple[str, str]] | None = None,
     top: int = diff.TOP,
 ) -> str:
     """The Markdown of where the samples moved between two sides' --profile windows (bench.
-    profile.diff), one table per window profiled on both; '' unless both sides have profiles."""
+    profile.diff), one table per window profiled on both sides of a pair of cells (`pairs`, as
+    compare paired them: (before cell, after cell); by default cells of the same name); ''
+    unless both sides have profiles."""
     old = _profiled_windows(before, before_paths)
     new = _profiled_windows(after, after_paths)
     if not old or not new:
         return ""
     out = ["", DIFF_TITLE, "", DIFF_ABOUT, ""]
-    shared = [key for key in old if key in new]
+    cells = dict(pairs) if pairs is not None else {cell: cell for cell, _, _ in old}
+    shared = [
+        (key, (cells[key[0]], *key[1:]))
+        for key in old
+        if key[0] in cells and (cells[key[0]], *key[1:]) in new
+    ]
     if not shared:
         out.append("No window (cell, endpoint or scenario, level) was profiled on both sides.")
-    for key in shared:
-        (b, b_samples), (a, a_samples) = old[key], new[key]
+    for key, theirs in shared:
+        (b, b_samples), (a, a_samples) = old[key], new[theirs]
         cell, name, level = key
+        if theirs[0] != cell:
+            cell = f"{cell} → {theirs[0]}"
         out.append(f"### {cell} · {name} c={level} ({b_samples:,} → {a_samples:,} samples)")
         out.append("")
         out.append(diff.markdown_table(b, a, top) or "No function's share moved.\n")
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _a_kept_file(result: Result) -> str | None:
+    """A profile file `result` names, by which its run's folder is told from others."""
+    return next((w.profile.collapsed[0] for w in _windows(result) if w.profile), None)

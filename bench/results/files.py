@@ -8,6 +8,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +82,19 @@ def load_result(path: Path) -> Result:
         return Result.model_validate(data)
     except ValidationError as exc:
         raise ResultsError(f"{path}: not a valid result: {exc.error_count()} problem(s)") from exc
+
+
+def run_folder(paths: Sequence[Path], run_id: str, holding: str | None = None) -> Path | None:
+    """The folder of run `run_id`, whose files its results name relative to it (kept profiles,
+    callgrind dumps), among what a reader was given (`paths`: result files, a run's folder,
+    folders holding runs at any depth); None when none is found. A result file's own folder
+    is its run's whatever its name; with `holding` (a name relative to the run's folder), the
+    first candidate that holds it, the given folders themselves last (a run's folder renamed)."""
+    files = [p.parent for p in paths if p.is_file()]
+    folders = [p for p in paths if p.is_dir()]
+    candidates = [*files, *(f for f in folders if f.name == run_id)]
+    candidates += [f / run_id for f in folders if (f / run_id).is_dir()]
+    candidates += [d for f in folders for d in sorted(f.rglob(run_id)) if d.is_dir()]
+    if holding is None:
+        return candidates[0] if candidates else None
+    return next((c for c in [*candidates, *folders] if (c / holding).is_file()), None)

@@ -28,9 +28,9 @@ from bench.report.html import render_html
 from bench.report.markdown import render_markdown
 from bench.report.profile import profile_changes, profile_section
 from bench.results import write_result
-from bench.results.files import result_path
+from bench.results.files import load_result, result_path
 from bench.results.schema import Profile
-from tests.helpers import bench, native_server
+from tests.helpers import REPORT_RUN, bench, native_server
 
 if TYPE_CHECKING:
     from tests.conftest import RecordingProgress
@@ -387,3 +387,26 @@ def test_a_profiled_scenario_level_keeps_its_flame_graph(
     sampled = stacks.read(tmp_path / run.run_id / scenario.profile.collapsed[0])
     shares = diff.inclusive_shares(sampled)
     assert any("(prefect/server/" in f for f in shares), sorted(shares)[:20]
+
+
+def test_where_the_samples_moved_pairs_the_cells_compare_paired(tmp_path: Path) -> None:
+    """Two servers of one run (compare --before/--after): their windows pair across cell
+    names, as the comparison paired the cells."""
+    base = load_result(REPORT_RUN / "python-sqlite-memory.json")
+    base.config = base.config.model_copy(update={"profile": True})
+    run = tmp_path / base.run_id
+    sides = []
+    for server, frames in (("python", "a;b"), ("python-dev", "a;c")):
+        result = base.model_copy(deep=True)
+        result.cell = result.cell.model_copy(update={"server": server})
+        name = f"{result.cell.name}/profile/w.collapsed.gz"
+        (run / name).parent.mkdir(parents=True)
+        (run / name).write_bytes(gzip.compress(f"{frames} 10\n".encode()))
+        ep = result.endpoints[0]
+        ep.profile = Profile(tool="py-spy", rate_hz=100, samples=10, collapsed=[name])
+        sides.append([result])
+    assert "No window" in profile_changes(*sides, [run], [run])  # by name: nothing pairs
+    pairs = [("python-sqlite-memory", "python-dev-sqlite-memory")]
+    text = profile_changes(*sides, [run], [run], pairs)
+    assert "### python-sqlite-memory → python-dev-sqlite-memory · " in text, text
+    assert "| grew | `c` | 0.00 | 100.00 | +100.00 |" in text, text

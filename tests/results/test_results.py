@@ -18,6 +18,7 @@ from bench.results import (
     utc_now,
     write_result,
 )
+from bench.results.files import run_folder
 
 
 def make_result(**changes: object) -> Result:
@@ -96,3 +97,22 @@ def test_cell_names() -> None:
 def test_environment_describes_the_machine() -> None:
     env = environment()
     assert env.cpu_count >= 1 and env.cpu_model and env.kernel and env.python
+
+
+def test_a_runs_folder_is_found_from_what_a_reader_was_given(tmp_path: Path) -> None:
+    run_id = "20261207T000000Z-abcd"
+    run = tmp_path / "results" / run_id
+    (run / "cell" / "profile").mkdir(parents=True)
+    kept = "cell/profile/w-c1.collapsed.gz"
+    (run / kept).write_bytes(b"")
+    (run / "cell.json").write_text("{}")
+    for given in ([tmp_path], [tmp_path / "results"], [run], [run / "cell.json"]):
+        assert run_folder(given, run_id) == run, given
+        assert run_folder(given, run_id, kept) == run, given
+    assert run_folder([tmp_path], "20261207T000000Z-ffff") is None
+    # a run's folder renamed: found by what it holds, and by a result file in it
+    renamed = run.rename(tmp_path / "before")
+    assert run_folder([renamed], run_id) is None
+    assert run_folder([renamed], run_id, kept) == renamed
+    assert run_folder([renamed / "cell.json"], run_id) == renamed
+    assert run_folder([renamed], run_id, "cell/profile/missing.gz") is None
