@@ -377,7 +377,7 @@ def test_a_profiled_scenario_level_keeps_its_flame_graph(
     cell_run: MakeRun, progress: MakeProgress, tmp_path: Path
 ) -> None:
     run = cell_run(
-        workload="flow-runs", tasks=2, duration_s=1.0, warmup_s=0.2, concurrency=[1], profile=True
+        workload="flow-runs", tasks=2, duration_s=2.0, warmup_s=0.2, concurrency=[1], profile=True
     )
     result = run_cell(run, progress())
     assert result.status == "ok", result.error
