@@ -21,6 +21,7 @@ from bench.report.numbers import (
     fmt_ms,
     fmt_num,
 )
+from bench.report.pairs import pairs_section
 from bench.report.scale import scale_section
 from bench.report.scenarios import scenario_section
 from bench.report.soak import soak_section
@@ -486,6 +487,7 @@ def build(
                 soak_section(timed),
                 scale_section(timed),
                 _speedup_section(timed, multi_run, across_machines) if timed else None,
+                pairs_section(results),
                 _changes_section(timed),
                 None
                 if merged_baseline is None

@@ -53,6 +53,7 @@ def test_the_page_has_the_expected_charts(page: str) -> None:
             f"{endpoint}: latency by percentile, c={level}",
             f"{endpoint}: latency against rps",
         ]
+    expected.append("zig / python: the total rate&#x27;s ratio, round by round")
     charts = svgs(page)
     assert list(charts) == expected
     assert page.count("<svg") == len(expected)
@@ -93,6 +94,9 @@ def test_one_colour_per_cell_across_the_page(page: str) -> None:
     assert f'background:{python}"></span>python-sqlite-memory' in legend
     assert f'background:{zig}"></span>zig-sqlite-memory' in legend
     for name, svg in svgs(page).items():
+        if name.startswith("zig / python"):  # the pair's chart: zig's ratios to python
+            assert f"stroke: {zig}" in svg and f"stroke: {python}" not in svg
+            continue
         assert f"stroke: {python}" in svg and f"stroke: {zig}" in svg, name
 
 
