@@ -94,6 +94,8 @@ class Figure:
     broken: list[str] = field(default_factory=list)  # the gate's rules it breaks
     per_block: bool = False  # the values are cost blocks: Welch's t-test (see the module)
     paired: bool = False  # before[k] and after[k] ran in one round: the paired test
+    # paired: the smallest change, %, its test finds 4 times in 5 at α 0.05 with these rounds
+    detectable_pct: float | None = None
 
     @property
     def pairs(self) -> bool:
@@ -181,6 +183,10 @@ def _paired(figure: Figure, before: np.ndarray, after: np.ndarray) -> None:
     if np.ptp(logs) == 0:
         figure.low = figure.high = figure.ratio
         return
+    n = len(logs)
+    # the rounds' own spread: a paired t-test's power, 80% at α 0.05 (two-sided)
+    reach = (stats.t.ppf(1 - SIGNIFICANCE / 2, n - 1) + stats.t.ppf(0.8, n - 1)) * logs.std(ddof=1)
+    figure.detectable_pct = float(100 * (np.exp(reach / np.sqrt(n)) - 1))
     found = stats.ttest_1samp(logs, 0.0)
     difference = found.confidence_interval(CONFIDENCE)
     figure.low, figure.high = float(np.exp(difference.low)), float(np.exp(difference.high))

@@ -432,7 +432,7 @@ def _num(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.2f}"
 
 
-def _row(f: Figure) -> str:
+def _row(f: Figure, paired: bool = False) -> str:
     interval = (
         f"{_pct(100 * (f.low - 1))} … {_pct(100 * (f.high - 1))}"
         if f.low is not None and f.high is not None
@@ -441,15 +441,25 @@ def _row(f: Figure) -> str:
     p = "-" if f.p_adjusted is None else f"{f.p_adjusted:.3f}"
     mark = f"**fails {', '.join(f.broken)}**" if f.broken else ""
     mark = mark or ("significant" if f.significant else "")
+    detectable = ""
+    if paired:
+        reach = f.detectable_pct
+        detectable = f" ±{reach:.1f}% |" if reach is not None and math.isfinite(reach) else " - |"
     return (
         f"| {f.cell} | {f.name} | {f.metric} | {_num(statistics.fmean(f.before))} | "
-        f"{_num(statistics.fmean(f.after))} | {_pct(f.change_pct)} | {interval} | {p} | {mark} |"
+        f"{_num(statistics.fmean(f.after))} | {_pct(f.change_pct)} | {interval} | {p} |"
+        f"{detectable} {mark} |"
     )
 
 
 HEADER = (
     "| cell | figure | metric | before | after | change | 95% interval | p (BH) | |\n"
     "|---|---|---|---:|---:|---:|---|---:|---|"
+)
+# paired: with the smallest change the rounds' spread lets the test find 4 times in 5
+PAIRED_HEADER = (
+    "| cell | figure | metric | before | after | change | 95% interval | p (BH) | detectable "
+    "| |\n|---|---|---|---:|---:|---:|---|---:|---:|---|"
 )
 
 
@@ -480,7 +490,9 @@ def render(comparison: Comparison, rules: Sequence[Rule], failing: Sequence[Figu
             "Paired by round: the two servers were measured in one run, a repetition of each in "
             "every round, so what drifts between rounds is in both sides of each round's ratio "
             "after/before. A change is the geometric mean of the rounds' ratios; its interval "
-            "and p-value come from a one-sample t-test of their logarithms."
+            "and p-value come from a one-sample t-test of their logarithms. Detectable: the "
+            "smallest change the test finds 4 times in 5 with these rounds' spread (α 0.05): "
+            "below it, 'no change' means 'none this large'."
         )
     elif timed:
         lines.append(
@@ -519,14 +531,16 @@ def render(comparison: Comparison, rules: Sequence[Rule], failing: Sequence[Figu
     for line in comparison.dropped:
         lines.append(f"- not paired: {line}")
     lines.append("")
+    paired = comparison.paired and timed
+    header = PAIRED_HEADER if paired else HEADER
     shown = [f for f in figures if f.broken] + [f for f in significant if not f.broken]
     if shown:
-        lines += ["### Significant changes", "", HEADER, *(_row(f) for f in shown), ""]
+        lines += ["### Significant changes", "", header, *(_row(f, paired) for f in shown), ""]
     totals = [f for f in figures if f.name == TOTAL]
     if totals:
-        lines += ["### Cell totals (rate)", "", HEADER, *(_row(f) for f in totals), ""]
-    lines += ["<details><summary>Every figure</summary>", "", HEADER]
-    lines += [_row(f) for f in figures]
+        lines += ["### Cell totals (rate)", "", header, *(_row(f, paired) for f in totals), ""]
+    lines += ["<details><summary>Every figure</summary>", "", header]
+    lines += [_row(f, paired) for f in figures]
     lines += ["", "</details>", ""]
     return "\n".join(lines)
 

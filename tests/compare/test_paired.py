@@ -51,8 +51,11 @@ def test_a_slowdown_hidden_by_drift_unpaired_is_found_paired() -> None:
     assert total.pairs and total.low is not None and total.high is not None
     assert total.low < 0.94 * 1.02 and total.high < 0.95
     assert 0.92 < total.ratio < 0.96
+    # what "no change" would mean: 1% noise per endpoint lets 6 rounds see ~0.5% in the total
+    assert total.detectable_pct is not None and 0.2 < total.detectable_pct < 2
     text = comparison.render(paired, RPS, failing)
     assert "Paired by round" in text and "**FAIL**" in text
+    assert f"| ±{total.detectable_pct:.1f}% |" in text and "| detectable |" in text
     assert "Unpaired" in comparison.render(unpaired, RPS, [])
 
 
