@@ -99,6 +99,41 @@ def gate(figures: Iterable[Figure], rules: Sequence[Rule]) -> list[Figure]:
     return failing
 
 
+@dataclass(frozen=True)
+class Unsure:
+    """A gated figure whose 95% interval holds its rule's threshold: neither broken nor
+    clearly clear of it; `more` is about how many repetitions (rounds, paired) a side would
+    narrow the interval enough to tell, None when over MAX_MORE times as many as it had (it
+    sits on the threshold: no sensible number would)."""
+
+    figure: Figure
+    rule: Rule
+    more: int | None
+
+
+MAX_MORE = 10
+
+
+def unsure(figures: Iterable[Figure], rules: Sequence[Rule]) -> list[Unsure]:
+    """The figures of `rules`' metrics, not broken, whose interval holds a threshold: the
+    interval's half-width shrinks as 1/√n, so n·(half-width / distance to the threshold)²
+    repetitions a side would leave the threshold outside it."""
+    found = []
+    for f in figures:
+        if f.broken or f.low is None or f.high is None or not math.isfinite(f.ratio):
+            continue
+        low, high = 100 * (f.low - 1), 100 * (f.high - 1)
+        for r in rules:
+            if r.metric != f.metric or not low <= r.pct <= high:
+                continue
+            n = min(len(f.before), len(f.after))
+            half, distance = (high - low) / 2, abs(f.change_pct - r.pct)
+            more = math.ceil(n * (half / distance) ** 2) if distance > 0 else math.inf
+            found.append(Unsure(f, r, int(more) if more <= MAX_MORE * n else None))
+            break
+    return found
+
+
 def counted(results: Iterable[Result]) -> list[Result]:
     """The repetitions that count: ok and not discarded."""
     return [r for r in results if r.status == "ok" and not r.discarded]
@@ -476,6 +511,8 @@ def render(comparison: Comparison, rules: Sequence[Rule], failing: Sequence[Figu
             else f"**PASS**: nothing significant breaks {', '.join(r.text for r in rules)}"
         )
         lines += [verdict, ""]
+        if undecided := unsure(figures, rules):
+            lines += [_unsure(undecided, comparison.paired), ""]
     lines.append(
         f"{len(figures)} figures, {len(tested)} tested (not those equal in every repetition), "
         f"{len(significant)} significant after Benjamini-Hochberg (q = {SIGNIFICANCE:g}); "
@@ -543,6 +580,27 @@ def render(comparison: Comparison, rules: Sequence[Rule], failing: Sequence[Figu
     lines += [_row(f, paired) for f in figures]
     lines += ["", "</details>", ""]
     return "\n".join(lines)
+
+
+def _unsure(undecided: Sequence[Unsure], paired: bool) -> str:
+    """The figures the gate could not decide, and how many more repetitions would."""
+    unit = "rounds" if paired else "repetitions a side"
+    named = [
+        f"{u.figure.cell} {u.figure.name} {u.figure.metric} {_pct(u.figure.change_pct)} "
+        f"({f'~{u.more} {unit}' if u.more else 'it sits on the threshold'})"
+        for u in undecided[:MAX_UNSURE_NAMED]
+    ]
+    more = len(undecided) - len(named)
+    return (
+        f"**Unsure**: {len(undecided)} figure(s) whose 95% interval holds a threshold, neither "
+        "broken nor clear of it; about this many would tell: "
+        + "; ".join(named)
+        + (f"; and {more} more" if more > 0 else "")
+        + "."
+    )
+
+
+MAX_UNSURE_NAMED = 5
 
 
 def render_calibrations(calibrations: Sequence[Calibration], rules: Sequence[Rule]) -> str:

@@ -122,3 +122,22 @@ def test_compare_command_pairs_two_servers_of_a_run(
     ):
         assert main(bad) == EXIT_USAGE, bad
         assert says in capsys.readouterr().err, bad
+
+
+def test_figures_whose_interval_holds_the_threshold_are_unsure_with_the_rounds_to_tell() -> None:
+    plain, dev = drifting_run(6, slowdown=0.05, noise=0.03, seed=5)
+    paired = comparison.compare(plain, dev, paired=True)
+    undecided = comparison.unsure(paired.figures, RPS)
+    assert undecided, "a 5% change against a 5% threshold cannot be told apart"
+    for u in undecided:
+        assert u.figure.metric == "rps" and u.rule == RPS[0]
+        assert u.figure.low is not None and u.figure.high is not None
+        assert u.figure.low < 0.95 < u.figure.high
+        assert u.more is None or u.more > 6  # more rounds than it had
+    text = comparison.render(paired, RPS, comparison.gate(paired.figures, RPS))
+    assert "**Unsure**" in text and " rounds" in text
+    # far from the threshold every figure is decided
+    plain, same = drifting_run(6, slowdown=0.0, noise=0.01, seed=5)
+    clear = comparison.compare(plain, same, paired=True)
+    assert comparison.unsure(clear.figures, RPS) == []
+    assert "Unsure" not in comparison.render(clear, RPS, [])
