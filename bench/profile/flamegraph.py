@@ -13,6 +13,7 @@ Standard library only.
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -100,6 +101,17 @@ def _label(name: str, px: float) -> str:
     return name if len(name) <= fits else name[: fits - 2] + ".."
 
 
+# What XML 1.0 cannot hold, even escaped: control characters, lone surrogates, U+FFFE/F.
+# py-spy --nonblocking reads a stack that changes under it now and then as garbage bytes,
+# e.g. a frame named "\U000303a0 (\x00)", which would make the whole SVG unreadable.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml(text: str) -> str:
+    """`text` escaped for XML, the characters XML cannot hold shown as U+FFFD."""
+    return _NOT_XML.sub("\ufffd", escape(text))
+
+
 def render(stacks: Mapping[Stack, int], title: str, min_fraction: float = MIN_FRACTION) -> str:
     """The flame graph of `stacks` as a standalone SVG document, titled `title`."""
     frames = layout(stacks, min_fraction)
@@ -113,7 +125,7 @@ def render(stacks: Mapping[Stack, int], title: str, min_fraction: float = MIN_FR
         f'font-size="{FONT_SIZE}">',
         f'<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="#fdfdf6"/>',
         f'<text x="{WIDTH / 2:g}" y="{PAD + 12}" text-anchor="middle" font-size="13" '
-        f'font-family="sans-serif">{escape(title)}</text>',
+        f'font-family="sans-serif">{_xml(title)}</text>',
     ]
     if not frames:
         out.append(
@@ -127,12 +139,12 @@ def render(stacks: Mapping[Stack, int], title: str, min_fraction: float = MIN_FR
         shown = f"{ROOT} ({total:,} samples)" if f.depth == 0 else f.name
         tip = f"{f.name} ({f.samples:,} samples, {100 * f.samples / total:.2f}%)"
         out.append(
-            f"<g><title>{escape(tip)}</title>"
+            f"<g><title>{_xml(tip)}</title>"
             f'<rect x="{x:.2f}" y="{y}" width="{px:.2f}" height="{FRAME_HEIGHT - 1}" '
             f'fill="{_color(f.name)}" rx="2"/>'
         )
         if label := _label(shown, px):
-            out.append(f'<text x="{x + 3:.2f}" y="{y + FRAME_HEIGHT - 4}">{escape(label)}</text>')
+            out.append(f'<text x="{x + 3:.2f}" y="{y + FRAME_HEIGHT - 4}">{_xml(label)}</text>')
         out.append("</g>")
     out.append("</svg>")
     return "\n".join(out) + "\n"

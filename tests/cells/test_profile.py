@@ -100,6 +100,14 @@ def test_the_svg_is_well_formed_with_a_box_and_tooltip_per_frame() -> None:
     assert "no samples" in flamegraph.render(Counter(), "empty")
 
 
+def test_a_frame_py_spy_read_as_garbage_leaves_the_svg_readable() -> None:
+    # --nonblocking reads a stack that changed under it as garbage now and then (CI saw this)
+    garbage = "\U000303a0 (\x00)"
+    svg = flamegraph.render(Counter({("main (m.py)", garbage): 5}), "t\x1b")
+    titles = [t.text or "" for t in ET.fromstring(svg).iter(f"{SVG}title")]
+    assert "\U000303a0 (\ufffd) (5 samples, 100.00%)" in titles, titles
+
+
 # --- the differential --------------------------------------------------------------------
 
 
