@@ -218,14 +218,19 @@ def measure_together(
     parts: Sequence[tuple[Scenario, int]],
     spec: LoadSpec,
     progress: Callable[[int], None] | None = None,
+    targets: Sequence[Target] | None = None,
 ) -> list[ScenarioMeasurement]:
     """Run each (scenario, users) of `parts` with its own virtual users, all in one window
-    (closed model; `spec.concurrency` is ignored): one measurement each, in order. `progress`
-    gets the first scenario's completions; errors as `measure`."""
+    (closed model; `spec.concurrency` is ignored): one measurement each, in order. With
+    `targets` (one per part), each part loads its own server: two servers measured at the
+    same moments by the same event loops. `progress` gets the first scenario's completions;
+    errors as `measure`."""
     if spec.rate is not None:
         raise ConfigError("scenarios measured together run in the closed model: no rate")
     if not parts:
         raise ConfigError("measure_together needs at least one scenario")
+    if targets is not None and len(targets) != len(parts):
+        raise ConfigError("measure_together: one target per part, or none")
     for scenario, users in parts:
         _check(scenario, dataclasses.replace(spec, concurrency=users))
     plan = _Schedule.plan(
@@ -236,7 +241,7 @@ def measure_together(
         TogetherJob(
             tuple(
                 ScenarioJob(
-                    target=target,
+                    target=target if targets is None else targets[k],
                     scenario=scenario,
                     spec=spec,
                     users=shares[k][i],
