@@ -103,12 +103,22 @@ def gate(figures: Iterable[Figure], rules: Sequence[Rule]) -> list[Figure]:
 class Unsure:
     """A gated figure whose 95% interval holds its rule's threshold: neither broken nor
     clearly clear of it; `more` is about how many repetitions (rounds, paired) a side would
-    narrow the interval enough to tell, None when over MAX_MORE times as many as it had (it
-    sits on the threshold: no sensible number would)."""
+    narrow the interval enough to tell (`had`: how many it had), None when its change is the
+    threshold itself (no number would)."""
 
     figure: Figure
     rule: Rule
     more: int | None
+    had: int
+
+    def text(self, unit: str) -> str:
+        """`~12 rounds`, `over 60 rounds` (beyond MAX_MORE times as many as it had), or `on
+        the threshold`."""
+        if self.more is None:
+            return "on the threshold"
+        if self.more > MAX_MORE * self.had:
+            return f"over {MAX_MORE * self.had} {unit}"
+        return f"~{self.more} {unit}"
 
 
 MAX_MORE = 10
@@ -128,8 +138,8 @@ def unsure(figures: Iterable[Figure], rules: Sequence[Rule]) -> list[Unsure]:
                 continue
             n = min(len(f.before), len(f.after))
             half, distance = (high - low) / 2, abs(f.change_pct - r.pct)
-            more = math.ceil(n * (half / distance) ** 2) if distance > 0 else math.inf
-            found.append(Unsure(f, r, int(more) if more <= MAX_MORE * n else None))
+            more = math.ceil(n * (half / distance) ** 2) if distance > 0 else None
+            found.append(Unsure(f, r, more, n))
             break
     return found
 
@@ -587,7 +597,7 @@ def _unsure(undecided: Sequence[Unsure], paired: bool) -> str:
     unit = "rounds" if paired else "repetitions a side"
     named = [
         f"{u.figure.cell} {u.figure.name} {u.figure.metric} {_pct(u.figure.change_pct)} "
-        f"({f'~{u.more} {unit}' if u.more else 'it sits on the threshold'})"
+        f"({u.text(unit)})"
         for u in undecided[:MAX_UNSURE_NAMED]
     ]
     more = len(undecided) - len(named)
