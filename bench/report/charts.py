@@ -279,7 +279,7 @@ def draw_svg(chart: Chart, colors: Mapping[str, str], salt: str) -> str:
     import matplotlib
     from matplotlib.backends.backend_svg import FigureCanvasSVG
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
     with matplotlib.rc_context({**RC, "svg.hashsalt": salt}):
         fig = Figure(figsize=(WIDTH_IN, HEIGHT_IN))
@@ -326,8 +326,13 @@ def draw_svg(chart: Chart, colors: Mapping[str, str], salt: str) -> str:
             ax.xaxis.set_minor_locator(NullLocator())
         if chart.y_scale == "log":
             ax.set_yscale("log")
-            # 1, 2, 5 per decade: a narrow range still gets labelled ticks.
-            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            # 1, 2, 5 per decade: a narrow range still gets labelled ticks; within a factor of
+            # 3 (ratios near 1) even those are too few, so evenly spaced values instead
+            low, high = ax.get_ylim()
+            narrow = low > 0 and high / low < 3
+            ax.yaxis.set_major_locator(
+                MaxNLocator(nbins=5) if narrow else LogLocator(subs=(1.0, 2.0, 5.0))
+            )
             ax.yaxis.set_minor_locator(NullLocator())
         else:
             ax.set_ylim(bottom=0)
