@@ -394,7 +394,9 @@ def test_a_profiled_scenario_level_keeps_its_flame_graph(
     assert scenario.profile.samples > 0
     sampled = stacks.read(tmp_path / run.run_id / scenario.profile.collapsed[0])
     shares = diff.inclusive_shares(sampled)
-    assert any("(prefect/server/" in f for f in shares), sorted(shares)[:20]
+    # the Prefect server's stacks; which of its frames a window of few samples catches varies
+    # (CI: one flow run retrying a 503 through most of a 2 s window, no prefect/server frame)
+    assert any("(prefect/" in f for f in shares), sorted(shares)[:20]
 
 
 def test_where_the_samples_moved_pairs_the_cells_compare_paired(tmp_path: Path) -> None:
