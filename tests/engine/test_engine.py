@@ -10,7 +10,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import psutil
 import pytest
@@ -23,6 +24,7 @@ from bench.engine import (
     LoadSpec,
     Scenario,
     Target,
+    VirtualUser,
     choose_procs,
     decode_histogram,
     measure,
@@ -30,6 +32,7 @@ from bench.engine import (
     shutdown,
     worker_pids,
 )
+from bench.engine.measure import measure_together
 from bench.engine.pool import get_pool
 from bench.engine.wire import request_factory
 from bench.results import Measurement
@@ -429,3 +432,22 @@ def test_a_scenario_that_is_slow_to_import_is_loaded_before_the_clock_starts(
     m = measure_scenario(server.target, scenario, spec)
     # imported inside the window, the import would have taken all of it
     assert m.completed > 0 and m.per_s_slices is not None and all(m.per_s_slices)
+
+
+async def get_path(user: VirtualUser, params: Mapping[str, Any]) -> None:
+    await user.http("get", "GET", params["path"])
+
+
+def test_scenarios_measured_together_each_load_their_own_server() -> None:
+    """Two servers loaded by one engine at once (issue 23's interleaving): each part's users
+    send to its target only."""
+    with Server() as fast, Server() as slow:
+        parts = [(Scenario("fast", get_path, {"path": "/ok"}), 1)]
+        parts.append((Scenario("slow", get_path, {"path": "/slow"}), 1))
+        spec = LoadSpec(concurrency=2, duration_s=1.0, warmup_s=0.2, engine_procs=1)
+        quick, slowly = measure_together(fast.target, parts, spec, None, [fast.target, slow.target])
+        # /slow answers after 0.2 s: about 5 a second; /ok back to back: far more
+        assert 2 <= slowly.completed <= 6 and not slowly.failed, slowly
+        assert quick.completed > 10 * slowly.completed and not quick.failed, quick
+        with pytest.raises(ConfigError, match="one target per part"):
+            measure_together(fast.target, parts, spec, None, [fast.target])
