@@ -40,12 +40,14 @@ def dump(stacks: Mapping[Stack, int]) -> str:
     return "".join(f"{';'.join(stack)} {count}\n" for stack, count in ordered if count > 0)
 
 
-def read(path: Path) -> Stacks:
-    """The stacks of a collapsed file, gzip-compressed (`.gz`) or not."""
+def read(path: Path, errors: str = "strict") -> Stacks:
+    """The stacks of a collapsed file, gzip-compressed (`.gz`) or not. `errors="replace"` reads
+    a profiler's own output: py-spy --nonblocking now and then reads a stack that changed under
+    it as garbage bytes, which become U+FFFD in that frame instead of losing the window."""
     if path.suffix == ".gz":
-        with gzip.open(path, "rt", encoding="utf-8") as f:
+        with gzip.open(path, "rt", encoding="utf-8", errors=errors) as f:
             return parse(f.read())
-    return parse(path.read_text(encoding="utf-8"))
+    return parse(path.read_text(encoding="utf-8", errors=errors))
 
 
 def total(stacks: Mapping[Stack, int]) -> int:

@@ -171,7 +171,7 @@ def _finish(target: ProfileTarget, stem: str, title: str, outcome: Outcome) -> N
             problem = problem or f"no profile: {exc}"
     try:
         if problem is None:
-            found = stacks.combined(stacks.read(s.raw) for s in sampled)
+            found = stacks.combined(stacks.read(s.raw, errors="replace") for s in sampled)
             if not found:
                 names = " and ".join(dict.fromkeys(r.tool for r in recordings))
                 problem = f"no profile: {names} sampled no stack of the server in the window"
@@ -180,8 +180,6 @@ def _finish(target: ProfileTarget, stem: str, title: str, outcome: Outcome) -> N
                 outcome.profile = _keep(target, stem, title, found, sampled, tools)
     except OSError as exc:
         problem = f"no profile: its files could not be kept: {exc.strerror or exc}"
-    except UnicodeDecodeError:
-        problem = "no profile: the profiler's stacks are not UTF-8 text"
     finally:
         for s in sampled:
             s.raw.unlink(missing_ok=True)

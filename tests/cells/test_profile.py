@@ -108,6 +108,19 @@ def test_a_frame_py_spy_read_as_garbage_leaves_the_svg_readable() -> None:
     assert "\U000303a0 (\ufffd) (5 samples, 100.00%)" in titles, titles
 
 
+def test_a_profilers_stacks_with_bytes_that_are_not_utf8_are_read_with_those_bytes_replaced(
+    tmp_path: Path,
+) -> None:
+    # CI: py-spy wrote a garbage frame that was not UTF-8 and the whole window lost its profile
+    raw = tmp_path / "raw.txt"
+    raw.write_bytes(b"main (m.py);\xff\xfe (m.py) 3\nmain (m.py) 2\n")
+    assert stacks.read(raw, errors="replace") == Counter(
+        {("main (m.py)", "\ufffd\ufffd (m.py)"): 3, ("main (m.py)",): 2}
+    )
+    with pytest.raises(UnicodeDecodeError):
+        stacks.read(raw)
+
+
 # --- the differential --------------------------------------------------------------------
 
 
