@@ -281,11 +281,12 @@ class ServerAdapter:
 
     def services_command(self, port: int, setup: ServerSetup) -> list[str] | None:
         """The argv of the process beside the server that runs its services, if it has one
-        and the cell runs them."""
+        and the cell runs them (under `setup.wrap`, if any)."""
         if self.spec.services_command is None or setup.no_services:
             return None
         values = self._values(port, setup)
-        return self._render(self.spec.services_command, values, "services_command", setup)
+        argv = self._render(self.spec.services_command, values, "services_command", setup)
+        return [*setup.wrap, *argv]
 
     def environment(self, port: int, setup: ServerSetup) -> dict[str, str]:
         """The variables the server needs, on top of `clean_environ()`."""

@@ -138,10 +138,10 @@ def _start_on(port: int, adapter: ServerAdapter, setup: ServerSetup) -> RunningS
     server = RunningServer(port, adapter.api_path, process, time.monotonic() - started)
     server.services = services
     try:
-        if adapter.spec.uses("server_workers"):
+        if adapter.spec.uses("server_workers") and setup.server_workers > 1:
             server.workers = _await_workers(adapter, process, port, setup.server_workers)
         if services is not None:
-            _await_services(adapter, services)
+            _await_services(adapter, services, _startup_timeout(adapter, setup))
     except BaseException:
         for proc in started_here:
             proc.stop()
@@ -228,19 +228,19 @@ def _written_since_start(process: ManagedProcess) -> str:
         return ""
 
 
-def _await_services(adapter: ServerAdapter, services: ManagedProcess) -> None:
+def _await_services(adapter: ServerAdapter, services: ManagedProcess, timeout_s: float) -> None:
     """Return once the services process says it has started them (SERVICES_STARTED);
-    ServerError with its log's tail if it exits or does not within the startup timeout."""
+    ServerError with its log's tail if it exits or does not within `timeout_s`."""
     try:
         wait_until(
             lambda: SERVICES_STARTED in _written_since_start(services),
-            timeout_s=adapter.startup_timeout_s,
+            timeout_s=timeout_s,
             interval_s=0.1,
             abort=lambda: None if services.exit_code() is None else "exited",
         )
     except (TimeoutError, RuntimeError) as exc:
         what = (
-            f"did not say {SERVICES_STARTED!r} within {adapter.startup_timeout_s:g} s"
+            f"did not say {SERVICES_STARTED!r} within {timeout_s:g} s"
             if isinstance(exc, TimeoutError)
             else f"exited with code {services.exit_code()}"
         )
