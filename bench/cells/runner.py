@@ -54,9 +54,11 @@ from bench.results import (
     environment,
     utc_now,
 )
-from bench.results.schema import INTERRUPTED
+from bench.results.schema import INTERRUPTED, SERVICES_STEP
 from bench.servers.adapter import ServerAdapter, ServerSettings, ServerSetup
 from bench.servers.running import RunningServer, start_server
+from bench.services.base import RedisService
+from bench.services.kinds import REDIS
 from bench.workloads import ScenarioWorkload, Workload, get_workload
 from bench.workloads.base import UNAVAILABLE_ATTEMPTS, Endpoint, api_client, back_off_unavailable
 
@@ -105,6 +107,8 @@ class _Target:
     remote: bool = False
     # --cost: the folder callgrind writes the server's dumps to (the server's own)
     dumps_dir: Path | None = None
+    # --cost-services: the cell's Redis, whose events stream says what the services were given
+    broker: RedisService | None = None
     # --profile: the server's processes to sample in each window, where the profiles go
     profile: profile.ProfileTarget | None = None
 
@@ -258,7 +262,7 @@ def _start(
         run.cell.db, run.cell.broker
     )
     if run.config.cost:
-        _cost_refusal(adapter)
+        _cost_refusal(adapter, run.config)
         reason = reason or cost.missing_tools()
     if reason:
         raise CellSkipped(reason)  # before anything is provisioned or built
@@ -310,7 +314,8 @@ def _start(
     dumps = datadir if run.config.cost else None  # callgrind's, removed with the server's folder
     where = ("127.0.0.1", server.port, server.api_path)
     sampled = _profile_target(run, server) if run.config.profile else None
-    return _Target(*where, server, backends, ours, dumps_dir=dumps, profile=sampled)
+    broker = setup.redis if run.config.cost_services else None
+    return _Target(*where, server, backends, ours, dumps_dir=dumps, broker=broker, profile=sampled)
 
 
 def _profile_target(run: CellRun, server: RunningServer) -> profile.ProfileTarget:
@@ -324,12 +329,20 @@ def _profile_target(run: CellRun, server: RunningServer) -> profile.ProfileTarge
     )
 
 
-def _cost_refusal(adapter: ServerAdapter) -> None:
-    """--cost counts one process: ConfigError for a server that runs several."""
-    if adapter.spec.services_command is not None or adapter.spec.uses("server_workers"):
+def _cost_refusal(adapter: ServerAdapter, config: RunConfig) -> None:
+    """--cost counts one API process, and with --cost-services one services process beside
+    it: ConfigError for a server that runs more, or no services process to count."""
+    workers = ServerSettings.of(config).server_workers
+    if adapter.spec.uses("server_workers") and workers != 1:
         raise ConfigError(
-            f"--cost counts one server process: the {adapter.name} server runs several "
-            "(count them all: a later part of issue 22)"
+            f"--cost counts one API process: give --server-workers 1 (the {adapter.name} "
+            f"server would run {workers})"
+        )
+    if config.cost_services and adapter.spec.services_command is None:
+        raise ConfigError(
+            f"--cost-services counts the services in a process of their own: the "
+            f"{adapter.name} server runs them in its API process (python-scaled, or a "
+            "servers.toml entry with a services_command, runs them apart)"
         )
 
 
@@ -394,15 +407,36 @@ def _count_scenario(
         blocks,
         lambda: _ensure_alive(target, "while counting"),
         lambda counted: workload.recorded(client, counted),
+        _services_target(run, target, lambda: workload.recorded(client, scenario), client),
     )
     result.scenarios.append(measured)
-    for step in [*measured.steps, measured]:
-        if step.cost is not None:
+    figures = [(step.name, step.cost) for step in [*measured.steps, measured]]
+    figures.append((f"{SERVICES_STEP}, per run", measured.services_cost))
+    for name, counted in figures:
+        if counted is not None:
             progress.stage(
-                f"{step.name}: {step.cost.per_request / 1e6:.3f} M instructions (spread "
-                f"{step.cost.spread_pct:.2f}% over {step.cost.blocks} blocks)"
+                f"{name}: {counted.per_request / 1e6:.3f} M instructions (spread "
+                f"{counted.spread_pct:.2f}% over {counted.blocks} blocks)"
             )
     progress.measured_scenario(measured)
+
+
+def _services_target(
+    run: CellRun,
+    target: _Target,
+    recorded: Callable[[], Mapping[str, int]],
+    client: httpx.Client,
+) -> cost.ServicesTarget | None:
+    """--cost-services: the services process, and what it has still to do (the cell's Redis
+    holds what the API gave it)."""
+    if not run.config.cost_services:
+        return None
+    services = target.server.services if target.server is not None else None
+    if services is None or target.broker is None:
+        raise ConfigError("--cost-services needs the server's services process and its Redis")
+    r = target.broker
+    broker = REDIS.client(r.host, r.port, db=r.db, password=r.password)
+    return cost.ServicesTarget(services.pid, cost.prefect_waiting(client, broker, recorded))
 
 
 def _record_server_totals(info: ServerInfo, server: RunningServer) -> None:

@@ -99,6 +99,11 @@ def run_config(given: Mapping[str, Any]) -> RunConfig:
             f"off (the {', '.join(ENDPOINT_WORKLOADS)} workloads, the "
             f"{', '.join(COSTED_WORKLOADS)} scenario), not the {config.workload} scenario"
         )
+    if config.cost_services and not scenario:
+        raise ConfigError(
+            "--cost-services counts what the services do per flow run: give it with a "
+            f"scenario of flow runs ({', '.join(COSTED_WORKLOADS)}), not {config.workload}"
+        )
     if config.rate_sweep and scenario:
         raise ConfigError(
             f"--rate-sweep measures endpoints (the {', '.join(ENDPOINT_WORKLOADS)} workloads), "

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from bench.results import Cost, EndpointResult, LatencyMs, Result, ScenarioResult, StepResult
+from bench.results.schema import SERVICES_STEP
 
 TOTAL = "total"  # the figure of a cell's summed rows, over its endpoints and scenarios
 
@@ -152,4 +153,7 @@ def readings(result: Result) -> list[Reading]:
         for step in sc.steps:
             read = {m.name: m.step(step) for m in METRICS.values() if m.step is not None}
             add(sc.name, sc.concurrency, step.name, read, sc.client_saturated)
+        if sc.services_cost is not None:  # --cost-services: beside the steps, per run
+            read = {"instructions": _blocks(sc.services_cost)}
+            add(sc.name, sc.concurrency, SERVICES_STEP, read, sc.client_saturated)
     return list(found.values())

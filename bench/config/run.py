@@ -240,6 +240,15 @@ class RunConfig(BaseModel):
         description="--cost: blocks counted per endpoint, after the warm-up block (their "
         "spread is each figure's)",
     )
+    cost_services: bool = setting(
+        "--cost-services",
+        measurement=True,
+        default=False,
+        description="--cost of flow-runs on a server whose services run in a process of their "
+        "own (python-scaled, --server-workers 1): that process under callgrind too, its "
+        "timer-driven services off, and its instructions per flow run (recording the task "
+        "runs, persisting the events) counted beside the API's",
+    )
     profile: bool = setting(
         "--profile",
         measurement=True,
@@ -272,7 +281,7 @@ class RunConfig(BaseModel):
                 # one user, and the API alone: the services' timers are no request's cost
                 if data.get("concurrency") is None:
                     data["concurrency"] = [1]
-                data["no_services"] = True
+                data["no_services"] = not data.get("cost_services")
         return data
 
     @model_validator(mode="after")
@@ -328,6 +337,8 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _cost(self) -> RunConfig:
+        if self.cost_services and not self.cost:
+            raise ValueError("--cost-services counts the services' cost: give it with --cost")
         if not self.cost:
             return self
         sequential = "counts requests sent one at a time, for as long as they take"

@@ -29,6 +29,7 @@ from pathlib import Path
 from bench.cost.merge import Dumps
 from bench.results import Cost, Result
 from bench.results.files import run_folder
+from bench.results.schema import SERVICES_STEP
 
 TOP = 10
 _LEVEL = re.compile(r"'\d+$")
@@ -89,6 +90,8 @@ def costed(result: Result) -> list[tuple[str, Cost]]:
             for step in scenario.steps
             if step.cost is not None
         ]
+        if scenario.services_cost is not None:
+            found.append((f"{scenario.name}: {SERVICES_STEP}", scenario.services_cost))
     return found
 
 

@@ -17,7 +17,10 @@ The client's own values (ids, timestamps, the flow's name) come from a seeded ge
 (`SeededValues`, in `bench.workloads.flow_runs.CLIENT_VALUES`' context), so two runs send
 the same bytes; the server's own (its ids, flow runs' names, the clock) stay its own.
 Services are off (--cost): the task runs whose events are sent are not recorded, the API's
-cost of receiving them is what is counted; the flow runs completed are read back.
+cost of receiving them is what is counted; the flow runs completed are read back. With
+--cost-services, a services process of their own is counted beside the API, per run
+(`bench.cost.services`): collection on in it for the whole block and until it has done what
+the block gave it.
 """
 
 from __future__ import annotations
@@ -38,10 +41,11 @@ from bench.cost.blocks import REQUEST_TIMEOUT_S, Blocks, Counted, idle
 from bench.cost.callgrind import EVENT, Collector, CostError
 from bench.cost.endpoints import IDLE_S, CostTarget, keep
 from bench.cost.merge import merge
+from bench.cost.services import ServicesTarget, drain
 from bench.engine.model import LoadSpec, Target, new_histogram
 from bench.engine.scenario import Scenario, ScenarioJob, ScenarioRun, StepFailed, VirtualUser
 from bench.results.merge import latency_summary
-from bench.results.schema import Cost, Delivery, ScenarioResult, StepResult
+from bench.results.schema import SERVICES_STEP, Cost, Delivery, ScenarioResult, StepResult
 from bench.workloads.flow_runs import CLIENT_VALUES
 
 # The scenario workloads whose runs can be replayed one at a time, one user, services off.
@@ -111,6 +115,18 @@ def _cpu_ticks(pid: int) -> tuple[int, bool]:
 
 
 @dataclass
+class _Services:
+    """The services process's collector and what its counted blocks counted."""
+
+    target: ServicesTarget
+    collector: Collector
+    idle_per_s: float | None = None  # measured once the warm-up block is done
+    totals: list[int] = field(default_factory=list)  # per counted block
+    dumps: list[Path] = field(default_factory=list)  # per counted block
+    seconds: float = 0.0  # the counted blocks' wall time, drains included
+
+
+@dataclass
 class _Step:
     """What the counted blocks counted of one step (or of AFTER_STEPS)."""
 
@@ -123,9 +139,12 @@ class _Step:
 class _Counter:
     """The dumps of the blocks, each attributed to the step just done."""
 
-    def __init__(self, collector: Collector, alive: Callable[[], None]) -> None:
+    def __init__(
+        self, collector: Collector, alive: Callable[[], None], services: _Services | None = None
+    ) -> None:
         self.collector = collector
         self.alive = alive
+        self.services = services
         self.steps: dict[str, _Step] = {}
         self.block_totals: list[int] = []  # per counted block, every dump of it
         self.block_seconds: list[float] = []
@@ -141,6 +160,9 @@ class _Counter:
             step.dumps.append([])
         self.block_totals.append(0)
         self.block_seconds.append(0.0)
+        if self.services is not None:
+            self.services.collector.on()
+        self._began = time.monotonic()
         self.collector.on()
         self._last = time.monotonic()
 
@@ -174,14 +196,37 @@ class _Counter:
         """A run's end: what follows its last step (its websocket's close), its own dump."""
         self.step_done(AFTER_STEPS)
 
-    def end(self) -> None:
+    def end(self, sent: Mapping[str, int]) -> None:
         """The block's end: collection off, what was counted since the last run's end (a
-        few thousand instructions, or none) with that run's."""
+        few thousand instructions, or none) with that run's; the services' once they have
+        done what was `sent` (every block's so far)."""
         self.step_done(AFTER_STEPS, last=True)
+        if self.services is not None:
+            self._services_done(self.services, sent)
         if not self.counting:  # the warm-up's rows were only placeholders
             self.steps.clear()
             self.block_totals.clear()
             self.block_seconds.clear()
+
+    def _services_done(self, services: _Services, sent: Mapping[str, int]) -> None:
+        try:
+            drain(services.target, sent, self.alive)
+            settle(services.collector.pid)
+            services.collector.off()
+            total, path = services.collector.dump(allow_zero=True)
+        except CostError:
+            self.alive()
+            raise
+        if not self.counting:
+            path.unlink(missing_ok=True)
+            # its idle rate once it runs: before the warm-up it was still starting
+            services.idle_per_s = idle(services.collector, IDLE_S)
+            return
+        if total == 0:
+            raise CostError(f"the services' dump {path} counted nothing: collection was not on")
+        services.totals.append(total)
+        services.dumps.append(path)
+        services.seconds += time.monotonic() - self._began
 
 
 class _CountingRun(ScenarioRun):
@@ -226,7 +271,7 @@ async def _replay(
                 counter.run_done()
                 if block > 0:
                     replayed.durations_us.append((time.monotonic_ns() - started) // 1000)
-            counter.end()
+            counter.end(run.counts)
             if block > 0:
                 for name, values in run.step_latencies.items():
                     replayed.latencies_us.setdefault(name, []).extend(values)
@@ -243,17 +288,22 @@ def count_scenario(
     blocks: Blocks,
     alive: Callable[[], None],
     recorded: Callable[[Scenario], Mapping[str, int]],
+    services: ServicesTarget | None = None,
 ) -> ScenarioResult:
     """`scenario`'s cost, counted in `blocks` of its runs: per run and per step, its kept
-    dumps compressed into `target.keep_dir`. `recorded(scenario)` reads back what the server
-    holds of it: each flow run sent must be there. VerificationError when a step fails (its
-    count would be of other work), CostError when callgrind cannot be driven."""
+    dumps compressed into `target.keep_dir`; with `services`, that process's cost per run.
+    `recorded(scenario)` reads back what the server holds of it: each flow run sent must be
+    there (and each task run, when the services recorded them). VerificationError when a step
+    fails (its count would be of other work), CostError when callgrind cannot be driven."""
     parts = urlsplit(target.base_url)
     where = Target(parts.hostname or "127.0.0.1", parts.port or 80)
     scenario = replace(scenario, api_path=parts.path.rstrip("/"), probe=None, retry=None)
     collector = Collector(target.pid, target.dumps_dir)
     idle_per_s = idle(collector, IDLE_S)
-    counter = _Counter(collector, alive)
+    counted_services = None
+    if services is not None:
+        counted_services = _Services(services, Collector(services.pid, target.dumps_dir))
+    counter = _Counter(collector, alive, counted_services)
     try:
         replayed = asyncio.run(_replay(where, scenario, blocks, counter))
     except StepFailed as exc:
@@ -265,6 +315,11 @@ def count_scenario(
         raise VerificationError(
             f"{scenario.name}: the server recorded {found['flow_runs']} flow runs of the {sent} "
             "completed while their cost was counted"
+        )
+    if services is not None and found.get("task_runs") != replayed.counts.get("task_runs"):
+        raise VerificationError(
+            f"{scenario.name}: the services recorded {found.get('task_runs')} task runs of the "
+            f"{replayed.counts.get('task_runs')} sent while their cost was counted"
         )
     return _result(scenario, blocks, counter, replayed, target, idle_per_s, found)
 
@@ -308,6 +363,12 @@ def _result(
         hist.record_value(max(1, value))
     completed = len(replayed.durations_us)
     seconds = sum(counter.block_seconds)
+    services = counter.services
+    services_cost = None
+    if services is not None:
+        kept = keep(Counted(SERVICES_STEP, dumps=services.dumps), target.keep_dir, target.run_dir)
+        services_cost = figure(services.totals, runs, services.seconds, kept, services.idle_per_s)
+    recorded_by = ("flow_runs",) if services is None else ("flow_runs", "task_runs")
     return ScenarioResult(
         name=scenario.name,
         concurrency=1,
@@ -321,9 +382,10 @@ def _result(
         delivery={
             kind: Delivery(sent=replayed.counts.get(kind, 0), recorded=n, lost=0)
             for kind, n in found.items()
-            if kind == "flow_runs"  # task runs: recorded by the services, off
+            if kind in recorded_by  # task runs: by the services, when they are on
         },
         cost=whole,
+        services_cost=services_cost,
     )
 
 

@@ -33,6 +33,8 @@ READABLE_VERSIONS = (1, 2)
 Status = Literal["ok", "failed", "skipped"]
 # a failed result's error when the cell was stopped before it finished (older results: status)
 INTERRUPTED = "interrupted"
+# how a scenario's services cost (--cost-services) is named beside its steps
+SERVICES_STEP = "(its services)"
 
 
 class Cell(BaseModel):
@@ -406,6 +408,11 @@ class ScenarioResult(ScenarioMeasurement):
         default=None,
         description="--cost: instructions per run of the scenario (per flow run; "
         "requests_per_block: runs per block), counted by callgrind",
+    )
+    services_cost: Annotated[Cost | None, Combine.MODEL] = Field(
+        default=None,
+        description="--cost-services: what the services process executed per run of the "
+        "scenario (recording its task runs, persisting its events), counted by callgrind",
     )
 
     @property

@@ -67,14 +67,41 @@ def test_cost_means_one_user_and_no_services(cell_run) -> None:  # type: ignore[
     assert (config.cost_block, config.cost_blocks) == (50, 3)
 
 
-def test_a_multi_process_server_is_refused(cell_run, progress) -> None:  # type: ignore[no-untyped-def]
+def test_a_server_of_several_api_processes_is_refused(cell_run, progress) -> None:  # type: ignore[no-untyped-def]
     run = cell_run("python-scaled", "postgres", "redis", workload="health", cost=True)
     result = run_cell(run, progress())
     assert result.status == "failed"
     assert result.error == (
-        "--cost counts one server process: the python-scaled server runs several "
-        "(count them all: a later part of issue 22)"
+        "--cost counts one API process: give --server-workers 1 (the python-scaled server "
+        "would run 2)"
     )
+
+
+def test_services_counted_apart_need_a_server_that_runs_them_apart(cell_run, progress) -> None:  # type: ignore[no-untyped-def]
+    run = cell_run(workload="flow-runs", cost=True, cost_services=True)
+    assert not run.config.no_services  # the services process is what it counts
+    result = run_cell(run, progress())
+    assert result.status == "failed"
+    assert result.error is not None
+    assert result.error.startswith(
+        "--cost-services counts the services in a process of their own: the python server "
+        "runs them in its API process"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--workload", "flow-runs", "--cost-services"], "give it with --cost"),
+        (["--cost", "--cost-services"], "give it with a scenario of flow runs"),
+    ],
+)
+def test_cost_services_without_what_it_needs_is_refused_in_one_line(
+    tmp_path: Path, args: list[str], says: str
+) -> None:
+    out = bench(*CELL, *args, cwd=tmp_path, timeout_s=60)
+    assert out.returncode == EXIT_USAGE, out.stderr
+    assert says in out.stderr and out.stderr.count("\n") == 1, out.stderr
 
 
 def test_without_valgrind_the_cell_is_skipped_with_the_fix(

@@ -15,7 +15,7 @@ import pytest
 
 from bench.cells.commands import EXIT_USAGE
 from bench.cells.runner import run_cell
-from bench.cost import SCENARIO_BLOCK, callgrind
+from bench.cost import SCENARIO_BLOCK, callgrind, services
 from bench.cost.callgrind import CostError, read_total
 from bench.cost.merge import merge
 from bench.cost.scenarios import EPOCH, SeededValues, figure, settle
@@ -101,6 +101,25 @@ def test_settle_waits_for_an_idle_server_and_fails_on_a_busy_one() -> None:
             process.wait()
 
 
+def test_the_services_are_drained_of_what_was_sent_or_the_cell_fails_saying_what_is_left(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    left = iter(["1 of 4 task runs recorded", "9 of 12 events persisted", None])
+    seen: list[dict[str, int]] = []
+
+    def waiting(sent):  # type: ignore[no-untyped-def]
+        seen.append(dict(sent))
+        return next(left)
+
+    monkeypatch.setattr(services, "DRAIN_POLL_S", 0.01)
+    services.drain(services.ServicesTarget(1, waiting), {"task_runs": 4}, lambda: None)
+    assert seen == [{"task_runs": 4}] * 3
+    monkeypatch.setattr(services, "DRAIN_TIMEOUT_S", 0.05)
+    stuck = services.ServicesTarget(1, lambda sent: "3 of 4 task runs recorded")
+    with pytest.raises(CostError, match=r"0\.05 s after it: 3 of 4 task runs recorded$"):
+        services.drain(stuck, {"task_runs": 4}, lambda: None)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @needs_valgrind
@@ -155,6 +174,48 @@ def test_the_real_server_s_flow_runs_are_counted_per_step_and_per_flow_run(
         assert text.startswith(b"# callgrind format") and b"events: Ir" in text, kept
     # the raw dumps went with the server's folder: only the kept ones remain
     assert not list(run.cell_dir.rglob("callgrind.out.*"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@needs_valgrind
+def test_the_services_cost_per_flow_run_is_counted_in_their_own_process(
+    cell_run,
+    progress,  # type: ignore[no-untyped-def]
+) -> None:
+    """python-scaled with one API process and its services process, both under callgrind:
+    the API's steps as on the python server, and the services' instructions per flow run,
+    each block's counted once they had recorded its task runs and persisted its events."""
+    run = cell_run(
+        "python-scaled",
+        "postgres",
+        "redis",
+        workload="flow-runs",
+        tasks=2,
+        cost=True,
+        cost_services=True,
+        cost_block=2,
+        cost_blocks=2,
+        server_workers=1,
+    )
+    result = run_cell(run, progress())
+    assert result.status == "ok", result.error
+    assert result.server is not None and result.server.processes == {
+        "api_workers": 1,
+        "services": 1,
+    }
+    (measured,) = result.scenarios
+    api, spent = measured.cost, measured.services_cost
+    assert api is not None and spent is not None
+    assert spent.blocks == 2 and spent.requests_per_block == 2 and len(spent.callgrind) == 2
+    # recording 2 task runs and persisting ~10 events: millions of instructions a flow run
+    assert 1e6 < spent.per_request < api.per_request * 5, (spent, api)
+    assert spent.spread_pct < 25 and spent.idle_per_s is not None, spent
+    assert measured.delivery["task_runs"].recorded == measured.delivery["task_runs"].sent == 12
+    run_dir = run.out_dir / run.run_id
+    for kept in spent.callgrind:
+        with gzip.open(run_dir / kept) as dump:
+            assert b"events: Ir" in dump.read(), kept
 
 
 def _dump(path: Path, body: str, total: int) -> Path:

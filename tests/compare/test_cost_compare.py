@@ -11,8 +11,10 @@ import pytest
 
 from bench.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from bench.compare import gate as comparison
-from bench.cost.functions import read_dump
-from bench.results import Cost, Result, load_result
+from bench.compare.metrics import readings
+from bench.cost.functions import costed, read_dump
+from bench.results import Cost, Result, ScenarioResult, load_result
+from bench.results.schema import SERVICES_STEP
 from tests.compare.test_gate import repetitions, write
 
 # A callgrind dump as valgrind 3.19 writes one, with names compressed ("(2) name" defines 2,
@@ -160,3 +162,31 @@ def test_a_dump_is_read_as_callgrind_defines_it(tmp_path: Path) -> None:
     assert found.exclusive == {eval_: 1600, sha: 300}  # the recursion level added to its own
     assert found.inclusive[eval_] == 1000 + 300 + 100  # the outermost level, the call included
     assert found.inclusive[sha] == 300
+
+
+def test_the_services_cost_per_run_is_a_figure_beside_the_steps() -> None:
+    (result,) = repetitions(1)
+    blocks = [5e6, 5.1e6]
+    services = Cost(
+        per_request=5.05e6,
+        spread_pct=2.0,
+        blocks=2,
+        requests_per_block=2,
+        block_per_request=blocks,
+        callgrind=["c/callgrind/its-services.1.gz"],
+    )
+    result.scenarios = [
+        ScenarioResult(
+            name="flow run, 2 tasks",
+            concurrency=1,
+            duration_s=1.0,
+            completed=4,
+            per_s=4.0,
+            duration_ms=None,
+            services_cost=services,
+        )
+    ]
+    (reading,) = [r for r in readings(result) if r.step == SERVICES_STEP]
+    assert reading.name == "flow run, 2 tasks c=1 (its services)"
+    assert reading.samples("instructions") == blocks
+    assert ("flow run, 2 tasks: (its services)", services) in costed(result)

@@ -38,6 +38,7 @@ CHANGED: dict[str, tuple[object, bool]] = {
     "cost": (True, True),
     "cost_block": (10, True),
     "cost_blocks": (5, True),
+    "cost_services": (True, True),
     "profile": (True, True),
     "tasks": (20, True),
     "deployments": (5, True),
