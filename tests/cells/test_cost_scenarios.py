@@ -208,8 +208,9 @@ def test_the_services_cost_per_flow_run_is_counted_in_their_own_process(
     api, spent = measured.cost, measured.services_cost
     assert api is not None and spent is not None
     assert spent.blocks == 2 and spent.requests_per_block == 2 and len(spent.callgrind) == 2
-    # recording 2 task runs and persisting ~10 events: millions of instructions a flow run
-    assert 1e6 < spent.per_request < api.per_request * 5, (spent, api)
+    # recording the task runs and persisting the events: millions of instructions a flow run,
+    # 4.4x the API's with 10 tasks (a default run here)
+    assert 1e6 < spent.per_request < api.per_request * 20, (spent, api)
     assert spent.spread_pct < 25 and spent.idle_per_s is not None, spent
     assert measured.delivery["task_runs"].recorded == measured.delivery["task_runs"].sent == 12
     run_dir = run.out_dir / run.run_id
