@@ -494,6 +494,12 @@ def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def _run(args: argparse.Namespace, console: Console) -> int:
     run = _cell_run(args)
+    if run.config.url and "workload" not in vars(args):
+        print(
+            f"no --workload given: measuring {run.config.workload} at {run.config.url} "
+            f"({WORKLOADS[run.config.workload].description})",
+            file=sys.stderr,
+        )
     done = repeat.prepare(run, args.json)
     with progress_for(console, run.cell.name, args.verbose) as progress:
         for result, path in repeat.run_repetitions(
@@ -547,7 +553,10 @@ def _matrix(args: argparse.Namespace, run_args: list[str], console: Console) -> 
 def _matrix_config(run_args: list[str]) -> RunConfig:
     """The configuration `run_args` give every cell: bad options fail here, once, not in
     every cell."""
-    config = _config(build_parser().parse_args(["run", *run_args]))
+    args = build_parser().parse_args(["run", *run_args])
+    if args.json:
+        raise ConfigError("--json writes one result to one path: use `run`, not `matrix`")
+    config = _config(args)
     if config.url:
         raise ConfigError("--url measures one server: use `run`, not `matrix`")
     return config
@@ -614,7 +623,16 @@ def _matrix_rounds(
     # one run of one machine's cells: no baseline, no history, no speedups across machines
     _print_report(console, [folder], folder.parent)
     failed = [s for s in states if any(r.status == "failed" for r in s.kept)]
-    return EXIT_FAILED if failed else EXIT_OK
+    if failed:
+        return EXIT_FAILED
+    if all(r.status == "skipped" for s in states for r in s.kept):
+        reasons = sorted({r.error or "" for s in states for r in s.kept} - {""})
+        print(
+            f"prefect-bench: every cell was skipped: {'; '.join(reasons) or 'nothing ran'}",
+            file=sys.stderr,
+        )
+        return EXIT_SKIPPED
+    return EXIT_OK
 
 
 def _report(args: argparse.Namespace, console: Console) -> int:
@@ -638,12 +656,18 @@ def _print_report(
     from bench.report.files import read_report, write_report
 
     report, warnings = read_report(paths, baseline, history, across_machines)
-    for warning in warnings:
-        console.print(f"warning: {warning}", markup=False, highlight=False, style="yellow")
+    _warn(warnings)
     for renderable in render_terminal(report):
         console.print(renderable)
     written = write_report(report, out)
     console.print(f"report: {', '.join(map(str, written))}")
+
+
+def _warn(warnings: Sequence[str]) -> None:
+    """Warnings go to stderr, so that what a command prints (`compare … > comment.md`) is its
+    output alone."""
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def _compare(args: argparse.Namespace, console: Console) -> int:
@@ -671,8 +695,7 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
         if not path.exists():
             raise ConfigError(f"{path}: no such file or directory")
         results, warnings = collect([path])
-        for warning in warnings:
-            console.print(f"warning: {warning}", markup=False, highlight=False, style="yellow")
+        _warn(warnings)
         sides.append(results)
     if args.aa:
         return _calibrate(args, sides[0], rules, console)

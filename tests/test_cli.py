@@ -114,6 +114,7 @@ def test_bad_input_is_one_clear_line(
         ),
         (["--prefect-python", "3.9.1"], "'3.9.1' is not VERSION=PYTHON"),
         (["--prefect-python", "3.9.1=/no/such/python"], "is not an interpreter one can run"),
+        (["--json", "r.json"], "--json writes one result to one path: use `run`, not `matrix`"),
     ],
 )
 def test_bad_matrix_input_is_one_clear_line(
@@ -280,7 +281,8 @@ def test_report_writes_files_and_prints_whole_tables_into_a_pipe(tmp_path: Path)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "out" / "report.md").read_text().startswith("# prefect-bench report")
     assert (tmp_path / "out" / "report.html").exists()
-    assert "warning: " in out.stdout  # resources/report/bad holds unreadable results
+    # resources/report/bad holds unreadable results: warned of on stderr, not in the output
+    assert "warning: " in out.stderr and "warning: " not in out.stdout
     # not a terminal: rows are not wrapped at 80 columns, so cell names stay whole
     assert re.search(r"zig\s+sqlite\s+memory\s+ok", out.stdout), out.stdout[:2000]
 
@@ -297,7 +299,7 @@ def test_report_against_a_baseline_folder(tmp_path: Path) -> None:
             write_result(run, tmp_path / side / f"{side}{i}" / "zig-sqlite-memory.json")
     out = bench("report", "after", "--baseline", "before", "missing", "--out", "out", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "warning: baseline: missing: no such file or directory" in out.stdout
+    assert "warning: baseline: missing: no such file or directory" in out.stderr
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## Against the baseline" in report
     assert "0.50× p=0.029" in report
@@ -395,6 +397,29 @@ def test_a_server_that_does_not_start_is_one_line_naming_its_cause(
     assert ("the last lines of" in out.stdout and "in _start_on" in out.stdout) is verbose
     kept = (tmp_path / folder / "cell.log").read_text()
     assert f"the last lines of {folder / 'server.log'}:" in kept and "in _start_on" in kept
+
+
+def test_a_matrix_where_every_cell_was_skipped_says_why_and_exits_non_zero(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("BENCH_ZIG_BINARY", raising=False)
+    monkeypatch.delenv("BENCH_ZIG_SRC", raising=False)
+    out = bench("matrix", "--server", "zig", "--db", "sqlite", "--broker", "memory",
+                "--out", "results", cwd=tmp_path)  # fmt: skip
+    assert out.returncode == EXIT_SKIPPED, out.stdout + out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("prefect-bench: every cell was skipped: no zig prefect-server given"), (
+        last
+    )
+
+
+def test_run_url_without_a_workload_names_the_one_it_measures(
+    health_only: str, tmp_path: Path
+) -> None:
+    out = bench("run", "--url", health_only, "--duration", "0.5", "--warmup", "0",
+                "--concurrency", "1", "--out", "results", cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"no --workload given: measuring health at {health_only} (GET /health only" in out.stderr
 
 
 def test_a_failed_cell_of_a_matrix_is_its_one_line_and_v_reaches_the_cell(
