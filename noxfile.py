@@ -7,7 +7,7 @@ nox -s matrix -- --repeat 4                         every cell 4 times, in inter
 nox -s matrix -- --resume RUN_ID                    go on with a matrix that stopped
 nox -s compare -- results/before results/after --fail-on 'rps<-5%'
 PREFECT_VERSION=3.8.0,3.9.1 nox -s matrix          the python servers' cells once per version
-nox -s report | tests | lint
+nox -s report | tests | lint | docs
 """
 
 from __future__ import annotations
@@ -274,6 +274,18 @@ def tests(session: nox.Session) -> None:
     if error := _install_newest(session, "[test]")[1]:
         session.error(error)
     session.run("pytest", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The user guide, built strictly into site/ (a broken link, a missing page, a warning
+    fails); `nox -s docs -- serve` serves it at http://127.0.0.1:8000 instead."""
+    session.install("-e", ".[docs]")
+    session.env["NO_MKDOCS_2_WARNING"] = "1"  # the theme's banner about its successor
+    if session.posargs[:1] == ["serve"]:
+        session.run("mkdocs", "serve", "--dev-addr", "127.0.0.1:8000", *session.posargs[1:])
+        return
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site", *session.posargs)
 
 
 @nox.session
