@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import __version__
-from bench.cells import repeat, resume, rounds
+from bench.cells import doctor, repeat, resume, rounds
 from bench.cells.commands import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -47,7 +47,7 @@ from bench.cells.commands import (
     VERBOSE_ENV,
     new_run_id,
 )
-from bench.cells.matrix import chosen, known_servers
+from bench.cells.matrix import cells, chosen, known_servers
 from bench.cells.runner import EXTERNAL_SERVER, INTERRUPTED, CellRun, parse_url, serving
 from bench.cells.settings import SETTINGS, Declared, pinned, run_config
 from bench.compare.metrics import METRICS
@@ -244,6 +244,29 @@ def _add_cell_options(parser: argparse.ArgumentParser) -> None:
             )
 
 
+def _add_cell_selection(parser: argparse.ArgumentParser) -> None:
+    """The options that pick some cells of the matrix: --server, --db, --broker, --servers."""
+    parser.add_argument(
+        "--server",
+        dest="only_servers",
+        action="append",
+        metavar="NAME",
+        help="only this server's cells (may be given again; default every server)",
+    )
+    for flag, known in (("--db", DBS), ("--broker", BROKERS)):
+        parser.add_argument(
+            flag,
+            dest=f"only_{flag[2:]}s",
+            action="append",
+            type=_Choice(known, flag[2:]),
+            metavar="NAME",
+            help=f"only the {' or '.join(known)} cells (may be given again; default both)",
+        )
+    parser.add_argument(
+        "--servers", type=Path, help="custom servers (default: servers.toml if present)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="prefect-bench", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"prefect-bench {__version__}")
@@ -282,24 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
         "again, the rounds go on in their order, and the report covers the whole run; the "
         "run's own options are used (it recorded them in its .matrix.json)",
     )
+    _add_cell_selection(matrix)
     matrix.add_argument(
-        "--server",
-        dest="only_servers",
-        action="append",
-        metavar="NAME",
-        help="only this server's cells (may be given again; default every server)",
-    )
-    for flag, known in (("--db", DBS), ("--broker", BROKERS)):
-        matrix.add_argument(
-            flag,
-            dest=f"only_{flag[2:]}s",
-            action="append",
-            type=_Choice(known, flag[2:]),
-            metavar="NAME",
-            help=f"only the {' or '.join(known)} cells (may be given again; default both)",
-        )
-    matrix.add_argument(
-        "--servers", type=Path, help="custom servers (default: servers.toml if present)"
+        "--dry-run",
+        action="store_true",
+        help="say which cells would run here and which would be skipped (and why), and how "
+        "long the matrix would take; run nothing",
     )
     matrix.add_argument(
         "--prefect-python",
@@ -424,6 +435,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_options(conformance, only=("provider", "allow_remote"))
     _add_cell_options(conformance)
+    doctor = commands.add_parser(
+        "doctor",
+        help="which cells this machine can run and which it cannot, with the fix for each; "
+        "the tools each option needs; how long the matrix would take with the options given "
+        "(every option of `run` applies); exit 0 when the default cell can run",
+    )
+    _add_cell_selection(doctor)
     for command in commands.choices.values():  # every command's -v, declared here once
         command.add_argument(
             "-v",
@@ -519,6 +537,10 @@ def _run(args: argparse.Namespace, console: Console) -> int:
 def _matrix(args: argparse.Namespace, run_args: list[str], console: Console) -> int:
     if args.resume:
         return _resume(args, run_args, console)
+    if args.dry_run:
+        outlooks, config = _outlooks(args, run_args)
+        doctor.render(console, outlooks, config, show_tools=False)
+        return EXIT_OK
     config = _matrix_config(run_args)
     pythons = dict(args.prefect_pythons or ())
     cells = [
@@ -548,6 +570,34 @@ def _matrix(args: argparse.Namespace, run_args: list[str], console: Console) -> 
         resume.write_request(request, folder)
         console.print(f"run {run_id}: results in {folder}", markup=False)
         return _matrix_rounds(request, folder, config, console, lock)
+
+
+def _doctor(args: argparse.Namespace, run_args: list[str], console: Console) -> int:
+    outlooks, config = _outlooks(args, run_args)
+    doctor.render(console, outlooks, config, show_tools=True)
+    server, db, broker = cells(args.servers)[0]  # the embedded default comes first
+    default = Cell(server=server, db=db, broker=broker).name
+    if doctor.default_cell_runs(outlooks, default):
+        return EXIT_OK
+    print(f"prefect-bench: the default cell ({default}) cannot run here", file=sys.stderr)
+    return EXIT_SKIPPED
+
+
+def _outlooks(
+    args: argparse.Namespace, run_args: list[str]
+) -> tuple[list[doctor.Outlook], RunConfig]:
+    """Each cell the options pick, as this machine would run it with `run_args`."""
+    config = _matrix_config(run_args)
+    found = []
+    for server, db, broker, _ in chosen(
+        args.servers, [], args.only_servers or (), args.only_dbs or (), args.only_brokers or ()
+    ):
+        words = ["run", "--server", server, "--db", db, "--broker", broker, *run_args]
+        cell_args = build_parser().parse_args(
+            words + (["--servers", str(args.servers)] if args.servers else [])
+        )
+        found.append(doctor.outlook(_cell_run(cell_args, config)))
+    return found, config
 
 
 def _matrix_config(run_args: list[str]) -> RunConfig:
@@ -845,7 +895,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m bench` and `prefect-bench`."""
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if rest and args.command != "matrix":
+    if rest and args.command not in ("matrix", "doctor"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     console = _console()
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
@@ -854,6 +904,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "matrix":
             return _matrix(args, rest, console)
+        if args.command == "doctor":
+            return _doctor(args, rest, console)
         if args.command == "run":
             return _run(args, console)
         if args.command == "compare":

@@ -115,17 +115,18 @@ def commands() -> list[tuple[str, dict[str, str], list[str]]]:
 
 
 def parse(words: list[str]) -> str | None:
-    """Why the real CLI refuses `words` (run and matrix: their configuration too), or None:
-    as `bench.cli.main` reads them (a matrix passes what it does not know to its cells)."""
+    """Why the real CLI refuses `words` (run, matrix, doctor: their configuration too), or
+    None: as `bench.cli.main` reads them (matrix and doctor give the cells what they do not
+    know themselves)."""
     errors = io.StringIO()
     try:
         with contextlib.redirect_stderr(errors):
             args, rest = build_parser().parse_known_args(words)
-            if rest and args.command != "matrix":
+            if rest and args.command not in ("matrix", "doctor"):
                 return f"unrecognized arguments: {' '.join(rest)}"
             if args.command == "run":
                 _config(args)
-            if args.command == "matrix" and not args.resume:
+            if args.command == "doctor" or (args.command == "matrix" and not args.resume):
                 _matrix_config(rest)
     except SystemExit:
         return errors.getvalue().strip().splitlines()[-1]

@@ -258,13 +258,7 @@ def _start(
     run: CellRun, adapter: ServerAdapter, progress: Progress, result: Result, stack: ExitStack
 ) -> _Target:
     """Provision the services the cell needs and start its server; all undone by `stack`."""
-    reason = adapter.unavailable_reason(run.config.no_services) or adapter.cell_reason(
-        run.cell.db, run.cell.broker
-    )
-    if run.config.cost:
-        _cost_refusal(adapter, run.config)
-        reason = reason or cost.missing_tools()
-    if reason:
+    if reason := skip_reason(run, adapter):
         raise CellSkipped(reason)  # before anything is provisioned or built
     for folder in ownership.remove_dead_folders():  # what a killed run left, and only that
         progress.stage(f"removed {folder}, left by a run that was killed")
@@ -327,6 +321,27 @@ def _profile_target(run: CellRun, server: RunningServer) -> profile.ProfileTarge
         run_dir=run.out_dir / run.run_id,
         label=run.cell.name,
     )
+
+
+def skip_reason(run: CellRun, adapter: ServerAdapter) -> str | None:
+    """Why the cell would be skipped here, decided before anything is provisioned or built
+    (the server, its cell, the tools --cost needs), or None; ConfigError for a refusal."""
+    reason = adapter.unavailable_reason(run.config.no_services) or adapter.cell_reason(
+        run.cell.db, run.cell.broker
+    )
+    if run.config.cost:
+        _cost_refusal(adapter, run.config)
+        reason = reason or cost.missing_tools()
+    return reason
+
+
+def needed_services(cell: Cell) -> list[str]:
+    """The backing services the cell runs on: postgres, redis, both or none."""
+    return [
+        kind
+        for kind, wanted in (("postgres", cell.db == "postgres"), ("redis", cell.broker == "redis"))
+        if wanted
+    ]
 
 
 def _cost_refusal(adapter: ServerAdapter, config: RunConfig) -> None:
@@ -464,17 +479,15 @@ def _provision(
     stack: ExitStack,
 ) -> dict[str, object]:
     """Start PostgreSQL and/or Redis as the cell needs; returns ServerSetup keyword arguments."""
-    needed = {"postgres": run.cell.db == "postgres", "redis": run.cell.broker == "redis"}
-    if not any(needed.values()):
+    needed = needed_services(run.cell)
+    if not needed:
         return {}
     from bench import services  # only cells with backing services need the providers
 
     for leftover in services.remove_leftovers():  # a crashed earlier run's, and only that
         progress.stage(f"removed {leftover}, left by a run that crashed")
     provided: dict[str, object] = {}
-    for kind, wanted in needed.items():
-        if not wanted:
-            continue
+    for kind in needed:
         provider = services.choose(kind, run.config.provider)
         progress.stage(f"provisioning {kind} ({provider.name})")
         context = provider.postgres if kind == "postgres" else provider.redis
