@@ -19,7 +19,8 @@ h1 { font-size: 1.6em; } h2 { margin-top: 2em; border-bottom: 1px solid #ddd; }
 h3 { font-size: 1.05em; margin-bottom: .3em; }
 .warning { background: #fff4ce; border-left: 4px solid #e0a800; padding: .6em 1em; }
 .note { color: #666; font-size: .9em; }
-table { border-collapse: collapse; margin: .5em 0 1.5em; font-size: .9em; }
+div.table { overflow-x: auto; max-width: 100%; margin: .5em 0 1.5em; }
+table { border-collapse: collapse; font-size: .9em; }
 th, td { padding: .25em .7em; border-bottom: 1px solid #eee; text-align: left;
          white-space: nowrap; }
 th { background: #f6f6f6; }
@@ -48,7 +49,8 @@ def _classes(*names: str) -> str:
 
 def _table(table: Table) -> list[str]:
     out = [f"<h3>{escape(table.title)}</h3>"] if table.title else []
-    out.append("<table>")
+    # a table of many cells scrolls sideways in its own box, never the page
+    out.append('<div class="table"><table>')
     out.append(
         "<thead><tr>"
         + "".join(
@@ -71,7 +73,7 @@ def _table(table: Table) -> list[str]:
                 text = f'<span class="fill" style="width:{width:.1f}%"></span>{text}'
             cells.append(f"<td{classes}>{text}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     return out
 
 
