@@ -387,6 +387,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("--out", type=Path, metavar="FILE", help="also write the Markdown here")
     compare.add_argument(
+        "--json",
+        type=Path,
+        metavar="FILE",
+        help="also write the comparison as data here: the verdict, every figure with its "
+        "change, interval, test and the rules it breaks (schema_version 1)",
+    )
+    compare.add_argument(
         "--aa",
         action="store_true",
         help="A/A: split DIR's repetitions of each cell (the same server) into two sides every "
@@ -726,6 +733,10 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
     from bench.report.profile import profile_changes
 
     rules = [comparison.parse_rule(text) for text in args.rules]
+    if args.json and args.aa:
+        raise ConfigError("--aa keeps its calibration as DIR/report.aa-<id>.json: no --json")
+    if args.json and args.json.exists():
+        raise ConfigError(f"{args.json} exists: a comparison is never written over a file")
     paired = args.before is not None or args.after is not None
     if paired and (args.before is None or args.after is None):
         raise ConfigError("--before and --after go together: two servers of one run")
@@ -767,6 +778,8 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
     console.print(text, markup=False, highlight=False)
     if args.out:
         _write_new(args.out, text)
+    if args.json:
+        write_result(comparison.gate_report(result, rules, failing), args.json)
     for f in failing:
         print(
             f"prefect-bench: {f.cell} {f.name} {f.metric} {f.change_pct:+.1f}% "

@@ -25,9 +25,9 @@ import re
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from bench.compare.change import SIGNIFICANCE, Figure, assess
 from bench.compare.metrics import METRICS, TOTAL, readings
@@ -394,6 +394,86 @@ class Calibration:
 
 
 MAX_SPLITS = 70
+
+
+class GatedFigure(BaseModel):
+    """One figure of `compare --json`: its values, its change and interval, its test, and
+    what the gate made of it."""
+
+    cell: str
+    name: str
+    metric: str
+    before: list[float]
+    after: list[float]
+    change_pct: float | None
+    low_pct: float | None = Field(description="the 95% interval of the change, %")
+    high_pct: float | None
+    p_value: float | None
+    p_adjusted: float | None = Field(description="Benjamini–Hochberg across the figures")
+    significant: bool
+    test: str = Field(description="paired (rounds), blocks (cost), or unpaired")
+    detectable_pct: float | None = Field(description="paired: the smallest change found 4 in 5")
+    broken: list[str] = Field(description="the rules it breaks")
+    unsure: str | None = Field(
+        description="its interval holds a rule's threshold: how many repetitions a side would tell"
+    )
+
+
+class GateReport(BaseModel):
+    """What `compare --json` writes: the comparison as data, for a CI to read."""
+
+    schema_version: int = 1
+    verdict: Literal["pass", "fail"]
+    rules: list[str]
+    paired: bool
+    pairs: list[tuple[str, str]]
+    repetitions: dict[str, tuple[int, int]]
+    differences: list[str]
+    noisy: list[str]
+    dropped: list[str]
+    figures: list[GatedFigure]
+
+
+def gate_report(result: Comparison, rules: Sequence[Rule], failing: Sequence[Figure]) -> GateReport:
+    """`result` gated by `rules` (`failing` the figures that broke one), as `compare --json`
+    writes it."""
+    unit = "rounds" if result.paired else "repetitions a side"
+    undecided = {id(u.figure): u.text(unit) for u in unsure(result.figures, rules)}
+
+    def pct(value: float | None) -> float | None:
+        return None if value is None or math.isnan(value) else 100 * (value - 1)
+
+    figures = [
+        GatedFigure(
+            cell=f.cell,
+            name=f.name,
+            metric=f.metric,
+            before=f.before,
+            after=f.after,
+            change_pct=pct(f.ratio),
+            low_pct=pct(f.low),
+            high_pct=pct(f.high),
+            p_value=f.p_value,
+            p_adjusted=f.p_adjusted,
+            significant=f.significant,
+            test="paired" if f.pairs else "blocks" if f.per_block else "unpaired",
+            detectable_pct=f.detectable_pct,
+            broken=f.broken,
+            unsure=undecided.get(id(f)),
+        )
+        for f in result.figures
+    ]
+    return GateReport(
+        verdict="fail" if failing else "pass",
+        rules=[r.text for r in rules],
+        paired=result.paired,
+        pairs=result.pairs,
+        repetitions=result.repetitions,
+        differences=result.differences,
+        noisy=result.noisy,
+        dropped=result.dropped,
+        figures=figures,
+    )
 
 
 class CalibrationReport(BaseModel):

@@ -10,14 +10,20 @@ from pathlib import Path
 
 from bench.core.errors import ConfigError
 from bench.report.aggregate import collect
+from bench.report.data import render_json
 from bench.report.document import Report
 from bench.report.html import render_html
 from bench.report.markdown import render_markdown
 from bench.report.profile import profile_section
 from bench.report.tables import build
 
-# The file formats, by file suffix: report.md, report.html.
-FORMATS: dict[str, Callable[[Report], str]] = {"md": render_markdown, "html": render_html}
+# The file formats, by file suffix: report.md, report.html, and report.json (the document as
+# data, for programs).
+FORMATS: dict[str, Callable[[Report], str]] = {
+    "md": render_markdown,
+    "html": render_html,
+    "json": render_json,
+}
 
 
 def read_report(

@@ -4,6 +4,7 @@ set beside wall-clock figures, and where the cost went, read from the kept callg
 from __future__ import annotations
 
 import gzip
+import json
 import random
 from pathlib import Path
 
@@ -116,6 +117,26 @@ def test_compare_gates_cost_and_says_where_it_went(
     row = next(line for line in out.out.splitlines() if "sha256_block_data_order" in line)
     assert row.startswith("| `sha256_block_data_order (libcrypto.so.3)` | 0 | 20,000 | +20,000")
     assert "+100%" in row
+
+
+def test_compare_json_is_the_verdict_as_data_and_never_overwrites(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = cost_results(tmp_path / "before", 0, seed=1)
+    slower = cost_results(tmp_path / "slower", 20_000, seed=2)
+    kept = tmp_path / "verdict.json"
+    args = ["compare", str(before), str(slower), "--fail-on", "instructions>+1%"]
+    assert main([*args, "--json", str(kept)]) == EXIT_FAILED
+    verdict = json.loads(kept.read_text())
+    assert verdict["schema_version"] == 1 and verdict["verdict"] == "fail"
+    assert verdict["rules"] == ["instructions>+1%"] and not verdict["paired"]
+    figures = verdict["figures"]
+    assert figures and all(f["test"] == "blocks" and f["significant"] for f in figures)
+    assert all(f["broken"] == ["instructions>+1%"] and 1.5 < f["change_pct"] < 2.5 for f in figures)
+    assert all(f["low_pct"] < f["change_pct"] < f["high_pct"] for f in figures)
+    capsys.readouterr()
+    assert main([*args, "--json", str(kept)]) == EXIT_USAGE  # never overwritten
+    assert f"{kept} exists" in capsys.readouterr().err
 
 
 def test_cost_and_wall_clock_are_never_compared(
