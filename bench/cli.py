@@ -910,6 +910,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if rest and args.command not in ("matrix", "doctor"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if problem := _not_linux():
+        print(f"prefect-bench: error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     console = _console()
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     if args.command == "matrix" and args.verbose:
@@ -935,6 +938,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except Exception as exc:  # a bug: one line that says so, and where its traceback is
         return _bug(exc, args.verbose, argv)
+
+
+def _not_linux() -> str | None:
+    """Why this system cannot run prefect-bench (it reads /proc and pins processes to CPUs),
+    or None on Linux."""
+    if sys.platform.startswith("linux") and Path("/proc/self/stat").exists():
+        return None
+    return (
+        f"prefect-bench runs on Linux (it reads /proc and pins processes to CPUs); this is "
+        f"{sys.platform}: run it in a Linux machine, VM or container"
+    )
 
 
 def _failed(exc: BenchError, code: int, verbose: bool) -> int:

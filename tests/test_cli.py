@@ -399,6 +399,18 @@ def test_a_server_that_does_not_start_is_one_line_naming_its_cause(
     assert f"the last lines of {folder / 'server.log'}:" in kept and "in _start_on" in kept
 
 
+def test_another_os_is_refused_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert main(["report", "nowhere"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err == (
+        "prefect-bench: error: prefect-bench runs on Linux (it reads /proc and pins processes "
+        "to CPUs); this is darwin: run it in a Linux machine, VM or container\n"
+    )
+
+
 def test_a_matrix_where_every_cell_was_skipped_says_why_and_exits_non_zero(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
