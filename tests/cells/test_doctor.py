@@ -68,3 +68,24 @@ def test_the_estimate_counts_repetitions_and_says_what_it_leaves_out() -> None:
     assert scenario == pytest.approx(2 * 6 + CELL_OVERHEAD_S)
     cost, left_out = estimate_s(run_config({"cost": True}), cells=1)
     assert cost is None and "--cost cells are not estimated" in left_out[0]
+
+
+def test_on_a_machine_without_docker_nor_binaries_doctor_says_what_each_cell_lacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", str(bin_dir))  # no postgres, no redis-server
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'no-docker.sock'}")
+    for variable in ("BENCH_POSTGRES_URL", "BENCH_REDIS_URL"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("COLUMNS", "1000")  # each reason on one line
+    out = bench("doctor", "--server", "python", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr  # the default cell needs none of them
+    text = " ".join(out.stdout.split())
+    assert "python-sqlite-memory │ yes" in text, out.stdout
+    # redis-server is found on PATH only (PostgreSQL's Debian folders are searched too)
+    assert "python-sqlite-redis │ skipped │ no provider can provide redis here (external: " in text
+    assert "docker: docker SDK cannot reach a daemon at unix://" in text
+    assert "local: redis-server not found on PATH" in text
+    assert "cells can run here: about" in text
