@@ -1,12 +1,14 @@
 """What this machine can run, asked before running it (`prefect-bench doctor`, `matrix
 --dry-run`): each cell's fate decided as its own run decides it (`runner.skip_reason`, then a
 provider for each backing service), without starting, building or provisioning anything; the
-tools each option needs; and the time the cells that can run would take.
+tools each option needs; the Prefect versions the nox sessions would install (asked of the
+package index); and the time the cells that can run would take.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,8 +20,15 @@ from rich.text import Text
 from bench import cost
 from bench.cells.runner import CellRun, needed_services, skip_reason
 from bench.config.run import RunConfig
+from bench.config.versions import (
+    VERSION_ENV,
+    index_url,
+    parse_versions,
+    release_files,
+    released_at,
+)
 from bench.core.cache_folder import default_cache_dir
-from bench.core.errors import CellSkipped
+from bench.core.errors import CellSkipped, ConfigError
 from bench.profile import perf, pyspy
 from bench.workloads import ScenarioWorkload, get_workload
 
@@ -131,6 +140,25 @@ def backing_services() -> list[tuple[str, str, str]]:
     ]
 
 
+def prefect_versions(text: str | None) -> list[tuple[str, str, str]]:
+    """The Prefect versions `PREFECT_VERSION` names (`text`; the default when unset): each
+    with when the package index released it, or why the nox sessions could not install it."""
+    try:
+        versions = parse_versions(text)
+        files = release_files(index_url())
+    except ConfigError as exc:
+        return [(VERSION_ENV, "unusable", str(exc))]
+    found = []
+    for version in versions:
+        released = released_at(files, version)
+        found.append(
+            (version, "on the index", f"released {released:%Y-%m-%d}")
+            if released
+            else (version, "not on the index", f"no file of prefect {version} on {index_url()}")
+        )
+    return found
+
+
 def render(
     console: Console, outlooks: Sequence[Outlook], config: RunConfig, show_tools: bool
 ) -> None:
@@ -154,9 +182,11 @@ def render(
         console.print(f"  not counted: {note}", markup=False, highlight=False)
     if not show_tools:
         return
+    versions = prefect_versions(os.environ.get(VERSION_ENV))
     for title, rows, columns in (
         ("Tools", tools(), ("tool", "here", "needed by")),
         ("PostgreSQL and Redis", backing_services(), ("service", "provider", "here")),
+        (f"Prefect versions ({VERSION_ENV}, for nox)", versions, ("version", "index", "detail")),
     ):
         table = Table(title=title, title_justify="left")
         for column in columns:

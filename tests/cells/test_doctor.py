@@ -3,6 +3,7 @@ own run makes, without starting anything; the tools; the time the cells would ta
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,16 @@ def test_on_a_machine_without_docker_nor_binaries_doctor_says_what_each_cell_lac
     assert "docker: docker SDK cannot reach a daemon at unix://" in text
     assert "local: redis-server not found on PATH" in text
     assert "cells can run here: about" in text
+
+
+def test_doctor_asks_the_index_for_the_prefect_versions_nox_would_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PREFECT_VERSION", "3.9.1,3.99.0")
+    monkeypatch.setenv("COLUMNS", "1000")
+    out = bench("doctor", "--server", "python", "--db", "sqlite", "--broker", "memory",
+                cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = " ".join(out.stdout.split())
+    assert re.search(r"3\.9\.1 │ on the index │ released 20\d\d-\d\d-\d\d", text), out.stdout
+    assert "3.99.0 │ not on the index │ no file of prefect 3.99.0 on" in text
