@@ -416,14 +416,16 @@ def _count_scenario(
         f"counting {scenario.name}: {blocks.counted} blocks of {blocks.size} runs after a "
         "warm-up block, a dump after each step"
     )
-    measured = cost.count_scenario(
-        where,
-        scenario,
-        blocks,
-        lambda: _ensure_alive(target, "while counting"),
-        lambda counted: workload.recorded(client, counted),
-        _services_target(run, target, lambda: workload.recorded(client, scenario), client),
-    )
+    recorded = functools.partial(workload.recorded, client, scenario)
+    with _services_target(run, target, recorded, client) as services:
+        measured = cost.count_scenario(
+            where,
+            scenario,
+            blocks,
+            lambda: _ensure_alive(target, "while counting"),
+            lambda counted: workload.recorded(client, counted),
+            services,
+        )
     result.scenarios.append(measured)
     figures = [(step.name, step.cost) for step in [*measured.steps, measured]]
     figures.append((f"{SERVICES_STEP}, per run", measured.services_cost))
@@ -436,22 +438,24 @@ def _count_scenario(
     progress.measured_scenario(measured)
 
 
+@contextmanager
 def _services_target(
     run: CellRun,
     target: _Target,
     recorded: Callable[[], Mapping[str, int]],
     client: httpx.Client,
-) -> cost.ServicesTarget | None:
+) -> Iterator[cost.ServicesTarget | None]:
     """--cost-services: the services process, and what it has still to do (the cell's Redis
-    holds what the API gave it)."""
+    holds what the API gave it); the Redis connection closed after."""
     if not run.config.cost_services:
-        return None
+        yield None
+        return
     services = target.server.services if target.server is not None else None
     if services is None or target.broker is None:
         raise ConfigError("--cost-services needs the server's services process and its Redis")
     r = target.broker
-    broker = REDIS.client(r.host, r.port, db=r.db, password=r.password)
-    return cost.ServicesTarget(services.pid, cost.prefect_waiting(client, broker, recorded))
+    with contextlib.closing(REDIS.client(r.host, r.port, db=r.db, password=r.password)) as broker:
+        yield cost.ServicesTarget(services.pid, cost.prefect_waiting(client, broker, recorded))
 
 
 def _record_server_totals(info: ServerInfo, server: RunningServer) -> None:
