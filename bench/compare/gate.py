@@ -124,6 +124,11 @@ class Unsure:
 MAX_MORE = 10
 
 
+def repeats_unit(paired: bool) -> str:
+    """What a side's repetitions are called: rounds when paired, else repetitions a side."""
+    return "rounds" if paired else "repetitions a side"
+
+
 def unsure(figures: Iterable[Figure], rules: Sequence[Rule]) -> list[Unsure]:
     """The figures of `rules`' metrics, not broken, whose interval holds a threshold: the
     interval's half-width shrinks as 1/√n, so n·(half-width / distance to the threshold)²
@@ -437,7 +442,7 @@ class GateReport(BaseModel):
 def gate_report(result: Comparison, rules: Sequence[Rule], failing: Sequence[Figure]) -> GateReport:
     """`result` gated by `rules` (`failing` the figures that broke one), as `compare --json`
     writes it."""
-    unit = "rounds" if result.paired else "repetitions a side"
+    unit = repeats_unit(result.paired)
     undecided = {id(u.figure): u.text(unit) for u in unsure(result.figures, rules)}
 
     def pct(value: float | None) -> float | None:
@@ -674,7 +679,7 @@ def render(comparison: Comparison, rules: Sequence[Rule], failing: Sequence[Figu
 
 def _unsure(undecided: Sequence[Unsure], paired: bool) -> str:
     """The figures the gate could not decide, and how many more repetitions would."""
-    unit = "rounds" if paired else "repetitions a side"
+    unit = repeats_unit(paired)
     named = [
         f"{u.figure.cell} {u.figure.name} {u.figure.metric} {_pct(u.figure.change_pct)} "
         f"({u.text(unit)})"
