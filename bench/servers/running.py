@@ -139,7 +139,9 @@ def _start_on(port: int, adapter: ServerAdapter, setup: ServerSetup) -> RunningS
     server.services = services
     try:
         if adapter.spec.uses("server_workers") and setup.server_workers > 1:
-            server.workers = _await_workers(adapter, process, port, setup.server_workers)
+            server.workers = _await_workers(
+                adapter, process, port, setup.server_workers, _startup_timeout(adapter, setup)
+            )
         if services is not None:
             _await_services(adapter, services, _startup_timeout(adapter, setup))
     except BaseException:
@@ -169,11 +171,11 @@ def _run_init(adapter: ServerAdapter, setup: ServerSetup) -> float:
 
 
 def _await_workers(
-    adapter: ServerAdapter, process: ManagedProcess, port: int, count: int
+    adapter: ServerAdapter, process: ManagedProcess, port: int, count: int, timeout_s: float
 ) -> list[psutil.Process]:
-    """The server's `count` API worker processes, once all are up (health answered as soon as
-    the first one was): the processes under it that listen on its port (not, say, Python's
-    multiprocessing resource tracker)."""
+    """The server's `count` API worker processes, once all are up within `timeout_s` (health
+    answered as soon as the first one was): the processes under it that listen on its port
+    (not, say, Python's multiprocessing resource tracker)."""
 
     def workers() -> list[psutil.Process] | None:
         found = [p for p in process.tree()[1:] if _listens(p, port)]
@@ -182,7 +184,7 @@ def _await_workers(
     try:
         return wait_until(
             workers,
-            timeout_s=adapter.startup_timeout_s,
+            timeout_s=timeout_s,
             interval_s=0.1,
             abort=lambda: None if process.exit_code() is None else "exited",
         )
@@ -190,7 +192,7 @@ def _await_workers(
         tail = process.log_tail()
         said = (
             f"the {adapter.name} server did not run its {count} API worker processes within "
-            f"{adapter.startup_timeout_s:g} s"
+            f"{timeout_s:g} s"
         )
         raise from_log(ServerError, said, tail, process.log_path) from exc
 
