@@ -595,14 +595,14 @@ def _outlooks(
 ) -> tuple[list[doctor.Outlook], RunConfig]:
     """Each cell the options pick, as this machine would run it with `run_args`."""
     config = _matrix_config(run_args)
+    parser = build_parser()
+    servers = ["--servers", str(args.servers)] if args.servers else []
     found = []
     for server, db, broker, _ in chosen(
         args.servers, [], args.only_servers or (), args.only_dbs or (), args.only_brokers or ()
     ):
-        words = ["run", "--server", server, "--db", db, "--broker", broker, *run_args]
-        cell_args = build_parser().parse_args(
-            words + (["--servers", str(args.servers)] if args.servers else [])
-        )
+        words = ["run", "--server", server, "--db", db, "--broker", broker, *run_args, *servers]
+        cell_args = parser.parse_args(words)
         found.append(doctor.outlook(_cell_run(cell_args, config)))
     return found, config
 

@@ -143,9 +143,10 @@ def backing_services() -> list[tuple[str, str, str]]:
 def prefect_versions(text: str | None) -> list[tuple[str, str, str]]:
     """The Prefect versions `PREFECT_VERSION` names (`text`; the default when unset): each
     with when the package index released it, or why the nox sessions could not install it."""
+    index = index_url()
     try:
         versions = parse_versions(text)
-        files = release_files(index_url())
+        files = release_files(index)
     except ConfigError as exc:
         return [(VERSION_ENV, "unusable", str(exc))]
     found = []
@@ -154,7 +155,7 @@ def prefect_versions(text: str | None) -> list[tuple[str, str, str]]:
         found.append(
             (version, "on the index", f"released {released:%Y-%m-%d}")
             if released
-            else (version, "not on the index", f"no file of prefect {version} on {index_url()}")
+            else (version, "not on the index", f"no file of prefect {version} on {index}")
         )
     return found
 
