@@ -246,7 +246,7 @@ class RunConfig(BaseModel):
         default=False,
         description="--cost of flow-runs on a server whose services run in a process of their "
         "own (python-scaled, --server-workers 1): that process under callgrind too, its "
-        "timer-driven services off, and its instructions per flow run (recording the task "
+        "timer-driven services held still, and its instructions per flow run (recording the task "
         "runs, persisting the events) counted beside the API's",
     )
     profile: bool = setting(
