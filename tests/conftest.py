@@ -4,9 +4,7 @@ progress, a cell run)."""
 
 from __future__ import annotations
 
-import http.server
 import os
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -165,37 +163,10 @@ def cell_run(tmp_path: Path) -> Callable[..., CellRun]:
     return make
 
 
-class _HealthOnly(http.server.BaseHTTPRequestHandler):
-    """A stand-in for a server that answers GET /api/health and 404 to everything else (no
-    /api/events/in, no API to seed)."""
-
-    protocol_version = "HTTP/1.1"
-
-    def _answer(self) -> None:
-        self.rfile.read(int(self.headers.get("content-length", 0)))
-        found = self.path == "/api/health"
-        body = b"true" if found else b'{"detail":"Not Found"}'
-        self.send_response(200 if found else 404)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST = _answer
-
-    def log_message(self, *args: Any) -> None:
-        return None
-
-
 @pytest.fixture
 def health_only() -> Iterator[str]:
-    """The API URL of a _HealthOnly stand-in on a free port."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HealthOnly)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/api"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    """The API URL of a stand-in that answers GET /api/health only, on a free port."""
+    from tests.helpers import HealthOnly, stand_in  # after the helpers' asserts are rewritten
+
+    with stand_in(HealthOnly) as url:
+        yield url

@@ -1,12 +1,18 @@
-"""Shared by the tests of every package: where the repository and its test resources are, and
-`bench()`, prefect-bench's command line in a child process."""
+"""Shared by the tests of every package: where the repository and its test resources are,
+`bench()`, prefect-bench's command line in a child process, and `stand_in`, a fake HTTP server
+(a named fake: it stands for servers that are not Prefect)."""
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, ClassVar
 
 ROOT = Path(__file__).resolve().parent.parent
 RESOURCES = ROOT / "tests" / "resources"
@@ -26,6 +32,61 @@ def bench(*args: str, cwd: Path, timeout_s: float = 300) -> subprocess.Completed
         # which os.environ does not show and children would inherit
         env=dict(os.environ),
     )
+
+
+class StandIn(http.server.BaseHTTPRequestHandler):
+    """A fake server's answers by path (`answers`: status and body), 404 to any other path."""
+
+    protocol_version = "HTTP/1.1"
+    answers: ClassVar[dict[str, tuple[int, bytes]]] = {}
+
+    def _answer(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        status, body = self.answers.get(self.path, (404, b'{"detail":"Not Found"}'))
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args: Any) -> None:
+        return None
+
+
+class HealthOnly(StandIn):
+    """A stand-in for a server that answers GET /api/health and 404 to everything else (no
+    /api/events/in, no API to seed)."""
+
+    answers: ClassVar[dict[str, tuple[int, bytes]]] = {"/api/health": (200, b"true")}
+
+
+@contextlib.contextmanager
+def stand_in(handler: type[StandIn]) -> Iterator[str]:
+    """The API URL (`…/api`) of a `handler` server on a free port of 127.0.0.1, for the block."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/api"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def extra_work_server(name: str, nbytes: int) -> str:
+    """A servers.toml entry `name`: the python server hashing `nbytes` zero bytes per request
+    (tests/fixtures/extra_work), a known slowdown."""
+    return f"""
+[servers.{name}]
+extends = "python"
+description = "a test fixture: the python server and a sha256 of {nbytes} bytes per request"
+[servers.{name}.env]
+PYTHONPATH = "{ROOT / "tests" / "fixtures" / "extra_work"}"
+BENCH_EXTRA_WORK_BYTES = "{nbytes}"
+"""
 
 
 NATIVE_SERVER = """

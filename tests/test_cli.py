@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import re
@@ -10,11 +9,10 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
 import psutil
 import pytest
@@ -32,7 +30,7 @@ from bench.cli import (
 from bench.core.process import wait_until
 from bench.report import collect
 from bench.results import write_result
-from tests.helpers import RESOURCES, bench
+from tests.helpers import RESOURCES, StandIn, bench, stand_in
 
 
 @pytest.mark.parametrize(
@@ -310,41 +308,22 @@ def test_report_against_a_baseline_folder(tmp_path: Path) -> None:
 TRACEBACK = "Traceback (most recent call last)"
 
 
-class _AnswersAList(http.server.BaseHTTPRequestHandler):
+class _AnswersAList(StandIn):
     """A server the seed workload does not expect: /api/health answers, and creating a flow
     answers 201 with a JSON list where the workload reads an object's id, so that the cell
     meets an exception prefect-bench did not expect (a bug) halfway through."""
 
-    protocol_version = "HTTP/1.1"
-
-    def _answer(self) -> None:
-        self.rfile.read(int(self.headers.get("content-length", 0)))
-        answers = {"/api/health": (200, b"true"), "/api/flows/": (201, b"[]")}
-        status, body = answers.get(self.path, (404, b'{"detail":"Not Found"}'))
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST = _answer
-
-    def log_message(self, *args: Any) -> None:
-        return None
+    answers: ClassVar[dict[str, tuple[int, bytes]]] = {
+        "/api/health": (200, b"true"),
+        "/api/flows/": (201, b"[]"),
+    }
 
 
 @pytest.fixture
 def answers_a_list() -> Iterator[str]:
     """The API URL of an _AnswersAList server on a free port of 127.0.0.1."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AnswersAList)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/api"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with stand_in(_AnswersAList) as url:
+        yield url
 
 
 @pytest.mark.parametrize("verbose", [False, True])

@@ -14,16 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, bench, native_server
+from tests.helpers import bench, extra_work_server, native_server
 
-SERVERS = f"""
-[servers.python-extra]
-extends = "python"
-description = "a test fixture: the python server and a sha256 of 2 KB per request"
-[servers.python-extra.env]
-PYTHONPATH = "{ROOT / "tests" / "fixtures" / "extra_work"}"
-BENCH_EXTRA_WORK_BYTES = "2048"
-"""
+SERVERS = extra_work_server("python-extra", 2048)
 
 
 def cost_pair(
