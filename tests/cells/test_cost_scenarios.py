@@ -123,17 +123,36 @@ def test_the_services_are_drained_of_what_was_sent_or_the_cell_fails_saying_what
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @needs_valgrind
-def test_the_real_server_s_flow_runs_are_counted_per_step_and_per_flow_run(
+def test_the_services_cost_per_flow_run_is_counted_in_their_own_process(
     cell_run,
     progress,  # type: ignore[no-untyped-def]
 ) -> None:
-    """flow-runs of 2 tasks on the real server under callgrind (its start: 1-2 minutes),
-    two blocks of 2 flow runs after a warm-up block: every step's figure, the flow run's, their
-    spread, and the kept dumps."""
-    run = cell_run(workload="flow-runs", tasks=2, cost=True, cost_block=2, cost_blocks=2)
+    """python-scaled with one API process and its services process, both under callgrind (its
+    start: 1-2 minutes), flow-runs of 2 tasks in two blocks of 2 flow runs after a warm-up
+    block: every API step's figure, the flow run's, their spread and the kept dumps (as on the
+    python server: the API process is Prefect's one app), and the services' instructions per
+    flow run, each block's counted once they had recorded its task runs and persisted its
+    events. One test for both: a server under callgrind costs a minute or more to start."""
+    run = cell_run(
+        "python-scaled",
+        "postgres",
+        "redis",
+        workload="flow-runs",
+        tasks=2,
+        cost=True,
+        cost_services=True,
+        cost_block=2,
+        cost_blocks=2,
+        server_workers=1,
+    )
     result = run_cell(run, progress())
     assert result.status == "ok", result.error
+    assert result.server is not None and result.server.processes == {
+        "api_workers": 1,
+        "services": 1,
+    }
     (measured,) = result.scenarios
+    run_dir = run.out_dir / run.run_id
     steps = {step.name: step for step in measured.steps}
     assert {
         "GET admin/version",
@@ -148,7 +167,6 @@ def test_the_real_server_s_flow_runs_are_counted_per_step_and_per_flow_run(
         "set_state COMPLETED",
         "write logs",
     } <= set(steps), sorted(steps)
-    run_dir = run.out_dir / run.run_id
     every = 0.0
     for step in measured.steps:
         cost = step.cost
@@ -175,36 +193,6 @@ def test_the_real_server_s_flow_runs_are_counted_per_step_and_per_flow_run(
     # the raw dumps went with the server's folder: only the kept ones remain
     assert not list(run.cell_dir.rglob("callgrind.out.*"))
 
-
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-@needs_valgrind
-def test_the_services_cost_per_flow_run_is_counted_in_their_own_process(
-    cell_run,
-    progress,  # type: ignore[no-untyped-def]
-) -> None:
-    """python-scaled with one API process and its services process, both under callgrind:
-    the API's steps as on the python server, and the services' instructions per flow run,
-    each block's counted once they had recorded its task runs and persisted its events."""
-    run = cell_run(
-        "python-scaled",
-        "postgres",
-        "redis",
-        workload="flow-runs",
-        tasks=2,
-        cost=True,
-        cost_services=True,
-        cost_block=2,
-        cost_blocks=2,
-        server_workers=1,
-    )
-    result = run_cell(run, progress())
-    assert result.status == "ok", result.error
-    assert result.server is not None and result.server.processes == {
-        "api_workers": 1,
-        "services": 1,
-    }
-    (measured,) = result.scenarios
     api, spent = measured.cost, measured.services_cost
     assert api is not None and spent is not None
     assert spent.blocks == 2 and spent.requests_per_block == 2 and len(spent.callgrind) == 2
@@ -213,7 +201,6 @@ def test_the_services_cost_per_flow_run_is_counted_in_their_own_process(
     assert 1e6 < spent.per_request < api.per_request * 20, (spent, api)
     assert spent.spread_pct < 25 and spent.idle_per_s is not None, spent
     assert measured.delivery["task_runs"].recorded == measured.delivery["task_runs"].sent == 12
-    run_dir = run.out_dir / run.run_id
     for kept in spent.callgrind:
         with gzip.open(run_dir / kept) as dump:
             assert b"events: Ir" in dump.read(), kept
