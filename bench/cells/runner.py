@@ -92,7 +92,7 @@ class CellRun:
 
 
 @dataclass
-class _Target:
+class ServerTarget:
     """The server being measured: one we started, or one given by --url."""
 
     host: str
@@ -117,7 +117,7 @@ class _Target:
         return f"http://{engine.Target(self.host, self.port).authority}{self.api_path}"
 
 
-def parse_url(url: str, allow_remote: bool = False) -> _Target:
+def parse_url(url: str, allow_remote: bool = False) -> ServerTarget:
     """The server a --url names; ConfigError unless it is http:// on this machine (or, with
     `allow_remote`, on any host).
 
@@ -138,10 +138,10 @@ def parse_url(url: str, allow_remote: bool = False) -> _Target:
     host = LOOPBACK if parts.hostname == "localhost" else parts.hostname
     port = parts.port or 80
     ours = OurProcesses() if remote else OurProcesses(extra=listening_on(port, host))
-    return _Target(host, port, parts.path.rstrip("/"), ours=ours, remote=remote)
+    return ServerTarget(host, port, parts.path.rstrip("/"), ours=ours, remote=remote)
 
 
-def _new_result(run: CellRun) -> Result:
+def new_result(run: CellRun) -> Result:
     """The cell's result as it starts: failed until it is ok."""
     return Result(
         run_id=run.run_id,
@@ -164,7 +164,7 @@ def run_cell(run: CellRun, progress: Progress) -> Result:
     A KeyboardInterrupt (Ctrl-C, or SIGTERM turned into one) stops the cell: everything is
     cleaned up and the result is failed with the error INTERRUPTED, the measurements kept.
     """
-    result = _new_result(run)
+    result = new_result(run)
     try:
         _run(run, progress, result)
         result.status = "ok"
@@ -173,18 +173,18 @@ def run_cell(run: CellRun, progress: Progress) -> Result:
         result.error = one_line(str(exc))
     except BenchError as exc:
         result.error = one_line(str(exc))
-        _failed(run, progress, result, exc)
+        keep_failure(run, progress, result, exc)
     except KeyboardInterrupt:
         result.error = INTERRUPTED
     except Exception as exc:
         result.error = bug(exc)
-        result.error += f" ({_failed(run, progress, result, exc)})"
+        result.error += f" ({keep_failure(run, progress, result, exc)})"
     finally:
         result.finished_at = utc_now()
     return result
 
 
-def _failed(run: CellRun, progress: Progress, result: Result, exc: Exception) -> str:
+def keep_failure(run: CellRun, progress: Progress, result: Result, exc: Exception) -> str:
     """Keep the long form of the cell's failure in its log and show it (with -v); says where
     its traceback is."""
     text = long_form(exc)
@@ -195,7 +195,7 @@ def _failed(run: CellRun, progress: Progress, result: Result, exc: Exception) ->
         return f"its traceback could not be kept in {run.cell_log}: {err.strerror}"
 
 
-def _check_machine(progress: Progress, result: Result) -> None:
+def check_machine(progress: Progress, result: Result) -> None:
     """Record the machine before the cell, and mark the result noisy if it is not quiet."""
     progress.stage("checking the machine is quiet")
     result.machine = machine_state(OurProcesses())
@@ -211,7 +211,7 @@ def _noise(result: Result, reasons: list[str], progress: Progress) -> None:
 
 def _run(run: CellRun, progress: Progress, result: Result) -> None:
     workload = get_workload(run.config.workload)
-    _check_machine(progress, result)
+    check_machine(progress, result)
     with ExitStack() as stack:
         if run.server is None:
             if run.config.url is None:
@@ -219,7 +219,7 @@ def _run(run: CellRun, progress: Progress, result: Result) -> None:
             target = parse_url(run.config.url, run.config.allow_remote)
             result.server_host = target.host if target.remote else None
         else:
-            target = _start(run, run.server, progress, result, stack)
+            target = start_target(run, run.server, progress, result, stack)
         client = stack.enter_context(api_client(target.base_url))
         try:
             client.get("/health")
@@ -249,14 +249,14 @@ def serving(run: CellRun, progress: Progress) -> Iterator[str]:
     CellSkipped when the cell cannot run here, BenchError when it does not start."""
     if run.server is None:
         raise ConfigError("a cell needs a server to start")
-    result = _new_result(run)
+    result = new_result(run)
     with ExitStack() as stack:
-        yield _start(run, run.server, progress, result, stack).base_url
+        yield start_target(run, run.server, progress, result, stack).base_url
 
 
-def _start(
+def start_target(
     run: CellRun, adapter: ServerAdapter, progress: Progress, result: Result, stack: ExitStack
-) -> _Target:
+) -> ServerTarget:
     """Provision the services the cell needs and start its server; all undone by `stack`."""
     if reason := skip_reason(run, adapter):
         raise CellSkipped(reason)  # before anything is provisioned or built
@@ -309,7 +309,9 @@ def _start(
     where = ("127.0.0.1", server.port, server.api_path)
     sampled = _profile_target(run, server) if run.config.profile else None
     broker = setup.redis if run.config.cost_services else None
-    return _Target(*where, server, backends, ours, dumps_dir=dumps, broker=broker, profile=sampled)
+    return ServerTarget(
+        *where, server, backends, ours, dumps_dir=dumps, broker=broker, profile=sampled
+    )
 
 
 def _profile_target(run: CellRun, server: RunningServer) -> profile.ProfileTarget:
@@ -361,7 +363,7 @@ def _cost_refusal(adapter: ServerAdapter, config: RunConfig) -> None:
         )
 
 
-def _cost_target(run: CellRun, target: _Target) -> tuple[cost.Blocks, cost.CostTarget]:
+def _cost_target(run: CellRun, target: ServerTarget) -> tuple[cost.Blocks, cost.CostTarget]:
     """--cost: the blocks the config asks for, and the server they are counted in."""
     assert target.server is not None and target.dumps_dir is not None
     where = cost.CostTarget(
@@ -378,7 +380,7 @@ def _count_all(
     run: CellRun,
     workload: Workload,
     fixtures: dict[str, str],
-    target: _Target,
+    target: ServerTarget,
     progress: Progress,
     result: Result,
 ) -> None:
@@ -404,7 +406,7 @@ def _count_scenario(
     run: CellRun,
     workload: ScenarioWorkload,
     client: httpx.Client,
-    target: _Target,
+    target: ServerTarget,
     progress: Progress,
     result: Result,
 ) -> None:
@@ -441,7 +443,7 @@ def _count_scenario(
 @contextmanager
 def _services_target(
     run: CellRun,
-    target: _Target,
+    target: ServerTarget,
     recorded: Callable[[], Mapping[str, int]],
     client: httpx.Client,
 ) -> Iterator[cost.ServicesTarget | None]:
@@ -505,7 +507,7 @@ def _measure_all(
     config: RunConfig,
     workload: Workload,
     fixtures: dict[str, str],
-    target: _Target,
+    target: ServerTarget,
     progress: Progress,
     result: Result,
 ) -> None:
@@ -517,7 +519,7 @@ def _measure_all(
             for endpoint in workload.endpoints:
                 request = endpoint.resolve(target.api_path, fixtures)
                 for concurrency in config.concurrency:
-                    window = _Window(
+                    window = Window(
                         config, endpoint, request, concurrency, target, sampler, progress
                     )
                     if config.sweep:
@@ -529,16 +531,18 @@ def _measure_all(
 
 
 @dataclass(frozen=True)
-class _Window:
+class Window:
     """One endpoint at one concurrency level, measured in one window per call."""
 
     config: RunConfig
     endpoint: Endpoint
     request: engine.EngineRequest
     concurrency: int
-    target: _Target
+    target: ServerTarget
     sampler: ResourceSampler | None
     progress: Progress
+    # whose window it is, in what the progress shows: servers measured together (bench.cells.pair)
+    label: str = ""
 
     def measure(self, result: Result, rate: float | None = None) -> EndpointResult:
         """A window at the config's rate (or `rate`), with what the server used meanwhile."""
@@ -546,7 +550,7 @@ class _Window:
         name, c, target = self.endpoint.name, self.concurrency, self.target
         spec = engine.LoadSpec.for_level(config, c)
         _ensure_alive(target, f"before {name} at c={c}")
-        callback = self.progress.measuring(name, c)
+        callback = self.progress.measuring(self.label + name, c)
         with ExitStack() as window:
             # --profile: sampling before the window's clocks start, stopped after they end
             stem = profile.window_stem(name, c, rate)
@@ -577,11 +581,11 @@ class _Window:
     def done(self, ep: EndpointResult) -> None:
         """After the window's result is kept: shown, and the server checked (it may have died
         in the window: the result says so, with what was measured)."""
-        self.progress.measured(ep)
+        self.progress.measured(ep.model_copy(update={"name": self.label + ep.name}))
         _ensure_alive(self.target, f"during {self.endpoint.name} at c={self.concurrency}")
 
 
-def _sweep(window: _Window, result: Result) -> None:
+def _sweep(window: Window, result: Result) -> None:
     """The window's endpoint at each rate of the sweep, lowest first, until it misses the
     objective STOP_AFTER_MISSES times in a row (bench.compare.capacity); kept in `result` as it
     goes."""
@@ -618,7 +622,7 @@ def _verify_scenario(
     workload: ScenarioWorkload,
     fresh: Callable[[], engine.Scenario],
     client: httpx.Client,
-    target: _Target,
+    target: ServerTarget,
 ) -> str:
     """Run a `fresh()` scenario once, prepared, and wait until the server recorded all of
     it: a server that refuses a step, or records nothing, fails the cell here with one line
@@ -677,7 +681,7 @@ def _drained(
 
 
 def _real_client_check(
-    run: CellRun, target: _Target, progress: Progress, result: Result, tasks: int
+    run: CellRun, target: ServerTarget, progress: Progress, result: Result, tasks: int
 ) -> None:
     """One flow run of `tasks` tasks of the real Prefect client against the server, read back:
     the proof that the server serves the client the workload emulates
@@ -698,7 +702,7 @@ def _measure_scenarios(
     run: CellRun,
     workload: ScenarioWorkload,
     client: httpx.Client,
-    target: _Target,
+    target: ServerTarget,
     progress: Progress,
     result: Result,
 ) -> None:
@@ -738,7 +742,7 @@ def _measure_level(
     workload: ScenarioWorkload,
     parts: list[tuple[engine.Scenario, int]],
     client: httpx.Client,
-    target: _Target,
+    target: ServerTarget,
     sampler: ResourceSampler | None,
     progress: Progress,
     result: Result,
@@ -840,7 +844,7 @@ def _noisy_window(result: Result, others: OtherUsage, what: str, progress: Progr
         _noise(result, [reason], progress)
 
 
-def _ensure_alive(target: _Target, when: str) -> None:
+def _ensure_alive(target: ServerTarget, when: str) -> None:
     if target.server is None:
         return
     try:
