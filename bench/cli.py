@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import __version__
-from bench.cells import doctor, repeat, resume, rounds
+from bench.cells import doctor, repeat, resume, rounds, together
 from bench.cells.commands import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -288,6 +288,16 @@ def build_parser() -> argparse.ArgumentParser:
         "cell is named by it, and this environment must have it installed",
     )
     _add_cell_options(run)
+    run.add_argument(
+        "--beside",
+        action="append",
+        metavar="SERVER",
+        help="measure this server together with --server (may be given again): round after "
+        "round (--repeat N, the first a warm-up), every server started afresh and up at once "
+        "on the server's CPUs, each endpoint's windows alternating between them; each "
+        "server's rounds are its cell's repetitions, paired by `compare RUN --before A --after "
+        "B`",
+    )
 
     matrix = commands.add_parser(
         "matrix",
@@ -518,6 +528,8 @@ def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
+    if args.beside:
+        return _run_together(args, console)
     run = _cell_run(args)
     if run.config.url and "workload" not in vars(args):
         print(
@@ -537,6 +549,31 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     if args.json:
         write_result(result, args.json)
     if result.error == INTERRUPTED:
+        return EXIT_INTERRUPTED
+    return _EXIT_BY_STATUS[result.status]
+
+
+def _run_together(args: argparse.Namespace, console: Console) -> int:
+    """`run --beside`: the servers measured together, each round's results as they are written."""
+    if args.json:
+        raise ConfigError("--json writes one result to one path: not with --beside")
+    config = _config(args)
+    first = _cell_run(args, config)
+    runs = [first] + [
+        _cell_run(
+            argparse.Namespace(**{**vars(args), "server": name, "run_id": first.run_id}), config
+        )
+        for name in args.beside
+    ]
+    together.prepare(runs)
+    label = (
+        " + ".join(run.cell.server for run in runs) + f" ({first.cell.db} × {first.cell.broker})"
+    )
+    with progress_for(console, label, args.verbose) as progress:
+        for result, path in together.run_together(runs, progress):
+            console.print(f"result: {path}", markup=False, highlight=False, soft_wrap=True)
+            console.print(repeat.result_line(result), markup=False, highlight=False, soft_wrap=True)
+    if result.error == INTERRUPTED:  # the last round's: a round that failed is the last
         return EXIT_INTERRUPTED
     return _EXIT_BY_STATUS[result.status]
 

@@ -247,6 +247,7 @@ class Comparison:
     noisy: list[str] = field(default_factory=list)
     paired: bool = False  # two servers of one run, their repetitions paired by round
     dropped: list[str] = field(default_factory=list)  # rounds of one side without a pair
+    together: bool = False  # paired, and measured together (run --beside)
 
 
 def split_servers(
@@ -338,7 +339,12 @@ def compare(before: Sequence[Result], after: Sequence[Result], paired: bool = Fa
         for r in runs
         if r.noisy
     ]
-    return Comparison(pairs, figures, differences, repetitions, noisy, paired, dropped)
+    together = paired and all(
+        a in (rb.together_with or []) and b in (ra.together_with or [])
+        for b, a in pairs
+        for rb, ra in zip(old[b], new[a], strict=True)
+    )
+    return Comparison(pairs, figures, differences, repetitions, noisy, paired, dropped, together)
 
 
 def _paired_rounds(
@@ -431,6 +437,9 @@ class GateReport(BaseModel):
     verdict: Literal["pass", "fail"]
     rules: list[str]
     paired: bool
+    together: bool = Field(
+        default=False, description="paired, the servers measured together (run --beside)"
+    )
     pairs: list[tuple[str, str]]
     repetitions: dict[str, tuple[int, int]]
     differences: list[str]
@@ -472,6 +481,7 @@ def gate_report(result: Comparison, rules: Sequence[Rule], failing: Sequence[Fig
         verdict="fail" if failing else "pass",
         rules=[r.text for r in rules],
         paired=result.paired,
+        together=result.together,
         pairs=result.pairs,
         repetitions=result.repetitions,
         differences=result.differences,
@@ -586,6 +596,13 @@ HEADER = (
     "| cell | figure | metric | before | after | change | 95% interval | p (BH) | |\n"
     "|---|---|---|---:|---:|---:|---|---:|---|"
 )
+# How a paired figure is tested, as the Markdown says it under either pairing.
+_PAIRED_TEST = (
+    "A change is the geometric mean of the rounds' ratios; its interval and p-value come from a "
+    "one-sample t-test of their logarithms. Detectable: the smallest change the test finds 4 "
+    "times in 5 with these rounds' spread (α 0.05): below it, 'no change' means 'none this "
+    "large'."
+)
 # paired: with the smallest change the rounds' spread lets the test find 4 times in 5
 PAIRED_HEADER = (
     "| cell | figure | metric | before | after | change | 95% interval | p (BH) | detectable "
@@ -618,14 +635,17 @@ def render(comparison: Comparison, rules: Sequence[Rule], failing: Sequence[Figu
     before, after = max(comparison.repetitions.values(), key=lambda ba: smallest_p(*ba))
     timed = not figures or not all(f.per_block for f in figures)
     if timed and comparison.paired:
-        lines.append(
-            "Paired by round: the two servers were measured in one run, a repetition of each in "
-            "every round, so what drifts between rounds is in both sides of each round's ratio "
-            "after/before. A change is the geometric mean of the rounds' ratios; its interval "
-            "and p-value come from a one-sample t-test of their logarithms. Detectable: the "
-            "smallest change the test finds 4 times in 5 with these rounds' spread (α 0.05): "
-            "below it, 'no change' means 'none this large'."
+        how = (
+            "Measured together, paired by round: in each round the servers were started afresh "
+            "and up at once, each endpoint's windows alternating between them (`run --beside`), "
+            "so a round's ratio after/before compares windows seconds apart, on the same machine "
+            "at nearly the same moment."
+            if comparison.together
+            else "Paired by round: the two servers were measured in one run, a repetition of "
+            "each in every round, so what drifts between rounds is in both sides of each "
+            "round's ratio after/before."
         )
+        lines.append(f"{how} {_PAIRED_TEST}")
     elif timed:
         lines.append(
             "Unpaired: the sides' repetitions are compared as two groups, so whatever the "

@@ -65,6 +65,11 @@ def pairs_section(results: Sequence[Result]) -> Section | None:
             table.rows += [_row(f) for f in shown]
             section.charts.append(_chart(servers[0], other, comparison.figures))
             section.notes += [f"{servers[0]} → {other}: {line}" for line in comparison.dropped]
+            if comparison.together:
+                section.notes.append(
+                    f"{servers[0]} → {other}: measured together (run --beside): in each round "
+                    "both started afresh, their windows alternating, seconds apart"
+                )
     if not table.rows:
         return None
     section.tables.append(table)

@@ -665,6 +665,13 @@ class Result(BaseModel):
         default=None,
         description="why this repetition is left out of every figure (kept for the record)",
     )
+    together_with: list[str] | None = Field(
+        default=None,
+        description="the cells measured together with this one (`run --beside`): in each round "
+        "every server started afresh and up at once, each endpoint's windows alternating "
+        "between them, so the k-th repetition of each ran in the same round, its windows "
+        "seconds from theirs; None: measured alone",
+    )
 
     @property
     def interrupted(self) -> bool:

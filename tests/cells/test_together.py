@@ -1,0 +1,124 @@
+"""Servers measured together (`run --server A --beside B`): in each round both real Prefect
+servers started afresh and up at once, each endpoint's windows alternating between them, each
+server's rounds written as its cell's repetitions and paired by `compare RUN --before A
+--after B`."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from bench.cells.commands import EXIT_USAGE
+from bench.cli import main
+from tests.helpers import bench, extra_work_server, native_server
+
+# A known slowdown: the python server hashing 256 KB per request (tests/fixtures/extra_work),
+# several times a GET /health's own time.
+SERVERS = extra_work_server("python-extra", 262144)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--beside", "python"], "--beside: each server once (python, python)"),
+        (["--beside", "python-extra", "--workload", "flow-runs"], "not flow-runs"),
+        (["--beside", "python-extra"], "give --repeat N"),
+        (["--beside", "python-extra", "--repeat", "auto"], "give --repeat N"),
+        (["--beside", "python-extra", "--repeat", "2", "--cost"], "not with --cost"),
+        (["--beside", "python-extra", "--repeat", "2", "--json", "x.json"], "--json"),
+        (["--beside", "nobody", "--repeat", "2"], "nobody"),
+    ],
+)
+def test_what_cannot_be_measured_together_is_refused_in_one_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    says: str,
+) -> None:
+    (tmp_path / "servers.toml").write_text(SERVERS)
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--server", "python", *args, "--out", str(tmp_path / "r")]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1, err
+    assert not any(tmp_path.rglob("*.json"))
+
+
+@pytest.mark.slow
+def test_two_servers_measured_together_pair_by_round_and_a_slowdown_is_caught(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "servers.toml").write_text(SERVERS)
+    run_id = "20261207T000000Z-7091"
+    load = ("--workload", "health", "--concurrency", "1", "--duration", "1", "--repeat", "3")
+    common = ("--out", str(tmp_path / "results"), "--run-id", run_id)
+    out = bench(
+        "run", "--server", "python", "--beside", "python-extra", *load, *common, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+    # one window per server and round, the order turned each round: A B, B A, A B, B A
+    order = re.findall(r"^  (python(?:-extra)?): health c=1:", out.stdout, re.MULTILINE)
+    assert order == ["python", "python-extra", "python-extra", "python"] * 2, out.stdout
+
+    folder = tmp_path / "results" / run_id
+    for cell, other in (("python", "python-extra"), ("python-extra", "python")):
+        paths = [folder / f"{cell}-sqlite-memory.json"]
+        paths += [folder / f"{cell}-sqlite-memory.{k}.json" for k in (2, 3, 4)]
+        results = [json.loads(p.read_text()) for p in paths]
+        assert [r["repetition"] for r in results] == [1, 2, 3, 4]
+        assert [bool(r["discarded"]) for r in results] == [True, False, False, False]
+        assert all(r["status"] == "ok" for r in results)
+        assert all(r["together_with"] == [f"{other}-sqlite-memory"] for r in results)
+        assert all(len(r["endpoints"]) == 1 for r in results)
+        assert results[-1]["repeat"]["stopped"] == "count"
+        assert results[-1]["repeat"]["counted"] == 3
+        # every round on a server started for it
+        assert all(r["server"]["startup_s"] > 0 for r in results)
+
+    gate = bench(
+        "compare", str(folder), "--before", "python", "--after", "python-extra",
+        "--fail-on", "rps<-20%", cwd=tmp_path,
+    )  # fmt: skip
+    assert gate.returncode == 1, gate.stdout + gate.stderr
+    assert "Measured together, paired by round" in gate.stdout
+    assert "health c=1 rps" in gate.stderr
+    report = bench("report", str(folder), "--out", str(tmp_path / "report"), cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "python → python-extra: measured together (run --beside)" in text
+
+
+def test_a_server_that_dies_fails_the_round_for_every_server(tmp_path: Path) -> None:
+    """Nothing half-paired: the native fixture beside the same binary stopped 3 s after its
+    start (by coreutils' timeout), within its first window; the round fails for both."""
+    servers = native_server(tmp_path, "native", 0)
+    binary = tmp_path / "native" / "health_server"
+    servers += f"""
+[servers.native-dying]
+command = ["timeout", "3", "{binary}", "{{port}}"]
+no_services_args = []
+dbs = ["sqlite"]
+brokers = ["memory"]
+description = "a test fixture: the native server, stopped 3 s after its start"
+"""
+    (tmp_path / "servers.toml").write_text(servers)
+    run_id = "20261207T000000Z-d1e5"
+    out = bench(
+        "run", "--server", "native", "--beside", "native-dying", "--workload", "health",
+        "--concurrency", "1", "--duration", "2", "--warmup", "0", "--repeat", "2",
+        "--out", str(tmp_path / "results"), "--run-id", run_id, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    written = sorted((tmp_path / "results" / run_id).glob("*.json"))
+    assert [p.name for p in written] == [
+        "native-dying-sqlite-memory.json",
+        "native-sqlite-memory.json",
+    ]
+    results = [json.loads(p.read_text()) for p in written]
+    assert [r["status"] for r in results] == ["failed", "failed"]
+    assert results[0]["error"] == results[1]["error"]
+    assert "native-dying" in results[0]["error"], results[0]["error"]
