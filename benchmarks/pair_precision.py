@@ -1,8 +1,13 @@
-"""How precise a paired comparison of two servers is with the matrix as it runs them today
-(issue 23's precision goals): one matrix of three servers in rounds, `python`, `python-copy`
-(the same server under another name: the A/A) and `python-dev` (the same under
-PYTHONDEVMODE=1: a real slowdown of 12-14%), then `compare RUN --before python --after X`
-paired by round on the first 4, 6 and 8 counted rounds.
+"""How precise a paired comparison of two servers is (issue 23's precision goals): three
+servers, `python`, `python-copy` (the same server under another name: the A/A) and
+`python-dev` (the same under PYTHONDEVMODE=1: a real slowdown of 12-14%), measured by one of
+two designs, then `compare RUN --before python --after X` paired by round on the first 4, 6
+and 8 counted rounds:
+
+- `--design rounds`: one matrix of the three, in rounds, each cell a fresh server (as the
+  matrix runs them);
+- `--design together`: `run --server python --beside python-copy --beside python-dev`, the
+  three up at once, each endpoint's windows alternating between them round after round.
 
 For each comparison and number of rounds it prints the total's change with its 95% interval
 and detectable change, the median and widest interval half-width over the endpoints (or
@@ -10,11 +15,12 @@ steps), and how many figures the gate called significant (in the A/A each one is
 alarm). The A/A measured in the same run is the reference: the slowdown is told only where its
 interval leaves 0% and the A/A's holds it.
 
-    .nox/tests/bin/python benchmarks/pair_precision.py [--rounds 8] [--duration 2]
-        [--concurrency 4] [--workload seed] [--db sqlite] [--broker memory]
+    .nox/tests/bin/python benchmarks/pair_precision.py [--design rounds|together]
+        [--rounds 8] [--duration 2] [--concurrency 4] [--workload seed] [--db sqlite]
+        [--broker memory]
 
-The matrix runs the real product (`python -m bench matrix`), a warm-up round first; with the
-defaults it takes about 16 minutes here (27 cells of 35 s).
+Either runs the real product (`python -m bench`), a warm-up round first; with the defaults
+the matrix takes about 16 minutes here (27 cells of 35 s), the servers together about 10.
 """
 
 from __future__ import annotations
@@ -45,13 +51,17 @@ PYTHONDEVMODE = "1"
 """
 
 
-def matrix(folder: Path, args: argparse.Namespace) -> list[Result]:
-    """Run the three servers' matrix into `folder`; its results."""
+def measure(folder: Path, args: argparse.Namespace) -> list[Result]:
+    """Measure the three servers by `args.design` into `folder`; the results."""
     servers = folder / "servers.toml"
     servers.write_text(SERVERS)
+    design = (
+        ["matrix", "--server", "python", "--server", "python-copy", "--server", "python-dev"]
+        if args.design == "rounds"
+        else ["run", "--server", "python", "--beside", "python-copy", "--beside", "python-dev"]
+    )
     argv = [
-        sys.executable, "-m", "bench", "matrix", "--servers", str(servers),
-        "--server", "python", "--server", "python-copy", "--server", "python-dev",
+        sys.executable, "-m", "bench", *design, "--servers", str(servers),
         "--db", args.db, "--broker", args.broker, "--out", str(folder / "results"),
         "--repeat", str(args.rounds), "--duration", str(args.duration),
         "--concurrency", str(args.concurrency), "--workload", args.workload,
@@ -87,6 +97,7 @@ def line(results: list[Result], after: str, rounds: int) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--design", choices=("rounds", "together"), default="together")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--duration", type=float, default=2.0)
     parser.add_argument("--concurrency", type=int, default=4)
@@ -96,11 +107,12 @@ def main() -> int:
     args = parser.parse_args()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="pair-precision-") as tmp:
-        results = matrix(Path(tmp), args)
+        results = measure(Path(tmp), args)
         if not results:
-            print("the matrix wrote no result", file=sys.stderr)
+            print(f"{args.design}: no result written", file=sys.stderr)
             return 1
-        print(f"{len(results)} results in {(time.monotonic() - started) / 60:.1f} min; "
+        print(f"{args.design}: {len(results)} results in "
+              f"{(time.monotonic() - started) / 60:.1f} min; "
               f"{args.workload}, {args.db} x {args.broker}, c={args.concurrency}, "
               f"{args.duration:g} s windows")  # fmt: skip
         for after in ("python-copy", "python-dev"):
