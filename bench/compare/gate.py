@@ -111,9 +111,10 @@ class Unsure:
     more: int | None
     had: int
 
-    def text(self, unit: str) -> str:
+    def text(self) -> str:
         """`~12 rounds`, `over 60 rounds` (beyond MAX_MORE times as many as it had), or `on
-        the threshold`."""
+        the threshold`; in what the figure's test counts (`samples_unit`)."""
+        unit = samples_unit(self.figure)
         if self.more is None:
             return "on the threshold"
         if self.more > MAX_MORE * self.had:
@@ -124,9 +125,12 @@ class Unsure:
 MAX_MORE = 10
 
 
-def repeats_unit(paired: bool) -> str:
-    """What a side's repetitions are called: rounds when paired, else repetitions a side."""
-    return "rounds" if paired else "repetitions a side"
+def samples_unit(figure: Figure) -> str:
+    """What the samples of a figure's test are called: cost blocks, rounds when paired, else
+    repetitions."""
+    if figure.per_block:
+        return "blocks a side"
+    return "rounds" if figure.pairs else "repetitions a side"
 
 
 def unsure(figures: Iterable[Figure], rules: Sequence[Rule]) -> list[Unsure]:
@@ -451,8 +455,7 @@ class GateReport(BaseModel):
 def gate_report(result: Comparison, rules: Sequence[Rule], failing: Sequence[Figure]) -> GateReport:
     """`result` gated by `rules` (`failing` the figures that broke one), as `compare --json`
     writes it."""
-    unit = repeats_unit(result.paired)
-    undecided = {id(u.figure): u.text(unit) for u in unsure(result.figures, rules)}
+    undecided = {id(u.figure): u.text() for u in unsure(result.figures, rules)}
 
     def pct(value: float | None) -> float | None:
         return None if value is None or math.isnan(value) else 100 * (value - 1)
@@ -624,7 +627,7 @@ def render(comparison: Comparison, rules: Sequence[Rule], failing: Sequence[Figu
         )
         lines += [verdict, ""]
         if undecided := unsure(figures, rules):
-            lines += [_unsure(undecided, comparison.paired), ""]
+            lines += [_unsure(undecided), ""]
     lines.append(
         f"{len(figures)} figures, {len(tested)} tested (not those equal in every repetition), "
         f"{len(significant)} significant after Benjamini-Hochberg (q = {SIGNIFICANCE:g}); "
@@ -697,12 +700,11 @@ def render(comparison: Comparison, rules: Sequence[Rule], failing: Sequence[Figu
     return "\n".join(lines)
 
 
-def _unsure(undecided: Sequence[Unsure], paired: bool) -> str:
+def _unsure(undecided: Sequence[Unsure]) -> str:
     """The figures the gate could not decide, and how many more repetitions would."""
-    unit = repeats_unit(paired)
     named = [
         f"{u.figure.cell} {u.figure.name} {u.figure.metric} {_pct(u.figure.change_pct)} "
-        f"({u.text(unit)})"
+        f"({u.text()})"
         for u in undecided[:MAX_UNSURE_NAMED]
     ]
     more = len(undecided) - len(named)

@@ -211,3 +211,16 @@ def test_the_services_cost_per_run_is_a_figure_beside_the_steps() -> None:
     assert reading.name == "flow run, 2 tasks c=1 (its services)"
     assert reading.samples("instructions") == blocks
     assert ("flow run, 2 tasks: (its services)", services) in costed(result)
+
+
+def test_an_unsure_cost_figure_asks_for_blocks_not_repetitions(tmp_path: Path) -> None:
+    before = cost_results(tmp_path / "before", 0, seed=1)
+    after = cost_results(tmp_path / "after", 20_000, seed=2)  # +2%, against a +2% rule
+    result = comparison.compare(*[comparison.counted(load(p)) for p in (before, after)])
+    rules = [comparison.parse_rule("instructions>+2.1%")]
+    failing = comparison.gate(result.figures, rules)
+    texts = [u.text() for u in comparison.unsure(result.figures, rules)]
+    assert texts and any(t.endswith(" blocks a side") for t in texts), texts
+    assert not any("repetitions" in t or "rounds" in t for t in texts), texts
+    markdown = comparison.render(result, rules, failing)
+    assert "**Unsure**" in markdown and " blocks a side" in markdown

@@ -134,7 +134,7 @@ def test_figures_whose_interval_holds_the_threshold_are_unsure_with_the_rounds_t
         assert u.figure.low is not None and u.figure.high is not None
         assert u.figure.low < 0.95 < u.figure.high
         assert u.more is None or u.more > 6  # more rounds than it had
-        assert u.text("rounds") in ("on the threshold", "over 60 rounds", f"~{u.more} rounds")
+        assert u.text() in ("on the threshold", "over 60 rounds", f"~{u.more} rounds")
     text = comparison.render(paired, RPS, comparison.gate(paired.figures, RPS))
     assert "**Unsure**" in text and " rounds" in text
     # far from the threshold every figure is decided
