@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
-from bench.cells.commands import EXIT_USAGE
+from bench.cells.commands import EXIT_INTERRUPTED, EXIT_USAGE
 from bench.cli import main
+from bench.core.process import wait_until
 from tests.helpers import bench, extra_work_server, native_server
 
 # A known slowdown: the python server hashing 256 KB per request (tests/fixtures/extra_work),
@@ -122,3 +127,36 @@ description = "a test fixture: the native server, stopped 3 s after its start"
     assert [r["status"] for r in results] == ["failed", "failed"]
     assert results[0]["error"] == results[1]["error"]
     assert "native-dying" in results[0]["error"], results[0]["error"]
+
+
+def test_ctrl_c_stops_every_server_and_writes_the_round_as_interrupted(tmp_path: Path) -> None:
+    """SIGINT in round 2's first window: both servers stopped, round 1 kept ok, round 2
+    written interrupted for both, exit 130."""
+    servers = native_server(tmp_path, "native", 0) + native_server(tmp_path, "native-b", 0)
+    (tmp_path / "servers.toml").write_text(servers)
+    run_id = "20261207T000000Z-c7c7"
+    log = tmp_path / "out.log"
+    argv = [
+        sys.executable, "-m", "bench", "run", "--server", "native", "--beside", "native-b",
+        "--workload", "health", "--concurrency", "1", "--warmup", "0", "--repeat", "2",
+        "--duration", "1", "--out", str(tmp_path / "results"), "--run-id", run_id,
+    ]  # fmt: skip
+    with open(log, "w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        wait_until(lambda: "round 2 of 3" in log.read_text(), timeout_s=60, interval_s=0.05)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == EXIT_INTERRUPTED, log.read_text()
+        assert not [c for c in children if c.is_running() and c.status() != "zombie"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    folder = tmp_path / "results" / run_id
+    for cell in ("native", "native-b"):
+        first = json.loads((folder / f"{cell}-sqlite-memory.json").read_text())
+        second = json.loads((folder / f"{cell}-sqlite-memory.2.json").read_text())
+        assert first["status"] == "ok" and first["repetition"] == 1
+        assert second["error"] == "interrupted" and second["repetition"] == 2
+    assert len(list(folder.glob("*.json"))) == 4
