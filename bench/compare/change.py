@@ -41,6 +41,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 from scipy import stats
@@ -106,6 +107,13 @@ class Figure:
             and len(self.before) == len(self.after)
             and min(self.before + self.after, default=0) > 0
         )
+
+    @property
+    def test(self) -> Literal["paired", "blocks", "unpaired"]:
+        """Which test it gets: paired rounds, cost blocks (Welch), or unpaired repetitions."""
+        if self.pairs:
+            return "paired"
+        return "blocks" if self.per_block else "unpaired"
 
     @property
     def change_pct(self) -> float:

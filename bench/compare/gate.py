@@ -113,8 +113,8 @@ class Unsure:
 
     def text(self) -> str:
         """`~12 rounds`, `over 60 rounds` (beyond MAX_MORE times as many as it had), or `on
-        the threshold`; in what the figure's test counts (`samples_unit`)."""
-        unit = samples_unit(self.figure)
+        the threshold`; in what the figure's test counts (SAMPLES)."""
+        unit = SAMPLES[self.figure.test]
         if self.more is None:
             return "on the threshold"
         if self.more > MAX_MORE * self.had:
@@ -125,12 +125,8 @@ class Unsure:
 MAX_MORE = 10
 
 
-def samples_unit(figure: Figure) -> str:
-    """What the samples of a figure's test are called: cost blocks, rounds when paired, else
-    repetitions."""
-    if figure.per_block:
-        return "blocks a side"
-    return "rounds" if figure.pairs else "repetitions a side"
+# What the samples of each test (Figure.test) are called.
+SAMPLES = {"paired": "rounds", "blocks": "blocks a side", "unpaired": "repetitions a side"}
 
 
 def unsure(figures: Iterable[Figure], rules: Sequence[Rule]) -> list[Unsure]:
@@ -430,7 +426,8 @@ class GatedFigure(BaseModel):
     detectable_pct: float | None = Field(description="paired: the smallest change found 4 in 5")
     broken: list[str] = Field(description="the rules it breaks")
     unsure: str | None = Field(
-        description="its interval holds a rule's threshold: how many repetitions a side would tell"
+        description="its interval holds a rule's threshold: how many more of its test's samples "
+        "(rounds, blocks or repetitions a side) would tell"
     )
 
 
@@ -473,7 +470,7 @@ def gate_report(result: Comparison, rules: Sequence[Rule], failing: Sequence[Fig
             p_value=f.p_value,
             p_adjusted=f.p_adjusted,
             significant=f.significant,
-            test="paired" if f.pairs else "blocks" if f.per_block else "unpaired",
+            test=f.test,
             detectable_pct=f.detectable_pct,
             broken=f.broken,
             unsure=undecided.get(id(f)),
