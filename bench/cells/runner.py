@@ -541,7 +541,7 @@ class Window:
     target: ServerTarget
     sampler: ResourceSampler | None
     progress: Progress
-    # whose window it is, in what the progress shows: servers measured together (bench.cells.pair)
+    # whose window it is, in what the progress shows: servers measured together (cells.together)
     label: str = ""
 
     def measure(self, result: Result, rate: float | None = None) -> EndpointResult:
