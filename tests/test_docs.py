@@ -25,8 +25,8 @@ import yaml
 from bench.cli import _config, _matrix_config, build_parser
 from bench.core.errors import BenchError
 from bench.servers.specs import load_servers
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 DOCS = [
     ROOT / "README.md",
     *(p for p in sorted((ROOT / "docs").rglob("*.md")) if p.name != "design-notes.md"),

@@ -32,8 +32,8 @@ from bench.report.aggregate import machine, speedup_pairs
 from bench.report.compare import ACROSS_MACHINES_OPTION
 from bench.report.document import Report, Section
 from bench.results import Cell, Environment, Result, ScenarioResult, load_result
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "fan_out.py"
 WORKFLOW = ROOT / ".github" / "workflows" / "bench.yml"
 REPORT_RUN = ROOT / "tests" / "resources" / "report" / "20261126T164000Z-3f2a"
