@@ -271,6 +271,16 @@ def _number(value: float, _pos: object = None) -> str:
     return f"{value:g}"
 
 
+def y_top(highest: float) -> float:
+    """A linear axis' top for data up to `highest` (> 0): the first round tick at least 5% above
+    it, so the highest point and its label sit inside the chart under a labelled tick (matplotlib's
+    own limit hugs a single level's point at the top edge, its last tick below it)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ticks = MaxNLocator(nbins=5).tick_values(0, highest * 1.05)
+    return float(next(t for t in ticks if t >= highest * 1.05))
+
+
 def draw_svg(chart: Chart, colors: Mapping[str, str], salt: str) -> str:
     """`chart` as an inline SVG element (no XML prolog, metadata or external reference), its
     title as its accessible name; `salt` makes its element ids unique on the page."""
@@ -335,7 +345,10 @@ def draw_svg(chart: Chart, colors: Mapping[str, str], salt: str) -> str:
             )
             ax.yaxis.set_minor_locator(NullLocator())
         else:
-            ax.set_ylim(bottom=0)
+            highest = max(
+                (y for s in chart.series for _, y in s.points if y is not None), default=0.0
+            )
+            ax.set_ylim(0, y_top(highest) if highest > 0 else None)
         ax.yaxis.set_major_formatter(FuncFormatter(_number))
         for mark in chart.marks:
             ax.axvline(mark.x, color="#777777", linestyle=":", linewidth=1)

@@ -14,7 +14,13 @@ from hdrh.histogram import HdrHistogram
 
 from bench.report import build, collect, render_html, render_markdown
 from bench.report.aggregate import merge_repetitions
-from bench.report.charts import PALETTE, draw_svg, percentile_spectrum, spectrum_chart
+from bench.report.charts import (
+    PALETTE,
+    draw_svg,
+    percentile_spectrum,
+    spectrum_chart,
+    y_top,
+)
 from bench.report.document import Chart, Series
 from bench.results import Result
 from tests.helpers import REPORT_RUN, RESOURCES
@@ -167,6 +173,13 @@ def test_draw_svg_gaps_and_names() -> None:
     assert "<title>a &quot;quoted&quot; &lt;name&gt;</title>" in svg
     assert "stroke: #123456" in svg
     assert draw_svg(chart, {"cell": "#123456"}, salt="t") == svg  # no dates, no random ids
+
+
+def test_a_single_levels_highest_point_sits_under_a_labelled_tick() -> None:
+    chart = Chart("GET health", "concurrency", "rps", [Series("cell", [(4.0, 4589.0)])], "log")
+    svg = draw_svg(chart, {"cell": "#123456"}, salt="t")
+    assert ">5k<" in svg  # matplotlib's own limit hugged the point, its last tick 4k
+    assert [y_top(v) for v in (4589, 4800, 100, 0.3)] == [5000, 6000, 125, 0.32]
 
 
 def test_merged_histograms_draw_the_merged_spectrum(repeated: list[Result]) -> None:
