@@ -97,7 +97,7 @@ def estimate_s(config: RunConfig, cells: int) -> tuple[float | None, list[str]]:
         )
     repetitions = 1
     if isinstance(config.repeat, int):
-        repetitions = config.repeat + (0 if config.keep_first else 1)
+        repetitions = config.repeat + config.warmup_repetition
     return cells * repetitions * (per_cell + CELL_OVERHEAD_S), left_out
 
 

@@ -242,7 +242,7 @@ def _repetition(run: CellRun, progress: Progress, done: list[Result], deadline: 
     """The cell's next repetition, with where the repetitions stand after it (`done` grows).
     The warm-up is the first that is not interrupted (one interrupted is run again)."""
     config = run.config
-    warmup = all(r.interrupted for r in done) and not config.keep_first
+    warmup = all(r.interrupted for r in done) and config.warmup_repetition
     progress.stage(
         f"repetition {len(done) + 1}"
         + (" (the warm-up: run and kept, not counted)" if warmup else "")

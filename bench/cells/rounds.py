@@ -127,8 +127,8 @@ def run_matrix(
     states = list(states)
     repeat = config.repeat
     rounds = 1 if repeat is None else (MAX_AUTO if repeat == "auto" else int(repeat))
-    if repeat is not None and not config.keep_first:
-        rounds += 1  # the warm-up repetition
+    if config.warmup_repetition:
+        rounds += 1
     deadline = time.time() + config.budget_min * 60 - spent_s
     run_args = [*request.run_args, *(("--servers", request.servers) if request.servers else ())]
     for round_no in range(next_round(states), rounds + 1):

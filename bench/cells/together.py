@@ -97,14 +97,14 @@ def run_together(runs: Sequence[CellRun], progress: Progress) -> Iterator[tuple[
     on servers started afresh for it; yield each server's result of a round, written, as soon
     as the round ends."""
     config = runs[0].config
-    rounds = int(config.repeat or 1) + (0 if config.keep_first else 1)
+    rounds = int(config.repeat or 1) + config.warmup_repetition
     sides = [_Side(run) for run in runs]
     cells = [run.cell.name for run in runs]
     counted: list[list[Result]] = [[] for _ in sides]
     current: list[Result] = []
     try:
         for k in range(1, rounds + 1):
-            current = [_round_result(side.run, k, cells, config.keep_first) for side in sides]
+            current = [_round_result(side.run, k, cells) for side in sides]
             with ExitStack() as servers:
                 _start_all(k, sides, current, progress, servers)
                 warmup = " (the warm-up)" if current[0].discarded else ""
@@ -133,12 +133,12 @@ def run_together(runs: Sequence[CellRun], progress: Progress) -> Iterator[tuple[
         yield from _written(runs, current)
 
 
-def _round_result(run: CellRun, k: int, cells: list[str], keep_first: bool) -> Result:
+def _round_result(run: CellRun, k: int, cells: list[str]) -> Result:
     """Round `k`'s result of a server started for it."""
     result = new_result(run)
     result.repetition = k
     result.together_with = [c for c in cells if c != run.cell.name]
-    if k == 1 and not keep_first:
+    if k == 1 and run.config.warmup_repetition:
         result.discarded = WARMUP_REPETITION
     return result
 

@@ -8,7 +8,16 @@ Whole repetitions or runs are resampled, not requests: requests of one run share
 process and database, and the noise between runs is larger than within one. Every p-value of a
 comparison is then corrected for the many tests made at once (Benjamini-Hochberg,
 scipy.stats.false_discovery_control), so that testing ~100 figures does not find ~5 changes in
-noise; a figure is significant when its corrected p-value is below SIGNIFICANCE.
+noise; a figure is significant when its corrected p-value is below SIGNIFICANCE. The correction
+is weighted (Genovese, Roeder and Wasserman 2006: each p-value divided by its weight, the
+weights averaging 1): the cells' totals get TOTAL_SHARE of the whole. The total is the
+comparison's first question and its most precise figure (over every endpoint: ±7% at 6 rounds
+together where an endpoint is ±15-18%); with equal weights, 18 noisy endpoints raised its bar to
+0.05/19 and a 12% slowdown whose interval left zero went unflagged. Alone, one total now passes
+at p < 0.04; every other figure (rates, latencies) shares the rest, and once every total has
+passed, their share falls back to the rest (as Wiens' fallback procedure passes on the level of
+a rejected hypothesis): every figure is then corrected unweighted, as before, so a change that
+shows everywhere is still named everywhere.
 
 Two servers measured in one run (`compare RUN --before A --after B`) are paired: repetition k
 of each ran in round k, minutes apart at most, so each round's ratio after/before holds what
@@ -20,14 +29,15 @@ as the unpaired figures' is: with the 4-8 rounds a matrix runs, its smallest p-v
 is near-normal; a figure with a value of 0 in some round has no log ratio and is tested
 unpaired.
 
-Instructions (a --cost cell's figure) are tested differently: each side's samples are its
-counted blocks (each the mean of a block of requests, from every repetition), and the test is
-Welch's t-test (scipy.stats.ttest_ind, unequal variances) with its interval for the difference
-of the means, as a ratio. A block's count is a sum over many requests of nearly deterministic
-work, near-normal and 0.1-1% apart; a permutation test of the default 3 blocks a side could
-never go below p = 0.1. What the blocks of one server cannot show is how much two fresh servers
-of the same code differ (0.2-1%, the design notes' A/A): a gate's threshold must sit above it,
-which `compare --aa` on cost results measures.
+Instructions (a --cost cell's figure) are tested differently, by Welch's t-test
+(scipy.stats.ttest_ind, unequal variances) with its interval for the difference of the means,
+as a ratio: a count is a sum over many requests of nearly deterministic work, near-normal; a
+permutation test of 3 values a side could never go below p = 0.1. Its samples are each fresh
+server's mean when each side has two or more (cost repetitions, `--repeat`): two fresh servers
+of the same code differ by 0.4-1.4% (the design notes' A/A), more than the 0.03-0.4% between the
+blocks of one server, so blocks pooled over servers would call that difference a change. With
+one server a side, its counted blocks are the samples: the test then cannot see how much two
+servers differ, and a gate's threshold must sit above it (`compare --aa` measures it).
 
 A figure whose values are all equal, on both sides, is not tested: no test could find anything
 in it, and its p of 1 would only raise the bar for the others. Leaving it out keeps the
@@ -46,6 +56,7 @@ from typing import Literal
 import numpy as np
 from scipy import stats
 
+from bench.compare.metrics import TOTAL
 from bench.compare.stats import smallest_p
 
 SIGNIFICANCE = 0.05
@@ -53,6 +64,9 @@ CONFIDENCE = 0.95
 RESAMPLES = 2000
 # Relabellings a permutation test tries: all of them when there are no more (exact).
 PERMUTATIONS = 20_000
+# Of the correction's budget, the share the cells' totals get (the module says why); the other
+# figures share the rest.
+TOTAL_SHARE = 0.8
 
 
 def interval(
@@ -93,7 +107,9 @@ class Figure:
     p_value: float | None = None
     p_adjusted: float | None = None
     broken: list[str] = field(default_factory=list)  # the gate's rules it breaks
-    per_block: bool = False  # the values are cost blocks: Welch's t-test (see the module)
+    per_block: bool = False  # the values are instructions: Welch's t-test (see the module)
+    # per_block, two or more servers a side: each value is one server's mean, not a block
+    per_server: bool = False
     paired: bool = False  # before[k] and after[k] ran in one round: the paired test
     # paired: the smallest change, %, its test finds 4 times in 5 at α 0.05 with these rounds
     detectable_pct: float | None = None
@@ -109,11 +125,14 @@ class Figure:
         )
 
     @property
-    def test(self) -> Literal["paired", "blocks", "unpaired"]:
-        """Which test it gets: paired rounds, cost blocks (Welch), or unpaired repetitions."""
+    def test(self) -> Literal["paired", "servers", "blocks", "unpaired"]:
+        """Which test it gets: paired rounds, cost servers' means or one server's blocks a
+        side (Welch), or unpaired repetitions."""
         if self.pairs:
             return "paired"
-        return "blocks" if self.per_block else "unpaired"
+        if self.per_block:
+            return "servers" if self.per_server else "blocks"
+        return "unpaired"
 
     @property
     def change_pct(self) -> float:
@@ -201,14 +220,38 @@ def _paired(figure: Figure, before: np.ndarray, after: np.ndarray) -> None:
     figure.p_value = float(found.pvalue)
 
 
+def weights(figures: Sequence[Figure]) -> list[float]:
+    """Each figure's weight in the correction, averaging 1: the totals share TOTAL_SHARE of it
+    and the other figures the rest; all 1 when there are only totals or none."""
+    n = len(figures)
+    totals = sum(f.name == TOTAL for f in figures)
+    if totals in (0, n):
+        return [1.0] * n
+    return [
+        TOTAL_SHARE * n / totals if f.name == TOTAL else (1 - TOTAL_SHARE) * n / (n - totals)
+        for f in figures
+    ]
+
+
 def correct(figures: Iterable[Figure]) -> None:
-    """Benjamini-Hochberg over every figure tested (those with a p-value)."""
+    """Weighted Benjamini-Hochberg over every figure tested (those with a p-value), then the
+    fallback: when every total passed, every figure is corrected unweighted too, and keeps the
+    smaller of its two corrected p-values."""
     tested = [f for f in figures if f.p_value is not None]
     if not tested:
         return
-    adjusted = stats.false_discovery_control([f.p_value for f in tested], method="bh")
+    weighted = [min(1.0, f.p_value / w) for f, w in zip(tested, weights(tested), strict=True)]
+    adjusted = stats.false_discovery_control(weighted, method="bh")
     for f, p in zip(tested, adjusted, strict=True):
-        f.p_adjusted = float(p)
+        # never below its own p-value: a weight lets a figure through sooner, never on its own
+        # p of 0.3 because many others changed
+        f.p_adjusted = max(float(p), f.p_value)
+    totals = [f for f in tested if f.name == TOTAL]
+    if not totals or not all(f.significant for f in totals):
+        return
+    unweighted = stats.false_discovery_control([f.p_value for f in tested], method="bh")
+    for f, p in zip(tested, unweighted, strict=True):
+        f.p_adjusted = min(float(p), f.p_adjusted if f.p_adjusted is not None else 1.0)
 
 
 def assess(figures: Sequence[Figure]) -> None:

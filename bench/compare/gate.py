@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from bench.compare.change import SIGNIFICANCE, Figure, assess
+from bench.compare.change import SIGNIFICANCE, TOTAL_SHARE, Figure, assess
 from bench.compare.metrics import METRICS, TOTAL, readings
 from bench.compare.settings import measurement_fields, measurement_settings
 from bench.compare.stats import detectable_pct, fewest_figures, smallest_p
@@ -126,7 +126,12 @@ MAX_MORE = 10
 
 
 # What the samples of each test (Figure.test) are called.
-SAMPLES = {"paired": "rounds", "blocks": "blocks a side", "unpaired": "repetitions a side"}
+SAMPLES = {
+    "paired": "rounds",
+    "servers": "servers a side",
+    "blocks": "blocks a side",
+    "unpaired": "repetitions a side",
+}
 
 
 def unsure(figures: Iterable[Figure], rules: Sequence[Rule]) -> list[Unsure]:
@@ -165,20 +170,31 @@ def figures_of(
     cell: str, before: Sequence[Result], after: Sequence[Result], paired: bool = False
 ) -> list[Figure]:
     """The figures every repetition of both sides of a cell has, not yet tested; `paired`:
-    before[k] and after[k] ran in one round."""
+    before[k] and after[k] ran in one round. A cost figure's samples are its blocks with one
+    server a side, each server's mean with more (bench.compare.change says why)."""
     if not before or not after:
         return []
     b = [cell_figures(r) for r in before]
     a = [cell_figures(r) for r in after]
     keys = set.intersection(*(set(f) for f in [*b, *a]))
+    per_server = min(len(before), len(after)) >= 2
+
+    def samples(
+        side: list[dict[tuple[str, str], list[float]]], key: tuple[str, str]
+    ) -> list[float]:
+        if per_server and METRICS[key[1]].per_block:
+            return [statistics.fmean(f[key]) for f in side]
+        return [v for f in side for v in f[key]]
+
     return [
         Figure(
             cell,
             name,
             metric,
-            [v for f in b for v in f[(name, metric)]],
-            [v for f in a for v in f[(name, metric)]],
+            samples(b, (name, metric)),
+            samples(a, (name, metric)),
             per_block=METRICS[metric].per_block,
+            per_server=per_server and METRICS[metric].per_block,
             paired=paired,
         )
         for name, metric in sorted(keys, key=lambda k: (k[0] != TOTAL, k[0], k[1]))
@@ -627,7 +643,9 @@ def render(comparison: Comparison, rules: Sequence[Rule], failing: Sequence[Figu
             lines += [_unsure(undecided), ""]
     lines.append(
         f"{len(figures)} figures, {len(tested)} tested (not those equal in every repetition), "
-        f"{len(significant)} significant after Benjamini-Hochberg (q = {SIGNIFICANCE:g}); "
+        f"{len(significant)} significant after Benjamini-Hochberg (q = {SIGNIFICANCE:g}"
+        + (f", the totals weighted to {TOTAL_SHARE:.0%} of it" if _has_total(tested) else "")
+        + "); "
         "repetitions before/after: "
         + ", ".join(f"{c} {b}/{a}" for c, (b, a) in comparison.repetitions.items())
         + "."
@@ -652,12 +670,18 @@ def render(comparison: Comparison, rules: Sequence[Rule], failing: Sequence[Figu
             "machine's speed did between them is in every ratio. Two servers measured in one "
             "run pair round by round: `compare RUN --before A --after B`."
         )
-    if not timed:
+    if not timed and min(before, after) >= 2:
         lines.append(
-            "Cost cells: each figure's samples are its counted blocks, from every repetition "
-            "(Welch's t-test). Two fresh servers of the same code differ by up to ~1% "
-            "(`compare --aa` on cost results measures it here): a threshold below that fails "
-            "on noise."
+            "Cost cells, several servers a side: each figure's samples are each fresh server's "
+            "mean over its counted blocks (Welch's t-test), so how much two servers of the same "
+            "code differ is in the test."
+        )
+    elif not timed:
+        lines.append(
+            "Cost cells, one server a side: each figure's samples are its counted blocks "
+            "(Welch's t-test), which cannot show how much two fresh servers of the same code "
+            "differ (up to 1.4% measured here): a threshold below that can fail on noise. "
+            "`--repeat 3` on each side tests across servers instead."
         )
     # the cell with the fewest repetitions limits what any test can show
     elif min(before, after) < 2:
@@ -667,16 +691,22 @@ def render(comparison: Comparison, rules: Sequence[Rule], failing: Sequence[Figu
         )
     elif not comparison.paired:
         need = fewest_figures(before, after, len(tested), SIGNIFICANCE)
+        totals = sum(f.name == TOTAL for f in tested)
+        alone = (
+            _has_total(tested) and smallest_p(before, after) < SIGNIFICANCE * TOTAL_SHARE / totals
+        )
         told = (
             f"With {before} and {after} repetitions the smallest p-value a permutation test "
             f"gives is {smallest_p(before, after):.3g}"
         )
-        if need > len(tested):
+        where = "a change of a cell's total can pass the correction alone; one elsewhere"
+        if need > len(tested) and not alone:
             lines.append(f"{told}: no change can pass the correction. Repeat more.")
         elif need > 1:
             lines.append(
-                f"{told}: a change must show in at least {need} of the {len(tested)} figures "
-                "to pass the correction (more repetitions make single-figure changes visible)."
+                f"{told}: {where if alone else 'a change'} must show in at least {need} of the "
+                f"{len(tested)} figures to pass the correction (more repetitions make "
+                "single-figure changes visible)."
             )
     for line in [*comparison.differences, *comparison.noisy]:
         lines.append(f"- warning: {line}")
@@ -695,6 +725,10 @@ def render(comparison: Comparison, rules: Sequence[Rule], failing: Sequence[Figu
     lines += [_row(f, paired) for f in figures]
     lines += ["", "</details>", ""]
     return "\n".join(lines)
+
+
+def _has_total(figures: Sequence[Figure]) -> bool:
+    return any(f.name == TOTAL for f in figures)
 
 
 def _unsure(undecided: Sequence[Unsure]) -> str:

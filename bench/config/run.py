@@ -262,7 +262,8 @@ class RunConfig(BaseModel):
         "--keep-first",
         default=False,
         description="--repeat: count the first repetition too (default: it runs as a warm-up, "
-        "kept in the results, left out of every figure)",
+        "kept in the results, left out of every figure; a --cost cell's repetitions all count, "
+        "each server's first block being its warm-up)",
     )
 
     @model_validator(mode="before")
@@ -370,6 +371,13 @@ class RunConfig(BaseModel):
                 "--profile samples a server the tool starts, not a --url: give it without --url"
             )
         return self
+
+    @property
+    def warmup_repetition(self) -> bool:
+        """Whether a repeated cell runs a first repetition as a warm-up, left out of every
+        figure: not with --keep-first, nor with --cost, whose servers each leave out their own
+        first block (one more server under callgrind would add minutes and nothing)."""
+        return self.repeat is not None and not (self.keep_first or self.cost)
 
     @property
     def sweep(self) -> list[float]:

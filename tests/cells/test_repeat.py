@@ -98,6 +98,18 @@ def test_repetitions_run_to_their_count_each_written_when_done(
     assert stages[1:] == ["repetition 2", "repetition 3"]
 
 
+def test_cost_repetitions_all_count_each_server_leaving_out_its_own_first_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stages = _fake_cells(monkeypatch, ["ok"] * 3)
+    template = _ok_result()
+    config = RunConfig(repeat=2, cost=True, concurrency=[1])
+    run = CellRun(template.cell, template.run_id, tmp_path, config, server=None)
+    results = [result for result, _ in run_repetitions(run, _progress(), prepare(run))]
+    assert [(r.repetition, r.discarded) for r in results] == [(1, None), (2, None)]
+    assert stages == ["repetition 1", "repetition 2"]
+
+
 def test_a_round_runs_one_repetition_after_those_written_and_a_failure_ends_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -215,8 +227,8 @@ def test_matrix_runs_rounds_each_a_fresh_server(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "round 1: python-sqlite-memory" in out.stdout
-    assert "round 2: python-sqlite-memory" in out.stdout and "round 3" not in out.stdout
+    assert "round 1: python-sqlite-memory" in out.stderr
+    assert "round 2: python-sqlite-memory" in out.stderr and "round 3" not in out.stderr
     results, _ = collect([p for p in tmp_path.iterdir() if p.is_dir()])
     assert [r.repetition for r in results] == [1, 2]
     assert results[1].repeat and results[1].repeat.stopped == "count"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -53,12 +54,16 @@ def dump(path: Path, extra: int, eval_: int = 1000) -> Path:
     return path
 
 
-def cost_results(folder: Path, extra: int, seed: int, repeat: int = 1) -> Path:
+def cost_results(
+    folder: Path, extra: int, seed: int, repeat: int = 1, servers: Sequence[int] = ()
+) -> Path:
     """Cost results of the stored cell (one level: c=1), each endpoint's blocks ~1,000,000
-    instructions a request (+`extra`) apart by 0.05%, with dumps that put `extra` in sha256."""
+    instructions a request (+`extra`) apart by 0.05%, with dumps that put `extra` in sha256;
+    `servers`: each repetition's own further instructions a request (fresh servers differ)."""
     rng = random.Random(seed)
     results = []
-    for k, result in enumerate(repetitions(repeat), start=1):
+    servers = list(servers) or [0] * repeat
+    for k, result in enumerate(repetitions(len(servers)), start=1):
         result.config.cost = True
         result.config.concurrency = [1]
         result.endpoints = [ep for ep in result.endpoints if ep.concurrency == 4]
@@ -70,7 +75,7 @@ def cost_results(folder: Path, extra: int, seed: int, repeat: int = 1) -> Path:
                 name = f"{result.cell.name}/callgrind/{ep.name.replace(' ', '-')}.{k}{block}.gz"
                 dump(run_dir / name, extra * 2, eval_=2000 + rng.randrange(3))
                 kept.append(name)
-            blocks = [1e6 + extra + rng.gauss(0, 500) for _ in range(3)]
+            blocks = [1e6 + extra + servers[k - 1] + rng.gauss(0, 500) for _ in range(3)]
             ep.cost = Cost(
                 per_request=sum(blocks) / 3,
                 spread_pct=(max(blocks) - min(blocks)) / 1e4,
@@ -94,6 +99,40 @@ def test_instructions_are_read_per_block_and_tested_with_three_a_side(tmp_path: 
     failing = comparison.gate(result.figures, [comparison.parse_rule("instructions>+1%")])
     assert len(failing) == len(result.figures)
     assert not comparison.gate(result.figures, [comparison.parse_rule("instructions>+3%")])
+
+
+def test_several_servers_a_side_are_tested_by_their_means(tmp_path: Path) -> None:
+    """Blocks of one server 0.05% apart, fresh servers up to 1.4% apart (as measured here): one
+    server a side, the blocks call that a change; three a side, the servers' means do not, and
+    a real 5% still shows."""
+    rule = [comparison.parse_rule("instructions>+1%")]
+
+    def compared(before: Sequence[int], after: Sequence[int]) -> list[comparison.Figure]:
+        sides = [
+            comparison.counted(
+                load(cost_results(tmp_path / "-".join(map(str, s)), 0, k, servers=s))
+            )
+            for k, s in enumerate((before, after))
+        ]
+        figures = comparison.compare(*sides).figures
+        comparison.gate(figures, rule)
+        return figures
+
+    one = compared([0], [14_000])
+    assert all(f.test == "blocks" and f.broken for f in one)  # what one server a side cannot see
+    same = compared([0, 14_000, 7_000], [10_000, 2_000, 12_000])
+    assert all(f.test == "servers" and len(f.before) == 3 for f in same)
+    assert not any(f.broken or f.significant for f in same)
+    slower = compared([0, 14_000, 7_001], [60_000, 52_000, 62_000])  # +5%
+    assert all(f.test == "servers" and f.broken and 4 < f.change_pct < 6 for f in slower)
+
+
+def test_one_server_a_side_says_what_its_blocks_cannot_show(tmp_path: Path) -> None:
+    sides = [
+        comparison.counted(load(cost_results(tmp_path / s, 0, seed=k))) for k, s in enumerate("ab")
+    ]
+    markdown = comparison.render(comparison.compare(*sides), [], [])
+    assert "one server a side" in markdown and "`--repeat 3`" in markdown
 
 
 def load(folder: Path) -> list[Result]:

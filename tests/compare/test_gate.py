@@ -13,7 +13,8 @@ from bench.cells import repeat
 from bench.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from bench.compare import gate as comparison
 from bench.compare import metrics
-from bench.compare.metrics import METRICS, Metric
+from bench.compare.change import Figure, correct
+from bench.compare.metrics import METRICS, TOTAL, Metric
 from bench.core.errors import ConfigError
 from bench.report.compare import baseline_section
 from bench.results import Result, load_result, write_result
@@ -205,3 +206,36 @@ def test_auto_budget_runs_two_at_least() -> None:
     assert repeat.decide("auto", 3.0, noisy, 1, 10).stopped == "budget"
     assert repeat.decide("auto", 3.0, noisy, 100, 10).stopped is None
     assert repeat.decide(2, 3.0, noisy, None, 10).stopped == "count"
+
+
+def _family(total_p: float, others_p: list[float]) -> list[Figure]:
+    """A cell's total rate and its other figures, tested, with these p-values."""
+    figures = [Figure("c", TOTAL, "rps", [1.0], [1.0], p_value=total_p)]
+    figures += [
+        Figure("c", f"e{i}", "rps", [1.0], [1.0], p_value=p) for i, p in enumerate(others_p)
+    ]
+    correct(figures)
+    return figures
+
+
+def test_the_total_gets_most_of_the_correction_and_hands_it_on_once_it_passed() -> None:
+    # a total at p 0.02 among 18 noisy figures: unweighted its bar was 0.05/19
+    total, *others = _family(0.02, [0.5] * 18)
+    assert total.significant and not any(f.significant for f in others)
+    assert total.p_adjusted == pytest.approx(0.02 * 19 / (0.8 * 19))
+    # never below its own p-value, however many others changed
+    total, *others = _family(0.3, [0.0001] * 18)
+    assert not total.significant and all(f.significant for f in others)
+    # the others alone share a fifth: 0.03 each would not pass; the total passed, so they do
+    assert not any(f.significant for f in _family(0.5, [0.03] * 18)[1:])
+    assert all(f.significant for f in _family(0.001, [0.03] * 18))
+
+
+def test_the_weights_keep_the_false_alarm_rate_of_figures_that_did_not_change() -> None:
+    rng = random.Random(7)
+    trials = 4000
+    alarms = sum(
+        any(f.significant for f in _family(rng.random(), [rng.random() for _ in range(18)]))
+        for _ in range(trials)
+    )
+    assert 0.03 < alarms / trials <= 0.055  # the total's 0.04 and the rest's 0.01, about
