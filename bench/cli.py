@@ -43,6 +43,7 @@ from bench.cells.commands import (
     EXIT_OK,
     EXIT_SKIPPED,
     EXIT_USAGE,
+    QUIET_ENV,
     RUN_ID,
     VERBOSE_ENV,
     new_run_id,
@@ -469,6 +470,14 @@ def build_parser() -> argparse.ArgumentParser:
             f"the real client's output) before its one line (or set {VERBOSE_ENV}=1); a "
             "cell's are in its cell.log either way",
         )
+        command.add_argument(
+            "-q",
+            "--quiet",
+            action="store_true",
+            default=os.environ.get(QUIET_ENV, "") not in ("", "0"),
+            help="no progress (which goes to stderr): print only the command's output, its "
+            f"warnings and its errors (or set {QUIET_ENV}=1)",
+        )
     return parser
 
 
@@ -527,9 +536,9 @@ def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _run(args: argparse.Namespace, console: Console) -> int:
+def _run(args: argparse.Namespace, console: Console, status: Console) -> int:
     if args.beside:
-        return _run_together(args, console)
+        return _run_together(args, console, status)
     run = _cell_run(args)
     if run.config.url and "workload" not in vars(args):
         print(
@@ -538,7 +547,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
             file=sys.stderr,
         )
     done = repeat.prepare(run, args.json)
-    with progress_for(console, run.cell.name, args.verbose) as progress:
+    with progress_for(status, run.cell.name, args.verbose) as progress:
         for result, path in repeat.run_repetitions(
             run, progress, done, args.deadline, args.one_repetition
         ):
@@ -553,7 +562,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     return _EXIT_BY_STATUS[result.status]
 
 
-def _run_together(args: argparse.Namespace, console: Console) -> int:
+def _run_together(args: argparse.Namespace, console: Console, status: Console) -> int:
     """`run --beside`: the servers measured together, each round's results as they are written."""
     if args.json:
         raise ConfigError("--json writes one result to one path: not with --beside")
@@ -569,7 +578,7 @@ def _run_together(args: argparse.Namespace, console: Console) -> int:
     label = (
         " + ".join(run.cell.server for run in runs) + f" ({first.cell.db} × {first.cell.broker})"
     )
-    with progress_for(console, label, args.verbose) as progress:
+    with progress_for(status, label, args.verbose) as progress:
         for result, path in together.run_together(runs, progress):
             console.print(f"result: {path}", markup=False, highlight=False, soft_wrap=True)
             console.print(repeat.result_line(result), markup=False, highlight=False, soft_wrap=True)
@@ -578,9 +587,11 @@ def _run_together(args: argparse.Namespace, console: Console) -> int:
     return _EXIT_BY_STATUS[result.status]
 
 
-def _matrix(args: argparse.Namespace, run_args: list[str], console: Console) -> int:
+def _matrix(
+    args: argparse.Namespace, run_args: list[str], console: Console, status: Console
+) -> int:
     if args.resume:
-        return _resume(args, run_args, console)
+        return _resume(args, run_args, console, status)
     if args.dry_run:
         outlooks, config = _outlooks(args, run_args)
         doctor.render(console, outlooks, config, show_tools=False)
@@ -612,8 +623,8 @@ def _matrix(args: argparse.Namespace, run_args: list[str], console: Console) -> 
     folder = args.out / run_id
     with resume.hold(folder) as lock:
         resume.write_request(request, folder)
-        console.print(f"run {run_id}: results in {folder}", markup=False)
-        return _matrix_rounds(request, folder, config, console, lock)
+        status.print(f"run {run_id}: results in {folder}", markup=False)
+        return _matrix_rounds(request, folder, config, console, status, lock)
 
 
 def _doctor(args: argparse.Namespace, run_args: list[str], console: Console) -> int:
@@ -656,7 +667,9 @@ def _matrix_config(run_args: list[str]) -> RunConfig:
     return config
 
 
-def _resume(args: argparse.Namespace, run_args: list[str], console: Console) -> int:
+def _resume(
+    args: argparse.Namespace, run_args: list[str], console: Console, status: Console
+) -> int:
     folder = resume.locate(args.resume, args.out)
     request = resume.read_request(folder)
     given = (
@@ -669,16 +682,15 @@ def _resume(args: argparse.Namespace, run_args: list[str], console: Console) -> 
     )
     ignored = [flag for flag, value in given if value] + [a for a in run_args if a[:1] == "-"]
     if ignored:
-        console.print(
-            f"--resume: {' '.join(ignored)} ignored: the run's own options are used "
-            f"({' '.join(request.run_args) or 'none'}, as it was started)",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
+        _warn(
+            [
+                f"--resume: {' '.join(ignored)} ignored: the run's own options are used "
+                f"({' '.join(request.run_args) or 'none'}, as it was started)"
+            ]
         )
     config = _matrix_config(request.run_args)
     waiting = f"run {request.run_id}: waiting for its processes to stop (a cell still stopping?)"
-    with resume.hold(folder, resume.RESUME_WAIT_S, lambda: console.print(waiting)) as lock:
+    with resume.hold(folder, resume.RESUME_WAIT_S, lambda: status.print(waiting)) as lock:
         states = rounds.standing(request.cells, folder.parent, request.run_id)
         if all(s.done for s in states):
             console.print(
@@ -689,9 +701,9 @@ def _resume(args: argparse.Namespace, run_args: list[str], console: Console) -> 
             )
             return EXIT_OK
         line = f"resuming run {request.run_id}: {rounds.standing_line(states)}"
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
+        status.print(line, markup=False, highlight=False, soft_wrap=True)
         spent_s = repeat.busy_s(folder)  # of the budget
-        return _matrix_rounds(request, folder, config, console, lock, states, spent_s)
+        return _matrix_rounds(request, folder, config, console, status, lock, states, spent_s)
 
 
 def _matrix_rounds(
@@ -699,6 +711,7 @@ def _matrix_rounds(
     folder: Path,
     config: RunConfig,
     console: Console,
+    status: Console,
     lock: int,
     states: list[rounds.CellRounds] | None = None,
     spent_s: float = 0.0,
@@ -708,11 +721,11 @@ def _matrix_rounds(
     if states is None:
         states = rounds.standing(request.cells, folder.parent, request.run_id)
     states, interrupted = rounds.run_matrix(
-        request, states, folder.parent, config, console, lock, spent_s
+        request, states, folder.parent, config, status, lock, spent_s
     )
     console.print(rounds.summary(request.run_id, states))
     if interrupted:
-        console.print(f"continue it: python -m bench matrix --resume {folder}", markup=False)
+        print(f"continue it: python -m bench matrix --resume {folder}", file=sys.stderr)
         return EXIT_INTERRUPTED
     # one run of one machine's cells: no baseline, no history, no speedups across machines
     _print_report(console, [folder], folder.parent)
@@ -889,7 +902,7 @@ def _write_new(path: Path, text: str) -> None:
         raise ConfigError(f"cannot write {path}: {exc.strerror}") from exc
 
 
-def _conformance(args: argparse.Namespace, console: Console) -> int:
+def _conformance(args: argparse.Namespace, console: Console, status: Console) -> int:
     if args.url:
         parse_url(args.url, getattr(args, "allow_remote", False))  # bad input: first
     check_inputs(args.tasks, args.timeout_s)
@@ -905,7 +918,7 @@ def _conformance(args: argparse.Namespace, console: Console) -> int:
             config = _config(args, workload="flow-runs", tasks=args.tasks)
             args.out = workdir / "cell"  # the server's logs: in the folder removed after
             run = _cell_run(args, config)
-            progress = stack.enter_context(progress_for(console, run.cell.name, args.verbose))
+            progress = stack.enter_context(progress_for(status, run.cell.name, args.verbose))
             url = stack.enter_context(serving(run, progress))
         report = check(url, tasks=args.tasks, workdir=workdir, timeout_s=args.timeout_s)
     *checks, verdict = report_lines(report)  # the verdict last: the line that names the cause
@@ -917,8 +930,7 @@ def _conformance(args: argparse.Namespace, console: Console) -> int:
     for what, count in traffic_rows(report.traffic):
         table.add_row(what, str(count))
     console.print(table)
-    for problem in report.traffic.problems:
-        console.print(f"warning: {problem}", markup=False, highlight=False, style="yellow")
+    _warn(report.traffic.problems)
     if args.json:
         write_result(report, args.json)
         console.print(f"report: {args.json}", markup=False, highlight=False)
@@ -934,10 +946,12 @@ def _conformance(args: argparse.Namespace, console: Console) -> int:
 PIPE_WIDTH = 200
 
 
-def _console() -> Console:
-    console = Console()
+def _console(stderr: bool = False, quiet: bool = False) -> Console:
+    """Where a command prints: its output on stdout; its progress on stderr (`stderr`),
+    silenced by -q (`quiet`)."""
+    console = Console(stderr=stderr, quiet=quiet)
     if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(width=PIPE_WIDTH)
+        console = Console(stderr=stderr, quiet=quiet, width=PIPE_WIDTH)
     return console
 
 
@@ -950,21 +964,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem := _not_linux():
         print(f"prefect-bench: error: {problem}", file=sys.stderr)
         return EXIT_USAGE
-    console = _console()
+    console, status = _console(), _console(stderr=True, quiet=args.quiet)
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
-    if args.command == "matrix" and args.verbose:
-        os.environ[VERBOSE_ENV] = "1"  # the cells it starts (`run`) are verbose too
+    if args.command == "matrix":  # the cells it starts (`run`) are verbose or quiet too
+        if args.verbose:
+            os.environ[VERBOSE_ENV] = "1"
+        if args.quiet:
+            os.environ[QUIET_ENV] = "1"
     try:
         if args.command == "matrix":
-            return _matrix(args, rest, console)
+            return _matrix(args, rest, console, status)
         if args.command == "doctor":
             return _doctor(args, rest, console)
         if args.command == "run":
-            return _run(args, console)
+            return _run(args, console, status)
         if args.command == "compare":
             return _compare(args, console)
         if args.command == "conformance":
-            return _conformance(args, console)
+            return _conformance(args, console, status)
         return _report(args, console)
     except ConfigError as exc:
         return _failed(exc, EXIT_USAGE, args.verbose)

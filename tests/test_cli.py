@@ -340,7 +340,7 @@ def test_a_bug_in_a_cell_is_one_line_and_its_traceback_is_in_the_cells_log(
         f"(traceback in {log})"
     )
     assert out.stdout.splitlines()[-1] == f"external: failed: {error}"
-    assert (TRACEBACK in out.stdout) is verbose and TRACEBACK not in out.stderr
+    assert (TRACEBACK in out.stderr) is verbose and TRACEBACK not in out.stdout
     kept = (tmp_path / log).read_text()
     assert (
         TRACEBACK in kept and "in created_id" in kept and f"external failed: {error[:60]}" in kept
@@ -372,8 +372,8 @@ def test_a_server_that_does_not_start_is_one_line_naming_its_cause(
         f"RuntimeError: cannot open the database: boom (log: {folder / 'server.log'})"
     )
     # -v: the server's log's last lines (its own traceback), then ours that raised the error
-    assert (TRACEBACK in out.stdout) is verbose
-    assert ("the last lines of" in out.stdout and "in _start_on" in out.stdout) is verbose
+    assert (TRACEBACK in out.stderr) is verbose
+    assert ("the last lines of" in out.stderr and "in _start_on" in out.stderr) is verbose
     kept = (tmp_path / folder / "cell.log").read_text()
     assert f"the last lines of {folder / 'server.log'}:" in kept and "in _start_on" in kept
 
@@ -404,13 +404,21 @@ def test_a_matrix_where_every_cell_was_skipped_says_why_and_exits_non_zero(
     )
 
 
-def test_run_url_without_a_workload_names_the_one_it_measures(
-    health_only: str, tmp_path: Path
+@pytest.mark.parametrize("quiet", [False, True])
+def test_run_url_without_a_workload_names_the_one_it_measures_progress_on_stderr(
+    health_only: str, tmp_path: Path, quiet: bool
 ) -> None:
+    flags = ["-q"] if quiet else []
     out = bench("run", "--url", health_only, "--duration", "0.5", "--warmup", "0",
-                "--concurrency", "1", "--out", "results", cwd=tmp_path)  # fmt: skip
+                "--concurrency", "1", "--out", "results", *flags, cwd=tmp_path)  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
-    assert f"no --workload given: measuring health at {health_only} (GET /health only" in out.stderr
+    said = f"no --workload given: measuring health at {health_only} (GET /health only"
+    assert out.stderr.startswith(said)
+    # stdout: the command's output alone, whether quiet or not; the progress: stderr, or none
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("result: ") and lines[1] == "external: ok"
+    assert ("health c=1:" in out.stderr) is not quiet
+    assert (len(out.stderr.splitlines()) == 1) is quiet, out.stderr
 
 
 def test_a_failed_cell_of_a_matrix_is_its_one_line_and_v_reaches_the_cell(
@@ -426,7 +434,7 @@ def test_a_failed_cell_of_a_matrix_is_its_one_line_and_v_reaches_the_cell(
         out.stdout,
         re.MULTILINE,
     ), out.stdout
-    assert TRACEBACK in out.stdout  # the cell's process was verbose too
+    assert TRACEBACK in out.stderr  # the cell's process was verbose too
 
 
 def test_a_bug_outside_a_cell_is_one_line_and_its_traceback_is_kept(

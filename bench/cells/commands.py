@@ -30,6 +30,9 @@ RUN_ID_ENV = "BENCH_RUN_ID"
 # Set to 1, every command is verbose (-v): a failure's traceback is printed too. `-v` sets it
 # for the cells a matrix starts.
 VERBOSE_ENV = "BENCH_VERBOSE"
+# Set to 1, every command is quiet (-q): no progress, only what it prints as its output, its
+# warnings and its errors. `-q` sets it for the cells a matrix starts.
+QUIET_ENV = "BENCH_QUIET"
 
 
 def cell_argv(

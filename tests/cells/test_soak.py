@@ -47,7 +47,7 @@ def test_a_soak_keeps_each_window_at_its_time_and_merges_them(tmp_path: Path) ->
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr
-    assert "soak window 2:" in out.stdout and "left" in out.stdout
+    assert "soak window 2:" in out.stderr and "left" in out.stderr
     (path,) = (tmp_path / "results").glob("*/python-sqlite-memory.json")
     result = load_result(path)
     assert result.soak is not None and result.soak.planned_s == 3.0

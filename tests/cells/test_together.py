@@ -66,8 +66,8 @@ def test_two_servers_measured_together_pair_by_round_and_a_slowdown_is_caught(
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
 
     # one window per server and round, the order turned each round: A B, B A, A B, B A
-    order = re.findall(r"^  (python(?:-extra)?): health c=1:", out.stdout, re.MULTILINE)
-    assert order == ["python", "python-extra", "python-extra", "python"] * 2, out.stdout
+    order = re.findall(r"^  (python(?:-extra)?): health c=1:", out.stderr, re.MULTILINE)
+    assert order == ["python", "python-extra", "python-extra", "python"] * 2, out.stderr
 
     folder = tmp_path / "results" / run_id
     for cell, other in (("python", "python-extra"), ("python-extra", "python")):
