@@ -147,9 +147,10 @@ def baseline_note() -> str:
         "the mean over the runs compared divided by the mean over the baseline runs. p is the "
         "two-sided p-value of a permutation test on the runs' values (so the noise between runs "
         "is in it), corrected for every figure of the table tested at once (Benjamini-Hochberg, "
-        f"the totals weighted, as `compare` does): p < {SIGNIFICANCE:g} is a significant change, ~ marks one that is "
-        "not, or a figure equal in every run (not tested). ? marks too few runs on a side for "
-        f"any test to tell (with 3 a side the smallest p is {smallest_p(3, 3):g}). Totals sum "
+        f"the totals weighted, as `compare` does): p < {SIGNIFICANCE:g} is a significant "
+        "change, ~ marks one that is not, or a figure equal in every run (not tested). ? marks "
+        "too few runs on a side for any test to tell (with 3 a side the smallest p is "
+        f"{smallest_p(3, 3):g}). Totals sum "
         "the rates every run of both sides measured at that concurrency."
     )
 
