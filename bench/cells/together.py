@@ -11,16 +11,32 @@ Each server's rounds are written as its cell's repetitions (the first the warm-u
 repeated cell's), marked `together_with` the others, so `compare RUN --before A --after B`
 pairs them by round as it pairs a matrix's. A round that fails fails for every server; what
 the rounds before it measured is kept.
+
+`--repeat auto` runs rounds until the paired 95% interval of each pair's total rate (the first
+server against each other one, as `compare --before/--after` tests it) is within ±`--target`%,
+at least MIN_FOR_TARGET counted rounds, at most MAX_AUTO, within `--budget`; each round's
+results record where the pairs stood (`repeat`: the widest pair's total interval). The single
+endpoints stay as wide as they are: `compare` names those still undecided and the rounds they
+would need.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.cells.repeat import WARMUP_REPETITION, decide, repetition_path
+from bench.cells.repeat import (
+    MAX_AUTO,
+    MIN_FOR_TARGET,
+    MIN_REPETITIONS,
+    WARMUP_REPETITION,
+    decide,
+    repetition_path,
+)
 from bench.cells.runner import (
     CellRun,
     ServerTarget,
@@ -30,12 +46,13 @@ from bench.cells.runner import (
     new_result,
     start_target,
 )
+from bench.compare.metrics import TOTAL
 from bench.core.errors import BenchError, CellSkipped, ConfigError
 from bench.core.failures import bug, one_line
 from bench.engine import EngineRequest
 from bench.observe.progress import Progress
 from bench.observe.sampling import ResourceSampler
-from bench.results import Result, result_path, utc_now, write_result
+from bench.results import RepeatState, Result, result_path, utc_now, write_result
 from bench.results.schema import INTERRUPTED, Status
 from bench.workloads import WORKLOADS, ScenarioWorkload, get_workload
 from bench.workloads.base import api_client
@@ -63,8 +80,8 @@ def refusal(runs: Sequence[CellRun]) -> str | None:
     }
     if clash := [flag for flag, value in given.items() if value]:
         return f"--beside measures plain timed windows: not with {', '.join(clash)}"
-    if not isinstance(config.repeat, int) or config.repeat < 2:
-        return "--beside pairs rounds: give --repeat N (2 or more; auto is not built for it yet)"
+    if config.repeat != "auto" and (not isinstance(config.repeat, int) or config.repeat < 2):
+        return "--beside pairs rounds: give --repeat N (2 or more) or --repeat auto"
     return None
 
 
@@ -97,18 +114,22 @@ def run_together(runs: Sequence[CellRun], progress: Progress) -> Iterator[tuple[
     on servers started afresh for it; yield each server's result of a round, written, as soon
     as the round ends."""
     config = runs[0].config
-    rounds = int(config.repeat or 1) + config.warmup_repetition
+    auto = config.repeat == "auto"
+    rounds = (MAX_AUTO if auto else int(config.repeat or 1)) + config.warmup_repetition
+    deadline = time.monotonic() + config.budget_min * 60
     sides = [_Side(run) for run in runs]
     cells = [run.cell.name for run in runs]
     counted: list[list[Result]] = [[] for _ in sides]
     current: list[Result] = []
     try:
         for k in range(1, rounds + 1):
+            began = time.monotonic()
             current = [_round_result(side.run, k, cells) for side in sides]
             with ExitStack() as servers:
                 _start_all(k, sides, current, progress, servers)
                 warmup = " (the warm-up)" if current[0].discarded else ""
-                progress.stage(f"round {k} of {rounds}{warmup}")
+                of = "at most " + str(rounds) if auto else str(rounds)
+                progress.stage(f"round {k} of {of}{warmup}")
                 _measure_round(k, sides, current, progress)
             for i, result in enumerate(current):
                 result.status = "ok"
@@ -116,7 +137,13 @@ def run_together(runs: Sequence[CellRun], progress: Progress) -> Iterator[tuple[
                 if not result.discarded:
                     counted[i].append(result)
                 result.repeat = decide(config.repeat or 1, config.target_pct, counted[i], None, 0.0)
+            if auto:
+                state = paired_state(counted, config.target_pct, deadline, time.monotonic() - began)
+                for result in current:
+                    result.repeat = state.model_copy()
             yield from _written(runs, current)
+            if auto and state.stopped:
+                return
     except CellSkipped as exc:
         _ended(current, "skipped", one_line(str(exc)))
         yield from _written(runs, current)
@@ -131,6 +158,47 @@ def run_together(runs: Sequence[CellRun], progress: Progress) -> Iterator[tuple[
         line = bug(exc)
         _ended(current, "failed", f"{line} ({keep_failure(runs[0], progress, current[0], exc)})")
         yield from _written(runs, current)
+
+
+def paired_state(
+    counted: Sequence[Sequence[Result]], target_pct: float, deadline: float, round_s: float
+) -> RepeatState:
+    """Where `--repeat auto` stands after a round: the first server paired with each other one
+    by round, the widest 95% interval of a pair's total rate (half-width, % of the ratio), and
+    whether to stop (the target reached, MAX_AUTO rounds, or no time for another round before
+    `deadline`, a time.monotonic())."""
+    from bench.compare.change import measure_change
+    from bench.compare.gate import figures_of
+
+    n = len(counted[0])
+    widest, name = math.inf, None
+    for other in counted[1:]:
+        pairs = figures_of("pair", counted[0], other, paired=True)
+        for figure in [f for f in pairs if f.name == TOTAL and f.metric == "rps"]:
+            measure_change(figure)
+            half = (
+                50 * (figure.high - figure.low) / figure.ratio
+                if figure.low is not None and figure.high is not None
+                else math.inf
+            )
+            if name is None or not half <= widest:
+                widest, name = half, f"total rps, {other[0].cell.server}"
+    state = RepeatState(
+        counted=n,
+        interval_pct=round(widest, 2) if math.isfinite(widest) else None,
+        widest=name,
+        widest_pct=round(widest, 2) if math.isfinite(widest) else None,
+    )
+    if n >= MIN_FOR_TARGET and widest <= target_pct:
+        state.stopped = "target"
+    elif n >= MAX_AUTO:
+        state.stopped = "limit"
+    elif time.monotonic() + round_s > deadline:
+        if n >= MIN_REPETITIONS:
+            state.stopped = "budget"
+        else:
+            state.over_budget = True
+    return state
 
 
 def _round_result(run: CellRun, k: int, cells: list[str]) -> Result:

@@ -9,6 +9,7 @@ tests/cells/test_runner.py)."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import signal
 import subprocess
@@ -21,6 +22,7 @@ import pytest
 from bench.cells.commands import EXIT_INTERRUPTED, EXIT_USAGE
 from bench.cli import main
 from bench.core.process import wait_until
+from bench.results import load_result
 from tests.helpers import bench, extra_work_server, native_server
 
 # A known slowdown: the python server hashing 256 KB per request (tests/fixtures/extra_work),
@@ -34,7 +36,7 @@ SERVERS = extra_work_server("python-extra", 262144)
         (["--beside", "python"], "--beside: each server once (python, python)"),
         (["--beside", "python-extra", "--workload", "flow-runs"], "not flow-runs"),
         (["--beside", "python-extra"], "give --repeat N"),
-        (["--beside", "python-extra", "--repeat", "auto"], "give --repeat N"),
+        (["--beside", "python-extra", "--repeat", "1"], "give --repeat N (2 or more) or"),
         (["--beside", "python-extra", "--repeat", "2", "--cost"], "not with --cost"),
         (["--beside", "python-extra", "--repeat", "2", "--json", "x.json"], "--json"),
         (["--beside", "nobody", "--repeat", "2"], "nobody"),
@@ -101,6 +103,31 @@ def test_two_servers_measured_together_pair_by_round_and_a_slowdown_is_caught(
     assert report.returncode == 0, report.stderr
     text = (tmp_path / "report" / "report.md").read_text()
     assert "native → native-extra: measured together (run --beside)" in text
+
+
+def test_auto_runs_rounds_until_the_pairs_total_is_within_the_target(tmp_path: Path) -> None:
+    """Two copies of the native fixture, rounds until their total's paired interval is within
+    ±100%: never before three counted rounds, and at the first round that reaches it."""
+    servers = native_server(tmp_path, "native", 0) + native_server(tmp_path, "native-b", 0)
+    (tmp_path / "servers.toml").write_text(servers)
+    run_id = "20261207T000000Z-a070"
+    out = bench(
+        "run", "--server", "native", "--beside", "native-b", "--workload", "health",
+        "--concurrency", "1", "--duration", "0.5", "--warmup", "0.1", "--repeat", "auto",
+        "--target", "100", "--out", str(tmp_path / "results"), "--run-id", run_id, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "round 1 of at most 21 (the warm-up)" in out.stderr
+    folder = tmp_path / "results" / run_id
+    for cell in ("native", "native-b"):
+        results = [load_result(p) for p in folder.glob(f"{cell}-sqlite-memory*.json")]
+        states = [r.repeat for r in sorted(results, key=lambda r: r.repetition or 0)]
+        *before, last = [s for s in states if s is not None]
+        assert last.stopped == "target" and last.counted >= 3, last
+        assert last.widest == "total rps, native-b" and 0 < (last.interval_pct or 0) <= 100
+        assert [s.stopped for s in before] == [None] * len(before)
+        # it went on only while the interval was wider than the target, or too few were counted
+        assert all(s.counted < 3 or (s.interval_pct or math.inf) > 100 for s in before), before
 
 
 def test_a_server_that_dies_fails_the_round_for_every_server(tmp_path: Path) -> None:
