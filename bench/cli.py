@@ -408,15 +408,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--aa",
         action="store_true",
         help="A/A: split DIR's repetitions of each cell (the same server) into two sides every "
-        "way and report how often the gate fires on noise and the smallest change it can tell; "
-        "kept in DIR as report.aa-<id>.md/.json",
+        "way, or with --before A --after A2 (one server under two names, measured in one run) "
+        "compare them paired on subsets of their rounds, and report how often the gate fires "
+        "on noise and the smallest change it can tell; kept in DIR as report.aa-<id>.md/.json",
     )
     compare.add_argument(
         "--size",
         type=int,
         metavar="N",
         help="--aa: repetitions a side (default 4, cost cells 1: their blocks are the samples; "
-        "DIR needs twice as many per cell)",
+        "DIR needs twice as many per cell); paired, rounds a subset (default 4, fewer than the "
+        "run's)",
     )
 
     conformance = commands.add_parser(
@@ -790,8 +792,6 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
     paired = args.before is not None or args.after is not None
     if paired and (args.before is None or args.after is None):
         raise ConfigError("--before and --after go together: two servers of one run")
-    if paired and args.aa:
-        raise ConfigError("--aa calibrates one server's repetitions; not with --before/--after")
     want = 1 if args.aa or paired else 2
     if len(args.sides) != want:
         raise ConfigError(
@@ -808,11 +808,11 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
         results, warnings = collect([path])
         _warn(warnings)
         sides.append(results)
-    if args.aa:
-        return _calibrate(args, sides[0], rules, console)
-    folders = (args.sides[0], args.sides[-1])
     if paired:
         sides = list(comparison.split_servers(sides[0], args.before, args.after))
+    if args.aa:
+        return _calibrate(args, sides, rules, console)
+    folders = (args.sides[0], args.sides[-1])
     result = comparison.compare(*sides, paired=paired)
     if result.differences and not args.allow_different:
         raise ConfigError(
@@ -866,18 +866,23 @@ def _where_the_cost_went(
 
 
 def _calibrate(
-    args: argparse.Namespace, results: list[Result], rules: list[Any], console: Console
+    args: argparse.Namespace, sides: list[list[Result]], rules: list[Any], console: Console
 ) -> int:
+    """`--aa`: one server's repetitions split every way, or (two sides: --before/--after) one
+    server under two names paired on subsets of its rounds."""
     from bench.compare import gate as comparison
 
-    cells = comparison.by_cell(results)
-    if not cells:
-        raise ConfigError(f"{args.sides[0]} holds no ok result to calibrate with")
-    calibrations = [
-        comparison.calibrate(c, rs, args.size or (1 if rs[0].config.cost else 4), rules)
-        for c, rs in cells.items()
-    ]
-    text = comparison.render_calibrations(calibrations, rules)
+    if len(sides) == 2:
+        calibrations = comparison.calibrate_pairs(*sides, args.size or 4, rules)
+    else:
+        cells = comparison.by_cell(sides[0])
+        if not cells:
+            raise ConfigError(f"{args.sides[0]} holds no ok result to calibrate with")
+        calibrations = [
+            comparison.calibrate(c, rs, args.size or (1 if rs[0].config.cost else 4), rules)
+            for c, rs in cells.items()
+        ]
+    text = comparison.render_calibrations(calibrations, rules, paired=len(sides) == 2)
     console.print(text, markup=False, highlight=False)
     folder = args.sides[0] if args.sides[0].is_dir() else args.sides[0].parent
     stem = f"report.aa-{new_run_id()}"

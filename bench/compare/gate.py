@@ -573,6 +573,71 @@ def calibrate(
     )
 
 
+def calibrate_pairs(
+    before: Sequence[Result], after: Sequence[Result], size: int, rules: Sequence[Rule]
+) -> list[Calibration]:
+    """A paired A/A (`compare RUN --before A --after A2 --aa`: one server under two names,
+    measured in one run): for each cell pair, every subset of `size` of the rounds both counted
+    (at most MAX_SPLITS, in a fixed order) compared paired and gated as `compare` would; how
+    often the gate fired, the total's interval and detectable change (medians over the
+    subsets), and the largest change any figure showed."""
+    whole = compare(before, after, paired=True)
+    found = []
+    for b, a in whole.pairs:
+        label = b if a == b else f"{b} → {a}"
+        old = [r for r in counted(before) if r.cell.name == b]
+        new = [r for r in counted(after) if r.cell.name == a]
+        rounds = sorted({r.repetition or 1 for r in old} & {r.repetition or 1 for r in new})
+        if size < 2 or len(rounds) <= size:
+            raise ConfigError(
+                f"{label}: {len(rounds)} rounds paired; a paired A/A at --size {size} needs more "
+                f"than {size} (and --size 2 or more), e.g. `--repeat {size + 2}`"
+            )
+        subsets = list(itertools.combinations(rounds, size))
+        subsets = subsets[:: max(1, len(subsets) // MAX_SPLITS)][:MAX_SPLITS]
+        alarms, widths, reach, tests = 0, [], [], 0
+        largest: tuple[float, str] = (math.nan, "")
+        for subset in subsets:
+            pick = set(subset)
+            part = compare(
+                [r for r in old if (r.repetition or 1) in pick],
+                [r for r in new if (r.repetition or 1) in pick],
+                paired=True,
+            )
+            tests = sum(f.p_value is not None for f in part.figures)
+            alarms += bool(gate(part.figures, rules))
+            for f in part.figures:
+                if f.name == TOTAL and f.metric == "rps" and f.low is not None and f.high:
+                    widths.append(50 * (f.high - f.low) / f.ratio)
+                    if f.detectable_pct is not None:
+                        reach.append(f.detectable_pct)
+                if math.isfinite(f.ratio) and not abs(f.change_pct) <= largest[0]:
+                    largest = (abs(f.change_pct), f"{f.name} {f.metric}")
+        total = next((f for f in whole.figures if f.name == TOTAL and f.cell == label), None)
+        logs = (
+            [math.log(x / y) for x, y in zip(total.after, total.before, strict=True)]
+            if total and total.pairs
+            else []
+        )
+        found.append(
+            Calibration(
+                cell=label,
+                repetitions=len(rounds),
+                size=size,
+                splits=len(subsets),
+                false_alarms=alarms,
+                total_noise_pct=round(statistics.median(widths), 2) if widths else math.nan,
+                total_cv_pct=round(100 * statistics.stdev(logs), 2) if len(logs) > 1 else math.nan,
+                detectable_pct=round(statistics.median(reach), 2) if reach else math.nan,
+                fewest_figures=min(tests, 1),
+                tests=tests,
+                largest_change_pct=round(largest[0], 3),
+                largest_change=largest[1],
+            )
+        )
+    return found
+
+
 # -- Markdown, for a terminal or a pull-request comment ----------------------------------------
 
 
@@ -751,15 +816,27 @@ def _unsure(undecided: Sequence[Unsure]) -> str:
 MAX_UNSURE_NAMED = 5
 
 
-def render_calibrations(calibrations: Sequence[Calibration], rules: Sequence[Rule]) -> str:
-    """A/A results as Markdown."""
+def render_calibrations(
+    calibrations: Sequence[Calibration], rules: Sequence[Rule], paired: bool = False
+) -> str:
+    """A/A results as Markdown; `paired`: of calibrate_pairs."""
     gate_text = ", ".join(r.text for r in rules) or "any significant change"
+    how = (
+        f"Each pair of cells (one server under two names, measured in one run) compared paired "
+        f"on every subset of its rounds of the size given (at most {MAX_SPLITS}), as `compare "
+        f"--before/--after` would, gate: {gate_text}. Subsets share rounds, so they are not "
+        "independent: the rate is an estimate. Total CV: the spread of the rounds' log ratio "
+        "of the total; detectable: the paired test's own, the median over the subsets."
+        if paired
+        else f"Each cell's repetitions split into two sides of the same server every way (at "
+        f"most {MAX_SPLITS} splits), each split compared as `compare` would, gate: "
+        f"{gate_text}. Splits share repetitions, so they are not independent: the rate is an "
+        "estimate."
+    )
     lines = [
         "## prefect-bench A/A calibration",
         "",
-        f"Each cell's repetitions split into two sides of the same server every way (at most "
-        f"{MAX_SPLITS} splits), each split compared as `compare` would, gate: {gate_text}. "
-        "Splits share repetitions, so they are not independent: the rate is an estimate.",
+        how,
         "",
         "| cell | repetitions | a side | splits | false alarms | rate | total CV | total ±95% "
         "| detectable change (total) | figures a change must move | largest change |",
@@ -778,8 +855,13 @@ def render_calibrations(calibrations: Sequence[Calibration], rules: Sequence[Rul
     lines += [
         "",
         "Detectable change: the change of the cell's total rate that a test with this many "
-        "repetitions a side finds 4 times in 5 at α 0.05, from the total's CV between "
-        "repetitions (normal approximation). A gate threshold below it fails on noise or misses. "
+        + (
+            "rounds finds 4 times in 5 at α 0.05, from their spread. "
+            if paired
+            else "repetitions a side finds 4 times in 5 at α 0.05, from the total's CV between "
+            "repetitions (normal approximation). "
+        )
+        + "A gate threshold below it fails on noise or misses. "
         "Largest change: the widest change of any figure in any split, its size either way; "
         "a gate's threshold below it would fail on noise. Cost cells have no total rate: their "
         "floor is the largest change.",
