@@ -496,6 +496,7 @@ def _provision(
     for kind in needed:
         provider = services.choose(kind, run.config.provider)
         progress.stage(f"provisioning {kind} ({provider.name})")
+        provider.prepare(kind, progress.stage)
         context = provider.postgres if kind == "postgres" else provider.redis
         service = stack.enter_context(context(run.cell_dir, labels))
         result.services[kind] = service.info

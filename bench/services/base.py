@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,10 @@ class ServiceProvider(ABC):
     @abstractmethod
     def unavailable_reason(cls, kind: ServiceKind) -> str | None:
         """None when this provider can provide `kind` here; else why not and what would fix it."""
+
+    def prepare(self, kind: ServiceKind, report: Callable[[str], None]) -> None:  # noqa: B027
+        """Fetch what `kind` needs before it starts (the docker provider: a missing image),
+        `report`ing progress; nothing to fetch by default."""
 
     @abstractmethod
     def postgres(self, workdir: Path, labels: Labels) -> AbstractContextManager[PostgresService]:

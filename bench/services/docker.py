@@ -6,7 +6,9 @@ address (`daemon_address`: 127.0.0.1, or the host of a DOCKER_HOST on another ho
 PostgreSQL a random password, and labels the container with its run, cell and owning process.
 Containers use the host's network, are waited on through their healthcheck, leave their log in
 the cell's folder, and are removed with their volumes at the end; a crashed run's containers
-are removed by `remove_leftover_containers` once their owner is gone.
+are removed by `remove_leftover_containers` once their owner is gone. A missing image is pulled
+(`prepare`, with its progress) when its registry answers; the provider is not chosen when it
+does not.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from docker.models.containers import Container
 from requests.exceptions import RequestException
 
 from bench.core.errors import ProvisionError
-from bench.core.failures import from_log
+from bench.core.failures import from_log, one_line
 from bench.core.ownership import RUN_LABEL, Labels, owner_is_gone, owner_labels
 from bench.core.ports import LOOPBACK, THIS_MACHINE, PortTaken, lost_port_race, on_free_port
 from bench.results import ServiceInfo
@@ -194,7 +196,11 @@ def _cause(exc: BaseException) -> str:
         if not isinstance(found, BaseException):
             found = None
     errors = [e for e in seen if isinstance(e, OSError) and e.strerror]
-    return str(errors[-1].strerror) if errors else str(exc)
+    if errors:
+        return str(errors[-1].strerror)
+    # the daemon's own words, without the SDK's "500 Server Error for http+docker://…"
+    explanation = getattr(exc, "explanation", None)
+    return one_line(str(explanation or exc))
 
 
 def connect(env: Mapping[str, str] | None = None, timeout: int = API_TIMEOUT_S) -> Any:
@@ -218,11 +224,61 @@ def connect(env: Mapping[str, str] | None = None, timeout: int = API_TIMEOUT_S) 
     return client
 
 
-def _image_missing(image: str) -> str:
+def _image_missing(image: str, cause: str) -> str:
     return (
-        f"image {image} is missing and no registry is assumed reachable: build it with "
-        f"{BUILD_IMAGES} (or `docker pull {image}` where a registry answers)"
+        f"image {image} is missing here and its registry does not answer ({cause}): build it "
+        f"with {BUILD_IMAGES}, name another in {COMPOSE_ENV}, or use --provider local"
     )
+
+
+def image_reason(client: Any, image: str) -> str | None:
+    """None when `image` is here or its registry answers for it (then `pull` fetches it: the
+    daemon asks the registry for its manifest, nothing is downloaded); else why not, in one
+    line with the fix."""
+    try:
+        client.images.get(image)
+        return None
+    except docker.errors.ImageNotFound:
+        pass
+    except _DOCKER_ERRORS as exc:
+        return f"docker cannot inspect image {image}: {_cause(exc)}"
+    try:
+        client.api.inspect_distribution(image)
+    except _DOCKER_ERRORS as exc:
+        return _image_missing(image, _cause(exc))
+    return None
+
+
+# How often a pull reports its progress.
+PULL_REPORT_S = 2.0
+
+
+def pull(client: Any, image: str, report: Callable[[str], None]) -> None:
+    """Pull `image` unless it is here, `report`ing how much is downloaded every PULL_REPORT_S
+    and when done; ProvisionError in one line when the daemon cannot."""
+    with contextlib.suppress(docker.errors.ImageNotFound):
+        client.images.get(image)
+        return
+    repository, tag = docker.utils.parse_repository_tag(image)
+    report(f"pulling image {image} (it is missing here)")
+    layers: dict[str, tuple[int, int]] = {}  # layer → (bytes done, bytes in all)
+    reported = time.monotonic()
+    started = reported
+    try:
+        for event in client.api.pull(repository, tag=tag or "latest", stream=True, decode=True):
+            if "error" in event:
+                raise ProvisionError(_image_missing(image, one_line(str(event["error"]))))
+            detail = event.get("progressDetail") or {}
+            if event.get("status") == "Downloading" and detail.get("total"):
+                layers[event["id"]] = (int(detail.get("current", 0)), int(detail["total"]))
+            if time.monotonic() - reported >= PULL_REPORT_S and layers:
+                done = sum(d for d, _ in layers.values()) / 1e6
+                whole = sum(t for _, t in layers.values()) / 1e6
+                report(f"pulling image {image}: {done:,.0f} of {whole:,.0f} MB")
+                reported = time.monotonic()
+    except _DOCKER_ERRORS as exc:
+        raise ProvisionError(_image_missing(image, _cause(exc))) from None
+    report(f"pulled image {image} in {time.monotonic() - started:.0f} s")
 
 
 def remove_leftover_containers(env: Mapping[str, str] | None = None) -> list[str]:
@@ -280,13 +336,13 @@ class DockerProvider(ServiceProvider):
         except ProvisionError as exc:
             return str(exc)
         with contextlib.closing(client):
-            try:
-                client.images.get(spec.image)
-            except docker.errors.ImageNotFound:
-                return _image_missing(spec.image)
-            except _DOCKER_ERRORS as exc:
-                return f"docker cannot inspect image {spec.image}: {exc}"
-        return None
+            return image_reason(client, spec.image)
+
+    def prepare(self, kind: ServiceKind, report: Callable[[str], None]) -> None:
+        """Pull the compose file's image for `kind` if it is missing, with its progress."""
+        spec = load_compose_service(self.compose, KINDS[kind].compose_service)
+        with contextlib.closing(connect(self.env)) as client:
+            pull(client, spec.image, report)
 
     @contextlib.contextmanager
     def postgres(self, workdir: Path, labels: Labels) -> Iterator[PostgresService]:
@@ -380,12 +436,7 @@ class DockerProvider(ServiceProvider):
         except ProvisionError as exc:
             raise ProvisionError(f"{kind.name}: {exc}") from None
         teardown.callback(client.close)
-        try:
-            client.images.get(spec.image)
-        except docker.errors.ImageNotFound:
-            raise ProvisionError(_image_missing(spec.image)) from None
-        except _DOCKER_ERRORS as exc:
-            raise ProvisionError(f"docker cannot inspect image {spec.image}: {exc}") from None
+        pull(client, spec.image, lambda line: None)  # `prepare` pulled it, reporting, if missing
         log = workdir / f"{kind.name}.log"
         attempts = itertools.count(1)
         # the compose file's healthcheck asks 127.0.0.1 of the daemon's host: the container
@@ -408,8 +459,6 @@ class DockerProvider(ServiceProvider):
                         {**spec.environment, **environment(port)},
                         owner_labels(labels, kind.name),
                     )
-                except docker.errors.ImageNotFound:
-                    raise ProvisionError(_image_missing(spec.image)) from None
                 except _DOCKER_ERRORS as exc:
                     raise ProvisionError(
                         f"cannot create the {kind.name} container: {exc}"
@@ -510,7 +559,7 @@ def _create(
     environment: dict[str, str],
     labels: dict[str, str],
 ) -> Container:
-    """Create (never pull) the container; the low-level API, as the SDK's model drops
+    """Create (its image pulled before) the container; the low-level API, as the SDK's model drops
     StartInterval from healthchecks."""
     config = client.api.create_container_config(
         spec.image,

@@ -6,6 +6,7 @@ CI starts a daemon and builds the images first (.ci/setup-services).
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import subprocess
@@ -35,6 +36,7 @@ from bench.core.ownership import (
 )
 from bench.services import docker as docker_provider
 from bench.services.docker import DockerProvider, remove_leftover_containers
+from tests.services import fake_registry
 
 if TYPE_CHECKING:
     from tests.conftest_services import Children
@@ -162,20 +164,52 @@ def test_container_never_healthy_is_an_error_with_its_log_and_is_removed(
 
 
 @needs_daemon
-def test_missing_image_is_unavailable_and_an_error_without_a_container(
+def test_a_missing_image_whose_registry_does_not_answer_is_one_line_with_the_fix(
     tmp_path: Path, labels: Labels, client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    compose = compose_variant(tmp_path, "redis", image="prefect-bench-missing:0")
+    """A registry on a loopback port nobody listens on: the daemon is refused at once (an image
+    of Docker Hub would send the daemon beyond this machine)."""
+    image = f"127.0.0.1:{ports.free_port()}/prefect-bench-missing:0"
+    compose = compose_variant(tmp_path, "redis", image=image)
     monkeypatch.setenv(docker_provider.COMPOSE_ENV, str(compose))
     reason = DockerProvider.unavailable_reason("redis")
-    assert reason is not None
-    assert "image prefect-bench-missing:0 is missing" in reason
-    assert "build-local-images" in reason
+    assert reason is not None and "\n" not in reason
+    assert reason.startswith(f"image {image} is missing here and its registry does not answer (")
+    assert "build-local-images" in reason and "--provider local" in reason
     with pytest.raises(CellSkipped, match="provider docker cannot provide redis"):
         services.choose("redis", "docker")
-    with pytest.raises(ProvisionError, match="is missing"):  # noqa: SIM117
-        with DockerProvider(compose=compose).redis(tmp_path, labels):
-            pass
+    with pytest.raises(ProvisionError, match="its registry does not answer"):
+        DockerProvider(compose=compose).prepare("redis", lambda line: None)
+    assert run_containers(client, labels.run_id) == []
+
+
+@pytest.mark.slow
+@needs_daemon
+def test_a_missing_image_is_pulled_with_its_progress_and_runs(
+    tmp_path: Path, labels: Labels, client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The local redis image served by a fake registry (tests/services/fake_registry.py) on a
+    loopback port, named as a registry's image: available, pulled saying so, run; the pulled
+    image is removed after."""
+    local = docker_provider.load_compose_service(docker_provider.DEFAULT_COMPOSE_FILE, "redis")
+    with fake_registry.serving(client, local.image) as port:
+        image = f"127.0.0.1:{port}/prefect-bench-pulled/redis:7"
+        compose = compose_variant(tmp_path, "redis", image=image)
+        monkeypatch.setenv(docker_provider.COMPOSE_ENV, str(compose))
+        try:
+            assert DockerProvider.unavailable_reason("redis") is None  # its registry answers
+            provider = DockerProvider(compose=compose)
+            said: list[str] = []
+            provider.prepare("redis", said.append)
+            assert said[0] == f"pulling image {image} (it is missing here)"
+            assert said[-1].startswith(f"pulled image {image} in "), said
+            assert client.images.get(image).id == client.images.get(local.image).id
+            with provider.redis(tmp_path, labels) as rs, redis.Redis.from_url(rs.url()) as r:
+                assert r.ping()
+            assert rs.info.image == image
+        finally:
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                client.images.remove(image)
     assert run_containers(client, labels.run_id) == []
 
 
