@@ -307,14 +307,13 @@ def test_resume_with_other_options_says_in_one_line_that_the_runs_own_are_used(
     _finished_run(tmp_path)
     argv = ["matrix", "--out", str(tmp_path), "--resume", "r", "--server", "zig"]
     argv += ["--db", "postgres", "--repeat", "5", "--duration", "9"]
-    code, out, _ = _one_line(argv, capsys)
+    code, out, err = _one_line(argv, capsys)
     assert code == EXIT_OK
-    first, second = out.splitlines()
-    assert first == (
-        "--resume: --server --db --repeat --duration ignored: the run's own options are used "
-        f"({' '.join(SHORT)}, as it was started)"
+    assert err == (  # a warning, on stderr
+        "warning: --resume: --server --db --repeat --duration ignored: the run's own options "
+        f"are used ({' '.join(SHORT)}, as it was started)\n"
     )
-    assert second.startswith("run r is finished")
+    assert out.startswith("run r is finished") and len(out.splitlines()) == 1
 
 
 def test_a_new_matrix_into_a_matrixs_run_is_refused(
