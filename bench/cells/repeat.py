@@ -39,8 +39,8 @@ MIN_REPETITIONS = 2
 # `auto` stops here whatever the intervals: a cell that needs more is too noisy to converge.
 MAX_AUTO = 20
 # Why the first repetition of a repeated cell is left out (unless --keep-first): as pyperf
-# leaves out each worker's first value, a warm-up. Measured here, the first of 8 repetitions
-# was 0.73-0.99x the mean of the rest in 3 of 4 python cells (docs/design-notes.md).
+# leaves out each worker's first value, a warm-up. Measured here with pinning (the default),
+# the first repetition's total was 0.64-1.14x the mean of the rest (docs/design-notes.md).
 WARMUP_REPETITION = "the warm-up repetition: the first of a repeated cell (--keep-first counts it)"
 
 
