@@ -8,6 +8,7 @@ a redis cell moves messages through Redis, and a memory cell leaves Redis alone.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +21,9 @@ import redis
 from bench.cells.commands import RUN_ID, cell_argv, new_run_id
 from bench.cells.matrix import chosen
 from bench.cells.runner import CellRun, run_cell
+from bench.cells.settings import pinned
 from bench.cli import build_parser
+from bench.config.run import RunConfig
 from bench.core.errors import ConfigError
 from bench.core.ownership import Labels
 from bench.core.process import wait_until
@@ -236,3 +239,25 @@ def test_the_matrix_chooses_cells_by_server_db_and_broker() -> None:
     assert len(chosen(None)) == 12
     with pytest.raises(ConfigError, match=r"unknown server 'nginx' \(known: python, "):
         chosen(None, servers=["python", "nginx"])
+
+
+def test_the_server_and_the_load_are_pinned_apart_by_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The last quarter of the usable cores (at least one) for the load, the rest for the
+    server; never by hand's or --no-pin's or a --url's server."""
+    for usable, server, client in (
+        ({0, 1}, [0], [1]),
+        ({0, 1, 2, 3, 4, 5, 6, 7}, [0, 1, 2, 3, 4, 5], [6, 7]),
+        ({3}, None, None),  # one core: nothing to split
+    ):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, cpus=usable: cpus)
+        config = pinned(RunConfig())
+        assert (config.server_cpus, config.client_cpus) == (server, client), usable
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    for config in (
+        RunConfig(no_pin=True),
+        RunConfig(client_cpus=[1]),
+        RunConfig(url="http://127.0.0.1:4200/api"),
+    ):
+        assert pinned(config) == config

@@ -218,29 +218,6 @@ def test_auto_stops_by_itself_and_records_why(
 
 
 @pytest.mark.slow
-def test_matrix_runs_rounds_each_a_fresh_server(tmp_path: Path) -> None:
-    # One cell keeps CI short: the order of the rounds is test_rounds_alternate_their_order's.
-    out = bench(
-        "matrix",
-        *("--server", "python", "--db", "sqlite", "--broker", "memory", "--repeat", "2"),
-        *("--keep-first", "--out", str(tmp_path), *SHORT),
-        cwd=tmp_path,
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "round 1: python-sqlite-memory" in out.stderr
-    assert "round 2: python-sqlite-memory" in out.stderr and "round 3" not in out.stderr
-    results, _ = collect([p for p in tmp_path.iterdir() if p.is_dir()])
-    assert [r.repetition for r in results] == [1, 2]
-    assert results[1].repeat and results[1].repeat.stopped == "count"
-    assert (tmp_path / "report.md").exists()
-    servers = {r.server.startup_s for r in results if r.server}
-    assert len(results) == 2 and None not in servers  # each repetition started its server
-    for r in results:  # pinned apart from the load generator by default
-        assert r.config.server_cpus and r.config.client_cpus
-        assert not set(r.config.server_cpus) & set(r.config.client_cpus)
-
-
-@pytest.mark.slow
 def test_a_url_server_is_the_cells_own_found_by_its_socket(prefect_server: RunningServer) -> None:
     """Behind --url the server is not our descendant: its CPU must not count as another's."""
     tree = {p.pid for p in prefect_server.process.tree()}
