@@ -507,6 +507,36 @@ def gate_report(result: Comparison, rules: Sequence[Rule], failing: Sequence[Fig
     )
 
 
+@dataclass
+class _Tally:
+    """What the gate made of an A/A's comparisons (splits or subsets of rounds): how many
+    fired, the figures tested, the total's interval half-widths and detectable changes, and the
+    largest change of any figure."""
+
+    rules: Sequence[Rule]
+    alarms: int = 0
+    tests: int = 0
+    widths: list[float] = field(default_factory=list)
+    reach: list[float] = field(default_factory=list)
+    largest: tuple[float, str] = (math.nan, "")
+
+    def add(self, figures: Sequence[Figure]) -> None:
+        """One comparison's figures, tested and corrected."""
+        self.tests = sum(f.p_value is not None for f in figures)
+        self.alarms += bool(gate(figures, self.rules))
+        for f in figures:
+            if f.name == TOTAL and f.low is not None and f.high is not None:
+                self.widths.append(50 * (f.high - f.low) / f.ratio)
+                if f.detectable_pct is not None:
+                    self.reach.append(f.detectable_pct)
+            if math.isfinite(f.ratio) and not abs(f.change_pct) <= self.largest[0]:  # nan: first
+                self.largest = (abs(f.change_pct), f"{f.name} {f.metric}")
+
+    @staticmethod
+    def median(values: list[float]) -> float:
+        return round(statistics.median(values), 2) if values else math.nan
+
+
 class CalibrationReport(BaseModel):
     """What `compare --aa` keeps beside the results it read."""
 
@@ -541,19 +571,11 @@ def calibrate(
                 splits.append((first, second))
     step = max(1, len(splits) // MAX_SPLITS)
     splits = splits[::step][:MAX_SPLITS]
-    alarms, widths, tests = 0, [], 0
-    largest: tuple[float, str] = (math.nan, "")
+    tally = _Tally(rules)
     for first, second in splits:
         figs = figures_of(cell, [results[i] for i in first], [results[i] for i in second])
         assess(figs)
-        tests = sum(f.p_value is not None for f in figs)
-        alarms += bool(gate(figs, rules))
-        total = next((f for f in figs if f.name == TOTAL), None)
-        if total and total.low is not None and total.high is not None:
-            widths.append(50 * (total.high - total.low) / total.ratio)
-        for f in figs:
-            if math.isfinite(f.ratio) and not abs(f.change_pct) <= largest[0]:  # nan: first
-                largest = (abs(f.change_pct), f"{f.name} {f.metric}")
+        tally.add(figs)
     totals = [cell_figures(r).get((TOTAL, "rps"), [math.nan])[0] for r in results]
     cv = 100 * statistics.stdev(totals) / statistics.fmean(totals) if not cost else math.nan
     return Calibration(
@@ -561,15 +583,17 @@ def calibrate(
         repetitions=n,
         size=size,
         splits=len(splits),
-        false_alarms=alarms,
-        total_noise_pct=round(statistics.median(widths), 2) if widths else math.nan,
+        false_alarms=tally.alarms,
+        total_noise_pct=tally.median(tally.widths),
         total_cv_pct=round(cv, 2),
         detectable_pct=round(detectable_pct(cv, size, SIGNIFICANCE), 2),
         # Welch's t-test on blocks has no permutation floor: one figure can pass alone
-        fewest_figures=min(tests, 1) if cost else fewest_figures(size, size, tests, SIGNIFICANCE),
-        tests=tests,
-        largest_change_pct=round(largest[0], 3),
-        largest_change=largest[1],
+        fewest_figures=(
+            min(tally.tests, 1) if cost else fewest_figures(size, size, tally.tests, SIGNIFICANCE)
+        ),
+        tests=tally.tests,
+        largest_change_pct=round(tally.largest[0], 3),
+        largest_change=tally.largest[1],
     )
 
 
@@ -595,8 +619,7 @@ def calibrate_pairs(
             )
         subsets = list(itertools.combinations(rounds, size))
         subsets = subsets[:: max(1, len(subsets) // MAX_SPLITS)][:MAX_SPLITS]
-        alarms, widths, reach, tests = 0, [], [], 0
-        largest: tuple[float, str] = (math.nan, "")
+        tally = _Tally(rules)
         for subset in subsets:
             pick = set(subset)
             part = compare(
@@ -604,15 +627,7 @@ def calibrate_pairs(
                 [r for r in new if (r.repetition or 1) in pick],
                 paired=True,
             )
-            tests = sum(f.p_value is not None for f in part.figures)
-            alarms += bool(gate(part.figures, rules))
-            for f in part.figures:
-                if f.name == TOTAL and f.metric == "rps" and f.low is not None and f.high:
-                    widths.append(50 * (f.high - f.low) / f.ratio)
-                    if f.detectable_pct is not None:
-                        reach.append(f.detectable_pct)
-                if math.isfinite(f.ratio) and not abs(f.change_pct) <= largest[0]:
-                    largest = (abs(f.change_pct), f"{f.name} {f.metric}")
+            tally.add(part.figures)
         total = next((f for f in whole.figures if f.name == TOTAL and f.cell == label), None)
         logs = (
             [math.log(x / y) for x, y in zip(total.after, total.before, strict=True)]
@@ -625,14 +640,14 @@ def calibrate_pairs(
                 repetitions=len(rounds),
                 size=size,
                 splits=len(subsets),
-                false_alarms=alarms,
-                total_noise_pct=round(statistics.median(widths), 2) if widths else math.nan,
+                false_alarms=tally.alarms,
+                total_noise_pct=tally.median(tally.widths),
                 total_cv_pct=round(100 * statistics.stdev(logs), 2) if len(logs) > 1 else math.nan,
-                detectable_pct=round(statistics.median(reach), 2) if reach else math.nan,
-                fewest_figures=min(tests, 1),
-                tests=tests,
-                largest_change_pct=round(largest[0], 3),
-                largest_change=largest[1],
+                detectable_pct=tally.median(tally.reach),
+                fewest_figures=min(tally.tests, 1),
+                tests=tally.tests,
+                largest_change_pct=round(tally.largest[0], 3),
+                largest_change=tally.largest[1],
             )
         )
     return found
