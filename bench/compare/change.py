@@ -240,18 +240,20 @@ def correct(figures: Iterable[Figure]) -> None:
     tested = [f for f in figures if f.p_value is not None]
     if not tested:
         return
-    weighted = [min(1.0, f.p_value / w) for f, w in zip(tested, weights(tested), strict=True)]
-    adjusted = stats.false_discovery_control(weighted, method="bh")
+    raw = [f.p_value for f in tested]
+    weighted = [min(1.0, p / w) for p, w in zip(raw, weights(tested), strict=True)]
+    # never below its own p-value: a weight lets a figure through sooner, never on its own p of
+    # 0.3 because many others changed
+    adjusted = [
+        max(float(p), r)
+        for p, r in zip(stats.false_discovery_control(weighted, method="bh"), raw, strict=True)
+    ]
+    totals = [p for f, p in zip(tested, adjusted, strict=True) if f.name == TOTAL]
+    if totals and all(p < SIGNIFICANCE for p in totals):
+        unweighted = stats.false_discovery_control(raw, method="bh")
+        adjusted = [min(a, float(u)) for a, u in zip(adjusted, unweighted, strict=True)]
     for f, p in zip(tested, adjusted, strict=True):
-        # never below its own p-value: a weight lets a figure through sooner, never on its own
-        # p of 0.3 because many others changed
-        f.p_adjusted = max(float(p), f.p_value)
-    totals = [f for f in tested if f.name == TOTAL]
-    if not totals or not all(f.significant for f in totals):
-        return
-    unweighted = stats.false_discovery_control([f.p_value for f in tested], method="bh")
-    for f, p in zip(tested, unweighted, strict=True):
-        f.p_adjusted = min(float(p), f.p_adjusted if f.p_adjusted is not None else 1.0)
+        f.p_adjusted = p
 
 
 def assess(figures: Sequence[Figure]) -> None:

@@ -710,6 +710,7 @@ def render(comparison: Comparison, rules: Sequence[Rule], failing: Sequence[Figu
     """The comparison as Markdown: the verdict first, then what changed, then every figure."""
     figures = comparison.figures
     tested = [f for f in figures if f.p_value is not None]
+    totals = sum(f.name == TOTAL for f in tested)
     significant = [f for f in figures if f.significant]
     lines = ["## prefect-bench compare", ""]
     if rules:
@@ -724,7 +725,7 @@ def render(comparison: Comparison, rules: Sequence[Rule], failing: Sequence[Figu
     lines.append(
         f"{len(figures)} figures, {len(tested)} tested (not those equal in every repetition), "
         f"{len(significant)} significant after Benjamini-Hochberg (q = {SIGNIFICANCE:g}"
-        + (f", the totals weighted to {TOTAL_SHARE:.0%} of it" if _has_total(tested) else "")
+        + (f", the totals weighted to {TOTAL_SHARE:.0%} of it" if totals else "")
         + "); "
         "repetitions before/after: "
         + ", ".join(f"{c} {b}/{a}" for c, (b, a) in comparison.repetitions.items())
@@ -771,10 +772,7 @@ def render(comparison: Comparison, rules: Sequence[Rule], failing: Sequence[Figu
         )
     elif not comparison.paired:
         need = fewest_figures(before, after, len(tested), SIGNIFICANCE)
-        totals = sum(f.name == TOTAL for f in tested)
-        alone = (
-            _has_total(tested) and smallest_p(before, after) < SIGNIFICANCE * TOTAL_SHARE / totals
-        )
+        alone = totals > 0 and smallest_p(before, after) < SIGNIFICANCE * TOTAL_SHARE / totals
         told = (
             f"With {before} and {after} repetitions the smallest p-value a permutation test "
             f"gives is {smallest_p(before, after):.3g}"
@@ -805,10 +803,6 @@ def render(comparison: Comparison, rules: Sequence[Rule], failing: Sequence[Figu
     lines += [_row(f, paired) for f in figures]
     lines += ["", "</details>", ""]
     return "\n".join(lines)
-
-
-def _has_total(figures: Sequence[Figure]) -> bool:
-    return any(f.name == TOTAL for f in figures)
 
 
 def _unsure(undecided: Sequence[Unsure]) -> str:
