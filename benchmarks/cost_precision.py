@@ -23,13 +23,15 @@ counts do not care).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench.cost.functions import costed
+from bench.results import Cost, load_result
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "extra_work"
@@ -73,25 +75,13 @@ def cost_run(
     return out / RUN_ID, took
 
 
-def costs(folder: Path) -> dict[str, list[dict[str, float]]]:
-    """Each costed endpoint, scenario and step of the run's results: its cost figures, one for
-    each server (repetition)."""
-    found: dict[str, list[dict[str, float]]] = {}
+def costs(folder: Path) -> dict[str, list[Cost]]:
+    """Each costed endpoint, scenario and step of the run's results (as the report names them,
+    bench.cost.functions.costed): its cost, one for each server (repetition)."""
+    found: dict[str, list[Cost]] = {}
     for path in sorted(folder.glob("*.json")):
-        for name, cost in _costs(path).items():
+        for name, cost in costed(load_result(path)):
             found.setdefault(name, []).append(cost)
-    return found
-
-
-def _costs(result: Path) -> dict[str, dict[str, float]]:
-    data = json.loads(result.read_text())
-    found = {ep["name"]: ep["cost"] for ep in data["endpoints"] if ep.get("cost")}
-    for sc in data.get("scenarios", []):
-        if sc.get("cost"):
-            found[sc["name"]] = sc["cost"]
-        for step in sc.get("steps", []):
-            if step.get("cost"):
-                found[f"{sc['name']}: {step['name']}"] = step["cost"]
     return found
 
 
@@ -142,11 +132,11 @@ def main() -> int:
             mean = {k: _mean(figures[k].get(name)) for k in "ABC"}
             ab = 100 * (mean["B"] / mean["A"] - 1)
             ac = 100 * (mean["C"] / mean["A"] - 1)
-            each = [c["per_request"] for c in a]
+            each = [c.per_request for c in a]
             between = 100 * (max(each) - min(each)) / mean["A"]
             worst = max(worst, abs(ab))
             print(
-                f"  {name:<28} {mean['A']:>14,.0f} {max(c['spread_pct'] for c in a):>7.2f}% "
+                f"  {name:<28} {mean['A']:>14,.0f} {max(c.spread_pct for c in a):>7.2f}% "
                 f"{between:>7.2f}% {ab:>+7.2f}% {ac:>+7.2f}%"
             )
         print(f"  largest A/A difference of the means: {worst:.2f}% (goal ≤ 0.5%)")
@@ -161,8 +151,8 @@ def main() -> int:
     return 0 if verdicts_ok else 1
 
 
-def _mean(found: list[dict[str, float]] | None) -> float:
-    return statistics.fmean(c["per_request"] for c in found) if found else float("nan")
+def _mean(found: list[Cost] | None) -> float:
+    return statistics.fmean(c.per_request for c in found) if found else float("nan")
 
 
 if __name__ == "__main__":
