@@ -136,7 +136,10 @@ def run_together(runs: Sequence[CellRun], progress: Progress) -> Iterator[tuple[
                 result.finished_at = utc_now()
                 if not result.discarded:
                     counted[i].append(result)
-                result.repeat = decide(config.repeat or 1, config.target_pct, counted[i], None, 0.0)
+                if not auto:
+                    result.repeat = decide(
+                        config.repeat or 1, config.target_pct, counted[i], None, 0.0
+                    )
             if auto:
                 state = paired_state(counted, config.target_pct, deadline, time.monotonic() - began)
                 for result in current:
