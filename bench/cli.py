@@ -73,7 +73,7 @@ from bench.services import PROVIDERS
 from bench.workloads import WORKLOADS
 
 if TYPE_CHECKING:  # imported when compare runs: scipy is slow to import
-    from bench.compare.gate import Comparison
+    from bench.compare.gate import Comparison, Rule
 
 _EXIT_BY_STATUS = {"ok": EXIT_OK, "failed": EXIT_FAILED, "skipped": EXIT_SKIPPED}
 # argparse dest of a server adapter's own option: "<server>:<dest>"
@@ -268,6 +268,13 @@ def _add_cell_selection(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_fail_on(parser: argparse.ArgumentParser, text: str) -> None:
+    """--fail-on: the gate's rules, as `compare` reads them (`run` stops on them)."""
+    parser.add_argument(
+        "--fail-on", dest="rules", action="append", default=[], metavar="EXPR", help=text
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="prefect-bench", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"prefect-bench {__version__}")
@@ -299,6 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
         "server's rounds are its cell's repetitions, paired by `compare RUN --before A --after "
         "B`",
     )
+    _add_fail_on(
+        run,
+        "with --beside and --repeat auto: run rounds until every figure this rule gates (as "
+        "`compare --fail-on` would) is decided, broken or clear of its threshold, instead of "
+        "until the total reaches --target (may be given again)",
+    )
 
     matrix = commands.add_parser(
         "matrix",
@@ -322,6 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="say which cells would run here and which would be skipped (and why), and how "
         "long the matrix would take; run nothing",
+    )
+    matrix.add_argument(
+        "--together",
+        action="store_true",
+        help="measure the servers of each db × broker together, as `run --server A --beside B` "
+        "does: each round one turn for them all, every server started afresh and up at once, "
+        "each endpoint's windows alternating between them; with --repeat N|auto, paired by "
+        "`compare RUN --before A --after B`",
     )
     matrix.add_argument(
         "--prefect-python",
@@ -380,13 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
         "their repetitions paired by round",
     )
     compare.add_argument("--after", metavar="SERVER", help="see --before")
-    compare.add_argument(
-        "--fail-on",
-        dest="rules",
-        action="append",
-        default=[],
-        metavar="EXPR",
-        help="fail (exit 1) on a significant change beyond this, METRIC<CHANGE%% or "
+    _add_fail_on(
+        compare,
+        "fail (exit 1) on a significant change beyond this, METRIC<CHANGE%% or "
         f"METRIC>CHANGE%% with METRIC one of {', '.join(METRICS)}, e.g. 'rps<-5%%' or "
         "'p99>+10%%' (may be given again)",
     )
@@ -542,6 +559,7 @@ def _run(args: argparse.Namespace, console: Console, status: Console) -> int:
     if args.beside:
         return _run_together(args, console, status)
     run = _cell_run(args)
+    _fail_on_rules(args.rules, False, run.config)
     if run.config.url and "workload" not in vars(args):
         print(
             f"no --workload given: measuring {run.config.workload} at {run.config.url} "
@@ -569,6 +587,7 @@ def _run_together(args: argparse.Namespace, console: Console, status: Console) -
     if args.json:
         raise ConfigError("--json writes one result to one path: not with --beside")
     config = _config(args)
+    rules = _fail_on_rules(args.rules, True, config)
     first = _cell_run(args, config)
     runs = [first] + [
         _cell_run(
@@ -576,12 +595,15 @@ def _run_together(args: argparse.Namespace, console: Console, status: Console) -
         )
         for name in args.beside
     ]
-    together.prepare(runs)
+    done = together.prepare(runs, resuming=args.one_repetition)
     label = (
         " + ".join(run.cell.server for run in runs) + f" ({first.cell.db} × {first.cell.broker})"
     )
     with progress_for(status, label, args.verbose) as progress:
-        for result, path in together.run_together(runs, progress):
+        measured = together.run_together(
+            runs, progress, done, args.deadline, args.one_repetition, rules
+        )
+        for result, path in measured:
             console.print(f"result: {path}", markup=False, highlight=False, soft_wrap=True)
             console.print(repeat.result_line(result), markup=False, highlight=False, soft_wrap=True)
     if result.error == INTERRUPTED:  # the last round's: a round that failed is the last
@@ -598,7 +620,7 @@ def _matrix(
         outlooks, config = _outlooks(args, run_args)
         doctor.render(console, outlooks, config, show_tools=False)
         return EXIT_OK
-    config = _matrix_config(run_args)
+    config = _matrix_config(run_args, args.together)
     pythons = dict(args.prefect_pythons or ())
     cells = [
         Cell(server=s, db=d, broker=b, version=v)
@@ -612,6 +634,8 @@ def _matrix(
     ]
     if len(pythons) == 1 or len(pythons) < len(args.prefect_pythons or ()):
         raise ConfigError("--prefect-python compares versions: give two or more, each once")
+    if args.together:
+        _check_together(cells, config)
     run_id = args.run_id or new_run_id()
     request = resume.MatrixRequest(
         run_id=run_id,
@@ -619,6 +643,7 @@ def _matrix(
         run_args=run_args,
         servers=str(args.servers.absolute()) if args.servers else None,
         pythons={version: os.path.abspath(python) for version, python in pythons.items()},
+        together=args.together,
         cwd=os.getcwd(),
         started_at=utc_now(),
     )
@@ -627,6 +652,34 @@ def _matrix(
         resume.write_request(request, folder)
         status.print(f"run {run_id}: results in {folder}", markup=False)
         return _matrix_rounds(request, folder, config, console, status, lock)
+
+
+def _fail_on_rules(texts: Sequence[str], measured_together: bool, config: RunConfig) -> list[Rule]:
+    """`run`'s --fail-on rules; ConfigError for a bad one, or unless they stop servers
+    measured together (`measured_together`) with --repeat auto: a run of one server has no
+    verdict to decide."""
+    if texts and not (measured_together and config.repeat == "auto"):
+        raise ConfigError(
+            "--fail-on decides when --repeat auto stops servers measured together (run "
+            "--beside, matrix --together); a verdict is `compare --fail-on`'s"
+        )
+    from bench.compare.gate import parse_rule
+
+    return [parse_rule(text) for text in texts]
+
+
+def _check_together(cells: Sequence[Cell], config: RunConfig) -> None:
+    """ConfigError unless `matrix --together` has servers to measure together, each group
+    with settings `run --beside` takes."""
+    for group in together.groups(cells):
+        if len(group) < 2:
+            raise ConfigError(
+                f"--together measures two servers or more of one db × broker: "
+                f"{group[0].name} has none beside it (pick cells with --server, --db, --broker)"
+            )
+        names = [cell.server for cell in group]
+        if reason := together.refusal(config, names, any(c.version for c in group), "--together"):
+            raise ConfigError(reason)
 
 
 def _doctor(args: argparse.Namespace, run_args: list[str], console: Console) -> int:
@@ -644,7 +697,7 @@ def _outlooks(
     args: argparse.Namespace, run_args: list[str]
 ) -> tuple[list[doctor.Outlook], RunConfig]:
     """Each cell the options pick, as this machine would run it with `run_args`."""
-    config = _matrix_config(run_args)
+    config = _matrix_config(run_args, getattr(args, "together", False))
     parser = build_parser()
     servers = ["--servers", str(args.servers)] if args.servers else []
     found = []
@@ -657,15 +710,16 @@ def _outlooks(
     return found, config
 
 
-def _matrix_config(run_args: list[str]) -> RunConfig:
-    """The configuration `run_args` give every cell: bad options fail here, once, not in
-    every cell."""
+def _matrix_config(run_args: list[str], measured_together: bool = False) -> RunConfig:
+    """The configuration `run_args` give every cell (`measured_together`: the matrix's
+    servers measured together): bad options fail here, once, not in every cell."""
     args = build_parser().parse_args(["run", *run_args])
     if args.json:
         raise ConfigError("--json writes one result to one path: use `run`, not `matrix`")
     config = _config(args)
     if config.url:
         raise ConfigError("--url measures one server: use `run`, not `matrix`")
+    _fail_on_rules(args.rules, measured_together, config)
     return config
 
 
@@ -690,7 +744,7 @@ def _resume(
                 f"({' '.join(request.run_args) or 'none'}, as it was started)"
             ]
         )
-    config = _matrix_config(request.run_args)
+    config = _matrix_config(request.run_args, request.together)
     waiting = f"run {request.run_id}: waiting for its processes to stop (a cell still stopping?)"
     with resume.hold(folder, resume.RESUME_WAIT_S, lambda: status.print(waiting)) as lock:
         states = rounds.standing(request.cells, folder.parent, request.run_id)

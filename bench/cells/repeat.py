@@ -157,6 +157,7 @@ def _finite(value: float) -> float | None:
 STOP_REASONS = {
     "count": "the repetitions asked for",
     "target": "every interval within the target",
+    "decided": "every gated figure decided",
     "budget": "the budget would not fit another",
     "limit": f"{MAX_AUTO} repetitions, the most auto runs",
 }
@@ -232,6 +233,9 @@ def result_line(result: Result) -> str:
             line += ", the warm-up, not counted"
         if result.repeat.interval_pct is not None:
             line += f", total ±{result.repeat.interval_pct:g}%"
+        if undecided := result.repeat.undecided:
+            more = f" and {len(undecided) - 1} more" if len(undecided) > 1 else ""
+            line += f", undecided: {undecided[0]}{more}"
         if result.repeat.stopped:
             line += f"; stopped: {STOP_REASONS[result.repeat.stopped]}"
         line += ")"

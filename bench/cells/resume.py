@@ -46,6 +46,9 @@ class MatrixRequest(BaseModel):
     pythons: dict[str, str] = Field(
         default_factory=dict, description="--prefect-python: each version's interpreter"
     )
+    together: bool = Field(
+        default=False, description="--together: the servers of each db and broker measured together"
+    )
     cwd: str = Field(description="the folder the matrix ran in; its cells run there")
     started_at: str
 

@@ -30,6 +30,7 @@ from rich.table import Table
 from bench.cells.commands import EXIT_INTERRUPTED, cell_argv
 from bench.cells.repeat import MAX_AUTO, STOP_REASONS, earlier_repetitions
 from bench.cells.resume import MatrixRequest
+from bench.cells.together import groups
 from bench.config.run import RunConfig
 from bench.core.process import die_with_parent
 from bench.results import Cell, Result
@@ -123,7 +124,10 @@ def run_matrix(
 
     A cell of a Prefect version runs with the interpreter `request.pythons` gives for it,
     others with this one, each in the folder the matrix was started in, holding the run's
-    `lock` (bench.cells.resume.hold). `spent_s` of the budget went before (a resumed run's)."""
+    `lock` (bench.cells.resume.hold). `spent_s` of the budget went before (a resumed run's).
+    With `request.together` the cells of one db and broker take each turn as one (`run
+    --server A --beside B`, bench.cells.together): a round of them, every server started
+    afresh and up at once."""
     states = list(states)
     repeat = config.repeat
     rounds = 1 if repeat is None else (MAX_AUTO if repeat == "auto" else int(repeat))
@@ -131,14 +135,24 @@ def run_matrix(
         rounds += 1
     deadline = time.time() + config.budget_min * 60 - spent_s
     run_args = [*request.run_args, *(("--servers", request.servers) if request.servers else ())]
+    by_name = {s.cell.name: s for s in states}
+    together: dict[str, list[CellRounds]] = {}  # each cell's group, one list per group
+    for group in groups([s.cell for s in states]) if request.together else []:
+        members = [by_name[c.name] for c in group]
+        together |= dict.fromkeys((c.name for c in group), members)
     for round_no in range(next_round(states), rounds + 1):
         if all(s.done for s in states):
             break
         todo = due(states, round_no)
         if repeat is not None and todo:
             console.print(f"[bold]round {round_no}[/bold]: {', '.join(s.cell.name for s in todo)}")
+        turns = []  # each due cell's group, once (measured together, a group takes one turn)
         for state in todo:
-            cell = state.cell
+            group = together.get(state.cell.name, [state])
+            if not any(g is group for g in turns):
+                turns.append(group)
+        for group in turns:
+            cell = group[0].cell
             command = cell_argv(
                 request.pythons.get(cell.version, sys.executable),
                 cell.server,
@@ -147,17 +161,20 @@ def run_matrix(
                 run_id=request.run_id,
                 out=out_dir.absolute(),  # the cell runs in request.cwd
                 version=cell.version,
-                args=run_args,
+                args=[*run_args, *(a for s in group[1:] for a in ("--beside", s.cell.server))],
                 round_deadline=None if repeat is None else deadline,
             )
             try:
                 code = _turn(command, request.cwd, lock)
             except KeyboardInterrupt:
-                state.results += _new_results(out_dir, request.run_id, state)
+                for state in group:
+                    state.results += _new_results(out_dir, request.run_id, state)
                 return states, True
-            state.results += _new_results(out_dir, request.run_id, state)
-            # A skipped, failed or interrupted cell runs no more; nor one that says it is done.
-            state.done = code != 0 or state.last is None or state.finished
+            for state in group:
+                state.results += _new_results(out_dir, request.run_id, state)
+                # A skipped, failed or interrupted cell runs no more; nor one that says it is
+                # done.
+                state.done = code != 0 or state.last is None or state.finished
             if code == EXIT_INTERRUPTED:
                 return states, True
     return states, False

@@ -10,14 +10,16 @@ in every round alike.
 Each server's rounds are written as its cell's repetitions (the first the warm-up, as a
 repeated cell's), marked `together_with` the others, so `compare RUN --before A --after B`
 pairs them by round as it pairs a matrix's. A round that fails fails for every server; what
-the rounds before it measured is kept.
+the rounds before it measured is kept. `matrix --together` runs one round of a group per turn
+(`--one-repetition`), going on from the rounds its servers have written.
 
 `--repeat auto` runs rounds until the paired 95% interval of each pair's total rate (the first
 server against each other one, as `compare --before/--after` tests it) is within ±`--target`%,
 at least MIN_FOR_TARGET counted rounds, at most MAX_AUTO, within `--budget`; each round's
 results record where the pairs stood (`repeat`: the widest pair's total interval). The single
 endpoints stay as wide as they are: `compare` names those still undecided and the rounds they
-would need.
+would need. With `--fail-on` rules, `auto` waits for the verdict instead: until every figure
+the rules gate is decided (broken, or clear of its threshold) for every pair.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from bench.cells.repeat import (
     MIN_REPETITIONS,
     WARMUP_REPETITION,
     decide,
+    earlier_repetitions,
     repetition_path,
 )
 from bench.cells.runner import (
@@ -46,29 +49,33 @@ from bench.cells.runner import (
     new_result,
     start_target,
 )
+from bench.compare.change import measure_change
+from bench.compare.gate import Rule, compare, figures_of, gate, unsure
 from bench.compare.metrics import TOTAL
+from bench.config.run import RunConfig
 from bench.core.errors import BenchError, CellSkipped, ConfigError
 from bench.core.failures import bug, one_line
 from bench.engine import EngineRequest
 from bench.observe.progress import Progress
 from bench.observe.sampling import ResourceSampler
-from bench.results import RepeatState, Result, result_path, utc_now, write_result
+from bench.results import Cell, RepeatState, Result, result_path, utc_now, write_result
 from bench.results.schema import INTERRUPTED, Status
 from bench.workloads import WORKLOADS, ScenarioWorkload, get_workload
 from bench.workloads.base import api_client
 
 
-def refusal(runs: Sequence[CellRun]) -> str | None:
-    """Why these servers cannot be measured together with their run's settings, or None."""
-    config = runs[0].config
-    names = [run.cell.server for run in runs]
+def refusal(
+    config: RunConfig, names: Sequence[str], versioned: bool = False, flag: str = "--beside"
+) -> str | None:
+    """Why the servers `names` cannot be measured together with `config`, or None
+    (`versioned`: some run a Prefect version of their own), said of `flag`."""
     if len(set(names)) < len(names):
-        return f"--beside: each server once ({', '.join(names)})"
+        return f"{flag}: each server once ({', '.join(names)})"
     if isinstance(get_workload(config.workload), ScenarioWorkload):
         request_workloads = ", ".join(
             n for n, w in WORKLOADS.items() if not isinstance(w, ScenarioWorkload)
         )
-        return f"--beside measures request workloads ({request_workloads}), not {config.workload}"
+        return f"{flag} measures request workloads ({request_workloads}), not {config.workload}"
     given = {
         "--url": config.url,
         "--cost": config.cost,
@@ -76,27 +83,48 @@ def refusal(runs: Sequence[CellRun]) -> str | None:
         "--soak": config.soak_s,
         "--rate-sweep": config.rate_sweep,
         "--preload": config.preload,
-        "--prefect-version": any(run.cell.version for run in runs),
+        "--prefect-version": versioned,
     }
-    if clash := [flag for flag, value in given.items() if value]:
-        return f"--beside measures plain timed windows: not with {', '.join(clash)}"
+    if clash := [option for option, value in given.items() if value]:
+        return f"{flag} measures plain timed windows: not with {', '.join(clash)}"
     if config.repeat != "auto" and (not isinstance(config.repeat, int) or config.repeat < 2):
-        return "--beside pairs rounds: give --repeat N (2 or more) or --repeat auto"
+        return f"{flag} pairs rounds: give --repeat N (2 or more) or --repeat auto"
     return None
 
 
-def prepare(runs: Sequence[CellRun]) -> None:
-    """Refuse what cannot run (ConfigError) and what would overwrite a result: measured
-    together, the servers' cells start a run of their own (they are not resumed)."""
-    if reason := refusal(runs):
+def groups(cells: Sequence[Cell]) -> list[list[Cell]]:
+    """The cells a `matrix --together` measures together: those of one db and broker, in the
+    matrix's order."""
+    found: dict[tuple[str, str], list[Cell]] = {}
+    for cell in cells:
+        found.setdefault((cell.db, cell.broker), []).append(cell)
+    return list(found.values())
+
+
+def prepare(runs: Sequence[CellRun], resuming: bool = False) -> list[list[Result]]:
+    """Refuse what cannot run (ConfigError) and what would overwrite a result; returns each
+    server's rounds already written in the run. Only a turn of a matrix's rounds (`resuming`,
+    `--one-repetition`) goes on from rounds written before, which must then be as many for
+    every server (a round is written for all or none); otherwise the servers' cells start a
+    run of their own."""
+    config = runs[0].config
+    if reason := refusal(config, [r.cell.server for r in runs], any(r.cell.version for r in runs)):
         raise ConfigError(reason)
-    for run in runs:
+    done = [earlier_repetitions(run.out_dir, run.run_id, run.cell) for run in runs]
+    for run, written in zip(runs, done, strict=True):
         path = result_path(run.out_dir, run.run_id, run.cell)
-        if path.exists():
+        if written and not resuming:
             raise ConfigError(
                 f"{path} exists: results are never overwritten (use another --run-id)"
             )
+        if len(written) != len(done[0]):
+            counts = ", ".join(f"{r.cell.name} {len(w)}" for r, w in zip(runs, done, strict=True))
+            raise ConfigError(
+                f"measured together, every server has a result of every round, but run "
+                f"{run.run_id} has {counts}: not paired, not continued"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
+    return done
 
 
 @dataclass
@@ -109,28 +137,45 @@ class _Side:
     sampler: ResourceSampler | None = None
 
 
-def run_together(runs: Sequence[CellRun], progress: Progress) -> Iterator[tuple[Result, Path]]:
+def run_together(
+    runs: Sequence[CellRun],
+    progress: Progress,
+    done: Sequence[Sequence[Result]] = (),
+    deadline: float | None = None,
+    one: bool = False,
+    rules: Sequence[Rule] = (),
+) -> Iterator[tuple[Result, Path]]:
     """Measure the servers of `runs` (one db and broker, one config) round by round, each round
-    on servers started afresh for it; yield each server's result of a round, written, as soon
-    as the round ends."""
+    on servers started afresh for it, after the rounds `done` (each server's, as `prepare`
+    returns them); yield each server's result of a round, written, as soon as the round ends.
+    Stops when the rounds' state says so (the count, `auto`'s target or verdict, the budget), a
+    round fails, or after `one` (a turn of a matrix's rounds). `deadline` (seconds since the
+    epoch) ends the budget, default `--budget` from now; `rules` (`--fail-on`) make `--repeat
+    auto` wait for every figure they gate.
+    """
     config = runs[0].config
     auto = config.repeat == "auto"
-    rounds = (MAX_AUTO if auto else int(config.repeat or 1)) + config.warmup_repetition
-    deadline = time.monotonic() + config.budget_min * 60
+    most = (MAX_AUTO if auto else int(config.repeat or 1)) + config.warmup_repetition
+    budget_s = config.budget_min * 60 if deadline is None else deadline - time.time()
+    ends = time.monotonic() + budget_s
     sides = [_Side(run) for run in runs]
     cells = [run.cell.name for run in runs]
-    counted: list[list[Result]] = [[] for _ in sides]
+    earlier = list(done[0]) if done else []
+    counted = [[r for r in written if r.status == "ok" and not r.discarded] for written in done]
+    counted = counted or [[] for _ in sides]
+    warmup = config.warmup_repetition and all(r.interrupted for r in earlier)
     current: list[Result] = []
     try:
-        for k in range(1, rounds + 1):
+        for k in range(len(earlier) + 1, len(earlier) + most + 1):
             began = time.monotonic()
-            current = [_round_result(side.run, k, cells) for side in sides]
+            current = [_round_result(side.run, k, cells, warmup) for side in sides]
             with ExitStack() as servers:
                 _start_all(k, sides, current, progress, servers)
-                warmup = " (the warm-up)" if current[0].discarded else ""
-                of = "at most " + str(rounds) if auto else str(rounds)
-                progress.stage(f"round {k} of {of}{warmup}")
+                first = " (the warm-up)" if warmup else ""
+                of = "at most " + str(most) if auto else str(most)
+                progress.stage(f"round {k} of {of}{first}")
                 _measure_round(k, sides, current, progress)
+            warmup = False
             for i, result in enumerate(current):
                 result.status = "ok"
                 result.finished_at = utc_now()
@@ -141,11 +186,12 @@ def run_together(runs: Sequence[CellRun], progress: Progress) -> Iterator[tuple[
                         config.repeat or 1, config.target_pct, counted[i], None, 0.0
                     )
             if auto:
-                state = paired_state(counted, config.target_pct, deadline, time.monotonic() - began)
+                took = time.monotonic() - began
+                state = paired_state(counted, config.target_pct, ends, took, rules)
                 for result in current:
                     result.repeat = state.model_copy()
             yield from _written(runs, current)
-            if auto and state.stopped:
+            if one or (current[0].repeat and current[0].repeat.stopped):
                 return
     except CellSkipped as exc:
         _ended(current, "skipped", one_line(str(exc)))
@@ -164,15 +210,17 @@ def run_together(runs: Sequence[CellRun], progress: Progress) -> Iterator[tuple[
 
 
 def paired_state(
-    counted: Sequence[Sequence[Result]], target_pct: float, deadline: float, round_s: float
+    counted: Sequence[Sequence[Result]],
+    target_pct: float,
+    deadline: float,
+    round_s: float,
+    rules: Sequence[Rule] = (),
 ) -> RepeatState:
     """Where `--repeat auto` stands after a round: the first server paired with each other one
     by round, the widest 95% interval of a pair's total rate (half-width, % of the ratio), and
-    whether to stop (the target reached, MAX_AUTO rounds, or no time for another round before
-    `deadline`, a time.monotonic())."""
-    from bench.compare.change import measure_change
-    from bench.compare.gate import figures_of
-
+    whether to stop: the target reached (with `rules`, instead: every figure they gate
+    decided, `undecided`), MAX_AUTO rounds, or no time for another round before `deadline`, a
+    time.monotonic()."""
     n = len(counted[0])
     widest, name = math.inf, None
     for other in counted[1:]:
@@ -192,7 +240,11 @@ def paired_state(
         widest=name,
         widest_pct=round(widest, 2) if math.isfinite(widest) else None,
     )
-    if n >= MIN_FOR_TARGET and widest <= target_pct:
+    if rules and n >= MIN_REPETITIONS:
+        state.undecided = undecided(counted, rules)
+    if rules and n >= MIN_FOR_TARGET and state.undecided == []:
+        state.stopped = "decided"
+    elif not rules and n >= MIN_FOR_TARGET and widest <= target_pct:
         state.stopped = "target"
     elif n >= MAX_AUTO:
         state.stopped = "limit"
@@ -204,12 +256,34 @@ def paired_state(
     return state
 
 
-def _round_result(run: CellRun, k: int, cells: list[str]) -> Result:
-    """Round `k`'s result of a server started for it."""
+def undecided(counted: Sequence[Sequence[Result]], rules: Sequence[Rule]) -> list[str]:
+    """The figures `rules` gate that the rounds so far leave undecided, for each pair (the
+    first server against each other one) tested as `compare RUN --before A --after B
+    --fail-on` tests it: those it would call unsure (the interval holds a threshold, with
+    about the rounds that would decide it), and those beyond a threshold but not
+    significant."""
+    found = []
+    for other in counted[1:]:
+        comparison = compare(counted[0], other, paired=True)
+        gate(comparison.figures, rules)
+        doubts = {id(u.figure): u.text() for u in unsure(comparison.figures, rules)}
+        for f in comparison.figures:
+            beyond = not f.broken and any(
+                r.metric == f.metric and r.broken_by(f.change_pct) for r in rules
+            )
+            if id(f) in doubts or beyond:
+                why = doubts.get(id(f), "beyond, not significant")
+                found.append(f"{other[0].cell.server}: {f.name} {f.metric} ({why})")
+    return found
+
+
+def _round_result(run: CellRun, k: int, cells: list[str], warmup: bool) -> Result:
+    """Round `k`'s result of a server started for it (`warmup`: the run's first round that
+    was not interrupted, kept and not counted)."""
     result = new_result(run)
     result.repetition = k
     result.together_with = [c for c in cells if c != run.cell.name]
-    if k == 1 and run.config.warmup_repetition:
+    if warmup:
         result.discarded = WARMUP_REPETITION
     return result
 

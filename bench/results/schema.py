@@ -435,10 +435,17 @@ class RepeatState(BaseModel):
         default=False,
         description="the budget left no time for another, which runs anyway: too few so far",
     )
-    stopped: Literal["count", "target", "budget", "limit"] | None = Field(
+    undecided: list[str] | None = Field(
         default=None,
-        description="why no repetition follows: the count asked for, the target reached, the "
-        "budget spent or the most `auto` runs (None: another follows)",
+        description="servers measured together with --fail-on: the gated figures the rounds "
+        "so far leave undecided (their interval holds a threshold, or beyond one they are not "
+        "yet significant), with the rounds that would decide each",
+    )
+    stopped: Literal["count", "target", "decided", "budget", "limit"] | None = Field(
+        default=None,
+        description="why no repetition follows: the count asked for, the target reached, every "
+        "gated figure decided (--fail-on), the budget spent or the most `auto` runs (None: "
+        "another follows)",
     )
 
 

@@ -30,28 +30,42 @@ from tests.helpers import bench, extra_work_server, native_server
 SERVERS = extra_work_server("python-extra", 262144)
 
 
+RUN = ("run", "--server", "python")
+MATRIX = ("matrix", "--together", "--db", "sqlite", "--broker", "memory")
+PAIR = ("--server", "python", "--server", "python-extra")
+
+
 @pytest.mark.parametrize(
-    ("args", "says"),
+    ("argv", "says"),
     [
-        (["--beside", "python"], "--beside: each server once (python, python)"),
-        (["--beside", "python-extra", "--workload", "flow-runs"], "not flow-runs"),
-        (["--beside", "python-extra"], "give --repeat N"),
-        (["--beside", "python-extra", "--repeat", "1"], "give --repeat N (2 or more) or"),
-        (["--beside", "python-extra", "--repeat", "2", "--cost"], "not with --cost"),
-        (["--beside", "python-extra", "--repeat", "2", "--json", "x.json"], "--json"),
-        (["--beside", "nobody", "--repeat", "2"], "nobody"),
+        ([*RUN, "--beside", "python"], "--beside: each server once (python, python)"),
+        ([*RUN, "--beside", "python-extra", "--workload", "flow-runs"], "not flow-runs"),
+        ([*RUN, "--beside", "python-extra"], "give --repeat N"),
+        ([*RUN, "--beside", "python-extra", "--repeat", "1"], "give --repeat N (2 or more) or"),
+        ([*RUN, "--beside", "python-extra", "--repeat", "2", "--cost"], "not with --cost"),
+        ([*RUN, "--beside", "python-extra", "--repeat", "2", "--json", "x.json"], "--json"),
+        ([*RUN, "--beside", "nobody", "--repeat", "2"], "nobody"),
+        ([*MATRIX, "--server", "python", "--repeat", "2"], "python-sqlite-memory has none beside"),
+        ([*MATRIX, *PAIR, "--workload", "flow-runs", "--repeat", "2"], "--together measures req"),
+        ([*MATRIX, *PAIR, "--repeat", "2", "--cost"], "--together measures plain timed windows"),
+        ([*MATRIX, *PAIR], "--together pairs rounds: give --repeat N"),
+        # --fail-on decides when rounds stop: refused where none wait for it
+        ([*RUN, "--fail-on", "rps<-5%", "--repeat", "auto"], "--fail-on decides when"),
+        ([*RUN, "--beside", "python-extra", "--fail-on", "rps<-5%", "--repeat", "3"], "decides"),
+        ([*RUN, "--beside", "python-extra", "--fail-on", "rps<5", "--repeat", "auto"], "expected"),
+        (["matrix", *PAIR, "--repeat", "auto", "--fail-on", "rps<-5%"], "--fail-on decides"),
     ],
 )
 def test_what_cannot_be_measured_together_is_refused_in_one_line(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
-    args: list[str],
+    argv: list[str],
     says: str,
 ) -> None:
     (tmp_path / "servers.toml").write_text(SERVERS)
     monkeypatch.chdir(tmp_path)
-    assert main(["run", "--server", "python", *args, "--out", str(tmp_path / "r")]) == EXIT_USAGE
+    assert main([*argv, "--out", str(tmp_path / "r")]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert says in err and len(err.strip().splitlines()) == 1, err
     assert not any(tmp_path.rglob("*.json"))
@@ -195,3 +209,102 @@ def test_ctrl_c_stops_every_server_and_writes_the_round_as_interrupted(tmp_path:
         assert first["status"] == "ok" and first["repetition"] == 1
         assert second["error"] == "interrupted" and second["repetition"] == 2
     assert len(list(folder.glob("*.json"))) == 4
+
+
+def test_a_together_matrix_measures_each_group_in_one_turn_a_round_and_resumes(
+    tmp_path: Path,
+) -> None:
+    """`matrix --together`: the two servers of sqlite × memory take each round as one turn
+    (`run --beside`), paired by round; a matrix stopped between rounds (the last round's
+    results gone, as if killed before it) resumes with that round alone, not a warm-up again;
+    a run whose servers have uneven rounds is refused in one line, not half-paired."""
+    servers = native_server(tmp_path, "native", 0) + native_server(tmp_path, "native-b", 0)
+    (tmp_path / "servers.toml").write_text(servers)
+    run_id = "20261207T000000Z-7a7a"
+    results = tmp_path / "results"
+    out = bench(
+        "matrix", "--together", "--server", "native", "--server", "native-b", "--db", "sqlite",
+        "--broker", "memory", "--out", str(results), "--run-id", run_id, "--workload", "health",
+        "--concurrency", "1", "--duration", "0.5", "--warmup", "0.1", "--repeat", "2",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    # three turns, each one round of both servers (the windows' order turned each round)
+    assert re.findall(r"^round \d: .*$", out.stderr, re.MULTILINE) == [
+        "round 1: native-sqlite-memory, native-b-sqlite-memory",
+        "round 2: native-b-sqlite-memory, native-sqlite-memory",
+        "round 3: native-sqlite-memory, native-b-sqlite-memory",
+    ]
+    order = re.findall(r"^  (native(?:-b)?): health c=1:", out.stderr, re.MULTILINE)
+    assert order == ["native", "native-b", "native-b", "native", "native", "native-b"]
+    folder = results / run_id
+
+    def rounds(cell: str) -> list[dict]:
+        paths = sorted(folder.glob(f"{cell}-sqlite-memory*.json"))
+        return sorted((json.loads(p.read_text()) for p in paths), key=lambda r: r["repetition"])
+
+    for cell, other in (("native", "native-b"), ("native-b", "native")):
+        written = rounds(cell)
+        assert [r["repetition"] for r in written] == [1, 2, 3]
+        assert [bool(r["discarded"]) for r in written] == [True, False, False]
+        assert all(r["together_with"] == [f"{other}-sqlite-memory"] for r in written)
+        assert written[-1]["repeat"]["stopped"] == "count"
+    gate = bench("compare", str(folder), "--before", "native", "--after", "native-b", cwd=tmp_path)
+    assert "Measured together, paired by round" in gate.stdout, gate.stdout + gate.stderr
+
+    for cell in ("native", "native-b"):
+        (folder / f"{cell}-sqlite-memory.3.json").unlink()
+    again = bench("matrix", "--resume", str(folder), cwd=tmp_path)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert re.findall(r"^round \d: .*$", again.stderr, re.MULTILINE) == [
+        "round 3: native-sqlite-memory, native-b-sqlite-memory"
+    ]
+    for cell in ("native", "native-b"):
+        written = rounds(cell)
+        assert [r["repetition"] for r in written] == [1, 2, 3]
+        assert not written[-1]["discarded"] and written[-1]["repeat"]["counted"] == 2
+
+    (folder / "native-b-sqlite-memory.3.json").unlink()
+    uneven = bench(
+        "run", "--server", "native", "--beside", "native-b", "--one-repetition",
+        "--out", str(results), "--run-id", run_id, "--workload", "health", "--repeat", "2",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert uneven.returncode == EXIT_USAGE, uneven.stdout + uneven.stderr
+    said = uneven.stderr.strip().splitlines()
+    assert len(said) == 1 and "native-sqlite-memory 3, native-b-sqlite-memory 2" in said[0]
+
+
+def test_auto_with_fail_on_runs_until_every_gated_figure_is_decided(tmp_path: Path) -> None:
+    """`--repeat auto --fail-on`: rounds stop once every figure the rule gates is decided, a
+    ten-million-turn slowdown broken and clear at the third counted round; a rule no number
+    of rounds could settle (−0.01% between two copies) runs until the budget, naming what is
+    undecided and the rounds it would need."""
+    servers = native_server(tmp_path, "native", 0) + native_server(tmp_path, "native-b", 0)
+    servers += native_server(tmp_path, "native-extra", 10_000_000)
+    (tmp_path / "servers.toml").write_text(servers)
+    load = ("--workload", "health", "--concurrency", "1", "--duration", "0.5", "--warmup", "0.1")
+    load += ("--repeat", "auto", "--out", str(tmp_path / "results"))
+
+    def last(run_id: str, cell: str) -> dict:
+        paths = (tmp_path / "results" / run_id).glob(f"{cell}-sqlite-memory*.json")
+        return max((json.loads(p.read_text()) for p in paths), key=lambda r: r["repetition"])
+
+    out = bench(
+        "run", "--server", "native", "--beside", "native-extra", "--fail-on", "rps<-20%",
+        *load, "--run-id", "20261207T000000Z-dec1", cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    state = last("20261207T000000Z-dec1", "native-extra")["repeat"]
+    assert (state["stopped"], state["counted"], state["undecided"]) == ("decided", 3, [])
+    assert "stopped: every gated figure decided" in out.stdout
+
+    out = bench(
+        "run", "--server", "native", "--beside", "native-b", "--fail-on", "rps<-0.01%",
+        "--budget", "0.05", *load, "--run-id", "20261207T000000Z-dec2", cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    state = last("20261207T000000Z-dec2", "native-b")["repeat"]
+    assert state["stopped"] == "budget" and state["counted"] == 2, state
+    assert any(u.startswith("native-b: total rps (") for u in state["undecided"]), state
+    assert "undecided: native-b: " in out.stdout
