@@ -263,7 +263,7 @@ class Comparison:
     noisy: list[str] = field(default_factory=list)
     paired: bool = False  # two servers of one run, their repetitions paired by round
     dropped: list[str] = field(default_factory=list)  # rounds of one side without a pair
-    together: bool = False  # paired, and measured together (run --beside)
+    together: bool = False  # paired, and measured together (run --beside, matrix --together)
 
 
 def split_servers(
@@ -455,7 +455,8 @@ class GateReport(BaseModel):
     rules: list[str]
     paired: bool
     together: bool = Field(
-        default=False, description="paired, the servers measured together (run --beside)"
+        default=False,
+        description="paired, the servers measured together (run --beside, matrix --together)",
     )
     pairs: list[tuple[str, str]]
     repetitions: dict[str, tuple[int, int]]

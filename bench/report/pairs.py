@@ -67,8 +67,9 @@ def pairs_section(results: Sequence[Result]) -> Section | None:
             section.notes += [f"{servers[0]} → {other}: {line}" for line in comparison.dropped]
             if comparison.together:
                 section.notes.append(
-                    f"{servers[0]} → {other}: measured together (run --beside): in each round "
-                    "both started afresh, their windows alternating, seconds apart"
+                    f"{servers[0]} → {other}: measured together (run --beside, matrix "
+                    "--together): in each round both started afresh, their windows alternating, "
+                    "seconds apart"
                 )
     if not table.rows:
         return None
