@@ -10,8 +10,11 @@ landing in a block or not by the clock. Here each runs once an hour. What the re
 for the worker is still enqueued (and counted); it is left unprocessed, as the services' own
 cost is not a request's. Its cancellation listener reads burner_redis's pub/sub (the
 memory:// broker) 10 times a second, each read a trip through a thread
-(`asyncio.to_thread(queue.get, True, 0.1)`): here it waits in one read of a minute. What stays
-is uvicorn's own tick (every 0.1 s, the server's) and Prefect's distributors' 1 s timeouts.
+(`asyncio.to_thread(queue.get, True, 0.1)`): here it waits in one read of a minute. uvicorn's
+main loop ticks every 0.1 s (it refreshes the Date header once a second and looks whether a
+signal asked it to exit): here it ticks when the signal comes (its handler wakes it) or once an
+hour, so every response carries the Date of the server's start. What stays is Prefect's
+distributors' 1 s timeouts.
 
 The server's random bytes (`os.urandom`: the ids it makes, uuid4 and Prefect's uuid7) come
 from a generator seeded with 0, so that two servers fed the same requests make the same ids
@@ -32,6 +35,7 @@ Python would have without it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import gc
@@ -105,6 +109,30 @@ else:
 
     _pubsub.PubSub.get_message = _waits_long
     _pubsub.PubSub._queue_get = _queue_get
+
+try:
+    from uvicorn import server as _uvicorn
+except ImportError:  # served otherwise: its own tick, if any, stays
+    pass
+else:
+    _handle_exit = _uvicorn.Server.handle_exit
+
+    def _wakes(self, sig, frame):  # type: ignore[no-untyped-def]
+        """uvicorn's signal handler, which also wakes the main loop below at once."""
+        _handle_exit(self, sig, frame)
+        if (woken := getattr(self, "_woken", None)) is not None:
+            woken.set()
+
+    async def _ticks_when_woken(self):  # type: ignore[no-untyped-def]
+        """uvicorn's main loop ticks every 0.1 s (the Date header once a second, the exit
+        flag): here it ticks when a signal asks it to exit, or once an hour."""
+        self._woken = asyncio.Event()
+        while not await self.on_tick(0):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._woken.wait(), HELD_STILL.total_seconds())
+
+    _uvicorn.Server.handle_exit = _wakes
+    _uvicorn.Server.main_loop = _ticks_when_woken
 
 
 def _run_the_next_sitecustomize() -> None:
