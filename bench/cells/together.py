@@ -160,9 +160,9 @@ def run_together(
     ends = time.monotonic() + budget_s
     sides = [_Side(run) for run in runs]
     cells = [run.cell.name for run in runs]
-    earlier = list(done[0]) if done else []
+    done = done or [[] for _ in sides]
+    earlier = done[0]
     counted = [[r for r in written if r.status == "ok" and not r.discarded] for written in done]
-    counted = counted or [[] for _ in sides]
     warmup = config.warmup_repetition and all(r.interrupted for r in earlier)
     current: list[Result] = []
     try:
