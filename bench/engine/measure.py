@@ -1,5 +1,5 @@
-"""measure(), measure_scenario() and measure_together(): split a load spec over engine
-processes, run them, merge what they counted."""
+"""measure(), measure_scenario(), measure_together() and measure_duet(): split a load spec
+over engine processes, run them, merge what they counted."""
 
 from __future__ import annotations
 
@@ -141,10 +141,15 @@ class _Schedule:
         return spec.rate / self.procs, self.start_ns + int(i * 1e9 / spec.rate)
 
     def run(
-        self, jobs: Sequence[EngineJob], spec: LoadSpec, progress: Callable[[int], None] | None
+        self,
+        jobs: Sequence[EngineJob],
+        spec: LoadSpec,
+        progress: Callable[[int], None] | None,
+        cpus: Sequence[set[int] | None] | None = None,
     ) -> list[Any]:
+        """Run the jobs, process i pinned to `cpus[i]` (default: spread over the spec's)."""
         give_up = self.window_end_ns + int(REPORT_GRACE_S * 1e9)
-        cpus = _cpu_sets(spec.client_cpus, self.procs)
+        cpus = cpus or _cpu_sets(spec.client_cpus, self.procs)
         return get_pool().run(jobs, cpus, progress, lambda: monotonic_ns() > give_up)
 
 
@@ -180,6 +185,41 @@ def measure(
             )
         )
     return merge(plan.run(jobs, spec, progress), spec)
+
+
+def measure_duet(
+    parts: Sequence[tuple[Target, EngineRequest, tuple[int, ...]]],
+    spec: LoadSpec,
+    progress: Callable[[int], None] | None = None,
+) -> list[Measurement]:
+    """Load each (target, request, cpus) of `parts` as `spec` says, all in one window: each
+    part by one engine process of its own, pinned to its cpus (its server's, in a duet), with
+    the whole spec (its concurrency, its rate). One measurement each, in order; `progress` gets
+    the parts' responses together; errors as `measure`."""
+    if len(parts) < 2:
+        raise ConfigError("measure_duet measures two parts or more at once")
+    for _, request, cpus in parts:
+        _check(request, dataclasses.replace(spec, client_cpus=cpus))
+    whole = dataclasses.replace(
+        spec, concurrency=spec.concurrency * len(parts), engine_procs=len(parts), client_cpus=None
+    )
+    plan = _Schedule.plan(whole, [request for _, request, _ in parts])
+    jobs = [
+        Job(
+            target=target,
+            request=request,
+            spec=spec,
+            connections=spec.concurrency,
+            rate=spec.rate,
+            start_ns=plan.start_ns,
+            window_start_ns=plan.window_start_ns,
+            window_end_ns=plan.window_end_ns,
+            token_prefix=f"{plan.nonce}-{i}-".encode(),
+        )
+        for i, (target, request, _) in enumerate(parts)
+    ]
+    shares = plan.run(jobs, spec, progress, [set(cpus) for _, _, cpus in parts])
+    return [merge([share], spec) for share in shares]
 
 
 def measure_scenario(

@@ -32,7 +32,7 @@ from bench.engine import (
     shutdown,
     worker_pids,
 )
-from bench.engine.measure import measure_together
+from bench.engine.measure import measure_duet, measure_together
 from bench.engine.pool import get_pool
 from bench.engine.wire import request_factory
 from bench.results import Measurement
@@ -453,3 +453,25 @@ def test_scenarios_measured_together_each_load_their_own_server() -> None:
         assert quick.completed > 10 * slowly.completed and not quick.failed, quick
         with pytest.raises(ConfigError, match="one target per part"):
             measure_together(fast.target, parts, spec, None, [fast.target])
+
+
+def test_a_duet_loads_each_server_from_a_process_on_its_own_cpus() -> None:
+    """Two servers in one window (issue 23's duet): each part by one engine process pinned to
+    the CPUs it names, with the whole spec's connections, sending to its own target only."""
+    cpus = sorted(os.sched_getaffinity(0))
+    mine = (cpus[0],), (cpus[-1],)
+    seen: list[set[int]] = []
+
+    def affinity(_: int) -> None:
+        seen.extend(set(psutil.Process(pid).cpu_affinity()) for pid in get_pool().pids()[:2])
+
+    with Server() as fast, Server() as slow:
+        parts = [(fast.target, EngineRequest("GET", "/ok"), mine[0])]
+        parts.append((slow.target, EngineRequest("GET", "/slow"), mine[1]))
+        spec = LoadSpec(concurrency=2, duration_s=1.0, warmup_s=0.2)
+        quick, slowly = measure_duet(parts, spec, affinity)
+    # /slow answers after 0.2 s: about 10 a second on 2 connections; /ok back to back: far more
+    assert 4 <= slowly.requests <= 12 and not slowly.errors, slowly
+    assert quick.requests > 10 * slowly.requests and not quick.errors, quick
+    assert quick.concurrency == slowly.concurrency == 2
+    assert set(map(frozenset, seen)) == {frozenset(mine[0]), frozenset(mine[1])}
