@@ -301,10 +301,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="SERVER",
         help="measure this server together with --server (may be given again): round after "
-        "round (--repeat N, the first a warm-up), every server started afresh and up at once "
-        "on the server's CPUs, each endpoint's windows alternating between them; each "
-        "server's rounds are its cell's repetitions, paired by `compare RUN --before A --after "
-        "B`",
+        "round (--repeat N, the first a warm-up), every server started afresh and up at once; "
+        "two servers in a duet (--duet) where the machine and the options allow one, otherwise "
+        "(or with --alternate) each endpoint's windows alternating between them on the "
+        "server's CPUs; each server's rounds are its cell's repetitions, paired by `compare "
+        "RUN --before A --after B`",
+    )
+    run.add_argument(
+        "--alternate",
+        action="store_true",
+        help="with --beside: the servers' windows alternating on the server's CPUs, even where "
+        "two servers could be measured in a duet (the default for two, where the machine and "
+        "the options allow one: see --duet)",
     )
     _add_fail_on(
         run,
@@ -560,6 +568,7 @@ def _run(args: argparse.Namespace, console: Console, status: Console) -> int:
         return _run_together(args, console, status)
     run = _cell_run(args)
     _fail_on_rules(args.rules, False, run.config)
+    _check_duet(run.config, args.alternate, False)
     if run.config.url and "workload" not in vars(args):
         print(
             f"no --workload given: measuring {run.config.workload} at {run.config.url} "
@@ -595,6 +604,10 @@ def _run_together(args: argparse.Namespace, console: Console, status: Console) -
         )
         for name in args.beside
     ]
+    if args.alternate and config.duet:
+        raise ConfigError("--duet or --alternate: one design, not both")
+    if not args.alternate and not config.duet:
+        runs = together.by_default(runs, _config(args, duet=True))
     done = together.prepare(runs, resuming=args.one_repetition)
     label = (
         " + ".join(run.cell.server for run in runs) + f" ({first.cell.db} × {first.cell.broker})"
@@ -668,6 +681,17 @@ def _fail_on_rules(texts: Sequence[str], measured_together: bool, config: RunCon
     return [parse_rule(text) for text in texts]
 
 
+def _check_duet(config: RunConfig, alternate: bool, measured_together: bool) -> None:
+    """ConfigError for --duet or --alternate on a server measured alone: each is a design of
+    servers measured together."""
+    if (config.duet or alternate) and not measured_together:
+        flag = "--duet" if config.duet else "--alternate"
+        raise ConfigError(
+            f"{flag} is how servers measured together are measured: give --beside SERVER "
+            "(run) or --together (matrix)"
+        )
+
+
 def _check_together(cells: Sequence[Cell], config: RunConfig) -> None:
     """ConfigError unless `matrix --together` has servers to measure together, each group
     with settings `run --beside` takes."""
@@ -720,6 +744,7 @@ def _matrix_config(run_args: list[str], measured_together: bool = False) -> RunC
     if config.url:
         raise ConfigError("--url measures one server: use `run`, not `matrix`")
     _fail_on_rules(args.rules, measured_together, config)
+    _check_duet(config, args.alternate, measured_together)
     return config
 
 

@@ -46,6 +46,7 @@ from bench.results import (
     Cell,
     Delivery,
     EndpointResult,
+    Measurement,
     Result,
     ScenarioResult,
     ServerInfo,
@@ -297,6 +298,7 @@ def start_target(
         result.server.processes["services"] = int(server.services is not None)
     if run.config.server_cpus:
         server.pin(run.config.server_cpus)
+        result.server.cpus = run.config.server_cpus
     # Totals over the server's life, filled in whatever way the cell ends.
     stack.callback(_record_server_totals, result.server, server)
     result.server.rss_idle_mb = round(tree_rss_mb(server.tree()), 1)
@@ -531,6 +533,15 @@ def _measure_all(
                         window.done(ep)
 
 
+@dataclass
+class Watch:
+    """A window being watched (Window.watched): what the engine measured in it, then the
+    window as the result keeps it."""
+
+    measurement: Measurement | None = None
+    endpoint: EndpointResult | None = None
+
+
 @dataclass(frozen=True)
 class Window:
     """One endpoint at one concurrency level, measured in one window per call."""
@@ -548,10 +559,22 @@ class Window:
     def measure(self, result: Result, rate: float | None = None) -> EndpointResult:
         """A window at the config's rate (or `rate`), with what the server used meanwhile."""
         config = self.config if rate is None else self.config.model_copy(update={"rate": rate})
+        spec = engine.LoadSpec.for_level(config, self.concurrency)
+        progress = self.progress.measuring(self.label + self.endpoint.name, self.concurrency)
+        with self.watched(result, rate) as watch:
+            where = engine.Target(self.target.host, self.target.port)
+            watch.measurement = engine.measure(where, self.request, spec, progress)
+        assert watch.endpoint is not None
+        return watch.endpoint
+
+    @contextmanager
+    def watched(self, result: Result, rate: float | None = None) -> Iterator[Watch]:
+        """What the server used while the block measures the window (its `Watch.measurement`):
+        the block's window kept, when it ends, as the Watch's endpoint. Servers measured in a
+        duet watch their windows at once (cells.together)."""
         name, c, target = self.endpoint.name, self.concurrency, self.target
-        spec = engine.LoadSpec.for_level(config, c)
         _ensure_alive(target, f"before {name} at c={c}")
-        callback = self.progress.measuring(self.label + name, c)
+        watch = Watch()
         with ExitStack() as window:
             # --profile: sampling before the window's clocks start, stopped after they end
             stem = profile.window_stem(name, c, rate)
@@ -560,14 +583,15 @@ class Window:
             backends = window.enter_context(target.telemetry.window())
             others = window.enter_context(OtherCpu(target.ours))
             usage = window.enter_context(self.sampler.window()) if self.sampler else None
-            where = engine.Target(target.host, target.port)
-            m = engine.measure(where, self.request, spec, callback)
+            yield watch
+        if watch.measurement is None:
+            raise RuntimeError("a window was watched and nothing measured in it")
         _noisy_window(result, others, f"{name} at c={c}", self.progress)
         ep = EndpointResult(
             name=name,
             method=self.endpoint.method,
             path=self.endpoint.path,
-            **m.model_dump(),
+            **watch.measurement.model_dump(),
             server_cpu_cores=round(usage.cores, 3) if usage else None,
             server_rss_peak_mb=usage.rss_peak_mb if usage else None,
             other_cpu_cores=others.cores,
@@ -577,7 +601,7 @@ class Window:
         ep.problems += sampled.problems  # why a --profile window has none
         if result.server and usage:
             result.server.rss_peak_mb = max(result.server.rss_peak_mb or 0, usage.rss_peak_mb)
-        return ep
+        watch.endpoint = ep
 
     def done(self, ep: EndpointResult) -> None:
         """After the window's result is kept: shown, and the server checked (it may have died

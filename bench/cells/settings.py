@@ -116,8 +116,9 @@ def pinned(config: RunConfig) -> RunConfig:
     """The server and the load generator each on cores of its own, where there are two or more:
     the last quarter of the usable cores (at least one) for the load generator, the rest for
     the server. Not with --no-pin, not when either is pinned by hand, not behind a --url (that
-    server is not ours to pin)."""
-    if config.no_pin or config.url or config.server_cpus or config.client_cpus:
+    server is not ours to pin), not in a duet (each server and its load on CPUs of their own:
+    cells.together)."""
+    if config.no_pin or config.url or config.server_cpus or config.client_cpus or config.duet:
         return config
     usable = sorted(os.sched_getaffinity(0))
     if len(usable) < 2:

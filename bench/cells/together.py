@@ -7,6 +7,10 @@ run a minute apart; and each round is a new pair of processes, so what differs b
 processes of the same code (measured: as much as a 5% change) is in the rounds' spread, not
 in every round alike.
 
+`--duet` (two servers) measures them at the same moment instead: each server and one engine
+process of its load pinned to half the usable CPUs, both windows of an endpoint in one engine
+call (engine.measure_duet), so both see the same seconds of the machine on CPUs of their own.
+
 Each server's rounds are written as its cell's repetitions (the first the warm-up, as a
 repeated cell's), marked `together_with` the others, so `compare RUN --before A --after B`
 pairs them by round as it pairs a matrix's. A round that fails fails for every server; what
@@ -25,12 +29,14 @@ the rules gate is decided (broken, or clear of its threshold) for every pair.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from bench import engine
 from bench.cells.repeat import (
     MAX_AUTO,
     MIN_FOR_TARGET,
@@ -43,6 +49,7 @@ from bench.cells.repeat import (
 from bench.cells.runner import (
     CellRun,
     ServerTarget,
+    Watch,
     Window,
     check_machine,
     keep_failure,
@@ -55,11 +62,11 @@ from bench.compare.metrics import TOTAL
 from bench.config.run import RunConfig
 from bench.core.errors import BenchError, CellSkipped, ConfigError
 from bench.core.failures import bug, one_line
-from bench.engine import EngineRequest
 from bench.observe.progress import Progress
 from bench.observe.sampling import ResourceSampler
 from bench.results import Cell, RepeatState, Result, result_path, utc_now, write_result
 from bench.results.schema import INTERRUPTED, Status
+from bench.servers.adapter import ServerSettings
 from bench.workloads import WORKLOADS, ScenarioWorkload, get_workload
 from bench.workloads.base import api_client
 
@@ -89,7 +96,36 @@ def refusal(
         return f"{flag} measures plain timed windows: not with {', '.join(clash)}"
     if config.repeat != "auto" and (not isinstance(config.repeat, int) or config.repeat < 2):
         return f"{flag} pairs rounds: give --repeat N (2 or more) or --repeat auto"
+    return _duet_refusal(config, names) if config.duet else None
+
+
+def _duet_refusal(config: RunConfig, names: Sequence[str]) -> str | None:
+    """Why `--duet` cannot measure the servers `names` with `config`, or None."""
+    if len(names) != 2:
+        return f"--duet measures two servers at once, not {len(names)} ({', '.join(names)})"
+    usable = len(os.sched_getaffinity(0))
+    if usable < 2:
+        return f"--duet gives each server CPUs of its own: this process may use {usable} CPU"
+    given = {
+        "--server-cpus": config.server_cpus,
+        "--client-cpus": config.client_cpus,
+        "--no-pin": config.no_pin,
+        "--engine-procs": config.engine_procs not in (None, 1),
+    }
+    if clash := [option for option, value in given.items() if value]:
+        return (
+            "--duet pins each server and one load process to half the usable CPUs: "
+            f"not with {', '.join(clash)}"
+        )
     return None
+
+
+def duet_cpus() -> list[list[int]]:
+    """The CPUs of each side of a duet: the usable CPUs cut in two halves (one left over on an
+    odd count, unused, so that both sides have as many)."""
+    usable = sorted(os.sched_getaffinity(0))
+    half = len(usable) // 2
+    return [usable[:half], usable[half : 2 * half]]
 
 
 def groups(cells: Sequence[Cell]) -> list[list[Cell]]:
@@ -110,6 +146,8 @@ def prepare(runs: Sequence[CellRun], resuming: bool = False) -> list[list[Result
     config = runs[0].config
     if reason := refusal(config, [r.cell.server for r in runs], any(r.cell.version for r in runs)):
         raise ConfigError(reason)
+    if config.duet and (reason := crowded(runs)):
+        raise ConfigError(reason)
     done = [earlier_repetitions(run.out_dir, run.run_id, run.cell) for run in runs]
     for run, written in zip(runs, done, strict=True):
         path = result_path(run.out_dir, run.run_id, run.cell)
@@ -127,14 +165,51 @@ def prepare(runs: Sequence[CellRun], resuming: bool = False) -> list[list[Result
     return done
 
 
+def crowded(runs: Sequence[CellRun]) -> str | None:
+    """Why a duet of `runs` would crowd a side, or None: a server that runs more processes
+    than its half of the CPUs has."""
+    config = runs[0].config
+    workers = ServerSettings.of(config).server_workers
+    cpus = len(duet_cpus()[0])
+    for run in runs:
+        assert run.server is not None  # a --url is refused
+        count = run.server.process_count(config.no_services, workers)
+        if count > cpus:
+            return (
+                f"--duet gives each server {cpus} CPU(s) here, and {run.cell.server} runs "
+                f"{count} processes (its API workers, its services): measure it without --duet"
+            )
+    return None
+
+
+def by_default(runs: Sequence[CellRun], duet: RunConfig) -> list[CellRun]:
+    """The design of servers measured together when none is asked for: a duet (`duet`: the
+    runs' config with it) where one can measure them, two servers on CPUs of their own
+    (measured the more precise: design notes); otherwise the runs as given, their windows
+    alternating."""
+    names = [run.cell.server for run in runs]
+    as_duet = [replace(run, config=duet) for run in runs]
+    if len(names) != 2 or _duet_refusal(duet, names) or crowded(as_duet):
+        return list(runs)
+    return as_duet
+
+
 @dataclass
 class _Side:
-    """One server of the group: its cell, its target once started, its requests."""
+    """One server of the group: its cell, its target once started, its requests, and in a
+    duet the CPUs it and its load have."""
 
     run: CellRun
     target: ServerTarget | None = None
-    requests: tuple[EngineRequest, ...] = ()
+    requests: tuple[engine.EngineRequest, ...] = ()
     sampler: ResourceSampler | None = None
+    cpus: list[int] | None = None
+
+    def started(self) -> ServerTarget:
+        """Its target, once `_start_all` started it."""
+        if self.target is None:
+            raise RuntimeError(f"{self.run.cell.name} is measured before it was started")
+        return self.target
 
 
 def run_together(
@@ -158,13 +233,20 @@ def run_together(
     most = (MAX_AUTO if auto else int(config.repeat or 1)) + config.warmup_repetition
     budget_s = config.budget_min * 60 if deadline is None else deadline - time.time()
     ends = time.monotonic() + budget_s
-    sides = [_Side(run) for run in runs]
+    halves = duet_cpus() if config.duet else [None] * len(runs)
+    sides = [_Side(run, cpus=cpus) for run, cpus in zip(runs, halves, strict=True)]
     cells = [run.cell.name for run in runs]
     done = done or [[] for _ in sides]
     earlier = done[0]
     counted = [[r for r in written if r.status == "ok" and not r.discarded] for written in done]
     warmup = config.warmup_repetition and all(r.interrupted for r in earlier)
     current: list[Result] = []
+    if not earlier:
+        progress.stage(
+            "in a duet: " + ", ".join(f"{s.run.cell.server} on CPUs {s.cpus}" for s in sides)
+            if config.duet
+            else "their windows alternating, on the server's CPUs"
+        )
     try:
         for k in range(len(earlier) + 1, len(earlier) + most + 1):
             began = time.monotonic()
@@ -306,6 +388,9 @@ def _start_all(
         assert side.run.server is not None  # a --url is refused
         with _naming(side.run.cell.server):
             side.target = start_target(side.run, side.run.server, progress, result, stack)
+            if side.cpus and side.target.server:
+                side.target.server.pin(side.cpus)
+                result.server.cpus = side.cpus
             client = stack.enter_context(api_client(side.target.base_url))
             progress.stage(f"{side.run.cell.server}: creating fixtures and verifying every request")
             fixtures = workload.create_fixtures(client)
@@ -321,32 +406,65 @@ def _turn(turn: int, count: int) -> Iterable[int]:
 
 
 def _measure_round(k: int, sides: list[_Side], results: list[Result], progress: Progress) -> None:
-    """Every endpoint at every level once per server, the order of the servers turned at every
-    window (and every round), each window kept in its server's result as it ends."""
+    """Every endpoint at every level once per server, each window kept in its server's result
+    as it ends: the servers' windows one after another, their order turned at every window
+    (and every round), or in a duet at once."""
     config = sides[0].run.config
     workload = get_workload(config.workload)
     turn = k
     for e, endpoint in enumerate(workload.endpoints):
         for concurrency in config.concurrency:
-            order = _turn(turn, len(sides))
-            turn += 1
-            for i in order:
-                side, result = sides[i], results[i]
-                assert side.target is not None
-                window = Window(
+            windows = [
+                Window(
                     config,
                     endpoint,
                     side.requests[e],
                     concurrency,
-                    side.target,
+                    side.started(),
                     side.sampler,
                     progress,
                     label=f"{side.run.cell.server}: ",
                 )
-                with _naming(side.run.cell.server):
-                    ep = window.measure(result)
-                    result.endpoints.append(ep)
-                    window.done(ep)
+                for side in sides
+            ]
+            if config.duet:
+                _measure_at_once(windows, sides, results, progress)
+                continue
+            order = _turn(turn, len(sides))
+            turn += 1
+            for i in order:
+                with _naming(sides[i].run.cell.server):
+                    ep = windows[i].measure(results[i])
+                    results[i].endpoints.append(ep)
+                    windows[i].done(ep)
+
+
+def _measure_at_once(
+    windows: list[Window], sides: list[_Side], results: list[Result], progress: Progress
+) -> None:
+    """A duet's window: each server loaded by one engine process on its own CPUs, both in one
+    engine call (the same start, the same window), each watched as its own window is."""
+    first = windows[0]
+    spec = engine.LoadSpec.for_level(first.config, first.concurrency)
+    names = " + ".join(side.run.cell.server for side in sides)
+    counted = progress.measuring(f"{names}: {first.endpoint.name}", first.concurrency)
+    with ExitStack() as watching:
+        watches: list[Watch] = []
+        for window, side, result in zip(windows, sides, results, strict=True):
+            with _naming(side.run.cell.server):
+                watches.append(watching.enter_context(window.watched(result)))
+        parts = [
+            (engine.Target(w.target.host, w.target.port), w.request, tuple(side.cpus or ()))
+            for w, side in zip(windows, sides, strict=True)
+        ]
+        measured = engine.measure_duet(parts, spec, counted)
+        for watch, measurement in zip(watches, measured, strict=True):
+            watch.measurement = measurement
+    for window, watch, side, result in zip(windows, watches, sides, results, strict=True):
+        assert watch.endpoint is not None
+        with _naming(side.run.cell.server):
+            result.endpoints.append(watch.endpoint)
+            window.done(watch.endpoint)
 
 
 @contextmanager

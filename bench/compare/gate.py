@@ -264,6 +264,7 @@ class Comparison:
     paired: bool = False  # two servers of one run, their repetitions paired by round
     dropped: list[str] = field(default_factory=list)  # rounds of one side without a pair
     together: bool = False  # paired, and measured together (run --beside, matrix --together)
+    duet: bool = False  # measured together at the same moment, each on CPUs of its own (--duet)
 
 
 def split_servers(
@@ -360,7 +361,10 @@ def compare(before: Sequence[Result], after: Sequence[Result], paired: bool = Fa
         for b, a in pairs
         for rb, ra in zip(old[b], new[a], strict=True)
     )
-    return Comparison(pairs, figures, differences, repetitions, noisy, paired, dropped, together)
+    duet = together and all(r.config.duet for b, a in pairs for r in [*old[b], *new[a]])
+    return Comparison(
+        pairs, figures, differences, repetitions, noisy, paired, dropped, together, duet
+    )
 
 
 def _paired_rounds(
@@ -458,6 +462,11 @@ class GateReport(BaseModel):
         default=False,
         description="paired, the servers measured together (run --beside, matrix --together)",
     )
+    duet: bool = Field(
+        default=False,
+        description="measured together at the same moment, each server and its load on CPUs "
+        "of their own (--duet)",
+    )
     pairs: list[tuple[str, str]]
     repetitions: dict[str, tuple[int, int]]
     differences: list[str]
@@ -499,6 +508,7 @@ def gate_report(result: Comparison, rules: Sequence[Rule], failing: Sequence[Fig
         rules=[r.text for r in rules],
         paired=result.paired,
         together=result.together,
+        duet=result.duet,
         pairs=result.pairs,
         repetitions=result.repetitions,
         differences=result.differences,
@@ -736,10 +746,14 @@ def render(comparison: Comparison, rules: Sequence[Rule], failing: Sequence[Figu
     timed = not figures or not all(f.per_block for f in figures)
     if timed and comparison.paired:
         how = (
-            "Measured together, paired by round: in each round the servers were started afresh "
-            "and up at once, each endpoint's windows alternating between them (`run --beside`), "
-            "so a round's ratio after/before compares windows seconds apart, on the same machine "
-            "at nearly the same moment."
+            "Measured in a duet, paired by round: in each round both servers were started "
+            "afresh, each pinned with one load process to CPUs of its own, and each endpoint's "
+            "two windows ran at the same moment (`run --beside --duet`)."
+            if comparison.duet
+            else "Measured together, paired by round: in each round the servers were started "
+            "afresh and up at once, each endpoint's windows alternating between them (`run "
+            "--beside`), so a round's ratio after/before compares windows seconds apart, on the "
+            "same machine at nearly the same moment."
             if comparison.together
             else "Paired by round: the two servers were measured in one run, a repetition of "
             "each in every round, so what drifts between rounds is in both sides of each "

@@ -171,6 +171,15 @@ class RunConfig(BaseModel):
         description="leave the server and the load generator unpinned (default: on 2 or more "
         "cores each gets its own: --server-cpus and --client-cpus as recorded)",
     )
+    duet: bool = setting(
+        "--duet",
+        measurement=True,
+        default=False,
+        description="with --beside (matrix --together): two servers measured at the same "
+        "moment, each with its load generator on CPUs of its own (half the usable CPUs each), "
+        "instead of their windows alternating on the server's CPUs; the default for two "
+        "servers where the machine and the other options allow it (--alternate: not)",
+    )
     repeat: Annotated[int, Field(ge=1)] | Literal["auto"] | None = setting(
         "--repeat",
         "N|auto",

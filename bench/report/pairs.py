@@ -65,7 +65,13 @@ def pairs_section(results: Sequence[Result]) -> Section | None:
             table.rows += [_row(f) for f in shown]
             section.charts.append(_chart(servers[0], other, comparison.figures))
             section.notes += [f"{servers[0]} → {other}: {line}" for line in comparison.dropped]
-            if comparison.together:
+            if comparison.duet:
+                section.notes.append(
+                    f"{servers[0]} → {other}: measured in a duet (--duet): in each round both "
+                    "started afresh, each with its load on CPUs of its own, their windows at the "
+                    "same moment"
+                )
+            elif comparison.together:
                 section.notes.append(
                     f"{servers[0]} → {other}: measured together (run --beside, matrix "
                     "--together): in each round both started afresh, their windows alternating, "

@@ -567,6 +567,11 @@ class ServerInfo(BaseModel):
         description="a server of several processes (python-scaled): its api_workers and "
         "services processes; CPU and memory are over all of them",
     )
+    cpus: Annotated[list[int] | None, Combine.FIRST] = Field(
+        default=None,
+        description="the CPUs the server was pinned to; in a duet (--duet) its own, which its "
+        "load generator shared",
+    )
     rss_peak_mb: Annotated[float | None, Combine.MAX] = None
     rss_idle_mb: Annotated[float | None, Combine.MEAN] = None
     cpu_s: Annotated[float | None, Combine.MEAN] = None

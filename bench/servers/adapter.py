@@ -279,6 +279,12 @@ class ServerAdapter:
         del values["port"]
         return self._render(self.spec.init_command, values, "init_command", setup)
 
+    def process_count(self, no_services: bool, server_workers: int) -> int:
+        """How many processes a start of this server runs: its API processes
+        ({server_workers}, if its start uses them) and its services process, if any."""
+        api = server_workers if self.spec.uses("server_workers") else 1
+        return api + int(self.spec.services_command is not None and not no_services)
+
     def services_command(self, port: int, setup: ServerSetup) -> list[str] | None:
         """The argv of the process beside the server that runs its services, if it has one
         and the cell runs them (under `setup.wrap`, if any)."""

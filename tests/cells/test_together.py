@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import signal
 import subprocess
@@ -57,6 +58,17 @@ PAIR = ("--server", "python", "--server", "python-extra")
         ([*RUN, "--beside", "python-extra", "--fail-on", "rps<-5%", "--repeat", "3"], "decides"),
         ([*RUN, "--beside", "python-extra", "--fail-on", "rps<5", "--repeat", "auto"], "expected"),
         (["matrix", *PAIR, "--repeat", "auto", "--fail-on", "rps<-5%"], "--fail-on decides"),
+        # --duet: two servers at once, each pinned with its load by the duet itself
+        ([*RUN, "--duet", "--repeat", "2"], "--duet is how servers measured together are"),
+        (["matrix", *PAIR, "--duet", "--repeat", "2"], "or --together (matrix)"),
+        ([*MATRIX, *PAIR, "--server", "python-scaled", "--duet", "--repeat", "2"], "not 3"),
+        (
+            [*RUN, "--beside", "python-extra", "--duet", "--repeat", "2", "--server-cpus", "0"],
+            "--duet pins each server and one load process to half the usable CPUs: not with --s",
+        ),
+        ([*MATRIX, *PAIR, "--duet", "--repeat", "2", "--engine-procs", "2"], "--engine-procs"),
+        ([*RUN, "--alternate", "--repeat", "2"], "--alternate is how servers measured together"),
+        ([*RUN, "--beside", "python-extra", "--duet", "--alternate", "--repeat", "2"], "not both"),
     ],
 )
 def test_what_cannot_be_measured_together_is_refused_in_one_line(
@@ -74,6 +86,69 @@ def test_what_cannot_be_measured_together_is_refused_in_one_line(
     assert not any(tmp_path.rglob("*.json"))
 
 
+def gated_slowdown(folder: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`compare` of native and native-extra in the run `folder`, failing on their slowdown."""
+    gate = bench(
+        "compare", str(folder), "--before", "native", "--after", "native-extra",
+        "--fail-on", "rps<-20%", cwd=cwd,
+    )  # fmt: skip
+    assert gate.returncode == 1, gate.stdout + gate.stderr
+    return gate
+
+
+@pytest.mark.parametrize(
+    ("cpus", "argv", "says"),
+    [
+        ({0}, ("--beside", "python-extra"), "this process may use 1 CPU"),
+        ({0, 1}, ("--beside", "python-scaled"), "python-scaled runs 3 processes"),
+    ],
+)
+def test_a_duet_without_a_cpu_for_each_process_is_refused(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    cpus: set[int],
+    argv: tuple[str, ...],
+    says: str,
+) -> None:
+    """A duet gives each server half the usable CPUs: refused with one CPU, and for a server
+    of more processes (python-scaled: two API workers and its services) than its half has."""
+    (tmp_path / "servers.toml").write_text(SERVERS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: cpus)
+    common = ("--duet", "--repeat", "2", "--out", str(tmp_path / "r"))
+    assert main([*RUN, *argv, *common]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1, err
+    assert not any(tmp_path.rglob("*.json"))
+
+
+def test_two_servers_are_measured_in_a_duet_each_on_cpus_of_its_own(tmp_path: Path) -> None:
+    """A duet, two servers' default: each round both started afresh, each pinned to half the
+    CPUs; a slowdown of ten million loop turns a request is caught, and the verdict says how
+    it was measured."""
+    servers = native_server(tmp_path, "native", 0)
+    servers += native_server(tmp_path, "native-extra", 10_000_000)
+    (tmp_path / "servers.toml").write_text(servers)
+    run_id = "20261207T000000Z-d0e7"
+    folder = tmp_path / "results" / run_id
+    out = bench(
+        "run", "--server", "native", "--beside", "native-extra", "--workload",
+        "health", "--concurrency", "1", "--duration", "0.5", "--warmup", "0.1", "--repeat", "3",
+        "--out", str(tmp_path / "results"), "--run-id", run_id, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    usable = sorted(os.sched_getaffinity(0))
+    half = len(usable) // 2
+    assert f"in a duet: native on CPUs {usable[:half]}" in out.stderr, out.stderr
+    for cell, cpus in (("native", usable[:half]), ("native-extra", usable[half : 2 * half])):
+        results = [load_result(p) for p in folder.glob(f"{cell}-sqlite-memory*.json")]
+        assert len(results) == 4 and all(r.status == "ok" for r in results)
+        assert all(r.config.duet and r.server and r.server.cpus == cpus for r in results)
+    gate = gated_slowdown(folder, tmp_path)
+    assert "Measured in a duet, paired by round" in gate.stdout
+
+
 @pytest.mark.slow
 def test_two_servers_measured_together_pair_by_round_and_a_slowdown_is_caught(
     tmp_path: Path,
@@ -88,7 +163,15 @@ def test_two_servers_measured_together_pair_by_round_and_a_slowdown_is_caught(
     load += ("--repeat", "3")
     common = ("--out", str(tmp_path / "results"), "--run-id", run_id)
     out = bench(
-        "run", "--server", "native", "--beside", "native-extra", *load, *common, cwd=tmp_path
+        "run",
+        "--server",
+        "native",
+        "--beside",
+        "native-extra",
+        "--alternate",
+        *load,
+        *common,
+        cwd=tmp_path,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
 
@@ -111,11 +194,7 @@ def test_two_servers_measured_together_pair_by_round_and_a_slowdown_is_caught(
         # every round on a server started for it
         assert all(r["server"]["startup_s"] > 0 for r in results)
 
-    gate = bench(
-        "compare", str(folder), "--before", "native", "--after", "native-extra",
-        "--fail-on", "rps<-20%", cwd=tmp_path,
-    )  # fmt: skip
-    assert gate.returncode == 1, gate.stdout + gate.stderr
+    gate = gated_slowdown(folder, tmp_path)
     assert "Measured together, paired by round" in gate.stdout
     assert "health c=1 rps" in gate.stderr
     report = bench("report", str(folder), "--out", str(tmp_path / "report"), cwd=tmp_path)
@@ -149,9 +228,14 @@ def test_auto_runs_rounds_until_the_pairs_total_is_within_the_target(tmp_path: P
         assert all(s.counted < 3 or (s.interval_pct or math.inf) > 100 for s in before), before
 
 
-def test_a_server_that_dies_fails_the_round_for_every_server(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", [("--alternate", "--duration", "2"), ("--duration", "4")])
+def test_a_server_that_dies_fails_the_round_for_every_server(
+    tmp_path: Path, how: tuple[str, ...]
+) -> None:
     """Nothing half-paired: the native fixture beside the same binary stopped 3 s after its
-    start (by coreutils' timeout), within its first window; the round fails for both."""
+    start (by coreutils' timeout), within its first window; the round fails for both,
+    measured one after the other or in a duet, two servers' default (whose windows are at
+    once: a longer one)."""
     servers = native_server(tmp_path, "native", 0)
     binary = tmp_path / "native" / "health_server"
     servers += f"""
@@ -165,8 +249,8 @@ description = "a test fixture: the native server, stopped 3 s after its start"
     (tmp_path / "servers.toml").write_text(servers)
     run_id = "20261207T000000Z-d1e5"
     out = bench(
-        "run", "--server", "native", "--beside", "native-dying", "--workload", "health",
-        "--concurrency", "1", "--duration", "2", "--warmup", "0", "--repeat", "2",
+        "run", "--server", "native", "--beside", "native-dying", *how, "--workload", "health",
+        "--concurrency", "1", "--warmup", "0", "--repeat", "2",
         "--out", str(tmp_path / "results"), "--run-id", run_id, cwd=tmp_path,
     )  # fmt: skip
     assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
@@ -229,7 +313,7 @@ def test_a_together_matrix_measures_each_group_in_one_turn_a_round_and_resumes(
         "matrix", "--together", "--server", "native", "--server", "native-b", "--db", "sqlite",
         "--broker", "memory", "--out", str(results), "--run-id", run_id, "--workload", "health",
         "--concurrency", "1", "--duration", "0.5", "--warmup", "0.1", "--repeat", "2",
-        cwd=tmp_path,
+        "--alternate", cwd=tmp_path,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     # three turns, each one round of both servers (the windows' order turned each round)

@@ -32,6 +32,7 @@ CHANGED: dict[str, tuple[object, bool]] = {
     "rate_sweep": ("10:50:10", True),
     "slo": ("p99<20ms", True),
     "no_services": (True, True),
+    "duet": (True, True),
     "preload": (1000, True),
     "preload_shape": ("task_runs=5", True),
     "soak_s": (1800.0, True),
