@@ -38,6 +38,8 @@ PROGRAMS = (("python", "-m", "bench"), ("prefect-bench",), ("nox",))
 # Options the docs name of other programs than prefect-bench, and whose they are.
 FOREIGN = {
     "--workers": "prefect server start",
+    "--host": "prefect server start",
+    "--port": "prefect server start",
     "--type": "prefect worker start",
     "--run-once": "prefect worker start",
     "--nonblocking": "py-spy",
