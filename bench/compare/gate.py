@@ -748,12 +748,12 @@ def render(comparison: Comparison, rules: Sequence[Rule], failing: Sequence[Figu
         how = (
             "Measured in a duet, paired by round: in each round both servers were started "
             "afresh, each pinned with one load process to CPUs of its own, and each endpoint's "
-            "two windows ran at the same moment (`run --beside --duet`)."
+            "two windows ran at the same moment (`run --beside`, two servers)."
             if comparison.duet
             else "Measured together, paired by round: in each round the servers were started "
             "afresh and up at once, each endpoint's windows alternating between them (`run "
-            "--beside`), so a round's ratio after/before compares windows seconds apart, on the "
-            "same machine at nearly the same moment."
+            "--beside --alternate`, or three servers or more), so a round's ratio after/before "
+            "compares windows seconds apart, on the same machine at nearly the same moment."
             if comparison.together
             else "Paired by round: the two servers were measured in one run, a repetition of "
             "each in every round, so what drifts between rounds is in both sides of each "

@@ -67,9 +67,9 @@ def pairs_section(results: Sequence[Result]) -> Section | None:
             section.notes += [f"{servers[0]} → {other}: {line}" for line in comparison.dropped]
             if comparison.duet:
                 section.notes.append(
-                    f"{servers[0]} → {other}: measured in a duet (--duet): in each round both "
-                    "started afresh, each with its load on CPUs of its own, their windows at the "
-                    "same moment"
+                    f"{servers[0]} → {other}: measured in a duet (run --beside, two servers): "
+                    "in each round both started afresh, each with its load on CPUs of its own, "
+                    "their windows at the same moment"
                 )
             elif comparison.together:
                 section.notes.append(
