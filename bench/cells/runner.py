@@ -556,14 +556,21 @@ class Window:
     # whose window it is, in what the progress shows: servers measured together (cells.together)
     label: str = ""
 
+    @property
+    def where(self) -> engine.Target:
+        """Where the window's load goes: its server."""
+        return engine.Target(self.target.host, self.target.port)
+
+    def spec(self, rate: float | None = None) -> engine.LoadSpec:
+        """The load of the window: its level, at the config's rate (or `rate`)."""
+        config = self.config if rate is None else self.config.model_copy(update={"rate": rate})
+        return engine.LoadSpec.for_level(config, self.concurrency)
+
     def measure(self, result: Result, rate: float | None = None) -> EndpointResult:
         """A window at the config's rate (or `rate`), with what the server used meanwhile."""
-        config = self.config if rate is None else self.config.model_copy(update={"rate": rate})
-        spec = engine.LoadSpec.for_level(config, self.concurrency)
         progress = self.progress.measuring(self.label + self.endpoint.name, self.concurrency)
         with self.watched(result, rate) as watch:
-            where = engine.Target(self.target.host, self.target.port)
-            watch.measurement = engine.measure(where, self.request, spec, progress)
+            watch.measurement = engine.measure(self.where, self.request, self.spec(rate), progress)
         assert watch.endpoint is not None
         return watch.endpoint
 

@@ -187,9 +187,8 @@ def by_default(runs: Sequence[CellRun], duet: RunConfig) -> list[CellRun]:
     runs' config with it) where one can measure them, two servers on CPUs of their own
     (measured the more precise: design notes); otherwise the runs as given, their windows
     alternating."""
-    names = [run.cell.server for run in runs]
     as_duet = [replace(run, config=duet) for run in runs]
-    if len(names) != 2 or _duet_refusal(duet, names) or crowded(as_duet):
+    if _duet_refusal(duet, [run.cell.server for run in runs]) or crowded(as_duet):
         return list(runs)
     return as_duet
 
@@ -445,19 +444,18 @@ def _measure_at_once(
     """A duet's window: each server loaded by one engine process on its own CPUs, both in one
     engine call (the same start, the same window), each watched as its own window is."""
     first = windows[0]
-    spec = engine.LoadSpec.for_level(first.config, first.concurrency)
     names = " + ".join(side.run.cell.server for side in sides)
-    counted = progress.measuring(f"{names}: {first.endpoint.name}", first.concurrency)
+    shown = progress.measuring(f"{names}: {first.endpoint.name}", first.concurrency)
     with ExitStack() as watching:
         watches: list[Watch] = []
         for window, side, result in zip(windows, sides, results, strict=True):
             with _naming(side.run.cell.server):
                 watches.append(watching.enter_context(window.watched(result)))
         parts = [
-            (engine.Target(w.target.host, w.target.port), w.request, tuple(side.cpus or ()))
+            (w.where, w.request, tuple(side.cpus or ()))
             for w, side in zip(windows, sides, strict=True)
         ]
-        measured = engine.measure_duet(parts, spec, counted)
+        measured = engine.measure_duet(parts, first.spec(), shown)
         for watch, measurement in zip(watches, measured, strict=True):
             watch.measurement = measurement
     for window, watch, side, result in zip(windows, watches, sides, results, strict=True):
